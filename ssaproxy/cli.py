@@ -1,0 +1,66 @@
+"""The `ssaproxy` console script."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+from ssaproxy import netfilter
+from ssaproxy.config import Config
+from ssaproxy.errors import ConfigError
+
+
+def _load(path: Optional[str]) -> Config:
+    return Config.from_file(path) if path else Config.default()
+
+
+def _uid(value: Optional[str]) -> int:
+    if value is None:
+        return os.geteuid()
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise SystemExit(f"ssaproxy: no such user {value!r}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="ssaproxy", description="TLS as a system service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    ipt = sub.add_parser("iptables", help="the nat rules for transparent outbound mode")
+    ipt.add_argument("action", choices=["print", "apply", "remove"])
+    ipt.add_argument("--config", help="configuration file (default: the embedded default)")
+    ipt.add_argument("--uid", help="user (name or number) the daemon runs as; its own connections "
+                                   "are excluded (default: the current user)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            config = Config.from_file(args.file)
+            print(f"{args.file}: OK ({len(config.outbound.routes)} routes)")
+            return 0
+        config = _load(args.config)
+        if args.action == "print":
+            sys.stdout.write(netfilter.render(netfilter.rules(config, _uid(args.uid))))
+        elif args.action == "apply":
+            netfilter.apply(config, _uid(args.uid))
+        else:
+            netfilter.remove(config)
+        return 0
+    except ConfigError as e:
+        source = getattr(args, "file", None) or getattr(args, "config", None) or "<embedded default>"
+        print(f"ssaproxy: {source}: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"ssaproxy: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

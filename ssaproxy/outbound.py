@@ -1,0 +1,392 @@
+"""The transparent outbound listener: redirected plaintext in, verified TLS out.
+
+Per connection: read the original destination (SO_ORIGINAL_DST), pick the first matching
+route, then either refuse (RST), pass bytes through, or upgrade to TLS.  Routes with a fixed
+hostname (or `hostname_from = "address"`) connect upstream at once, so server-first protocols
+work; `http-host` routes wait, bounded in bytes and time, for the request's Host header.  A
+client whose first bytes are a TLS ClientHello is passed through untouched (never TLS inside
+TLS) unless the route rejects.  Every connection ends in exactly one log event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import socket
+import struct
+from typing import Any, Optional
+
+from OpenSSL import SSL
+from twisted.internet import defer, error, interfaces
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ssaproxy import relay, sniff
+from ssaproxy.config import Config, Route
+from ssaproxy.tls.context import client_context
+from ssaproxy.tls.stream import TLSUpstream
+from ssaproxy.tls.verify import Verifier
+
+SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
+_SETUP_BUFFER = 65536  # client bytes we hold while the upstream is being set up
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_ids = itertools.count(1)
+
+
+def original_destination(sock: socket.socket) -> tuple[IPAddress, int]:
+    """Where the client meant to go before iptables REDIRECT sent it to us.
+
+    The call depends on the accepted socket's family; an IPv4 client on a dual-stack IPv6
+    socket (an IPv4-mapped peer) was NATed by iptables, not ip6tables, so it takes the IPv4 call.
+    """
+    if sock.family == socket.AF_INET6:
+        peer = ipaddress.IPv6Address(sock.getpeername()[0].split("%")[0])
+        if peer.ipv4_mapped is None:
+            raw = sock.getsockopt(socket.SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            return ipaddress.IPv6Address(raw[8:24]), port
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return ipaddress.IPv4Address(raw[4:8]), port
+
+
+def _normalize(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class _Once(Factory):
+    """Hands one prepared upstream protocol to an endpoint, quietly."""
+
+    noisy = False
+
+    def __init__(self, proto: relay.Upstream) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> relay.Upstream:
+        return self.proto
+
+
+class OutboundFactory(Factory):
+    noisy = False
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.active: set["OutboundConnection"] = set()
+
+    def buildProtocol(self, addr: Any) -> "OutboundConnection":
+        p = OutboundConnection(self.config, self.reactor)
+        p.factory = self
+        return p
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class OutboundConnection(Protocol):
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.conn_id = next(_ids)
+        self.started = reactor.seconds()
+        self.route: Optional[Route] = None
+        self.orig: Optional[tuple[IPAddress, int]] = None
+        self.hostname: Optional[str] = None
+        self.mode = "setup"  # setup -> relay -> done
+        self.first_bytes: Optional[bool] = None  # None: not yet classified; True: ClientHello
+        self.buffer = bytearray()
+        self.client_eof = False
+        self.upstream: Optional[relay.Upstream] = None
+        self.passthrough = False
+        self.relay: Optional[relay.Relay] = None
+        self._connecting: Optional[defer.Deferred[Any]] = None
+        self._timer: Any = None
+        self._verify_error: Optional[str] = None
+        self._ready = False
+        self._fields: dict[str, object] = {}
+
+    # ------------------------------------------------------------------ client events
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.factory.active.add(self)  # type: ignore[attr-defined]
+        try:
+            ip, port = original_destination(self.transport.getHandle())
+        except OSError as e:
+            self._refuse("no-orig-dst", f"SO_ORIGINAL_DST failed: {e.strerror or e}")
+            return
+        ip = _normalize(ip)
+        self.orig = (ip, port)
+        here = self.transport.getHost()
+        if _normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
+            self._refuse("loop", "original destination is this listener (not redirected?)")
+            return
+        route = self.config.outbound.match(ip, port)
+        if route is None:
+            self._refuse("no-route", None)
+            return
+        self.route = route
+        if route.action == "reject":
+            self._refuse("rejected", None)
+        elif route.action == "passthrough":
+            self._start_passthrough()
+        elif route.hostname is not None:
+            self._start_tls(route.hostname)
+        elif route.hostname_from == "address":
+            self._start_tls(str(ip))
+        else:  # http-host: wait for the request head
+            self._arm(self.config.outbound.sniff_timeout, "no-host", "no complete request head in time")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.mode == "relay" and self.first_bytes is not None:
+            assert self.relay is not None
+            self.relay.from_client(data)
+            return
+        if self.mode == "done":
+            return
+        self.buffer += data
+        if self.first_bytes is None and not self._classify():
+            return
+        if self.mode == "relay":
+            assert self.relay is not None
+            pending, self.buffer = bytes(self.buffer), bytearray()
+            self.relay.from_client(pending)
+            return
+        assert self.route is not None
+        if self.upstream is None and not self.passthrough and self.route.hostname_from == "http-host":
+            result = sniff.http_host(bytes(self.buffer), self.config.outbound.max_header_bytes)
+            if not result.complete:
+                return
+            if result.host is None:
+                self._refuse("no-host", result.error)
+                return
+            self._start_tls(result.host)
+        if len(self.buffer) >= _SETUP_BUFFER and self.transport is not None:
+            self.transport.pauseProducing()
+        self._maybe_begin()
+
+    def readConnectionLost(self) -> None:
+        self.client_eof = True
+        if self.mode == "done":
+            return
+        if self.first_bytes is None and self.buffer:
+            # An ambiguous prefix that will never be completed.
+            self._refuse("client-eof", "client closed during protocol sniffing")
+        elif self.mode == "relay" and self.relay is not None:
+            self.relay.client_read_eof()
+        elif self.upstream is None and not self.passthrough:
+            self._refuse("no-host", "client closed before a complete request head")
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.active.discard(self)  # type: ignore[attr-defined]
+        if self.mode == "relay" and self.relay is not None:
+            self.relay.client_lost(reason)
+        elif self.mode == "setup":
+            self._abandon_upstream()
+            self._finish("client-gone", reason.getErrorMessage(), reset_client=False)
+
+    # ------------------------------------------------------------------ sniffing
+    def _classify(self) -> bool:
+        """Decide from the first bytes whether the client already speaks TLS.  Returns False
+        while undecided."""
+        verdict = sniff.looks_like_client_hello(bytes(self.buffer[:6]))
+        if verdict is None:
+            if self._timer is None:
+                self._arm(self.config.outbound.sniff_timeout, "sniff-timeout",
+                          "incomplete first record from client")
+            return False
+        self.first_bytes = verdict
+        if not verdict:
+            if self.route is not None and self.route.hostname_from != "http-host":
+                self._disarm()
+            return True
+        # The client speaks TLS itself: pass it through untouched.
+        self._disarm()
+        if self.passthrough:
+            return True
+        if self.relay is not None and self.relay.bytes_in:
+            self._refuse("tls-after-data", "client sent a ClientHello after server bytes")
+            return False
+        self._abandon_upstream()
+        self.mode = "setup"
+        self._start_passthrough()
+        return True
+
+    # ------------------------------------------------------------------ upstream setup
+    def _start_passthrough(self) -> None:
+        assert self.orig is not None
+        self.passthrough = True
+        self.hostname = None
+        self._connect(relay.PlainUpstream(), self.orig[1])
+
+    def _start_tls(self, name: str) -> None:
+        assert self.orig is not None and self.route is not None
+        self._disarm()
+        self.hostname = name
+        policy = self.config.policy
+        if sniff.is_ip_literal(name):
+            verifier = Verifier(ip=name, min_rsa_bits=policy.min_rsa_bits)
+        else:
+            verifier = Verifier(hostname=name, min_rsa_bits=policy.min_rsa_bits)
+        conn = SSL.Connection(client_context(policy), None)
+        conn.set_app_data(verifier)
+        if verifier.hostname is not None:
+            conn.set_tlsext_host_name(verifier.hostname.encode("ascii"))
+        port = self.route.tls_port or self.orig[1]
+        self._connect(TLSUpstream(conn, verifier), port)
+
+    def _connect(self, upstream: relay.Upstream, port: int) -> None:
+        assert self.orig is not None
+        ip = self.orig[0]
+        endpoint_type = TCP6ClientEndpoint if ip.version == 6 else TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, str(ip), port, timeout=self.config.outbound.connect_timeout)
+        upstream.sink = self
+        self.upstream = upstream
+        self._fields["upstream_port"] = port
+        d = endpoint.connect(_Once(upstream))
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(upstream,), errbackArgs=(upstream,))
+
+    def _connected(self, proto: Any, upstream: relay.Upstream) -> None:
+        self._connecting = None
+        if upstream is not self.upstream:
+            upstream.abort()
+            return
+        if isinstance(upstream, TLSUpstream) and not upstream.handshake_done:
+            self._arm(self.config.outbound.handshake_timeout, "handshake-timeout",
+                      "no TLS handshake in time")
+
+    def _connect_failed(self, reason: Failure, upstream: relay.Upstream) -> None:
+        self._connecting = None
+        if upstream is not self.upstream or self.mode != "setup":
+            return
+        if reason.check(defer.CancelledError):
+            return
+        if reason.check(error.ConnectionRefusedError):
+            outcome = "connect-refused"
+        elif reason.check(error.TimeoutError):
+            outcome = "connect-timeout"
+        else:
+            outcome = "connect-failed"
+        self._refuse(outcome, reason.getErrorMessage())
+
+    def _abandon_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        self._ready = False
+        if self.relay is not None:
+            self.relay.detach()
+        if self._connecting is not None:
+            d, self._connecting = self._connecting, None
+            d.cancel()
+        if upstream is not None:
+            upstream.sink = None
+            upstream.abort()
+
+    # ------------------------------------------------------------------ UpstreamSink (setup)
+    def upstream_ready(self) -> None:
+        self._ready = True
+        self._maybe_begin()
+
+    def _maybe_begin(self) -> None:
+        if self.mode != "setup" or not self._ready or self.upstream is None:
+            return
+        if self.first_bytes is None and self.buffer:
+            return  # an undecided prefix: wait for the sniff to settle (timer armed)
+        self._begin_relay()
+
+    def _begin_relay(self) -> None:
+        assert self.transport is not None and self.upstream is not None
+        self._disarm()
+        self.mode = "relay"
+        self._fields.update(self.upstream.facts())
+        self.relay = relay.Relay(self.transport, self.upstream, self._relay_done)  # type: ignore[arg-type]
+        pending, self.buffer = bytes(self.buffer), bytearray()
+        self.relay.client_eof = self.client_eof
+        self.relay.start(pending)
+        self.transport.resumeProducing()
+
+    def upstream_data(self, data: bytes) -> None:  # only before the relay starts: never
+        pass
+
+    def upstream_eof(self) -> None:
+        pass
+
+    def upstream_lost(self, how: str, detail: Optional[str]) -> None:
+        if self.mode != "setup":
+            return
+        self.upstream = None
+        if how == relay.VERIFY_FAILED:
+            self._verify_error = detail
+        self._refuse(how, detail)
+
+    # ------------------------------------------------------------------ endings
+    def _relay_done(self, outcome: str, detail: Optional[str]) -> None:
+        self._finish(outcome, detail, reset_client=False)
+
+    def _refuse(self, outcome: str, detail: Optional[str]) -> None:
+        self._abandon_upstream()
+        self._finish(outcome, detail, reset_client=True)
+
+    def _arm(self, seconds: float, outcome: str, detail: str) -> None:
+        self._disarm()
+        self._timer = self.reactor.callLater(seconds, self._timeout, outcome, detail)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timeout(self, outcome: str, detail: str) -> None:
+        self._timer = None
+        if self.mode == "setup" or (self.mode == "relay" and self.first_bytes is None and self.buffer):
+            self._refuse(outcome, detail)
+
+    def _finish(self, outcome: str, detail: Optional[str], *, reset_client: bool) -> None:
+        if self.mode == "done":
+            return
+        self.mode = "done"
+        self._disarm()
+        if reset_client and self.transport is not None:
+            relay.reset(self.transport)
+        rl = self.relay
+        ok = outcome == "closed"
+        orig = f"{self.orig[0]}:{self.orig[1]}" if self.orig else None
+        if self.orig and self.orig[0].version == 6:
+            orig = f"[{self.orig[0]}]:{self.orig[1]}"
+        tls = isinstance(self.upstream, TLSUpstream) or (rl is not None and isinstance(rl.upstream, TLSUpstream))
+        verified: object = bool(tls and rl is not None)
+        if self._verify_error:
+            verified = False
+        fields = dict(
+            conn_id=self.conn_id,
+            orig_dst=orig,
+            route=self.route.name if self.route else None,
+            action="passthrough" if self.passthrough else (self.route.action if self.route else None),
+            hostname=self.hostname,
+            tls_version=self._fields.get("tls_version"),
+            cipher=self._fields.get("cipher"),
+            verified=verified,
+            verify_error=self._verify_error,
+            bytes_out=rl.bytes_out if rl else 0,
+            bytes_in=rl.bytes_in if rl else 0,
+            duration=round(self.reactor.seconds() - self.started, 4),
+            outcome=outcome,
+            detail=detail,
+        )
+        emit = self.log.info if ok else self.log.warn
+        emit(
+            "conn {conn_id} {outcome}: orig_dst={orig_dst} route={route} action={action} "
+            "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} "
+            "bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}",
+            **fields,
+        )

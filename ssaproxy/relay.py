@@ -1,0 +1,228 @@
+"""The relay: a plaintext client connection spliced to an upstream connection.
+
+It adds to a naive port-forwarder the three things a TLS proxy owes its users:
+
+* backpressure: each TCP transport is registered as the other's streaming producer, so a slow
+  reader on one side stops reads on the other; nothing is buffered without bound;
+* half-close both ways: the client's FIN becomes a close_notify upstream (and the other way
+  round), while the other direction keeps flowing;
+* honest endings: only a clean end upstream (close_notify, then FIN) ends the client
+  connection with a FIN.  An upstream that resets, or stops without close_notify (truncation),
+  makes us reset the client (RST), so a legacy program sees an error, never a silently
+  truncated response.  A client that resets makes us reset upstream.
+
+Upstream ends (`Upstream`) report to a sink with four calls: ready, data, eof, lost.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Callable, Optional
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import error, interfaces
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+# How an upstream connection ended, as reported to the sink's `upstream_lost`.
+CLEAN = "clean"  # orderly end (for TLS: close_notify received before the TCP close)
+TRUNCATED = "truncated"  # TCP closed without close_notify
+RESET = "reset"  # TCP reset, or a TLS error after the handshake
+HANDSHAKE_FAILED = "handshake-failed"
+VERIFY_FAILED = "verify-failed"
+ABORTED = "aborted"  # we aborted it ourselves
+
+
+class UpstreamSink(TypingProtocol):
+    def upstream_ready(self) -> None: ...
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_eof(self) -> None: ...
+
+    def upstream_lost(self, how: str, detail: Optional[str]) -> None: ...
+
+
+class Upstream(Protocol):
+    """Base of the two upstream kinds: plain TCP (passthrough) and TLS."""
+
+    sink: Optional[UpstreamSink] = None
+    _aborting = False
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def shutdown_write(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        self._aborting = True
+        if self.transport is not None and self.connected:
+            reset(self.transport)
+
+    def facts(self) -> dict[str, object]:
+        return {}
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class PlainUpstream(Upstream):
+    """Bytes as they are: used to pass a client's own TLS through untouched."""
+
+    _eof = False
+
+    def connectionMade(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_ready()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.upstream_data(data)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def shutdown_write(self) -> None:
+        assert self.transport is not None
+        self.transport.loseWriteConnection()
+
+    def readConnectionLost(self) -> None:
+        self._eof = True
+        if self.sink is not None:
+            self.sink.upstream_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        if self.sink is None:
+            return
+        if self._aborting:
+            self.sink.upstream_lost(ABORTED, None)
+        elif reason.check(error.ConnectionDone):
+            self.sink.upstream_lost(CLEAN, None)
+        else:
+            self.sink.upstream_lost(RESET, reason.getErrorMessage())
+
+
+def reset(transport: interfaces.ITransport) -> None:
+    """Close a TCP connection with RST: SO_LINGER 0, then abort."""
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if isinstance(handle, socket.socket):
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+def _unregister(transport: Optional[interfaces.ITransport]) -> None:
+    if transport is not None and getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+
+
+class Relay:
+    """Splices an accepted client transport and a ready upstream until both ends are done."""
+
+    def __init__(self, client: interfaces.ITCPTransport, upstream: Upstream,
+                 done: Callable[[str, Optional[str]], None]) -> None:
+        self.client = client
+        self.upstream = upstream
+        self._done = done
+        self.bytes_out = 0  # client -> peer
+        self.bytes_in = 0  # peer -> client
+        self.client_eof = False
+        self.upstream_eof_seen = False
+        self.finished = False
+
+    def start(self, pending: bytes) -> None:
+        assert self.upstream.transport is not None
+        self.upstream.sink = self
+        self.client.registerProducer(self.upstream.transport, True)
+        self.upstream.transport.registerProducer(self.client, True)
+        if pending:
+            self.from_client(pending)
+        if self.client_eof:
+            self.upstream.shutdown_write()
+
+    # ---- client side
+    def from_client(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.upstream.write(data)
+
+    def client_read_eof(self) -> None:
+        self.client_eof = True
+        # Nothing more will come from the client: stop it producing into the upstream
+        # transport, or a paused producer could hold back the half-close (Twisted resumes a
+        # paused producer instead of closing when the buffer drains).
+        _unregister(self.upstream.transport)
+        self.upstream.shutdown_write()
+        self._maybe_close()
+
+    def client_lost(self, reason: Failure) -> None:
+        if self.finished:
+            return
+        if reason.check(error.ConnectionDone) and self.client_eof and self.upstream_eof_seen:
+            self._finish("closed", None)
+            return
+        self.upstream.abort()
+        self._finish("client-reset", reason.getErrorMessage())
+
+    # ---- upstream side (UpstreamSink)
+    def upstream_ready(self) -> None:  # already ready when the relay starts
+        pass
+
+    def upstream_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.client.write(data)
+
+    def upstream_eof(self) -> None:
+        self.upstream_eof_seen = True
+        if not self.finished:
+            _unregister(self.client)
+            self.client.loseWriteConnection()
+            self._maybe_close()
+
+    def upstream_lost(self, how: str, detail: Optional[str]) -> None:
+        if self.finished:
+            return
+        if how == CLEAN:
+            # Orderly end upstream: whatever the client still sends has nowhere to go.
+            self.upstream_eof_seen = True
+            self._close_client()
+            self._finish("closed", None)
+        else:
+            self._unregister()
+            reset(self.client)
+            self._finish(how, detail)
+
+    # ---- endings
+    def _maybe_close(self) -> None:
+        if self.client_eof and self.upstream_eof_seen and not self.finished:
+            self._close_client()
+            self.upstream.transport.loseConnection()  # type: ignore[union-attr]
+            self._finish("closed", None)
+
+    def _close_client(self) -> None:
+        self._unregister()
+        self.client.loseConnection()
+
+    def _unregister(self) -> None:
+        _unregister(self.client)
+        _unregister(self.upstream.transport)
+
+    def detach(self) -> None:
+        """Stop splicing without ending either side (the owner is replacing the upstream)."""
+        self._unregister()
+        self.finished = True
+
+    def _finish(self, outcome: str, detail: Optional[str]) -> None:
+        self.finished = True
+        self._done(outcome, detail)

@@ -1,0 +1,30 @@
+"""`twistd ssaproxy`: options and the service maker (the reactor is imported only here)."""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.python import usage
+
+from ssaproxy.config import Config
+from ssaproxy.errors import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = ("Run the ssaproxy daemon.  Without --config it runs on the embedded default "
+                "(loopback listener, system trust store, TLS 1.2+).")
+    optParameters = [["config", "c", None, "TOML configuration file"]]
+
+    def postOptions(self) -> None:
+        try:
+            self.config = Config.from_file(self["config"]) if self["config"] else Config.default()
+        except ConfigError as e:
+            raise usage.UsageError(f"bad configuration {self['config'] or ''}: {e}") from None
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from ssaproxy.service import make_service
+
+    return make_service(options.config, reactor)

@@ -1,0 +1,103 @@
+"""OpenSSL contexts built once per frozen policy.
+
+Theory of operation: an `SSL.Context` is expensive (the trust store is parsed into it) and is
+immutable once connections use it, so we build one per `Policy` value and cache it; `Policy` is
+frozen and hashable, which makes the cache key exact.  Everything per connection (the name to
+verify, the verification outcome) lives in a `Verifier` attached to the `SSL.Connection` as
+its app data; the context's verify callback only dispatches to it.
+
+The cipher floor (`_CIPHER_FLOOR`) and security level 2 are appended to whatever the admin
+wrote, so a configured string can narrow the suites but never re-enable NULL, anonymous,
+export, RC4, 3DES or MD5 suites, RSA keys below 2048 bits or SHA-1 certificate signatures.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
+
+from ssaproxy.config import Policy
+
+_CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:@SECLEVEL=2"
+
+_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+
+def _scratch() -> SSL.Context:
+    return SSL.Context(SSL.TLS_METHOD)
+
+
+def _set_groups(ctx: SSL.Context, groups: str) -> None:
+    # pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list; the curves_list name is the same
+    # OpenSSL call under its older name.
+    if not _lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")):
+        raise ValueError(f"unknown group in {groups!r}")
+
+
+def check_ciphers(value: str) -> None:
+    ctx = _scratch()
+    ctx.set_cipher_list((value + _CIPHER_FLOOR).encode("ascii"))
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    if not SSL.Connection(ctx).get_cipher_list():
+        raise ValueError("no TLS 1.2 cipher left after ssaproxy's floor of exclusions")
+
+
+def check_ciphersuites(value: str) -> None:
+    if not value:
+        raise ValueError("empty")
+    _scratch().set_tls13_ciphersuites(value.encode("ascii"))
+
+
+def check_groups(value: str) -> None:
+    _set_groups(_scratch(), value)
+
+
+def check_trust_store(path: str) -> None:
+    _scratch().load_verify_locations(path)
+
+
+@functools.lru_cache(maxsize=64)
+def client_context(policy: Policy) -> SSL.Context:
+    """The context for connections ssaproxy originates to a verified TLS server."""
+    from ssaproxy.tls.verify import verify_callback
+
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[policy.min_version])
+    ctx.set_max_proto_version(_VERSIONS[policy.max_version])
+    ctx.set_cipher_list((policy.ciphers + _CIPHER_FLOOR).encode("ascii"))
+    ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
+    _set_groups(ctx, policy.groups)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    if policy.trust_store:
+        ctx.load_verify_locations(policy.trust_store)
+    else:
+        ctx.set_default_verify_paths()
+    store = ctx.get_cert_store()
+    assert store is not None
+    # Strict RFC 5280 checks; no partial chains, no trust in intermediates from the store alone.
+    store.set_flags(_x509_strict_flags())
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
+    ctx.set_verify_depth(8)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
+
+
+def _x509_strict_flags() -> Any:
+    from OpenSSL.crypto import X509StoreFlags
+
+    return X509StoreFlags.X509_STRICT
+
+
+def negotiated(conn: SSL.Connection) -> dict[str, Any]:
+    """The facts of a finished handshake, in the log vocabulary."""
+    return {
+        "tls_version": conn.get_protocol_version_name(),
+        "cipher": conn.get_cipher_name(),
+    }
+
+
+__all__ = ["client_context", "negotiated", "check_ciphers", "check_ciphersuites", "check_groups",
+           "check_trust_store"]

@@ -1,0 +1,217 @@
+"""A TLS client connection over a memory BIO, with the endings a relay needs.
+
+Theory of operation: the TCP transport's bytes go into OpenSSL through `bio_write`, whatever
+OpenSSL wants to send comes out of `bio_read` and is written to the transport at once, so the
+TCP transport's own buffer is the only buffer and its producer/consumer machinery gives
+backpressure.  We do not use Twisted's TLSMemoryBIOProtocol because a relay needs what it does
+not offer: half-close (send close_notify and keep reading; receive close_notify and keep
+writing) and a precise account of how the stream ended (close_notify, truncation, reset,
+handshake or verification failure), which decides whether the plaintext side gets FIN or RST.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from OpenSSL import SSL
+from twisted.internet import error, interfaces
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ssaproxy import relay
+from ssaproxy.tls.verify import Verifier
+
+_READ = 65536
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class TLSUpstream(relay.Upstream):
+    def __init__(self, connection: SSL.Connection, verifier: Verifier) -> None:
+        self.tls = connection
+        self.verifier = verifier
+        self.handshake_done = False
+        self.peer_closed = False  # close_notify received
+        self.sent_close = False  # close_notify sent
+        self._failed: Optional[tuple[str, Optional[str]]] = None
+        self._pending: list[bytes] = []
+        self._tcp_eof = False
+        self._close_after_pending = False
+
+    # ---- Twisted events
+    def connectionMade(self) -> None:
+        self.tls.set_connect_state()
+        self._handshake()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failed or self._aborting:
+            return
+        self.tls.bio_write(data)
+        if not self.handshake_done:
+            self._handshake()
+            if not self.handshake_done:
+                return
+        self._read_plaintext()
+        if self._pending and not self._failed:
+            pending, self._pending = self._pending, []
+            for chunk in pending:
+                self.write(chunk)
+            if self._close_after_pending and not self._pending:
+                self.shutdown_write()
+
+    def readConnectionLost(self) -> None:
+        self._tcp_eof = True
+        if not self.peer_closed:
+            # FIN without close_notify: let OpenSSL see the EOF, then call it truncation.
+            self.tls.bio_shutdown()
+            if self.handshake_done:
+                self._read_plaintext()
+            if not self.peer_closed and not self._failed:
+                self._fail(relay.TRUNCATED if self.handshake_done else relay.HANDSHAKE_FAILED,
+                           "connection closed without close_notify")
+                return
+        if self.peer_closed and self.sent_close and self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        if self._failed:
+            how, detail = self._failed
+        elif self._aborting:
+            how, detail = relay.ABORTED, None
+        elif not self.handshake_done:
+            how, detail = relay.HANDSHAKE_FAILED, reason.getErrorMessage()
+        elif self.peer_closed and reason.check(error.ConnectionDone):
+            how, detail = relay.CLEAN, None
+        elif reason.check(error.ConnectionDone):
+            how, detail = relay.TRUNCATED, "connection closed without close_notify"
+        else:
+            how, detail = relay.RESET, reason.getErrorMessage()
+        sink.upstream_lost(how, detail)
+
+    # ---- Upstream API
+    def write(self, data: bytes) -> None:
+        if self._failed or self._aborting or self.sent_close:
+            return
+        if not self.handshake_done or self._pending:
+            self._pending.append(data)
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                n = self.tls.send(view[:_READ])
+                view = view[n:]
+        except SSL.WantReadError:
+            self._pending.append(bytes(view))
+        except SSL.Error as e:
+            self._fail(relay.RESET, f"TLS error while sending: {_ssl_text(e)}")
+            return
+        self._flush()
+
+    def shutdown_write(self) -> None:
+        if self.sent_close or self._failed or self._aborting:
+            return
+        if self._pending:
+            # Still waiting to send: the close_notify goes after the pending data.
+            self._close_after_pending = True
+            return
+        self.sent_close = True
+        try:
+            self.tls.shutdown()
+        except SSL.Error:
+            pass
+        self._flush()
+        if self.peer_closed and self.transport is not None:
+            self.transport.loseConnection()
+
+    def facts(self) -> dict[str, object]:
+        if not self.handshake_done:
+            return {}
+        return {"tls_version": self.tls.get_protocol_version_name(), "cipher": self.tls.get_cipher_name()}
+
+    # ---- internals
+    def _handshake(self) -> None:
+        try:
+            self.tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+            return
+        except SSL.Error as e:
+            self._flush()  # the alert, if OpenSSL produced one
+            if self.verifier.error is not None:
+                self._fail(relay.VERIFY_FAILED, str(self.verifier.error))
+            else:
+                self._fail(relay.HANDSHAKE_FAILED, _ssl_text(e))
+            return
+        self._flush()
+        if not self.verifier.verified:
+            # Belt and braces: a handshake that finished without our leaf check passing is
+            # refused, whatever OpenSSL thought.
+            reason = str(self.verifier.error or "certificate was not verified")
+            self._fail(relay.VERIFY_FAILED, reason)
+            return
+        self.handshake_done = True
+        if self.sink is not None:
+            self.sink.upstream_ready()
+
+    def _read_plaintext(self) -> None:
+        while not self._failed and not self._aborting:
+            try:
+                data = self.tls.recv(_READ)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._on_close_notify()
+                break
+            except SSL.Error as e:
+                self._flush()
+                if self._tcp_eof:
+                    self._fail(relay.TRUNCATED, "connection closed without close_notify")
+                else:
+                    self._fail(relay.RESET, f"TLS error: {_ssl_text(e)}")
+                return
+            if self.sink is not None:
+                self.sink.upstream_data(data)
+        self._flush()
+
+    def _on_close_notify(self) -> None:
+        if self.peer_closed:
+            return
+        self.peer_closed = True
+        if self.sink is not None:
+            self.sink.upstream_eof()
+        if self.sent_close and self.transport is not None:
+            self.transport.loseConnection()
+
+    def _flush(self) -> None:
+        if self.transport is None:
+            return
+        while True:
+            try:
+                out = self.tls.bio_read(_READ)
+            except SSL.WantReadError:
+                return
+            if not out:
+                return
+            self.transport.write(out)
+
+    def _fail(self, how: str, detail: Optional[str]) -> None:
+        if self._failed is None:
+            self._failed = (how, detail)
+        if self.transport is not None:
+            relay.reset(self.transport)
+
+
+def _ssl_text(e: SSL.Error) -> str:
+    if isinstance(e, SSL.SysCallError):
+        return str(e.args[1]) if len(e.args) > 1 else str(e)
+    try:
+        return "; ".join(item[2] for item in e.args[0]) or str(e)
+    except (IndexError, TypeError):
+        return str(e)

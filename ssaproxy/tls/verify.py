@@ -1,0 +1,138 @@
+"""Our own fail-closed certificate verification.
+
+Theory of operation: OpenSSL builds and checks the chain against the trust store (validity
+dates, CA flags, path length, name constraints, purpose/EKU, security level) and calls
+`verify_callback` once per certificate, root first, leaf (depth 0) last.  The callback never
+overrides a failure OpenSSL reported; it adds checks of its own on each certificate (key size,
+signature hash) and, at depth 0, the identity check through service-identity.  Any exception
+anywhere is a rejection.  The per-connection `Verifier` records the outcome, and the relay
+additionally refuses a finished handshake whose verifier did not pass the leaf (so a callback
+that was somehow never called cannot mean "accepted").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from OpenSSL import SSL, crypto
+from service_identity import VerificationError as IdentityError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+
+from ssaproxy.errors import VerificationFailed
+
+_WEAK_HASHES = (hashes.MD5, hashes.SHA1)
+
+
+class Verifier:
+    """Verification state of one connection: what to check and how it went."""
+
+    def __init__(self, hostname: Optional[str] = None, ip: Optional[str] = None, *,
+                 min_rsa_bits: int = 2048) -> None:
+        if (hostname is None) == (ip is None):
+            raise ValueError("exactly one of hostname or ip is required")
+        self.hostname = hostname
+        self.ip = ipaddress.ip_address(ip) if ip is not None else None
+        self.min_rsa_bits = min_rsa_bits
+        self.error: Optional[VerificationFailed] = None
+        self.leaf_passed = False
+
+    @property
+    def identity(self) -> str:
+        return self.hostname if self.hostname is not None else str(self.ip)
+
+    @property
+    def verified(self) -> bool:
+        return self.leaf_passed and self.error is None
+
+    def fail(self, error: VerificationFailed) -> bool:
+        if self.error is None:
+            self.error = error
+        self.leaf_passed = False
+        return False
+
+    def check(self, cert: crypto.X509, code: int, depth: int, ok: int) -> bool:
+        if self.error is not None:
+            return False
+        if not ok:
+            return self.fail(VerificationFailed(_openssl_reason(code), code=code, depth=depth))
+        c = cert.to_cryptography()
+        problem = _key_problem(c, self.min_rsa_bits) or _signature_problem(c)
+        if problem:
+            return self.fail(VerificationFailed(problem, depth=depth))
+        if depth == 0:
+            self._check_identity(c)
+            if self.error is not None:
+                return False
+            self.leaf_passed = True
+        return True
+
+    def _check_identity(self, cert: x509.Certificate) -> None:
+        try:
+            if self.ip is not None:
+                verify_certificate_ip_address(cert, str(self.ip))
+            else:
+                assert self.hostname is not None
+                verify_certificate_hostname(cert, self.hostname)
+        except IdentityError as e:
+            self.fail(VerificationFailed(f"identity mismatch: {self.identity!r} not in certificate "
+                                         f"({_mismatch_text(e)})", depth=0))
+        except Exception as e:  # noqa: BLE001 - any surprise in identity checking is a rejection
+            self.fail(VerificationFailed(f"identity check failed: {type(e).__name__}: {e}", depth=0))
+
+
+def verify_callback(conn: SSL.Connection, cert: crypto.X509, code: int, depth: int, ok: int) -> bool:
+    """The context-wide callback: dispatch to the connection's Verifier, fail closed."""
+    try:
+        verifier = conn.get_app_data()
+        if not isinstance(verifier, Verifier):
+            return False
+        return verifier.check(cert, code, depth, ok)
+    except Exception as e:  # noqa: BLE001 - fail closed on anything unexpected
+        try:
+            v = conn.get_app_data()
+            if isinstance(v, Verifier):
+                v.fail(VerificationFailed(f"verification raised {type(e).__name__}: {e}", depth=depth))
+        except Exception:  # noqa: BLE001
+            pass
+        return False
+
+
+def _key_problem(cert: x509.Certificate, min_rsa_bits: int) -> Optional[str]:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < min_rsa_bits:
+        return f"RSA key of {key.key_size} bits is below {min_rsa_bits}"
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA keys are not accepted"
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256:
+        return f"EC key on {key.curve.name} is below 256 bits"
+    return None
+
+
+def _signature_problem(cert: x509.Certificate) -> Optional[str]:
+    # A self-signed certificate here is a trust anchor (OpenSSL already failed the chain
+    # otherwise); its self-signature carries no trust, so its hash does not matter.
+    if cert.issuer == cert.subject:
+        return None
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except Exception:  # noqa: BLE001 - an algorithm cryptography cannot name is not one we trust
+        return "unsupported signature algorithm"
+    if isinstance(algorithm, _WEAK_HASHES):
+        return f"certificate signed with {algorithm.name.upper()}"
+    return None
+
+
+def _mismatch_text(e: IdentityError) -> str:
+    errors = getattr(e, "errors", None) or []
+    return "; ".join(str(x) for x in errors) or str(e)
+
+
+def _openssl_reason(code: int) -> str:
+    from OpenSSL._util import ffi, lib
+
+    text = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+    return f"certificate verify failed: {text}"
