@@ -12,6 +12,12 @@ keyUsage with keyCertSign, subject and authority key identifiers), and leaves ca
 TLS server certificate needs (SAN, serverAuth, digitalSignature), so strict verification
 finds nothing to complain about except the defect under test.
 
+Two cases deserve a word.  ``intermediate_not_ca``'s intermediate has cA=FALSE and no keyUsage
+(keyCertSign in a non-CA is itself an X509_STRICT error; a keyUsage without it would be refused
+by the keyUsage check), so only the basicConstraints check can refuse it.  ``untrusted_root``'s
+chain.pem is complete, the foreign root included, so the refusal is "self-signed certificate in
+certificate chain" rather than the missing-issuer error that ``incomplete_chain`` tests.
+
 Files are written lazily, one directory per case: `<directory>/<case>/chain.pem` (leaf first,
 then whatever the server should send) and `<directory>/<case>/key.pem` (PKCS#8, unencrypted).
 Keys are cached per `PKI` instance: every ECDSA leaf shares one P-256 key, and the RSA 2048
@@ -129,7 +135,7 @@ class PKI:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        self._now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         self._creds: dict[str, ServerCreds] = {}
         self._root = self._new_ca("ssaproxy test root CA", issuer=None)
         self.root_pem: Path = self.directory / "root-ca.pem"
@@ -238,10 +244,11 @@ class PKI:
     def _new_ca(self, cn: str, *, issuer: _CA | None, ca: bool = True,
                 extra: list[tuple[x509.ExtensionType, bool]] | None = None) -> _CA:
         key = ec.generate_private_key(ec.SECP256R1())
-        if issuer is None:  # a root: unconstrained path length, valid well around the leaves
-            path_length, not_before, not_after = None, self._now - 400 * _DAY, self._now + 3650 * _DAY
+        # Validity windows enclose every leaf's, the expired and not-yet-valid ones included.
+        if issuer is None:  # a root: no pathLenConstraint
+            path_length, not_before, not_after = None, -400 * _DAY, 3650 * _DAY
         else:
-            path_length, not_before, not_after = 0, self._now - 365 * _DAY, self._now + 1825 * _DAY
+            path_length, not_before, not_after = 0, -365 * _DAY, 1825 * _DAY
         extensions: list[tuple[x509.ExtensionType, bool]] = [
             (x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), True),
         ]
@@ -249,7 +256,8 @@ class PKI:
             extensions.append((_key_usage(key_cert_sign=True, crl_sign=True), True))
         extensions += extra or []
         cert = self._sign(subject=_name(cn), public_key=key.public_key(), issuer=issuer,
-                          self_key=key, not_before=not_before, not_after=not_after,
+                          self_key=key, not_before=self._now + not_before,
+                          not_after=self._now + not_after,
                           extensions=extensions)
         return _CA(cert=cert, key=key)
 

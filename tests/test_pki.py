@@ -123,10 +123,9 @@ def tls_server(creds: ServerCreds) -> Iterator[tuple[int, list[BaseException]]]:
         def serve() -> None:
             try:
                 conn, _ = listener.accept()
-                with conn:
-                    conn.settimeout(TIMEOUT)
-                    with ctx.wrap_socket(conn, server_side=True) as tls:
-                        tls.sendall(b"ok")
+                conn.settimeout(TIMEOUT)
+                with conn, ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"ok")
             except OSError as exc:  # ssl.SSLError included
                 errors.append(exc)
 
@@ -155,11 +154,13 @@ def python_client_context(pki: PKI) -> ssl.SSLContext:
 
 def python_handshake(pki: PKI, case: str) -> None:
     creds = pki.server(case)
-    with tls_server(creds) as (port, server_errors):
-        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-            ctx = python_client_context(pki)
-            with ctx.wrap_socket(sock, server_hostname=creds.hostname) as tls:
-                assert tls.recv(2) == b"ok"
+    ctx = python_client_context(pki)
+    with (
+        tls_server(creds) as (port, server_errors),
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock,
+        ctx.wrap_socket(sock, server_hostname=creds.hostname) as tls,
+    ):
+        assert tls.recv(2) == b"ok"
     assert server_errors == []
 
 
@@ -214,18 +215,20 @@ def findings(pki: PKI, case: str) -> set[tuple[int, int] | str]:
     store.set_flags(crypto.X509StoreFlags.X509_STRICT)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, record)
 
-    with tls_server(creds) as (port, _):
-        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-            sock.setblocking(False)
-            conn = SSL.Connection(ctx, sock)
-            if not _is_ip(creds.hostname):
-                conn.set_tlsext_host_name(creds.hostname.encode("ascii"))
-            conn.set_connect_state()
-            deadline = time.monotonic() + TIMEOUT
-            _retry(conn.do_handshake, sock, deadline)
-            leaf = conn.get_peer_certificate(as_cryptography=True)
-            assert leaf is not None
-            _retry(lambda: conn.recv(2), sock, deadline)
+    with (
+        tls_server(creds) as (port, _),
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock,
+    ):
+        sock.setblocking(False)
+        conn = SSL.Connection(ctx, sock)
+        if not _is_ip(creds.hostname):
+            conn.set_tlsext_host_name(creds.hostname.encode("ascii"))
+        conn.set_connect_state()
+        deadline = time.monotonic() + TIMEOUT
+        _retry(conn.do_handshake, sock, deadline)
+        leaf = conn.get_peer_certificate(as_cryptography=True)
+        assert leaf is not None
+        _retry(lambda: conn.recv(2), sock, deadline)
 
     if not found:
         try:
@@ -277,7 +280,7 @@ def test_server_is_cached_and_writes_pem(pki: PKI) -> None:
 
 
 def test_sha1_case_is_really_sha1(pki: PKI) -> None:
-    leaf, intermediate = x509.load_pem_x509_certificates(
+    leaf, _ = x509.load_pem_x509_certificates(
         pki.server("sha1_signature").chain.read_bytes())
     assert leaf.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA1
     assert isinstance(leaf.signature_hash_algorithm, hashes.SHA1)

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from OpenSSL import SSL, crypto
+from service_identity import CertificateError as IdentityUnusable
 from service_identity import VerificationError as IdentityError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
@@ -80,6 +81,9 @@ class Verifier:
         except IdentityError as e:
             self.fail(VerificationFailed(f"identity mismatch: {self.identity!r} not in certificate "
                                          f"({_mismatch_text(e)})", depth=0))
+        except IdentityUnusable as e:
+            # e.g. no subjectAltName at all: we never fall back to the subject CN.
+            self.fail(VerificationFailed(f"certificate unusable for identity checks: {e}", depth=0))
         except Exception as e:  # noqa: BLE001 - any surprise in identity checking is a rejection
             self.fail(VerificationFailed(f"identity check failed: {type(e).__name__}: {e}", depth=0))
 

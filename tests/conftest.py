@@ -1,0 +1,51 @@
+"""Shared fixtures.
+
+End-to-end tests need root, iptables and network namespaces.  Where those are missing they are
+skipped on a developer's machine, but with SSAPROXY_REQUIRE_NETNS=1 (set by .ci/run) a missing
+requirement is a failure: a test skipped in CI is a test that does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.lab import Lab, missing_requirements
+from tests.pki import PKI
+
+REQUIRE_NETNS = os.environ.get("SSAPROXY_REQUIRE_NETNS") == "1"
+
+
+def require_lab() -> None:
+    reason = missing_requirements()
+    if reason is None:
+        return
+    if REQUIRE_NETNS:
+        pytest.fail(f"end-to-end test cannot run: {reason} (SSAPROXY_REQUIRE_NETNS=1)", pytrace=False)
+    pytest.skip(f"end-to-end test: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    require_lab()
+    tag = Path(str(request.node.fspath)).stem.replace("test_", "")[:5]
+    lab = Lab(tag)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that use the lab are marked, so `-m "not netns"` runs only the fast pure ones.
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.netns)

@@ -1,0 +1,103 @@
+"""The "legacy app" of the end-to-end tests: a plaintext TCP client (stdlib only).
+
+usage: client.py HOST PORT [--send TEXT] [--send-bytes N] [--shutdown] [--read-delay S]
+                           [--then-send N] [--max-read N] [--timeout S]
+
+Connects, sends, optionally shuts down its write side, then reads until EOF, reset or
+timeout, and prints one JSON line: how the connection ended ("eof" = FIN, "reset" = RST),
+how many bytes arrived, their sha256, and the first bytes.  --then-send sends N more bytes
+after the peer's EOF arrived (half-close from the server side), then shuts down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import socket
+import sys
+import time
+
+_BLOCK = hashlib.shake_256(b"ssaproxy test pattern").digest(65521)
+
+
+def pattern_stream(total: int, chunk: int = 65536):  # type: ignore[no-untyped-def]
+    sent = 0
+    while sent < total:
+        start = sent % len(_BLOCK)
+        n = min(chunk, total - sent, len(_BLOCK) - start)
+        yield _BLOCK[start:start + n]
+        sent += n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--send", default="")
+    p.add_argument("--send-bytes", type=int, default=0)
+    p.add_argument("--shutdown", action="store_true")
+    p.add_argument("--read-delay", type=float, default=0.0)
+    p.add_argument("--then-send", type=int, default=0)
+    p.add_argument("--max-read", type=int, default=1 << 40)
+    p.add_argument("--timeout", type=float, default=20.0)
+    args = p.parse_args()
+
+    result: dict[str, object] = {"connected": False, "received": 0, "end": None}
+    h = hashlib.sha256()
+    head = b""
+    n = 0
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(args.timeout)
+    try:
+        s.connect((args.host, args.port))
+        result["connected"] = True
+        if args.send:
+            s.sendall(args.send.encode().decode("unicode_escape").encode("latin-1"))
+        if args.send_bytes:
+            for piece in pattern_stream(args.send_bytes):
+                s.sendall(piece)
+        if args.shutdown:
+            s.shutdown(socket.SHUT_WR)
+        if args.read_delay:
+            time.sleep(args.read_delay)
+        while n < args.max_read:
+            data = s.recv(65536)
+            if not data:
+                result["end"] = "eof"
+                break
+            n += len(data)
+            h.update(data)
+            if len(head) < 200:
+                head += data[: 200 - len(head)]
+        else:
+            result["end"] = "max-read"
+        if args.then_send and result["end"] == "eof":
+            for piece in pattern_stream(args.then_send):
+                s.sendall(piece)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                rest = s.recv(1)
+                result["after_then_send"] = "eof" if not rest else "data"
+            except ConnectionResetError:
+                result["after_then_send"] = "reset"
+    except ConnectionResetError:
+        result["end"] = "reset"
+    except ConnectionRefusedError:
+        result["end"] = "refused"
+    except socket.timeout:
+        result["end"] = "timeout"
+    except OSError as e:
+        result["end"] = "reset" if e.errno == errno.ECONNRESET else f"error:{errno.errorcode.get(e.errno or 0, e)}"
+    finally:
+        s.close()
+    result["received"] = n
+    result["sha256"] = h.hexdigest()
+    result["head"] = head.decode("latin-1")
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

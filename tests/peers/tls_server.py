@@ -1,0 +1,244 @@
+"""A real TLS server for the end-to-end tests (Python's ssl; pyOpenSSL for the half-close mode).
+
+Modes (one per process; each accepted connection is served in its own thread):
+  echo        echo everything until the client's close_notify, then close_notify and close
+  sink        read until close_notify, then answer "<bytes> <sha256>\\n", close_notify, close
+  source      send --bytes of the deterministic pattern, close_notify, close; progress in --status
+  banner      send "220 ready\\r\\n" first (server-first protocol), then echo
+  http        read one request head, answer 200 with a small body, close_notify, close
+  truncate    send 1000 pattern bytes, then close TCP without close_notify
+  reset       send 1000 pattern bytes, then reset TCP (SO_LINGER 0)
+  halfclose   (pyOpenSSL) send "response", close_notify, then read until the client's
+              close_notify and report how many bytes came after ours
+  hold        plain TCP: accept and never answer (no TLS at all)
+Each connection's outcome is printed as one JSON line; "READY" once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+
+CHUNK = 65536
+
+
+# A prime-length block, cycled: chunk boundaries never line up with its period, so a
+# duplicated or dropped chunk changes the digest.
+_BLOCK = hashlib.shake_256(b"ssaproxy test pattern").digest(65521)
+
+
+def pattern_stream(total: int, chunk: int = CHUNK):  # type: ignore[no-untyped-def]
+    """`total` bytes of the cycled block, in pieces of at most `chunk`."""
+    sent = 0
+    while sent < total:
+        start = sent % len(_BLOCK)
+        n = min(chunk, total - sent, len(_BLOCK) - start)
+        yield _BLOCK[start:start + n]
+        sent += n
+
+
+def pattern(n: int) -> bytes:
+    return b"".join(pattern_stream(n))
+
+
+def pattern_digest(n: int) -> str:
+    h = hashlib.sha256()
+    for piece in pattern_stream(n):
+        h.update(piece)
+    return h.hexdigest()
+
+
+def report(**fields: object) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def read_all(conn: ssl.SSLSocket) -> tuple[int, str, str]:
+    h, n, end = hashlib.sha256(), 0, "close_notify"
+    while True:
+        try:
+            data = conn.recv(CHUNK)
+        except ssl.SSLEOFError:
+            end = "eof_without_close_notify"
+            break
+        except (ssl.SSLError, OSError) as e:
+            end = f"error:{e}"
+            break
+        if not data:
+            break
+        h.update(data)
+        n += len(data)
+    return n, h.hexdigest(), end
+
+
+def close_clean(conn: ssl.SSLSocket) -> None:
+    try:
+        conn.unwrap().close()
+    except (ssl.SSLError, OSError):
+        conn.close()
+
+
+def serve_tls(conn: ssl.SSLSocket, args: argparse.Namespace) -> None:
+    mode = args.mode
+    info: dict[str, object] = {"mode": mode, "version": conn.version(), "cipher": (conn.cipher() or ("",))[0],
+                               "sni": getattr(conn, "sni", None)}
+    if mode in ("echo", "banner"):
+        if mode == "banner":
+            conn.sendall(b"220 ready\r\n")
+        n, end = 0, "close_notify"
+        while True:
+            try:
+                data = conn.recv(CHUNK)
+            except ssl.SSLEOFError:
+                end = "eof_without_close_notify"
+                break
+            if not data:
+                break
+            n += len(data)
+            conn.sendall(data)
+        report(**info, received=n, end=end)
+        close_clean(conn)
+    elif mode == "sink":
+        n, digest, end = read_all(conn)
+        conn.sendall(f"{n} {digest}\n".encode())
+        report(**info, received=n, sha256=digest, end=end)
+        close_clean(conn)
+    elif mode == "source":
+        sent = 0
+        last = time.monotonic()
+        for chunk in pattern_stream(args.bytes):
+            conn.sendall(chunk)
+            sent += len(chunk)
+            if args.status and time.monotonic() - last > 0.05:
+                last = time.monotonic()
+                with open(args.status, "w") as f:
+                    f.write(str(sent))
+        if args.status:
+            with open(args.status, "w") as f:
+                f.write(str(sent))
+        report(**info, sent=sent)
+        close_clean(conn)
+    elif mode == "http":
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = conn.recv(4096)
+            if not data:
+                break
+            head += data
+        body = b"hello from the TLS server\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        report(**info, request=head.decode("latin-1"))
+        close_clean(conn)
+    elif mode in ("truncate", "reset"):
+        conn.sendall(pattern(1000))
+        time.sleep(0.2)
+        if mode == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        report(**info, sent=1000)
+        # Closing the SSLSocket sends no close_notify: the TCP connection just ends.
+        conn.close()
+
+
+def serve_halfclose(raw: socket.socket, args: argparse.Namespace) -> None:
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate_chain_file(args.cert)
+    ctx.use_privatekey_file(args.key)
+    conn = SSL.Connection(ctx, raw)
+    conn.set_accept_state()
+    raw.settimeout(20)
+    conn.do_handshake()
+    conn.sendall(b"response")
+    conn.shutdown()  # our close_notify; the client may keep sending
+    n, end = 0, "close_notify"
+    while True:
+        try:
+            data = conn.recv(CHUNK)
+        except SSL.ZeroReturnError:
+            break
+        except SSL.Error as e:
+            end = f"error:{e}"
+            break
+        if not data:
+            break
+        n += len(data)
+    report(mode="halfclose", received_after_close_notify=n, end=end)
+    raw.close()
+
+
+def handle(raw: socket.socket, ctx: ssl.SSLContext | None, args: argparse.Namespace) -> None:
+    try:
+        raw.settimeout(args.timeout)
+        if args.mode == "hold":
+            raw.recv(1)
+            return
+        if args.mode == "halfclose":
+            serve_halfclose(raw, args)
+            return
+        assert ctx is not None
+        try:
+            conn = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            report(mode=args.mode, handshake_error=str(e))
+            return
+        serve_tls(conn, args)
+    except Exception as e:  # noqa: BLE001 - a peer's failure is reported, not fatal to the server
+        report(mode=args.mode, error=f"{type(e).__name__}: {e}")
+    finally:
+        raw.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--mode", required=True)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--bytes", type=int, default=0)
+    p.add_argument("--status")
+    p.add_argument("--max-version", choices=["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"])
+    p.add_argument("--ciphers")
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--max-conns", type=int, default=1000)
+    args = p.parse_args()
+
+    ctx = None
+    if args.mode not in ("hold", "halfclose"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if args.ciphers:  # before loading: the security level decides which certificates load
+            ctx.set_ciphers(args.ciphers)
+        ctx.load_cert_chain(args.cert, args.key)
+        if args.max_version:
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+                                   "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}[
+                args.max_version]
+
+        def sni(conn: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            conn.sni = name  # type: ignore[attr-defined]
+
+        ctx.sni_callback = sni  # type: ignore[assignment]
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.host, args.port))
+    srv.listen(128)
+    print("READY", flush=True)
+    for _ in range(args.max_conns):
+        raw, _addr = srv.accept()
+        threading.Thread(target=handle, args=(raw, ctx, args), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
