@@ -283,6 +283,7 @@ class OutboundConnection(Protocol):
     def _abandon_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None
         self._ready = False
+        self._fields.clear()
         if self.relay is not None:
             self.relay.detach()
         if self._connecting is not None:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import socket
+import struct
 import sys
 import time
 
@@ -31,6 +32,10 @@ def pattern_stream(total: int, chunk: int = 65536):  # type: ignore[no-untyped-d
         sent += n
 
 
+class _Done(Exception):
+    pass
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("host")
@@ -42,6 +47,9 @@ def main() -> None:
     p.add_argument("--then-send", type=int, default=0)
     p.add_argument("--max-read", type=int, default=1 << 40)
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--tls-ca-pem", help="speak TLS itself, trusting this CA (PEM text), as a TLS-aware app would")
+    p.add_argument("--sni", help="with --tls-ca-pem: the name to verify")
+    p.add_argument("--reset", action="store_true", help="after sending, close with RST instead of reading")
     args = p.parse_args()
 
     result: dict[str, object] = {"connected": False, "received": 0, "end": None}
@@ -54,11 +62,22 @@ def main() -> None:
     try:
         s.connect((args.host, args.port))
         result["connected"] = True
+        if args.tls_ca_pem:
+            import ssl
+
+            ctx = ssl.create_default_context(cadata=args.tls_ca_pem)
+            s = ctx.wrap_socket(s, server_hostname=args.sni)
+            result["tls_version"] = s.version()
         if args.send:
             s.sendall(args.send.encode().decode("unicode_escape").encode("latin-1"))
         if args.send_bytes:
             for piece in pattern_stream(args.send_bytes):
                 s.sendall(piece)
+        if args.reset:
+            time.sleep(0.2)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            raise _Done("sent-reset")
         if args.shutdown:
             s.shutdown(socket.SHUT_WR)
         if args.read_delay:
@@ -83,6 +102,8 @@ def main() -> None:
                 result["after_then_send"] = "eof" if not rest else "data"
             except ConnectionResetError:
                 result["after_then_send"] = "reset"
+    except _Done as done:
+        result["end"] = done.args[0]
     except ConnectionResetError:
         result["end"] = "reset"
     except ConnectionRefusedError:

@@ -11,7 +11,9 @@ Modes (one per process; each accepted connection is served in its own thread):
   halfclose   (pyOpenSSL) send "response", close_notify, then read until the client's
               close_notify and report how many bytes came after ours
   hold        plain TCP: accept and never answer (no TLS at all)
-Each connection's outcome is printed as one JSON line; "READY" once listening.
+  plainecho   plain TCP echo (no TLS), for passthrough routes
+Each connection's outcome is printed as one JSON line; "READY" once listening.  Python's ssl
+reports a TCP FIN and a TCP RST without close_notify alike ("eof_without_close_notify").
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def serve_tls(conn: ssl.SSLSocket, args: argparse.Namespace) -> None:
         report(**info, request=head.decode("latin-1"))
         close_clean(conn)
     elif mode in ("truncate", "reset"):
+        conn.recv(CHUNK)  # the request: unread data would turn our FIN into a RST
         conn.sendall(pattern(1000))
         time.sleep(0.2)
         if mode == "reset":
@@ -153,9 +156,11 @@ def serve_halfclose(raw: socket.socket, args: argparse.Namespace) -> None:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate_chain_file(args.cert)
     ctx.use_privatekey_file(args.key)
+    # pyOpenSSL wants a blocking socket; SO_RCVTIMEO still bounds every wait.
+    raw.settimeout(None)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(args.timeout), 0))
     conn = SSL.Connection(ctx, raw)
     conn.set_accept_state()
-    raw.settimeout(20)
     conn.do_handshake()
     conn.sendall(b"response")
     conn.shutdown()  # our close_notify; the client may keep sending
@@ -181,12 +186,20 @@ def handle(raw: socket.socket, ctx: ssl.SSLContext | None, args: argparse.Namesp
         if args.mode == "hold":
             raw.recv(1)
             return
+        if args.mode == "plainecho":
+            n = 0
+            while data := raw.recv(CHUNK):
+                n += len(data)
+                raw.sendall(data)
+            report(mode="plainecho", received=n)
+            return
         if args.mode == "halfclose":
             serve_halfclose(raw, args)
             return
         assert ctx is not None
         try:
-            conn = ctx.wrap_socket(raw, server_side=True)
+            # suppress_ragged_eofs=False: a TCP end without close_notify must show as such.
+            conn = ctx.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False)
         except (ssl.SSLError, OSError) as e:
             report(mode=args.mode, handshake_error=str(e))
             return
@@ -213,7 +226,7 @@ def main() -> None:
     args = p.parse_args()
 
     ctx = None
-    if args.mode not in ("hold", "halfclose"):
+    if args.mode not in ("hold", "halfclose", "plainecho"):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         if args.ciphers:  # before loading: the security level decides which certificates load
             ctx.set_ciphers(args.ciphers)
