@@ -10,11 +10,12 @@ TLS) unless the route rejects.  Every connection ends in exactly one log event.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import socket
 import struct
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from OpenSSL import SSL
 from twisted.internet import defer, error, interfaces
@@ -38,6 +39,27 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _ids = itertools.count(1)
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _fail_closed(method: F) -> F:
+    """An unexpected exception in an event handler resets both sides and is logged.
+
+    Left to Twisted, an exception in dataReceived closes the client with a FIN: an error that
+    looks like a clean end.  Here it becomes a RST, like every other failure.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: "OutboundConnection", *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception:  # noqa: BLE001 - fail closed, whatever went wrong
+            self.log.failure("conn {conn_id}: internal error in {method}", conn_id=self.conn_id,
+                             method=method.__name__)
+            self._refuse("internal-error", f"exception in {method.__name__}")
+
+    return guarded  # type: ignore[return-value]
+
 
 def original_destination(sock: socket.socket) -> tuple[IPAddress, int]:
     """Where the client meant to go before iptables REDIRECT sent it to us.
@@ -48,7 +70,7 @@ def original_destination(sock: socket.socket) -> tuple[IPAddress, int]:
     if sock.family == socket.AF_INET6:
         peer = ipaddress.IPv6Address(sock.getpeername()[0].split("%")[0])
         if peer.ipv4_mapped is None:
-            raw = sock.getsockopt(socket.SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             return ipaddress.IPv6Address(raw[8:24]), port
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
@@ -114,6 +136,7 @@ class OutboundConnection(Protocol):
         self._fields: dict[str, object] = {}
 
     # ------------------------------------------------------------------ client events
+    @_fail_closed
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.factory.active.add(self)  # type: ignore[attr-defined]
@@ -144,6 +167,7 @@ class OutboundConnection(Protocol):
         else:  # http-host: wait for the request head
             self._arm(self.config.outbound.sniff_timeout, "no-host", "no complete request head in time")
 
+    @_fail_closed
     def dataReceived(self, data: bytes) -> None:
         if self.mode == "relay" and self.first_bytes is not None:
             assert self.relay is not None
@@ -172,6 +196,7 @@ class OutboundConnection(Protocol):
             self.transport.pauseProducing()
         self._maybe_begin()
 
+    @_fail_closed
     def readConnectionLost(self) -> None:
         self.client_eof = True
         if self.mode == "done":
@@ -187,6 +212,7 @@ class OutboundConnection(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
+    @_fail_closed
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.active.discard(self)  # type: ignore[attr-defined]
         if self.mode == "relay" and self.relay is not None:

@@ -184,7 +184,8 @@ def handle(raw: socket.socket, ctx: ssl.SSLContext | None, args: argparse.Namesp
     try:
         raw.settimeout(args.timeout)
         if args.mode == "hold":
-            raw.recv(1)
+            while raw.recv(CHUNK):  # swallow the ClientHello, never answer
+                pass
             return
         if args.mode == "plainecho":
             n = 0
