@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 def is_valid_hostname(name: str) -> bool:
     """A DNS name we are willing to put in SNI and verify against (no wildcards)."""
-    return bool(_HOSTNAME_RE.match(name)) and not name.startswith("*")
+    return bool(_HOSTNAME_RE.fullmatch(name)) and not name.startswith("*")
 
 
 # --------------------------------------------------------------------------- values
@@ -122,7 +122,10 @@ class Config:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError("", f"not valid TOML: {e}", getattr(e, "lineno", None)) from None
+            found = re.search(r"at line (\d+)", str(e))
+            raise ConfigError("", f"not valid TOML: {e}", int(found.group(1)) if found else None) from None
+        except (ValueError, RecursionError) as e:  # tomllib's own limits (huge integers, deep nesting)
+            raise ConfigError("", f"not valid TOML: {type(e).__name__}: {e}") from None
         try:
             return cls.from_mapping(data, source=source)
         except ConfigError as e:
@@ -152,6 +155,49 @@ class Config:
         return cls(policy=policy, outbound=outbound, source=source)
 
 
+@attrs.frozen
+class Listener:
+    family: int  # 4 or 6
+    port: int
+    interface: Optional[str]
+
+
+def parse_listener(description: str) -> Listener:
+    """Family and port of a Twisted server endpoint string ("tcp:15001:interface=127.0.0.1")."""
+    parts = _split_endpoint(description)
+    kind = parts[0]
+    if kind not in ("tcp", "tcp6"):
+        raise ConfigError("outbound.listen", f"transparent mode needs a tcp or tcp6 endpoint, got {description!r}")
+    positional = [p for p in parts[1:] if "=" not in p]
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port_text = keywords.get("port") or (positional[0] if positional else "")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
+        raise ConfigError("outbound.listen", f"no usable port in {description!r}")
+    # Twisted's positional order: tcp:PORT:INTERFACE:BACKLOG but tcp6:PORT:BACKLOG:INTERFACE.
+    slot = 1 if kind == "tcp" else 2
+    interface = keywords.get("interface") or (positional[slot] if len(positional) > slot else None)
+    family = 6 if kind == "tcp6" or (interface is not None and ":" in interface) else 4
+    return Listener(family=family, port=int(port_text), interface=interface)
+
+
+def _split_endpoint(description: str) -> list[str]:
+    parts, current, i = [], "", 0
+    while i < len(description):
+        ch = description[i]
+        if ch == "\\" and i + 1 < len(description):
+            current += description[i + 1]
+            i += 2
+            continue
+        if ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    parts.append(current)
+    return parts
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -175,7 +221,10 @@ class _Reader:
             ok = False
         elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
             ok = True
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ConfigError(self.key(name), f"number too large: {value}") from None
         else:
             ok = isinstance(value, kinds)
         if not ok:
@@ -258,6 +307,7 @@ def _outbound(r: _Reader) -> Outbound:
     listen = (listen_raw,) if isinstance(listen_raw, str) else tuple(listen_raw)
     r.check("listen", bool(listen) and all(isinstance(x, str) and x for x in listen),
             "must be a Twisted server endpoint string, or a non-empty array of them")
+    listeners = [parse_listener(x) for x in listen]
     connect_timeout = _positive(r, "connect_timeout", r.take("connect_timeout", float, d.connect_timeout), 300)
     handshake_timeout = _positive(r, "handshake_timeout",
                                   r.take("handshake_timeout", float, d.handshake_timeout), 300)
@@ -276,6 +326,10 @@ def _outbound(r: _Reader) -> Outbound:
             raise ConfigError(f"{path}.name", f"duplicate route name {route.name!r}")
         names.add(route.name)
         routes.append(route)
+    for family in {route.destination.version for route in routes}:
+        r.check("listen", any(x.family == family for x in listeners),
+                f"routes for IPv{family} destinations need a {'tcp6' if family == 6 else 'tcp'} listener "
+                "(REDIRECT delivers them to the loopback address of their own family)")
     r.done()
     return Outbound(listen=listen, connect_timeout=connect_timeout, handshake_timeout=handshake_timeout,
                     sniff_timeout=sniff_timeout, max_header_bytes=max_header, routes=tuple(routes))
@@ -332,6 +386,8 @@ def _locate(text: str, key: str) -> Optional[int]:
     if not key:
         return None
     parts = re.findall(r"([A-Za-z0-9_-]+)(?:\[(\d+)\])?", key)
+    if not parts:
+        return None
     # Split into the table path (everything but the last part) and the leaf key.
     table_parts = parts[:-1]
     leaf, leaf_index = parts[-1]

@@ -12,58 +12,16 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from typing import Optional, Sequence
+from typing import Sequence
 
-import attrs
+from ssaproxy.config import Config, Listener, Route, parse_listener
 
-from ssaproxy.config import Config, Route
-from ssaproxy.errors import ConfigError
+__all__ = ["CHAIN", "Listener", "parse_listener", "rules", "removal", "render", "apply", "remove"]
 
 CHAIN = "SSAPROXY_OUTPUT"
 _LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 _TOOLS = {4: "iptables", 6: "ip6tables"}
 _MULTIPORT_MAX = 15
-
-
-@attrs.frozen
-class Listener:
-    family: int  # 4 or 6
-    port: int
-    interface: Optional[str]
-
-
-def parse_listener(description: str) -> Listener:
-    """Family and port of a Twisted server endpoint string ("tcp:15001:interface=127.0.0.1")."""
-    parts = _split_endpoint(description)
-    kind = parts[0]
-    if kind not in ("tcp", "tcp6"):
-        raise ConfigError("outbound.listen", f"transparent mode needs a tcp or tcp6 endpoint, got {description!r}")
-    positional = [p for p in parts[1:] if "=" not in p]
-    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    port_text = keywords.get("port") or (positional[0] if positional else "")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError("outbound.listen", f"no usable port in {description!r}")
-    interface = keywords.get("interface") or (positional[2] if len(positional) > 2 else None)
-    family = 6 if kind == "tcp6" or (interface is not None and ":" in interface) else 4
-    return Listener(family=family, port=int(port_text), interface=interface)
-
-
-def _split_endpoint(description: str) -> list[str]:
-    parts, current, i = [], "", 0
-    while i < len(description):
-        ch = description[i]
-        if ch == "\\" and i + 1 < len(description):
-            current += description[i + 1]
-            i += 2
-            continue
-        if ch == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-        i += 1
-    parts.append(current)
-    return parts
 
 
 def _port_groups(route: Route) -> list[list[str]]:
@@ -82,11 +40,8 @@ def rules(config: Config, uid: int) -> list[list[str]]:
         routes = [r for r in config.outbound.routes if r.destination.version == family]
         if not routes:
             continue
-        listener = next((x for x in listeners if x.family == family), None)
-        if listener is None:
-            raise ConfigError("outbound.listen",
-                              f"routes for IPv{family} destinations need a {'tcp6' if family == 6 else 'tcp'} "
-                              "listener to redirect to")
+        # Config loading guarantees a listener of each routed family.
+        listener = next(x for x in listeners if x.family == family)
         tool = [_TOOLS[family], "-w", "-t", "nat"]
         out.append(tool + ["-N", CHAIN])
         out.append(tool + ["-A", CHAIN, "-m", "owner", "--uid-owner", str(uid), "-j", "RETURN"])

@@ -357,6 +357,11 @@ class OutboundConnection(Protocol):
         self._refuse(how, detail)
 
     # ------------------------------------------------------------------ endings
+    def shut_down(self) -> None:
+        """The daemon is stopping: end this connection with a reset on both sides."""
+        if self.mode != "done":
+            self._refuse("shutdown", "daemon stopping")
+
     def _relay_done(self, outcome: str, detail: Optional[str]) -> None:
         self._finish(outcome, detail, reset_client=False)
 

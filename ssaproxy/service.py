@@ -30,6 +30,23 @@ class _Announce(service.Service):
                  min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
 
 
+class _ResetOnStop(service.Service):
+    """At shutdown, reset the connections still being relayed.
+
+    Left alone, the reactor would close them with a FIN, which a legacy program reads as a
+    complete response; a RST tells it the truth.  Listeners stop first (this service is started
+    after them and stopped before them), so no new connection slips in.
+    """
+
+    def __init__(self, factory: OutboundFactory) -> None:
+        self.factory = factory
+
+    def stopService(self) -> None:
+        super().stopService()
+        for conn in list(self.factory.active):
+            conn.shut_down()
+
+
 def make_service(config: Config, reactor: Any) -> service.MultiService:
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
@@ -38,5 +55,6 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     for description in config.outbound.listen:
         svc = strports.service(description, factory, reactor=reactor)
         svc.setServiceParent(top)
+    _ResetOnStop(factory).setServiceParent(top)
     _Announce(config).setServiceParent(top)
     return top

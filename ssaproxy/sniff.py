@@ -60,7 +60,7 @@ def http_host(data: bytes, limit: int) -> HostResult:
     """
     end = data.find(b"\r\n\r\n", 0, limit)
     if end < 0:
-        first_line_end = data.find(b"\r\n")
+        first_line_end = data.find(b"\r\n", 0, limit)
         if first_line_end >= 0 and not _is_request_line(data[:first_line_end]):
             return HostResult(complete=True, error="not an HTTP/1.x request")
         if len(data) >= limit:

@@ -108,7 +108,7 @@ def main() -> None:
         result["end"] = "reset"
     except ConnectionRefusedError:
         result["end"] = "refused"
-    except socket.timeout:
+    except TimeoutError:
         result["end"] = "timeout"
     except OSError as e:
         result["end"] = "reset" if e.errno == errno.ECONNRESET else f"error:{errno.errorcode.get(e.errno or 0, e)}"
