@@ -80,7 +80,8 @@ grep -q "ssaproxy started" daemon.log || { cat daemon.log; exit 1; }
 as_app() { ip netns exec "$NS_APP" setpriv --reuid 65534 --regid 65534 --clear-groups "$@"; }
 
 step "An unmodified program (curl, as user nobody) fetches http://www.demo.test/ -> verified TLS"
-as_app curl -sS --max-time 10 --resolve www.demo.test:80:10.88.0.2 http://www.demo.test/ | grep -m1 -E "^(New|Reused), "
+page=$(as_app curl -sS --max-time 10 --resolve www.demo.test:80:10.88.0.2 http://www.demo.test/)
+grep -m1 -E "^(New|Reused), " <<< "$page"
 
 step "The same request to a server with a self-signed certificate -> reset, nothing sent in plaintext"
 if as_app curl -sS --max-time 10 --resolve www.demo.test:80:10.88.0.3 http://www.demo.test/; then

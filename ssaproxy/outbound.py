@@ -141,13 +141,13 @@ class OutboundConnection(Protocol):
         assert self.transport is not None
         self.factory.active.add(self)  # type: ignore[attr-defined]
         try:
-            ip, port = original_destination(self.transport.getHandle())
+            ip, port = original_destination(relay.tcp(self.transport).getHandle())  # type: ignore[arg-type]
         except OSError as e:
             self._refuse("no-orig-dst", f"SO_ORIGINAL_DST failed: {e.strerror or e}")
             return
         ip = _normalize(ip)
         self.orig = (ip, port)
-        here = self.transport.getHost()
+        here = relay.tcp(self.transport).getHost()
         if _normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
             self._refuse("loop", "original destination is this listener (not redirected?)")
             return
@@ -193,7 +193,7 @@ class OutboundConnection(Protocol):
                 return
             self._start_tls(result.host)
         if len(self.buffer) >= _SETUP_BUFFER and self.transport is not None:
-            self.transport.pauseProducing()
+            relay.tcp(self.transport).pauseProducing()
         self._maybe_begin()
 
     @_fail_closed
@@ -336,11 +336,11 @@ class OutboundConnection(Protocol):
         self._disarm()
         self.mode = "relay"
         self._fields.update(self.upstream.facts())
-        self.relay = relay.Relay(self.transport, self.upstream, self._relay_done)  # type: ignore[arg-type]
+        self.relay = relay.Relay(relay.tcp(self.transport), self.upstream, self._relay_done)
         pending, self.buffer = bytes(self.buffer), bytearray()
         self.relay.client_eof = self.client_eof
         self.relay.start(pending)
-        self.transport.resumeProducing()
+        relay.tcp(self.transport).resumeProducing()
 
     def upstream_data(self, data: bytes) -> None:  # only before the relay starts: never
         pass

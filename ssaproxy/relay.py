@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error, interfaces
@@ -33,6 +33,37 @@ RESET = "reset"  # TCP reset, or a TLS error after the handshake
 HANDSHAKE_FAILED = "handshake-failed"
 VERIFY_FAILED = "verify-failed"
 ABORTED = "aborted"  # we aborted it ourselves
+
+
+class TCPTransport(TypingProtocol):
+    """What the relay uses of a Twisted TCP transport (ITCPTransport + IProducer + IConsumer)."""
+
+    producer: object
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def loseWriteConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def getHandle(self) -> object: ...
+
+    def getHost(self) -> Any: ...
+
+
+def tcp(transport: object) -> TCPTransport:
+    """The transport Twisted gave a TCP protocol, typed for what the relay needs of it."""
+    return cast(TCPTransport, transport)
 
 
 class UpstreamSink(TypingProtocol):
@@ -81,12 +112,10 @@ class PlainUpstream(Upstream):
             self.sink.upstream_data(data)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        tcp(self.transport).write(data)
 
     def shutdown_write(self) -> None:
-        assert self.transport is not None
-        self.transport.loseWriteConnection()
+        tcp(self.transport).loseWriteConnection()
 
     def readConnectionLost(self) -> None:
         self._eof = True
@@ -108,7 +137,7 @@ class PlainUpstream(Upstream):
             self.sink.upstream_lost(RESET, reason.getErrorMessage())
 
 
-def reset(transport: interfaces.ITransport) -> None:
+def reset(transport: object) -> None:
     """Close a TCP connection with RST: SO_LINGER 0, then abort."""
     handle = getattr(transport, "getHandle", lambda: None)()
     if isinstance(handle, socket.socket):
@@ -116,22 +145,18 @@ def reset(transport: interfaces.ITransport) -> None:
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-    abort = getattr(transport, "abortConnection", None)
-    if abort is not None:
-        abort()
-    else:
-        transport.loseConnection()
+    tcp(transport).abortConnection()
 
 
-def _unregister(transport: Optional[interfaces.ITransport]) -> None:
+def _unregister(transport: object) -> None:
     if transport is not None and getattr(transport, "producer", None) is not None:
-        transport.unregisterProducer()  # type: ignore[attr-defined]
+        tcp(transport).unregisterProducer()
 
 
 class Relay:
     """Splices an accepted client transport and a ready upstream until both ends are done."""
 
-    def __init__(self, client: interfaces.ITCPTransport, upstream: Upstream,
+    def __init__(self, client: TCPTransport, upstream: Upstream,
                  done: Callable[[str, Optional[str]], None]) -> None:
         self.client = client
         self.upstream = upstream
@@ -143,10 +168,10 @@ class Relay:
         self.finished = False
 
     def start(self, pending: bytes) -> None:
-        assert self.upstream.transport is not None
+        upstream = tcp(self.upstream.transport)
         self.upstream.sink = self
-        self.client.registerProducer(self.upstream.transport, True)
-        self.upstream.transport.registerProducer(self.client, True)
+        self.client.registerProducer(upstream, True)
+        upstream.registerProducer(self.client, True)
         if pending:
             self.from_client(pending)
         if self.client_eof:
@@ -207,7 +232,7 @@ class Relay:
     def _maybe_close(self) -> None:
         if self.client_eof and self.upstream_eof_seen and not self.finished:
             self._close_client()
-            self.upstream.transport.loseConnection()  # type: ignore[union-attr]
+            tcp(self.upstream.transport).loseConnection()
             self._finish("closed", None)
 
     def _close_client(self) -> None:
