@@ -1,0 +1,136 @@
+"""Protocol-level tests of the outbound listener with fake sockets and a memory reactor.
+
+They reach what the lab cannot easily provoke: a kernel that cannot say the original
+destination, an unexpected exception inside a handler (which must reset, not FIN), timers.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any, Iterator
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+
+from ssaproxy.config import Config
+from ssaproxy.outbound import OutboundFactory
+
+CONFIG = Config.from_toml("""
+[outbound]
+sniff_timeout = 2
+[[outbound.route]]
+name = "blocked"
+destination = "10.0.0.0/8"
+ports = [23]
+action = "reject"
+[[outbound.route]]
+name = "web"
+destination = "10.0.0.0/8"
+ports = [80]
+tls_port = 443
+hostname_from = "http-host"
+""")
+
+
+class FakeSocket:
+    family = socket.AF_INET
+
+    def __init__(self, orig: tuple[str, int] | Exception) -> None:
+        self.orig = orig
+
+    def getsockopt(self, level: int, opt: int, size: int) -> bytes:
+        if isinstance(self.orig, Exception):
+            raise self.orig
+        host, port = self.orig
+        return struct.pack("!HH4s8x", socket.AF_INET, port, socket.inet_aton(host))
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 40000)
+
+    def setsockopt(self, *args: Any) -> None:
+        pass
+
+
+class Transport(StringTransport):
+    aborted = False
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(hostAddress=IPv4Address("TCP", "127.0.0.1", 15001),
+                         peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.sock = sock
+
+    def getHandle(self) -> Any:
+        return self.sock
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "outcome" in event:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def connect(orig: tuple[str, int] | Exception) -> tuple[Any, Transport, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    factory = OutboundFactory(CONFIG, reactor)
+    proto = factory.buildProtocol(None)
+    transport = Transport(FakeSocket(orig))
+    proto.makeConnection(transport)
+    return proto, transport, reactor
+
+
+def test_no_original_destination_resets(events: list[dict[str, Any]]) -> None:
+    _, t, _ = connect(OSError(errno.ENOENT, "No such file or directory"))
+    assert t.aborted
+    assert events[-1]["outcome"] == "no-orig-dst"
+
+
+def test_unexpected_exception_resets_instead_of_closing(events: list[dict[str, Any]]) -> None:
+    _, t, _ = connect(ValueError("kernel said something odd"))
+    assert t.aborted
+    assert events[-1]["outcome"] == "internal-error"
+
+
+def test_reject_route_and_loop(events: list[dict[str, Any]]) -> None:
+    _, t, _ = connect(("10.1.2.3", 23))
+    assert t.aborted and events[-1]["outcome"] == "rejected" and events[-1]["route"] == "blocked"
+    _, t, _ = connect(("127.0.0.1", 15001))
+    assert t.aborted and events[-1]["outcome"] == "loop"
+    _, t, _ = connect(("192.0.2.1", 80))
+    assert t.aborted and events[-1]["outcome"] == "no-route"
+
+
+def test_http_host_waits_within_sniff_timeout(events: list[dict[str, Any]]) -> None:
+    proto, t, reactor = connect(("10.1.2.3", 80))
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHo")
+    reactor.advance(1.9)
+    assert not t.aborted and not events
+    reactor.advance(0.2)
+    assert t.aborted and events[-1]["outcome"] == "no-host"
+    assert not reactor.getDelayedCalls()  # nothing left behind
+
+
+def test_http_host_starts_upstream_to_tls_port(events: list[dict[str, Any]]) -> None:
+    proto, t, reactor = connect(("10.1.2.3", 80))
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: api.test:80\r\n\r\n")
+    assert not t.aborted
+    (host, port, _factory, timeout, _bind) = reactor.tcpClients[-1]
+    assert (host, port, timeout) == ("10.1.2.3", 443, CONFIG.outbound.connect_timeout)
+    assert proto.hostname == "api.test"
+    proto.connectionLost()  # the client leaves during setup: logged once, nothing left running
+    assert events[-1]["outcome"] == "client-gone"
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]

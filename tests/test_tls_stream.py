@@ -1,0 +1,177 @@
+"""In-memory tests of TLSUpstream and the verifier: the paths real peers cannot reach.
+
+A pyOpenSSL server connection in memory-BIO mode stands in for the peer; bytes are pumped
+between it and a StringTransport.  These cover the belt-and-braces checks (a handshake that
+finishes without our leaf check is refused; an exception inside identity checking is a
+refusal) and the precise endings (close_notify vs truncation).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet.testing import StringTransport
+
+from ssaproxy import relay
+from ssaproxy.config import Policy
+from ssaproxy.tls.context import client_context
+from ssaproxy.tls.stream import TLSUpstream
+from ssaproxy.tls.verify import Verifier
+from tests.pki import PKI
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.ready = False
+        self.data = b""
+        self.eof = False
+        self.lost: Optional[tuple[str, Optional[str]]] = None
+
+    def upstream_ready(self) -> None:
+        self.ready = True
+
+    def upstream_data(self, data: bytes) -> None:
+        self.data += data
+
+    def upstream_eof(self) -> None:
+        self.eof = True
+
+    def upstream_lost(self, how: str, detail: Optional[str]) -> None:
+        self.lost = (how, detail)
+
+
+class Transport(StringTransport):
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class Pair:
+    """Our TLSUpstream on a StringTransport, and an in-memory pyOpenSSL server."""
+
+    def __init__(self, pki: PKI, case: str = "good", *, context: Optional[SSL.Context] = None,
+                 hostname: str = "backend.test") -> None:
+        creds = pki.server(case)
+        sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        sctx.use_certificate_chain_file(str(creds.chain))
+        sctx.use_privatekey_file(str(creds.key))
+        self.server = SSL.Connection(sctx, None)
+        self.server.set_accept_state()
+        self.verifier = Verifier(hostname=hostname)
+        ctx = context or client_context(Policy(trust_store=str(pki.root_pem)))
+        conn = SSL.Connection(ctx, None)
+        conn.set_app_data(self.verifier)
+        conn.set_tlsext_host_name(hostname.encode())
+        self.proto = TLSUpstream(conn, self.verifier)
+        self.sink = Sink()
+        self.proto.sink = self.sink
+        self.transport = Transport()
+        self.proto.makeConnection(self.transport)
+        self.server_plain = b""
+        self.server_closed = False
+
+    def pump(self, rounds: int = 20) -> None:
+        for _ in range(rounds):
+            out = self.transport.value()
+            self.transport.clear()
+            if out:
+                self.server.bio_write(out)
+            try:
+                self.server.do_handshake()
+                while True:
+                    self.server_plain += self.server.recv(65536)
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                self.server_closed = True
+            except SSL.Error:
+                pass
+            back = b""
+            try:
+                while True:
+                    back += self.server.bio_read(65536)
+            except SSL.WantReadError:
+                pass
+            if back and not self.transport.aborted:
+                self.proto.dataReceived(back)
+            if not out and not back:
+                return
+
+
+@pytest.fixture
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return PKI(tmp_path_factory.mktemp("pki-mem"))
+
+
+def test_handshake_data_and_close_notify_both_ways(pki: PKI) -> None:
+    p = Pair(pki)
+    p.pump()
+    assert p.sink.ready and p.verifier.verified
+    p.proto.write(b"to server")
+    p.pump()
+    assert p.server_plain == b"to server"
+    p.server.sendall(b"to client")
+    p.server.shutdown()  # the server's close_notify
+    p.pump()
+    assert p.sink.data == b"to client" and p.sink.eof
+    assert not p.transport.disconnecting  # we may still write: half-close
+    p.proto.write(b" and more")
+    p.proto.shutdown_write()
+    p.pump()
+    assert p.server_plain == b"to server and more" and p.server_closed
+    assert p.transport.disconnecting  # both close_notifys exchanged: close the TCP connection
+
+
+def test_handshake_without_our_leaf_check_is_refused(pki: PKI) -> None:
+    # A context that never calls our verify callback: OpenSSL is satisfied, we are not.
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_verify(SSL.VERIFY_NONE)
+    p = Pair(pki, context=ctx)
+    p.pump()
+    assert not p.sink.ready
+    assert p.transport.aborted
+    p.proto.connectionLost()
+    assert p.sink.lost == (relay.VERIFY_FAILED, "certificate was not verified")
+
+
+def test_exception_during_identity_check_rejects(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*args: object) -> None:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr("ssaproxy.tls.verify.verify_certificate_hostname", explode)
+    p = Pair(pki)
+    p.pump()
+    assert not p.sink.ready and p.transport.aborted
+    p.proto.connectionLost()
+    assert p.sink.lost is not None and p.sink.lost[0] == relay.VERIFY_FAILED
+    assert "identity check failed: RuntimeError: surprise" in (p.sink.lost[1] or "")
+
+
+def test_app_data_that_is_not_a_verifier_rejects(pki: PKI) -> None:
+    p = Pair(pki)
+    p.proto.tls.set_app_data(object())  # a connection set up wrongly must fail, not pass
+    p.pump()
+    assert not p.sink.ready and p.transport.aborted
+
+
+def test_tcp_end_without_close_notify_is_truncation(pki: PKI) -> None:
+    p = Pair(pki)
+    p.pump()
+    p.server.sendall(b"partial")
+    p.pump()
+    p.proto.readConnectionLost()  # FIN without close_notify
+    assert p.sink.data == b"partial" and not p.sink.eof
+    assert p.transport.aborted
+    p.proto.connectionLost()
+    assert p.sink.lost == (relay.TRUNCATED, "connection closed without close_notify")
+
+
+def test_verifier_needs_exactly_one_identity() -> None:
+    with pytest.raises(ValueError):
+        Verifier()
+    with pytest.raises(ValueError):
+        Verifier(hostname="a.test", ip="10.0.0.1")
