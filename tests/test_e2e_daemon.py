@@ -101,3 +101,34 @@ def test_console_script_checks_configs(tmp_path: Path) -> None:
     bad.write_text('[outbound]\nlisten = "tcp:15001"\nlisen = "typo"\n')
     r = subprocess.run([script, "check-config", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "outbound.lisen (line 3): unknown key" in r.stderr
+
+
+def test_json_log_observer_gives_connection_events_as_fields(lab: Lab, pki: PKI, tmp_path: Path) -> None:
+    config = tmp_path / "ssaproxy.toml"
+    config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
+                      f'[[outbound.route]]\ndestination = "{SERVER_V4}/32"\nports = [24100]\nhostname = "backend.test"\n')
+    lab.tls_server("echo", pki.server("good"), 24100, tmp_path / "echo.log")
+    lab.apply_rules(config)
+    log = tmp_path / "daemon.json"
+    daemon = lab.spawn(lab.c, [_twistd(), "-n", "--pidfile=", "--logger", "ssaproxy.logs.json_lines", "ssaproxy",
+                               "--config", str(config)], log=log)
+    try:
+        poll(lambda: "ssaproxy started" in log.read_text())
+        r = lab.client(SERVER_V4, 24100, "--send", "json\\n", "--shutdown")
+        assert r["end"] == "eof" and r["head"] == "json\n"
+
+        def conn_events() -> list[dict[str, object]]:
+            out = []
+            for line in log.read_text().splitlines():
+                event = json.loads(line)  # every line is one JSON object
+                if "outcome" in event:
+                    out.append(event)
+            return out
+
+        (event,) = poll(conn_events)
+        assert event["outcome"] == "closed" and event["verified"] is True
+        assert event["orig_dst"] == f"{SERVER_V4}:24100" and event["hostname"] == "backend.test"
+        assert event["bytes_out"] == 5 and event["bytes_in"] == 5 and event["tls_version"] == "TLSv1.3"
+    finally:
+        _clear_rules(lab)
+        stop(daemon)
