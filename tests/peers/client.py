@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--tls-ca-pem", help="speak TLS itself, trusting this CA (PEM text), as a TLS-aware app would")
     p.add_argument("--sni", help="with --tls-ca-pem: the name to verify")
+    p.add_argument("--tls-delay", type=float, default=0.0, help="with --tls-ca-pem: wait before the ClientHello")
     p.add_argument("--reset", action="store_true", help="after sending, close with RST instead of reading")
     args = p.parse_args()
 
@@ -65,6 +66,7 @@ def main() -> None:
         if args.tls_ca_pem:
             import ssl
 
+            time.sleep(args.tls_delay)
             ctx = ssl.create_default_context(cadata=args.tls_ca_pem)
             s = ctx.wrap_socket(s, server_hostname=args.sni)
             result["tls_version"] = s.version()
