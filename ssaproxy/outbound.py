@@ -415,6 +415,10 @@ class OutboundConnection(Protocol):
             outcome=outcome,
             detail=detail,
         )
+        # Drop what we hold of the relay and upstream: no reference cycles outlive the connection.
+        self.relay = None
+        self.upstream = None
+        self.factory.active.discard(self)  # type: ignore[attr-defined]
         emit = self.log.info if ok else self.log.warn
         emit(
             "conn {conn_id} {outcome}: orig_dst={orig_dst} route={route} action={action} "

@@ -247,7 +247,16 @@ class Relay:
         """Stop splicing without ending either side (the owner is replacing the upstream)."""
         self._unregister()
         self.finished = True
+        self._done = _ignore
 
     def _finish(self, outcome: str, detail: Optional[str]) -> None:
         self.finished = True
-        self._done(outcome, detail)
+        done, self._done = self._done, _ignore
+        # Break the reference cycles (owner -> relay -> owner, relay <-> upstream) so a finished
+        # connection is freed by reference counting, not at the next full garbage collection.
+        self.upstream.sink = None
+        done(outcome, detail)
+
+
+def _ignore(outcome: str, detail: Optional[str]) -> None:
+    pass
