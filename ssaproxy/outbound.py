@@ -103,6 +103,11 @@ class OutboundFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.active: set["OutboundConnection"] = set()
+        # A connection accepted *from* the local address of one of our own upstream sockets is
+        # our traffic redirected back to us (the daemon's uid is not excluded from the rules).
+        # Whichever of the two sockets is seen second detects it.
+        self.upstream_locals: set[tuple[str, int]] = set()
+        self.accepted_peers: dict[tuple[str, int], "OutboundConnection"] = {}
 
     def buildProtocol(self, addr: Any) -> "OutboundConnection":
         p = OutboundConnection(self.config, self.reactor)
@@ -130,7 +135,11 @@ class OutboundConnection(Protocol):
         self.passthrough = False
         self.relay: Optional[relay.Relay] = None
         self._connecting: Optional[defer.Deferred[Any]] = None
-        self._timer: Any = None
+        self._timers: dict[str, Any] = {}  # "sniff" (client's first bytes), "handshake"
+        self._early = bytearray()  # upstream bytes that arrived before the relay started
+        self._early_eof = False
+        self._local: Optional[tuple[str, int]] = None
+        self._peer: tuple[str, int] = ("", 0)
         self._verify_error: Optional[str] = None
         self._ready = False
         self._fields: dict[str, object] = {}
@@ -147,6 +156,12 @@ class OutboundConnection(Protocol):
             return
         ip = _normalize(ip)
         self.orig = (ip, port)
+        peer = self.transport.getPeer()
+        self._peer = (getattr(peer, "host", ""), getattr(peer, "port", 0))
+        if self._peer in self.factory.upstream_locals:  # type: ignore[attr-defined]
+            self.own_traffic()
+            return
+        self.factory.accepted_peers[self._peer] = self  # type: ignore[attr-defined]
         here = relay.tcp(self.transport).getHost()
         if _normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
             self._refuse("loop", "original destination is this listener (not redirected?)")
@@ -159,13 +174,14 @@ class OutboundConnection(Protocol):
         if route.action == "reject":
             self._refuse("rejected", None)
         elif route.action == "passthrough":
+            self.first_bytes = False  # forwarded as they are, whatever they are: nothing to sniff
             self._start_passthrough()
         elif route.hostname is not None:
             self._start_tls(route.hostname)
         elif route.hostname_from == "address":
             self._start_tls(str(ip))
         else:  # http-host: wait for the request head
-            self._arm(self.config.outbound.sniff_timeout, "no-host", "no complete request head in time")
+            self._arm("sniff", self.config.outbound.sniff_timeout, "no-host", "no complete request head in time")
 
     @_fail_closed
     def dataReceived(self, data: bytes) -> None:
@@ -225,22 +241,22 @@ class OutboundConnection(Protocol):
     def _classify(self) -> bool:
         """Decide from the first bytes whether the client already speaks TLS.  Returns False
         while undecided."""
-        verdict = sniff.looks_like_client_hello(bytes(self.buffer[:6]))
+        verdict = sniff.looks_like_client_hello(bytes(self.buffer[:sniff.CLIENT_HELLO_PEEK]))
         if verdict is None:
-            if self._timer is None:
-                self._arm(self.config.outbound.sniff_timeout, "sniff-timeout",
+            if "sniff" not in self._timers:
+                self._arm("sniff", self.config.outbound.sniff_timeout, "sniff-timeout",
                           "incomplete first record from client")
             return False
         self.first_bytes = verdict
         if not verdict:
             if self.route is not None and self.route.hostname_from != "http-host":
-                self._disarm()
+                self._disarm("sniff")
             return True
         # The client speaks TLS itself: pass it through untouched.
-        self._disarm()
+        self._disarm("sniff")
         if self.passthrough:
             return True
-        if self.relay is not None and self.relay.bytes_in:
+        if self._early or (self.relay is not None and self.relay.bytes_in):
             self._refuse("tls-after-data", "client sent a ClientHello after server bytes")
             return False
         self._abandon_upstream()
@@ -257,7 +273,7 @@ class OutboundConnection(Protocol):
 
     def _start_tls(self, name: str) -> None:
         assert self.orig is not None and self.route is not None
-        self._disarm()
+        self._disarm("sniff")
         self.hostname = name
         policy = self.config.policy
         if sniff.is_ip_literal(name):
@@ -288,8 +304,14 @@ class OutboundConnection(Protocol):
         if upstream is not self.upstream:
             upstream.abort()
             return
+        here = relay.tcp(upstream.transport).getHost()
+        self._local = (here.host, here.port)
+        self.factory.upstream_locals.add(self._local)  # type: ignore[attr-defined]
+        looped = self.factory.accepted_peers.get(self._local)  # type: ignore[attr-defined]
+        if looped is not None:
+            looped.own_traffic()
         if isinstance(upstream, TLSUpstream) and not upstream.handshake_done:
-            self._arm(self.config.outbound.handshake_timeout, "handshake-timeout",
+            self._arm("handshake", self.config.outbound.handshake_timeout, "handshake-timeout",
                       "no TLS handshake in time")
 
     def _connect_failed(self, reason: Failure, upstream: relay.Upstream) -> None:
@@ -310,6 +332,10 @@ class OutboundConnection(Protocol):
         upstream, self.upstream = self.upstream, None
         self._ready = False
         self._fields.clear()
+        self._early.clear()
+        self._early_eof = False
+        self._disarm("handshake")
+        self._forget_local()
         if self.relay is not None:
             self.relay.detach()
         if self._connecting is not None:
@@ -333,20 +359,33 @@ class OutboundConnection(Protocol):
 
     def _begin_relay(self) -> None:
         assert self.transport is not None and self.upstream is not None
-        self._disarm()
+        self._disarm("handshake")
         self.mode = "relay"
         self._fields.update(self.upstream.facts())
-        self.relay = relay.Relay(relay.tcp(self.transport), self.upstream, self._relay_done)
+        upstream = self.upstream
+        self.relay = rl = relay.Relay(relay.tcp(self.transport), upstream, self._relay_done)
         pending, self.buffer = bytes(self.buffer), bytearray()
-        self.relay.client_eof = self.client_eof
-        self.relay.start(pending)
-        relay.tcp(self.transport).resumeProducing()
+        early, self._early = bytes(self._early), bytearray()
+        rl.client_eof = self.client_eof
+        rl.start(pending)
+        # What the server sent while we waited for the client's first bytes to be classified.
+        if early and not rl.finished:
+            rl.upstream_data(early)
+        if self._early_eof and not rl.finished:
+            rl.upstream_eof()
+        if not rl.finished:
+            relay.tcp(self.transport).resumeProducing()
+            relay.tcp(upstream.transport).resumeProducing()
 
-    def upstream_data(self, data: bytes) -> None:  # only before the relay starts: never
-        pass
+    def upstream_data(self, data: bytes) -> None:
+        # Upstream ready, relay not yet started (the client's first bytes are still being
+        # classified): hold the bytes, bounded, and stop reading beyond that.
+        self._early += data
+        if len(self._early) >= _SETUP_BUFFER and self.upstream is not None:
+            relay.tcp(self.upstream.transport).pauseProducing()
 
     def upstream_eof(self) -> None:
-        pass
+        self._early_eof = True
 
     def upstream_lost(self, how: str, detail: Optional[str]) -> None:
         if self.mode != "setup":
@@ -357,6 +396,11 @@ class OutboundConnection(Protocol):
         self._refuse(how, detail)
 
     # ------------------------------------------------------------------ endings
+    def own_traffic(self) -> None:
+        """This accepted connection comes from one of the daemon's own upstream sockets."""
+        self._refuse("loop", "connection from one of our own upstream sockets: the daemon's uid is not "
+                             "excluded from the redirect (see `ssaproxy iptables print --uid`)")
+
     def shut_down(self) -> None:
         """The daemon is stopping: end this connection with a reset on both sides."""
         if self.mode != "done":
@@ -369,25 +413,36 @@ class OutboundConnection(Protocol):
         self._abandon_upstream()
         self._finish(outcome, detail, reset_client=True)
 
-    def _arm(self, seconds: float, outcome: str, detail: str) -> None:
-        self._disarm()
-        self._timer = self.reactor.callLater(seconds, self._timeout, outcome, detail)
+    def _arm(self, name: str, seconds: float, outcome: str, detail: str) -> None:
+        self._disarm(name)
+        self._timers[name] = self.reactor.callLater(seconds, self._timeout, name, outcome, detail)
 
-    def _disarm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+    def _disarm(self, *names: str) -> None:
+        for name in names or tuple(self._timers):
+            timer = self._timers.pop(name, None)
+            if timer is not None and timer.active():
+                timer.cancel()
 
-    def _timeout(self, outcome: str, detail: str) -> None:
-        self._timer = None
+    def _timeout(self, name: str, outcome: str, detail: str) -> None:
+        self._timers.pop(name, None)
+        # An undecided client prefix can still be pending after the relay started (fixed-name
+        # routes start relaying before the client speaks).
         if self.mode == "setup" or (self.mode == "relay" and self.first_bytes is None and self.buffer):
             self._refuse(outcome, detail)
+
+    def _forget_local(self) -> None:
+        if self._local is not None:
+            self.factory.upstream_locals.discard(self._local)  # type: ignore[attr-defined]
+            self._local = None
 
     def _finish(self, outcome: str, detail: Optional[str], *, reset_client: bool) -> None:
         if self.mode == "done":
             return
         self.mode = "done"
         self._disarm()
+        self._forget_local()
+        if self.factory.accepted_peers.get(self._peer) is self:  # type: ignore[attr-defined]
+            del self.factory.accepted_peers[self._peer]  # type: ignore[attr-defined]
         if reset_client and self.transport is not None:
             relay.reset(self.transport)
         rl = self.relay

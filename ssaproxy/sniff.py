@@ -15,12 +15,22 @@ from ssaproxy.config import is_valid_hostname
 
 _TLS_HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
+_MAX_RECORD = 16384
+# The most a caller needs to buffer to get an answer: one whole TLS record.
+CLIENT_HELLO_PEEK = 5 + _MAX_RECORD
+# handshake header (4) + legacy_version (2) + random (32) + session_id length (1)
+_FIXED = 4 + 2 + 32 + 1
 
 
 def looks_like_client_hello(data: bytes) -> Optional[bool]:
-    """True if `data` starts a TLS record carrying a ClientHello, False if it cannot, None if
-    more bytes are needed.  A 0x16 first byte alone is not enough: it is also a valid first byte
-    of arbitrary binary protocols, so we wait for the record header and handshake type."""
+    """True if `data` starts with a whole TLS record carrying a well-formed ClientHello, False
+    if it cannot, None if more bytes are needed (at most CLIENT_HELLO_PEEK).
+
+    A first byte of 0x16 is also the first byte of other binary protocols, and a wrong "yes"
+    would pass that protocol's plaintext through unencrypted.  So "yes" needs the whole first
+    record and a ClientHello whose lengths add up (session id, cipher suites, compression
+    methods, extensions); "no" is answered as soon as any byte rules it out.
+    """
     if not data:
         return None
     if data[0] != _TLS_HANDSHAKE:
@@ -29,13 +39,44 @@ def looks_like_client_hello(data: bytes) -> Optional[bool]:
         return False
     if len(data) >= 3 and data[2] > 0x04:
         return False
-    if len(data) >= 5:
-        length = int.from_bytes(data[3:5], "big")
-        if length == 0 or length > 16384 + 2048:
-            return False
-    if len(data) < 6:
+    if len(data) < 5:
         return None
-    return data[5] == _CLIENT_HELLO
+    record_len = int.from_bytes(data[3:5], "big")
+    if not _FIXED + 2 + 2 + 1 + 1 <= record_len <= _MAX_RECORD:
+        return False
+    body = data[5:5 + record_len]
+    if len(body) >= 1 and body[0] != _CLIENT_HELLO:
+        return False
+    if len(body) >= 4 and int.from_bytes(body[1:4], "big") < _FIXED - 4 + 2 + 2 + 1 + 1:
+        return False
+    if len(body) >= 6 and not (body[4] == 0x03 and body[5] <= 0x04):
+        return False
+    if len(body) < record_len:
+        return None
+    return _client_hello_fields_fit(body)
+
+
+def _client_hello_fields_fit(body: bytes) -> bool:
+    """Walk the ClientHello's variable-length fields inside one complete record."""
+    end = 4 + int.from_bytes(body[1:4], "big")  # where the handshake message ends
+    limit = min(end, len(body))  # a message longer than the record continues in the next one
+    session_id_len = body[_FIXED - 1]
+    pos = _FIXED + session_id_len
+    if session_id_len > 32 or pos + 2 > limit:
+        return False
+    suites_len = int.from_bytes(body[pos:pos + 2], "big")
+    pos += 2 + suites_len
+    if suites_len == 0 or suites_len % 2 or pos + 1 > limit:
+        return False
+    compression_len = body[pos]
+    pos += 1 + compression_len
+    if compression_len == 0 or pos > limit:
+        return False
+    if end > len(body) or pos == end:
+        return True  # fragmented across records, or no extensions: nothing more to check here
+    if pos + 2 > end:
+        return False
+    return pos + 2 + int.from_bytes(body[pos:pos + 2], "big") == end
 
 
 @attrs.frozen

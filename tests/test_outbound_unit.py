@@ -11,7 +11,7 @@ import gc
 import socket
 import struct
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from ssaproxy.config import Config
 from ssaproxy.outbound import OutboundConnection, OutboundFactory
+from tests.pki import PKI
 
 CONFIG = Config.from_toml("""
 [outbound]
@@ -177,3 +178,125 @@ def test_finished_connection_is_freed_without_the_cycle_collector(monkeypatch: p
         assert [r() for r in refs] == [None, None], gc.get_referrers(*(r() for r in refs if r()))
     finally:
         gc.enable()
+
+
+# --------------------------------------------------------------------------- with an in-memory TLS peer
+
+
+class TLSPeer:
+    """Completes the daemon's upstream connection in memory, with a pyOpenSSL server behind it."""
+
+    def __init__(self, reactor: MemoryReactorClock, pki: PKI, local: Optional[IPv4Address] = None) -> None:
+        from OpenSSL import SSL
+
+        self.SSL = SSL
+        creds = pki.server("good")
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate_chain_file(str(creds.chain))
+        ctx.use_privatekey_file(str(creds.key))
+        self.server = SSL.Connection(ctx, None)
+        self.server.set_accept_state()
+        self.transport = Transport(FakeSocket(("10.1.2.3", 25)))
+        if local is not None:
+            self.transport.hostAddr = local
+        self.proto = reactor.tcpClients[-1][2].buildProtocol(None)
+        self.proto.makeConnection(self.transport)  # fires the endpoint's Deferred: "connected"
+        self.received = b""
+
+    def pump(self, rounds: int = 20) -> None:
+        SSL = self.SSL
+        for _ in range(rounds):
+            out = self.transport.value()
+            self.transport.clear()
+            if out:
+                self.server.bio_write(out)
+            try:
+                self.server.do_handshake()
+                while True:
+                    self.received += self.server.recv(65536)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                pass
+            back = b""
+            try:
+                while True:
+                    back += self.server.bio_read(65536)
+            except SSL.WantReadError:
+                pass
+            if back and not self.transport.aborted:
+                self.proto.dataReceived(back)
+            if not out and not back:
+                return
+
+
+def tls_route_connection(pki: PKI) -> tuple[Any, Transport, MemoryReactorClock]:
+    config = Config.from_toml(f"""
+[policy]
+trust_store = "{pki.root_pem}"
+[outbound]
+handshake_timeout = 3
+sniff_timeout = 5
+[[outbound.route]]
+name = "smtp"
+destination = "10.0.0.0/8"
+hostname = "backend.test"
+""")
+    reactor = MemoryReactorClock()
+    proto = OutboundFactory(config, reactor).buildProtocol(None)
+    client = Transport(FakeSocket(("10.1.2.3", 25)))
+    proto.makeConnection(client)
+    return proto, client, reactor
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return PKI(tmp_path_factory.mktemp("pki-unit"))
+
+
+def test_client_bytes_do_not_cancel_the_handshake_timeout(pki: PKI, events: list[dict[str, Any]]) -> None:
+    proto, client, reactor = tls_route_connection(pki)
+    TLSPeer(reactor, pki)  # TCP connected, and then the server never answers the ClientHello
+    proto.dataReceived(b"EHLO client.test\r\n")  # plaintext: classified "not TLS" at once
+    reactor.advance(2.9)
+    assert not client.aborted
+    reactor.advance(0.2)
+    assert client.aborted and events[-1]["outcome"] == "handshake-timeout"
+
+
+def test_server_bytes_during_sniffing_are_delivered_not_dropped(pki: PKI, events: list[dict[str, Any]]) -> None:
+    proto, client, reactor = tls_route_connection(pki)
+    proto.dataReceived(b"\x16\x03")  # an undecided prefix: the relay must wait
+    peer = TLSPeer(reactor, pki)
+    peer.pump()
+    assert proto._ready and proto.mode == "setup"
+    peer.server.sendall(b"220 banner\r\n")
+    peer.server.shutdown()  # and the server's close_notify, also while we wait
+    peer.pump()
+    assert client.value() == b""
+    proto.dataReceived(b"\x01\x00\x01\x00")  # now decided: a record too short to be a ClientHello
+    peer.pump()
+    assert proto.mode == "relay"
+    assert client.value() == b"220 banner\r\n"  # delivered, in order
+    assert client.write_closed  # and the server's end became the client's FIN
+    assert peer.received == b"\x16\x03\x01\x00\x01\x00"
+
+
+def test_own_traffic_redirected_back_is_a_loop_in_either_order(pki: PKI, events: list[dict[str, Any]]) -> None:
+    proto, client, reactor = tls_route_connection(pki)
+    factory = proto.factory
+    peer = TLSPeer(reactor, pki)  # our upstream socket; its local address is the fake's
+    local = peer.transport.getHost()
+    # The redirected copy of that upstream connection arrives at the listener afterwards ...
+    looped = factory.buildProtocol(None)
+    t2 = Transport(FakeSocket(("10.1.2.3", 25)))
+    t2.peerAddr = IPv4Address("TCP", local.host, local.port)
+    looped.makeConnection(t2)
+    assert t2.aborted and events[-1]["outcome"] == "loop"
+    # ... or before our side learns its own local address.
+    proto2, _, _ = tls_route_connection(pki)
+    looped2 = proto2.factory.buildProtocol(None)
+    t3 = Transport(FakeSocket(("10.1.2.3", 25)))
+    t3.peerAddr = IPv4Address("TCP", "127.0.0.1", 44444)
+    looped2.makeConnection(t3)
+    assert not t3.aborted
+    TLSPeer(proto2.reactor, pki, local=IPv4Address("TCP", "127.0.0.1", 44444))
+    assert t3.aborted and events[-1]["outcome"] == "loop"

@@ -56,7 +56,8 @@ def test_real_client_hello_is_recognised(hello: bytes) -> None:
     # Sanity of the fixture itself: a handshake record (0x16, 0x03 0x0N) carrying type 1.
     assert hello[0] == 0x16 and hello[1] == 0x03 and hello[5] == 0x01
     assert looks_like_client_hello(hello) is True
-    assert looks_like_client_hello(hello[:6]) is True
+    # The record header and handshake type alone are not enough: the whole record must be there.
+    assert looks_like_client_hello(hello[:6]) is None
 
 
 def test_short_prefixes_of_a_client_hello_are_undecided(hello: bytes) -> None:
@@ -67,9 +68,10 @@ def test_short_prefixes_of_a_client_hello_are_undecided(hello: bytes) -> None:
 def test_no_genuine_prefix_is_ever_refused(hello: bytes) -> None:
     verdicts = [looks_like_client_hello(hello[:n]) for n in range(1, len(hello) + 1)]
     assert False not in verdicts
-    # Undecided up to the record header, decided from the handshake type on.
-    assert verdicts[:5] == [None] * 5
-    assert set(verdicts[5:]) == {True}
+    # Undecided until the whole first record has arrived, then a yes.
+    record_end = 5 + int.from_bytes(hello[3:5], "big")
+    assert set(verdicts[:record_end - 1]) == {None}
+    assert set(verdicts[record_end - 1:]) == {True}
 
 
 def test_empty_input_is_undecided() -> None:
@@ -107,14 +109,39 @@ def test_binary_junk_is_not_a_client_hello(junk: bytes) -> None:
     assert looks_like_client_hello(junk + b"\x01" * 10) is False
 
 
-def test_largest_allowed_record_length_is_accepted() -> None:
-    assert looks_like_client_hello(b"\x16\x03\x01" + (16384 + 2048).to_bytes(2, "big") + b"\x01") is True
-    assert looks_like_client_hello(b"\x16\x03\x01" + (16384 + 2049).to_bytes(2, "big") + b"\x01") is False
+def test_largest_allowed_record_length_waits_for_the_record() -> None:
+    assert looks_like_client_hello(b"\x16\x03\x01" + (16384).to_bytes(2, "big") + b"\x01") is None
+    assert looks_like_client_hello(b"\x16\x03\x01" + (16385).to_bytes(2, "big") + b"\x01") is False
 
 
-def test_sslv3_and_tls13_record_versions_are_accepted() -> None:
+def test_sslv3_and_tls13_record_versions_are_accepted(hello: bytes) -> None:
     for minor in range(0, 5):
-        assert looks_like_client_hello(bytes([0x16, 0x03, minor, 0x00, 0x40, 0x01])) is True
+        assert looks_like_client_hello(hello[:2] + bytes([minor]) + hello[3:]) is True
+
+
+@pytest.mark.parametrize("after", [
+    b"user=admin password=hunter2 and more plaintext to fill the record out to its length....",
+    b"\x00" * 80,
+    b"\x03\x03" + b"\x00" * 32 + b"\x21" + b"\x00" * 60,   # session id longer than 32
+])
+def test_client_hello_shaped_prefix_with_other_bytes_is_refused(after: bytes) -> None:
+    # A binary protocol that happens to start 16 03 01 LL LL 01 must not be taken for TLS:
+    # that would pass its plaintext through unencrypted.
+    body = b"\x01" + (len(after)).to_bytes(3, "big") + after
+    data = b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body
+    assert looks_like_client_hello(data) is False
+
+
+def test_fields_must_add_up_to_the_handshake_length(hello: bytes) -> None:
+    # The handshake and record lengths grow by one byte the extensions length does not cover.
+    record_end = 5 + int.from_bytes(hello[3:5], "big")
+    hs_end = 5 + 4 + int.from_bytes(hello[6:9], "big")
+    assert hs_end == record_end
+    truncated_ext = bytearray(hello[:record_end])
+    truncated_ext[3:5] = (int.from_bytes(hello[3:5], "big") + 1).to_bytes(2, "big")
+    truncated_ext[6:9] = (int.from_bytes(hello[6:9], "big") + 1).to_bytes(3, "big")
+    truncated_ext += b"\x00"  # one byte more than the extensions length says
+    assert looks_like_client_hello(bytes(truncated_ext)) is False
 
 
 _tlsish = st.builds(lambda tail: b"\x16\x03" + tail, st.binary(max_size=12))
