@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pwd
 import subprocess
 import sys
@@ -19,8 +18,10 @@ def _load(path: Optional[str]) -> Config:
 
 
 def _uid(value: Optional[str]) -> int:
+    # No default: guessing wrong (say, root, while the daemon runs as its own user) would send
+    # the daemon's upstream connections back to itself.
     if value is None:
-        return os.geteuid()
+        raise SystemExit("ssaproxy: --uid USER is required: the user the daemon runs as")
     if value.isdigit():
         return int(value)
     try:
@@ -37,8 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ipt = sub.add_parser("iptables", help="the nat rules for transparent outbound mode")
     ipt.add_argument("action", choices=["print", "apply", "remove"])
     ipt.add_argument("--config", help="configuration file (default: the embedded default)")
-    ipt.add_argument("--uid", help="user (name or number) the daemon runs as; its own connections "
-                                   "are excluded (default: the current user)")
+    ipt.add_argument("--uid", help="user (name or number) the daemon runs as; its own connections are "
+                                   "excluded from the redirect (required for print and apply)")
     args = parser.parse_args(argv)
     try:
         if args.command == "check-config":
@@ -51,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.action == "apply":
             netfilter.apply(config, _uid(args.uid))
         else:
-            netfilter.remove(config)
+            netfilter.remove()
         return 0
     except ConfigError as e:
         source = getattr(args, "file", None) or getattr(args, "config", None) or "<embedded default>"

@@ -29,17 +29,26 @@ DEFAULT_GROUPS = "X25519:P-256:P-384"
 DEFAULT_CONFIG_TOML = """\
 # ssaproxy's embedded default: listen on loopback only, the system trust store, TLS 1.2+.
 # Plain HTTP redirected to the listener is upgraded to verified HTTPS on port 443, using the
-# request's Host header as the name to verify.
+# request's Host header as the name to verify.  Both address families are covered: a route
+# for IPv4 alone would let IPv6 HTTP leave in plaintext on a dual-stack host.
 [policy]
 min_version = "TLSv1.2"
 max_version = "TLSv1.3"
 
 [outbound]
-listen = "tcp:15001:interface=127.0.0.1"
+listen = ["tcp:15001:interface=127.0.0.1", 'tcp6:15001:interface=\\:\\:1']
 
 [[outbound.route]]
 name = "http-to-https"
 destination = "0.0.0.0/0"
+ports = [80]
+action = "upgrade"
+tls_port = 443
+hostname_from = "http-host"
+
+[[outbound.route]]
+name = "http-to-https-v6"
+destination = "::/0"
 ports = [80]
 action = "upgrade"
 tls_port = 443
@@ -176,6 +185,21 @@ def parse_listener(description: str) -> Listener:
     # Twisted's positional order: tcp:PORT:INTERFACE:BACKLOG but tcp6:PORT:BACKLOG:INTERFACE.
     slot = 1 if kind == "tcp" else 2
     interface = keywords.get("interface") or (positional[slot] if len(positional) > slot else None)
+    unknown = set(keywords) - {"port", "interface", "backlog"}
+    if unknown or len(positional) > 3:
+        raise ConfigError("outbound.listen", f"cannot parse {description!r} (IPv6 addresses need their colons "
+                                             "escaped: interface=\\:\\:1)")
+    if interface is not None:
+        try:
+            address = ipaddress.ip_address(interface)
+        except ValueError:
+            raise ConfigError("outbound.listen", f"interface {interface!r} in {description!r} is not an IP "
+                                                 "address") from None
+        if not (address.is_loopback or address.is_unspecified):
+            # REDIRECT in the OUTPUT chain delivers to 127.0.0.1 / ::1: anything else never sees a
+            # redirected connection.
+            raise ConfigError("outbound.listen", f"interface {interface} would never receive redirected "
+                                                 "connections: listen on the loopback address (127.0.0.1 or ::1)")
     family = 6 if kind == "tcp6" or (interface is not None and ":" in interface) else 4
     return Listener(family=family, port=int(port_text), interface=interface)
 
@@ -345,7 +369,11 @@ def _route(r: _Reader, index: int) -> Route:
         destination = ipaddress.ip_network(dest_raw, strict=True)
     except ValueError as e:
         raise ConfigError(r.key("destination"), f"not a CIDR network: {e}") from None
-    ports_raw = r.take("ports", list, [])
+    ports_raw = r.take("ports", list, None)
+    if ports_raw is not None:
+        r.check("ports", bool(ports_raw), "must list at least one port (omit the key for every port)")
+    else:
+        ports_raw = []
     r.check("ports", all(isinstance(p, int) and not isinstance(p, bool) for p in ports_raw),
             "must be an array of integers")
     ports = tuple(_port(r, "ports", p) for p in ports_raw)

@@ -34,8 +34,9 @@ class _ResetOnStop(service.Service):
     """At shutdown, reset the connections still being relayed.
 
     Left alone, the reactor would close them with a FIN, which a legacy program reads as a
-    complete response; a RST tells it the truth.  Listeners stop first (this service is started
-    after them and stopped before them), so no new connection slips in.
+    complete response; a RST tells it the truth.  (This service stops just before the
+    listeners; both stop synchronously within one reactor turn, so no connection is accepted
+    in between.)
     """
 
     def __init__(self, factory: OutboundFactory) -> None:

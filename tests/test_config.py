@@ -80,14 +80,14 @@ def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_embedded_default_loads_and_listens_on_loopback_only() -> None:
     config = Config.default()
     assert config.source == "<embedded default>"
-    assert config.outbound.listen == ("tcp:15001:interface=127.0.0.1",)
-    for description in config.outbound.listen:
-        assert "interface=127.0.0.1" in description
-        assert "0.0.0.0" not in description and "::" not in description
+    # Loopback only, both families (REDIRECT delivers to 127.0.0.1 and ::1).
+    assert config.outbound.listen == ("tcp:15001:interface=127.0.0.1", r"tcp6:15001:interface=\:\:1")
     assert config.policy == Policy()
     assert config.policy.min_version == "TLSv1.2"
     assert config.policy.trust_store is None
-    (route,) = config.outbound.routes
+    route, route6 = config.outbound.routes
+    assert (route6.destination, route6.ports, route6.tls_port, route6.hostname_from) == (
+        ipaddress.ip_network("::/0"), (80,), 443, "http-host")
     assert route.name == "http-to-https"
     assert route.destination == ipaddress.ip_network("0.0.0.0/0")
     assert route.ports == (80,)

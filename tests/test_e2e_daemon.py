@@ -1,6 +1,7 @@
 """Scenario: the daemon's life as an admin sees it.
 
-`twistd -n ssaproxy` with no --config runs on the embedded default (loopback only, system
+`twistd -n ssaproxy` with no --config runs on the embedded default (loopback only, both
+families, system
 trust store: the lab's private CA is not trusted, so verification fails closed); SIGTERM and
 SIGINT stop it cleanly, resetting connections still in flight; a broken config stops it
 before it starts, naming the key and line.
@@ -18,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import CLIENT_PY, NOBODY, PEERS, REPO, SERVER_V4, Lab, _twistd, log_events, poll, stop
+from tests.lab import CLIENT_PY, NOBODY, PEERS, REPO, SERVER_V4, SERVER_V6, Lab, _twistd, log_events, poll, stop
 from tests.pki import PKI
 
 
 def test_embedded_default_listens_on_loopback_and_trusts_only_the_system_store(
         lab: Lab, pki: PKI, tmp_path: Path) -> None:
     lab.tls_server("http", pki.server("good"), 443, tmp_path / "web.log")
+    lab.tls_server("http", pki.server("good"), 443, tmp_path / "web6.log", host=SERVER_V6)
     rules = lab.ns(lab.c, [sys.executable, "-m", "ssaproxy.cli", "iptables", "print", "--uid", "0"], cwd=REPO)
     lab.ns(lab.c, ["sh", "-e", "-c", rules.stdout])
     log = tmp_path / "daemon.log"
@@ -33,13 +35,18 @@ def test_embedded_default_listens_on_loopback_and_trusts_only_the_system_store(
         poll(lambda: "ssaproxy started" in log.read_text())
         assert "config=<embedded default>" in log.read_text()
         listening = lab.ns(lab.c, ["ss", "-Hltn"]).stdout.split()
-        assert "127.0.0.1:15001" in listening and not any(x.endswith(":15001") and x != "127.0.0.1:15001"
-                                                          for x in listening), listening
+        assert {x for x in listening if x.endswith(":15001")} == {"127.0.0.1:15001", "[::1]:15001"}, listening
         r = lab.curl("http://backend.test/", "--resolve", f"backend.test:80:{SERVER_V4}")
         assert r.returncode == 56, (r.returncode, r.stdout, r.stderr)  # reset: the lab CA is not trusted
         event = poll(lambda: log_events(log))[-1]
         assert " verify-failed: " in event and "unable to get local issuer certificate" in event
         assert "hostname=backend.test" in event
+        # IPv6 HTTP is redirected too (an IPv4-only default would let it out in plaintext).
+        r6 = lab.curl(f"http://[{SERVER_V6}]/", "-g", "-H", "Host: backend.test")
+        assert r6.returncode == 56, (r6.returncode, r6.stdout, r6.stderr)
+        event6 = poll(lambda: [e for e in log_events(log) if f"orig_dst=[{SERVER_V6}]:80 " in e])[-1]
+        assert " verify-failed: " in event6 and "route=http-to-https-v6" in event6
+        assert "GET" not in (tmp_path / "web6.log").read_text()  # nothing reached it in plaintext
     finally:
         _clear_rules(lab)
         code = stop(daemon)
@@ -47,18 +54,24 @@ def test_embedded_default_listens_on_loopback_and_trusts_only_the_system_store(
     assert "Main loop terminated." in log.read_text()
 
 
+def _one_route(config: Path, pki: PKI, port: int) -> None:
+    config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n'
+                      '[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
+                      f'[[outbound.route]]\ndestination = "{SERVER_V4}/32"\nports = [{port}]\n'
+                      'hostname = "backend.test"\n')
+
+
 def _clear_rules(lab: Lab) -> None:
     lab.flush_rules()
     lab.ns(lab.c, ["iptables", "-t", "nat", "-X"], check=False)
+    lab.ns(lab.c, ["ip6tables", "-t", "nat", "-X"], check=False)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_and_resets_live_connections(lab: Lab, pki: PKI, tmp_path: Path, sig: int) -> None:
     config = tmp_path / "ssaproxy.toml"
     port = 24000 + sig
-    config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
-                      f'[[outbound.route]]\ndestination = "{SERVER_V4}/32"\nports = [{port}]\n'
-                      'hostname = "backend.test"\n')
+    _one_route(config, pki, port)
     lab.tls_server("echo", pki.server("good"), port, tmp_path / "echo.log")
     lab.apply_rules(config)
     log = tmp_path / "daemon.log"
@@ -105,8 +118,7 @@ def test_console_script_checks_configs(tmp_path: Path) -> None:
 
 def test_json_log_observer_gives_connection_events_as_fields(lab: Lab, pki: PKI, tmp_path: Path) -> None:
     config = tmp_path / "ssaproxy.toml"
-    config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
-                      f'[[outbound.route]]\ndestination = "{SERVER_V4}/32"\nports = [24100]\nhostname = "backend.test"\n')
+    _one_route(config, pki, 24100)
     lab.tls_server("echo", pki.server("good"), 24100, tmp_path / "echo.log")
     lab.apply_rules(config)
     log = tmp_path / "daemon.json"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ssaproxy import cli, netfilter
+from ssaproxy import cli
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-from ssaproxy.netfilter import CHAIN, Listener, parse_listener, removal, render, rules
+from ssaproxy.netfilter import CHAIN, Listener, chain_rules, parse_listener, render, restore_script, rules
 
 IPT = ["iptables", "-w", "-t", "nat"]
 IP6T = ["ip6tables", "-w", "-t", "nat"]
@@ -42,7 +42,7 @@ def test_parse_listener(description: str, expected: Listener) -> None:
 @pytest.mark.parametrize("description,expected", [
     # Twisted's tcp positional order is port:interface:backlog (twisted.internet.endpoints._parseTCP),
     # unlike tcp6's port:backlog:interface.
-    ("tcp:15001:10.0.0.1", Listener(family=4, port=15001, interface="10.0.0.1")),
+    ("tcp:15001:0.0.0.0", Listener(family=4, port=15001, interface="0.0.0.0")),
     ("tcp:15001:127.0.0.1:50", Listener(family=4, port=15001, interface="127.0.0.1")),
     (r"tcp:15001:\:\:1", Listener(family=6, port=15001, interface="::1")),
 ])
@@ -137,17 +137,23 @@ def test_rule_order_invariants() -> None:
 
 
 def test_v4_only_config_emits_no_ip6tables() -> None:
-    config = Config.default()
+    config = Config.from_toml('[[outbound.route]]\ndestination = "0.0.0.0/0"\nports = [80]\n'
+                              'hostname_from = "http-host"\n')
     argvs = rules(config, 42)
     assert {argv[0] for argv in argvs} == {"iptables"}
+    assert _redirect(IPT, "0.0.0.0/0", ["-m", "multiport", "--dports", "80"], "route0", 15001) in argvs
+
+
+def test_embedded_default_covers_both_families() -> None:
+    # An IPv4-only default would let IPv6 HTTP leave in plaintext on a dual-stack host.
+    argvs = rules(Config.default(), 42)
     assert _redirect(IPT, "0.0.0.0/0", ["-m", "multiport", "--dports", "80"], "http-to-https", 15001) in argvs
-    assert {argv[0] for argv in removal(config)} == {"iptables"}
+    assert _redirect(IP6T, "::/0", ["-m", "multiport", "--dports", "80"], "http-to-https-v6", 15001) in argvs
 
 
 def test_no_routes_no_rules() -> None:
     config = Config.from_toml('[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n')
     assert rules(config, 0) == []
-    assert removal(config) == []
     assert render([]) == ""
 
 
@@ -211,46 +217,26 @@ def test_listener_that_is_not_tcp_is_refused() -> None:
     assert info.value.key == "outbound.listen" and info.value.line == 2
 
 
-# --------------------------------------------------------------------------- removal
+# --------------------------------------------------------------------------- apply's transaction
 
 
-def test_removal_exact() -> None:
-    assert removal(Config.from_toml(MIXED)) == [
-        IPT + ["-D", "OUTPUT", "-p", "tcp", "-j", "SSAPROXY_OUTPUT"],
-        IPT + ["-F", "SSAPROXY_OUTPUT"],
-        IPT + ["-X", "SSAPROXY_OUTPUT"],
-        IP6T + ["-D", "OUTPUT", "-p", "tcp", "-j", "SSAPROXY_OUTPUT"],
-        IP6T + ["-F", "SSAPROXY_OUTPUT"],
-        IP6T + ["-X", "SSAPROXY_OUTPUT"],
-    ]
+def test_restore_script_replaces_the_chain_and_its_rules_in_one_transaction() -> None:
+    config = Config.from_toml(MIXED)
+    body = chain_rules(config, 7, 4)
+    script = restore_script(body, add_jump=True).splitlines()
+    assert script[0] == "*nat" and script[-1] == "COMMIT"
+    assert script[1] == f":{CHAIN} - [0:0]"  # creates the chain, or empties it, inside the transaction
+    assert [shlex.split(line) for line in script[2:-2]] == [["-A", CHAIN, *args] for args in body]
+    assert '--comment "ssaproxy route web"' in script[4]  # iptables-restore understands double quotes only
+    assert script[-2] == f"-A OUTPUT -p tcp -j {CHAIN}"
+    assert f"-A OUTPUT -p tcp -j {CHAIN}" not in restore_script(body, add_jump=False)
 
 
-@pytest.mark.parametrize("toml", [MIXED, None, r"""
-[outbound]
-listen = 'tcp6:15001:interface=\:\:1'
-[[outbound.route]]
-destination = "::/0"
-action = "passthrough"
-"""])
-def test_removal_mirrors_rules(toml: str | None) -> None:
-    config = Config.default() if toml is None else Config.from_toml(toml)
-    installed = rules(config, 99)
-    removed = removal(config)
-    for tool in ("iptables", "ip6tables"):
-        ins = [argv[1:] for argv in installed if argv[0] == tool]
-        rem = [argv[1:] for argv in removed if argv[0] == tool]
-        if not ins:
-            assert not rem
-            continue
-        common = ["-w", "-t", "nat"]
-        # The jump that is appended last is deleted first, with identical match arguments ...
-        jump = ins[-1]
-        assert jump[:4] == common + ["-A"]
-        assert rem[0] == common + ["-D"] + jump[4:]
-        # ... then the chain created first is flushed (dropping every -A CHAIN rule) and deleted.
-        assert ins[0] == common + ["-N", CHAIN]
-        assert rem[1:] == [common + ["-F", CHAIN], common + ["-X", CHAIN]]
-        assert all(argv[3:5] == ["-A", CHAIN] for argv in ins[1:-1])
+def test_print_and_apply_install_the_same_rules() -> None:
+    config = Config.from_toml(MIXED)
+    for family, tool in ((4, "iptables"), (6, "ip6tables")):
+        printed = [argv[4:] for argv in rules(config, 5) if argv[0] == tool]
+        assert printed[1:-1] == [["-A", CHAIN, *args] for args in chain_rules(config, 5, family)]
 
 
 # --------------------------------------------------------------------------- render and CLI
@@ -300,23 +286,8 @@ def test_cli_iptables_print_reports_a_bad_config(tmp_path: Path, capsys: pytest.
     assert "outbound.listen (line 2)" in capsys.readouterr().err
 
 
-def test_remove_runs_removal_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`remove` only runs what `removal` lists, repeating the jump deletion until it fails."""
-    calls: list[list[str]] = []
-
-    class Done:
-        def __init__(self, returncode: int) -> None:
-            self.returncode = returncode
-
-    def fake_run(argv: list[str], **kwargs: object) -> Done:
-        calls.append(list(argv))
-        # The jump is present twice; everything else succeeds once.
-        if argv[4] == "-D":
-            return Done(0 if calls.count(list(argv)) <= 2 else 1)
-        return Done(0)
-
-    monkeypatch.setattr(netfilter.subprocess, "run", fake_run)
-    config = Config.default()
-    netfilter.remove(config)
-    jump, flush, delete = removal(config)
-    assert calls == [jump, jump, jump, flush, delete]
+def test_cli_requires_the_daemon_uid(capsys: pytest.CaptureFixture[str]) -> None:
+    # Guessing (say, root while the daemon runs as its own user) would loop its traffic back.
+    with pytest.raises(SystemExit) as info:
+        cli.main(["iptables", "print"])
+    assert "--uid USER is required" in str(info.value)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Optional
 
 import pytest
-from OpenSSL import SSL
+from cryptography import x509
+from OpenSSL import SSL, crypto
 from twisted.internet.testing import StringTransport
 
 from ssaproxy import relay
@@ -175,3 +176,37 @@ def test_verifier_needs_exactly_one_identity() -> None:
         Verifier()
     with pytest.raises(ValueError):
         Verifier(hostname="a.test", ip="10.0.0.1")
+
+
+def _self_issued_sha1() -> crypto.X509:
+    """A self-issued CA certificate (subject == issuer, as in a key rollover) signed with SHA-1."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tests.pki import _resign_with_sha1
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rollover CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return crypto.X509.from_cryptography(_resign_with_sha1(cert, key))
+
+
+def test_sha1_is_refused_below_the_anchor_even_when_self_issued(pki: PKI) -> None:
+    sha1 = _self_issued_sha1()
+    root = crypto.X509.from_cryptography(x509.load_pem_x509_certificate(pki.root_pem.read_bytes()))
+    v = Verifier(hostname="backend.test")
+    assert v.check(root, 0, 2, 1)  # the trust anchor, reported first
+    assert not v.check(sha1, 0, 1, 1)  # a self-issued intermediate: its SHA-1 signature counts
+    assert v.error is not None and "SHA1" in str(v.error) and v.error.depth == 1
+    # As the anchor itself, the same certificate's self-signature is not judged.
+    anchor_only = Verifier(hostname="backend.test")
+    assert anchor_only.check(sha1, 0, 1, 1) and anchor_only.error is None

@@ -8,7 +8,8 @@ its app data; the context's verify callback only dispatches to it.
 
 The cipher floor (`_CIPHER_FLOOR`) and security level 2 are appended to whatever the admin
 wrote, so a configured string can narrow the suites but never re-enable NULL, anonymous,
-export, RC4, 3DES or MD5 suites, RSA keys below 2048 bits or SHA-1 certificate signatures.
+export, RC4, 3DES or MD5 suites, SHA-1 MACs, RSA key exchange (no forward secrecy), RSA keys
+below 2048 bits or SHA-1 certificate signatures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from OpenSSL._util import lib as _lib
 
 from ssaproxy.config import Policy
 
-_CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:@SECLEVEL=2"
+_CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:!kRSA:@SECLEVEL=2"
 
 _VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 

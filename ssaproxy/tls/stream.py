@@ -23,6 +23,7 @@ from ssaproxy import relay
 from ssaproxy.tls.verify import Verifier
 
 _READ = 65536
+_PENDING_MAX = 1 << 20
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
@@ -108,7 +109,12 @@ class TLSUpstream(relay.Upstream):
                 n = self.tls.send(view[:_READ])
                 view = view[n:]
         except SSL.WantReadError:
+            # OpenSSL wants to read first (it should not, with renegotiation off); hold the rest,
+            # but never without bound.
             self._pending.append(bytes(view))
+            if sum(map(len, self._pending)) > _PENDING_MAX:
+                self._fail(relay.RESET, "TLS layer stalled with too much unsent data")
+                return
         except SSL.Error as e:
             self._fail(relay.RESET, f"TLS error while sending: {_ssl_text(e)}")
             return

@@ -40,6 +40,7 @@ class Verifier:
         self.min_rsa_bits = min_rsa_bits
         self.error: Optional[VerificationFailed] = None
         self.leaf_passed = False
+        self._anchor_depth: Optional[int] = None  # OpenSSL reports the trust anchor first
 
     @property
     def identity(self) -> str:
@@ -60,8 +61,11 @@ class Verifier:
             return False
         if not ok:
             return self.fail(VerificationFailed(_openssl_reason(code), code=code, depth=depth))
+        if self._anchor_depth is None:
+            self._anchor_depth = depth
         c = cert.to_cryptography()
-        problem = _key_problem(c, self.min_rsa_bits) or _signature_problem(c)
+        anchor = depth == self._anchor_depth and c.issuer == c.subject
+        problem = _key_problem(c, self.min_rsa_bits) or (None if anchor else _signature_problem(c))
         if problem:
             return self.fail(VerificationFailed(problem, depth=depth))
         if depth == 0:
@@ -117,10 +121,9 @@ def _key_problem(cert: x509.Certificate, min_rsa_bits: int) -> Optional[str]:
 
 
 def _signature_problem(cert: x509.Certificate) -> Optional[str]:
-    # A self-signed certificate here is a trust anchor (OpenSSL already failed the chain
-    # otherwise); its self-signature carries no trust, so its hash does not matter.
-    if cert.issuer == cert.subject:
-        return None
+    """A weak signature hash.  Not asked of the trust anchor (the top of the verified chain),
+    whose self-signature carries no trust; asked of every other certificate, self-issued
+    key-rollover intermediates included."""
     try:
         algorithm = cert.signature_hash_algorithm
     except Exception:  # noqa: BLE001 - an algorithm cryptography cannot name is not one we trust
