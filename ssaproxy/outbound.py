@@ -78,6 +78,17 @@ def original_destination(sock: socket.socket) -> tuple[IPAddress, int]:
     return ipaddress.IPv4Address(raw[4:8]), port
 
 
+_FourTuple = tuple[str, int, str, int]
+
+
+def _host(text: str) -> str:
+    """One spelling per address (IPv4-mapped IPv6 as IPv4), so 4-tuples compare exactly."""
+    try:
+        return str(_normalize(ipaddress.ip_address(text.split("%")[0])))
+    except ValueError:
+        return text
+
+
 def _normalize(ip: IPAddress) -> IPAddress:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
@@ -90,10 +101,11 @@ class _Once(Factory):
     noisy = False
 
     def __init__(self, proto: relay.Upstream) -> None:
-        self.proto = proto
+        self.proto: Optional[relay.Upstream] = proto
 
-    def buildProtocol(self, addr: Any) -> relay.Upstream:
-        return self.proto
+    def buildProtocol(self, addr: Any) -> Optional[relay.Upstream]:
+        proto, self.proto = self.proto, None  # once only; and the connector keeps no reference
+        return proto
 
 
 class OutboundFactory(Factory):
@@ -103,11 +115,13 @@ class OutboundFactory(Factory):
         self.config = config
         self.reactor = reactor
         self.active: set["OutboundConnection"] = set()
-        # A connection accepted *from* the local address of one of our own upstream sockets is
-        # our traffic redirected back to us (the daemon's uid is not excluded from the rules).
-        # Whichever of the two sockets is seen second detects it.
-        self.upstream_locals: set[tuple[str, int]] = set()
-        self.accepted_peers: dict[tuple[str, int], "OutboundConnection"] = {}
+        # Our own upstream traffic redirected back to us (the daemon's uid is not excluded from
+        # the rules) arrives as an accepted connection whose (peer, original destination) is
+        # one of our upstream sockets' (local, remote) 4-tuples.  The whole 4-tuple is needed:
+        # Linux reuses a local port for connections to different destinations.  Whichever of
+        # the two sockets is seen second detects it.
+        self.upstream_tuples: set[_FourTuple] = set()
+        self.accepted: dict[_FourTuple, "OutboundConnection"] = {}
 
     def buildProtocol(self, addr: Any) -> "OutboundConnection":
         p = OutboundConnection(self.config, self.reactor)
@@ -138,8 +152,8 @@ class OutboundConnection(Protocol):
         self._timers: dict[str, Any] = {}  # "sniff" (client's first bytes), "handshake"
         self._early = bytearray()  # upstream bytes that arrived before the relay started
         self._early_eof = False
-        self._local: Optional[tuple[str, int]] = None
-        self._peer: tuple[str, int] = ("", 0)
+        self._upstream_tuple: Optional[_FourTuple] = None
+        self._accepted_tuple: Optional[_FourTuple] = None
         self._verify_error: Optional[str] = None
         self._ready = False
         self._fields: dict[str, object] = {}
@@ -157,11 +171,12 @@ class OutboundConnection(Protocol):
         ip = _normalize(ip)
         self.orig = (ip, port)
         peer = self.transport.getPeer()
-        self._peer = (getattr(peer, "host", ""), getattr(peer, "port", 0))
-        if self._peer in self.factory.upstream_locals:  # type: ignore[attr-defined]
+        key = (_host(getattr(peer, "host", "")), getattr(peer, "port", 0), str(ip), port)
+        if key in self.factory.upstream_tuples:  # type: ignore[attr-defined]
             self.own_traffic()
             return
-        self.factory.accepted_peers[self._peer] = self  # type: ignore[attr-defined]
+        self._accepted_tuple = key
+        self.factory.accepted[key] = self  # type: ignore[attr-defined]
         here = relay.tcp(self.transport).getHost()
         if _normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
             self._refuse("loop", "original destination is this listener (not redirected?)")
@@ -304,10 +319,11 @@ class OutboundConnection(Protocol):
         if upstream is not self.upstream:
             upstream.abort()
             return
-        here = relay.tcp(upstream.transport).getHost()
-        self._local = (here.host, here.port)
-        self.factory.upstream_locals.add(self._local)  # type: ignore[attr-defined]
-        looped = self.factory.accepted_peers.get(self._local)  # type: ignore[attr-defined]
+        here: Any = relay.tcp(upstream.transport).getHost()
+        there: Any = upstream.transport.getPeer()  # type: ignore[union-attr]
+        self._upstream_tuple = (_host(here.host), here.port, _host(there.host), there.port)
+        self.factory.upstream_tuples.add(self._upstream_tuple)  # type: ignore[attr-defined]
+        looped = self.factory.accepted.get(self._upstream_tuple)  # type: ignore[attr-defined]
         if looped is not None:
             looped.own_traffic()
         if isinstance(upstream, TLSUpstream) and not upstream.handshake_done:
@@ -431,9 +447,9 @@ class OutboundConnection(Protocol):
             self._refuse(outcome, detail)
 
     def _forget_local(self) -> None:
-        if self._local is not None:
-            self.factory.upstream_locals.discard(self._local)  # type: ignore[attr-defined]
-            self._local = None
+        if self._upstream_tuple is not None:
+            self.factory.upstream_tuples.discard(self._upstream_tuple)  # type: ignore[attr-defined]
+            self._upstream_tuple = None
 
     def _finish(self, outcome: str, detail: Optional[str], *, reset_client: bool) -> None:
         if self.mode == "done":
@@ -441,8 +457,8 @@ class OutboundConnection(Protocol):
         self.mode = "done"
         self._disarm()
         self._forget_local()
-        if self.factory.accepted_peers.get(self._peer) is self:  # type: ignore[attr-defined]
-            del self.factory.accepted_peers[self._peer]  # type: ignore[attr-defined]
+        if self._accepted_tuple is not None and self.factory.accepted.get(self._accepted_tuple) is self:  # type: ignore
+            del self.factory.accepted[self._accepted_tuple]  # type: ignore[attr-defined]
         if reset_client and self.transport is not None:
             relay.reset(self.transport)
         rl = self.relay

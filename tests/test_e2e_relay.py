@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from tests.lab import CLIENT_PY, NOBODY, PEERS, SERVER_V4, Lab, log_events, poll, stop
-from tests.peers.tls_server import pattern_digest
+from tests.peers.pattern import pattern_digest
 from tests.pki import PKI
 
 PORTS = {"sink": 22001, "source": 22002, "halfclose": 22003, "truncate": 22004, "reset": 22005,

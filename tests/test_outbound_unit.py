@@ -16,12 +16,13 @@ from typing import Any, Iterator, Optional
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ssaproxy.config import Config
 from ssaproxy.outbound import OutboundConnection, OutboundFactory
+from tests.memtls import TLSServer, Transport
 from tests.pki import PKI
 
 CONFIG = Config.from_toml("""
@@ -58,25 +59,6 @@ class FakeSocket:
 
     def setsockopt(self, *args: Any) -> None:
         pass
-
-
-class Transport(StringTransport):
-    aborted = False
-
-    def __init__(self, sock: Any) -> None:
-        super().__init__(hostAddress=IPv4Address("TCP", "127.0.0.1", 15001),
-                         peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.sock = sock
-
-    def getHandle(self) -> Any:
-        return self.sock
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-    def loseWriteConnection(self) -> None:
-        self.write_closed = True
 
 
 @pytest.fixture
@@ -187,45 +169,19 @@ class TLSPeer:
     """Completes the daemon's upstream connection in memory, with a pyOpenSSL server behind it."""
 
     def __init__(self, reactor: MemoryReactorClock, pki: PKI, local: Optional[IPv4Address] = None) -> None:
-        from OpenSSL import SSL
-
-        self.SSL = SSL
-        creds = pki.server("good")
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.use_certificate_chain_file(str(creds.chain))
-        ctx.use_privatekey_file(str(creds.key))
-        self.server = SSL.Connection(ctx, None)
-        self.server.set_accept_state()
-        self.transport = Transport(FakeSocket(("10.1.2.3", 25)))
-        if local is not None:
-            self.transport.hostAddr = local
+        self.tls = TLSServer(pki.server("good"))
+        self.server = self.tls.conn
+        self.transport = Transport(FakeSocket(("10.1.2.3", 25)), host=local,
+                                   peer=IPv4Address("TCP", "10.1.2.3", 25))
         self.proto = reactor.tcpClients[-1][2].buildProtocol(None)
         self.proto.makeConnection(self.transport)  # fires the endpoint's Deferred: "connected"
-        self.received = b""
 
-    def pump(self, rounds: int = 20) -> None:
-        SSL = self.SSL
-        for _ in range(rounds):
-            out = self.transport.value()
-            self.transport.clear()
-            if out:
-                self.server.bio_write(out)
-            try:
-                self.server.do_handshake()
-                while True:
-                    self.received += self.server.recv(65536)
-            except (SSL.WantReadError, SSL.ZeroReturnError):
-                pass
-            back = b""
-            try:
-                while True:
-                    back += self.server.bio_read(65536)
-            except SSL.WantReadError:
-                pass
-            if back and not self.transport.aborted:
-                self.proto.dataReceived(back)
-            if not out and not back:
-                return
+    @property
+    def received(self) -> bytes:
+        return self.tls.received
+
+    def pump(self) -> None:
+        self.tls.pump(self.transport, self.proto)
 
 
 def tls_route_connection(pki: PKI) -> tuple[Any, Transport, MemoryReactorClock]:
@@ -280,23 +236,63 @@ def test_server_bytes_during_sniffing_are_delivered_not_dropped(pki: PKI, events
     assert peer.received == b"\x16\x03\x01\x00\x01\x00"
 
 
+def _accept(factory: OutboundFactory, peer: IPv4Address, orig: tuple[str, int]) -> Transport:
+    t = Transport(FakeSocket(orig), peer=peer)
+    factory.buildProtocol(None).makeConnection(t)
+    return t
+
+
 def test_own_traffic_redirected_back_is_a_loop_in_either_order(pki: PKI, events: list[dict[str, Any]]) -> None:
     proto, client, reactor = tls_route_connection(pki)
-    factory = proto.factory
-    peer = TLSPeer(reactor, pki)  # our upstream socket; its local address is the fake's
+    peer = TLSPeer(reactor, pki)  # our upstream socket: local 127.0.0.1:15001 -> 10.1.2.3:25
     local = peer.transport.getHost()
     # The redirected copy of that upstream connection arrives at the listener afterwards ...
-    looped = factory.buildProtocol(None)
-    t2 = Transport(FakeSocket(("10.1.2.3", 25)))
-    t2.peerAddr = IPv4Address("TCP", local.host, local.port)
-    looped.makeConnection(t2)
+    t2 = _accept(proto.factory, IPv4Address("TCP", local.host, local.port), ("10.1.2.3", 25))
     assert t2.aborted and events[-1]["outcome"] == "loop"
-    # ... or before our side learns its own local address.
+    # ... or before our side has recorded its own socket.
     proto2, _, _ = tls_route_connection(pki)
-    looped2 = proto2.factory.buildProtocol(None)
-    t3 = Transport(FakeSocket(("10.1.2.3", 25)))
-    t3.peerAddr = IPv4Address("TCP", "127.0.0.1", 44444)
-    looped2.makeConnection(t3)
+    t3 = _accept(proto2.factory, IPv4Address("TCP", "127.0.0.1", 44444), ("10.1.2.3", 25))
     assert not t3.aborted
     TLSPeer(proto2.reactor, pki, local=IPv4Address("TCP", "127.0.0.1", 44444))
     assert t3.aborted and events[-1]["outcome"] == "loop"
+
+
+def test_same_local_port_towards_another_destination_is_not_a_loop(pki: PKI, events: list[dict[str, Any]]) -> None:
+    # Linux hands out one local port to several connections with different destinations: a
+    # client whose address equals our upstream socket's local address is not us.
+    proto, client, reactor = tls_route_connection(pki)
+    peer = TLSPeer(reactor, pki)
+    local = peer.transport.getHost()
+    t = _accept(proto.factory, IPv4Address("TCP", local.host, local.port), ("10.9.9.9", 25))
+    assert not t.aborted and not [e for e in events if e["outcome"] == "loop"]
+
+
+def test_finished_tls_connection_is_freed_without_the_cycle_collector(
+        pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(OutboundConnection, "log", Logger(observer=events.append))
+    gc.collect()
+    gc.disable()
+    try:
+        proto, client, reactor = tls_route_connection(pki)
+        peer = TLSPeer(reactor, pki)
+        peer.pump()
+        upstream = proto.relay.upstream
+        proto.dataReceived(b"hello")
+        peer.pump()
+        peer.server.sendall(b"world")
+        peer.server.shutdown()
+        peer.pump()
+        proto.readConnectionLost()
+        peer.pump()
+        assert peer.received == b"hello" and client.value() == b"world"
+        upstream.connectionLost(Failure(ConnectionDone()))
+        proto.connectionLost(Failure(ConnectionDone()))
+        assert events[-1]["outcome"] == "closed" and events[-1]["verified"] is True
+        refs = [weakref.ref(proto), weakref.ref(upstream), weakref.ref(upstream.tls)]
+        events.clear()
+        reactor.tcpClients.clear()  # the memory reactor's own record of the connect
+        del proto, upstream, peer
+        assert [r() for r in refs] == [None, None, None], gc.get_referrers(*(r() for r in refs if r()))
+    finally:
+        gc.enable()

@@ -13,13 +13,13 @@ from typing import Optional
 import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from twisted.internet.testing import StringTransport
 
 from ssaproxy import relay
 from ssaproxy.config import Policy
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.stream import TLSUpstream
 from ssaproxy.tls.verify import Verifier
+from tests.memtls import TLSServer, Transport
 from tests.pki import PKI
 
 
@@ -43,25 +43,13 @@ class Sink:
         self.lost = (how, detail)
 
 
-class Transport(StringTransport):
-    aborted = False
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-
 class Pair:
     """Our TLSUpstream on a StringTransport, and an in-memory pyOpenSSL server."""
 
     def __init__(self, pki: PKI, case: str = "good", *, context: Optional[SSL.Context] = None,
                  hostname: str = "backend.test") -> None:
-        creds = pki.server(case)
-        sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        sctx.use_certificate_chain_file(str(creds.chain))
-        sctx.use_privatekey_file(str(creds.key))
-        self.server = SSL.Connection(sctx, None)
-        self.server.set_accept_state()
+        self.peer = TLSServer(pki.server(case))
+        self.server = self.peer.conn
         self.verifier = Verifier(hostname=hostname)
         ctx = context or client_context(Policy(trust_store=str(pki.root_pem)))
         conn = SSL.Connection(ctx, None)
@@ -72,35 +60,17 @@ class Pair:
         self.proto.sink = self.sink
         self.transport = Transport()
         self.proto.makeConnection(self.transport)
-        self.server_plain = b""
-        self.server_closed = False
 
-    def pump(self, rounds: int = 20) -> None:
-        for _ in range(rounds):
-            out = self.transport.value()
-            self.transport.clear()
-            if out:
-                self.server.bio_write(out)
-            try:
-                self.server.do_handshake()
-                while True:
-                    self.server_plain += self.server.recv(65536)
-            except SSL.WantReadError:
-                pass
-            except SSL.ZeroReturnError:
-                self.server_closed = True
-            except SSL.Error:
-                pass
-            back = b""
-            try:
-                while True:
-                    back += self.server.bio_read(65536)
-            except SSL.WantReadError:
-                pass
-            if back and not self.transport.aborted:
-                self.proto.dataReceived(back)
-            if not out and not back:
-                return
+    @property
+    def server_plain(self) -> bytes:
+        return self.peer.received
+
+    @property
+    def server_closed(self) -> bool:
+        return self.peer.closed
+
+    def pump(self) -> None:
+        self.peer.pump(self.transport, self.proto)
 
 
 @pytest.fixture
@@ -191,7 +161,7 @@ def _self_issued_sha1() -> crypto.X509:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rollover CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(7).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))

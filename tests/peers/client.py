@@ -20,16 +20,7 @@ import struct
 import sys
 import time
 
-_BLOCK = hashlib.shake_256(b"ssaproxy test pattern").digest(65521)
-
-
-def pattern_stream(total: int, chunk: int = 65536):  # type: ignore[no-untyped-def]
-    sent = 0
-    while sent < total:
-        start = sent % len(_BLOCK)
-        n = min(chunk, total - sent, len(_BLOCK) - start)
-        yield _BLOCK[start:start + n]
-        sent += n
+from pattern import pattern_stream  # the script's own directory
 
 
 class _Done(Exception):

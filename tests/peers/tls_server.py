@@ -28,33 +28,7 @@ import sys
 import threading
 import time
 
-CHUNK = 65536
-
-
-# A prime-length block, cycled: chunk boundaries never line up with its period, so a
-# duplicated or dropped chunk changes the digest.
-_BLOCK = hashlib.shake_256(b"ssaproxy test pattern").digest(65521)
-
-
-def pattern_stream(total: int, chunk: int = CHUNK):  # type: ignore[no-untyped-def]
-    """`total` bytes of the cycled block, in pieces of at most `chunk`."""
-    sent = 0
-    while sent < total:
-        start = sent % len(_BLOCK)
-        n = min(chunk, total - sent, len(_BLOCK) - start)
-        yield _BLOCK[start:start + n]
-        sent += n
-
-
-def pattern(n: int) -> bytes:
-    return b"".join(pattern_stream(n))
-
-
-def pattern_digest(n: int) -> str:
-    h = hashlib.sha256()
-    for piece in pattern_stream(n):
-        h.update(piece)
-    return h.hexdigest()
+from pattern import CHUNK, pattern, pattern_stream  # the script's own directory
 
 
 def report(**fields: object) -> None:
