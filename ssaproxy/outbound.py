@@ -156,6 +156,7 @@ class OutboundConnection(Protocol):
         self._accepted_tuple: Optional[_FourTuple] = None
         self._verify_error: Optional[str] = None
         self._ready = False
+        self._verified = False  # a verified TLS upstream is being relayed to
         self._fields: dict[str, object] = {}
 
     # ------------------------------------------------------------------ client events
@@ -347,6 +348,7 @@ class OutboundConnection(Protocol):
     def _abandon_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None
         self._ready = False
+        self._verified = False
         self._fields.clear()
         self._early.clear()
         self._early_eof = False
@@ -377,6 +379,8 @@ class OutboundConnection(Protocol):
         assert self.transport is not None and self.upstream is not None
         self._disarm("handshake")
         self.mode = "relay"
+        # A TLSUpstream reports ready only after our verification passed.
+        self._verified = isinstance(self.upstream, TLSUpstream)
         self._fields.update(self.upstream.facts())
         upstream = self.upstream
         self.relay = rl = relay.Relay(relay.tcp(self.transport), upstream, self._relay_done)
@@ -466,10 +470,6 @@ class OutboundConnection(Protocol):
         orig = f"{self.orig[0]}:{self.orig[1]}" if self.orig else None
         if self.orig and self.orig[0].version == 6:
             orig = f"[{self.orig[0]}]:{self.orig[1]}"
-        tls = isinstance(self.upstream, TLSUpstream) or (rl is not None and isinstance(rl.upstream, TLSUpstream))
-        verified: object = bool(tls and rl is not None)
-        if self._verify_error:
-            verified = False
         fields = dict(
             conn_id=self.conn_id,
             orig_dst=orig,
@@ -478,7 +478,7 @@ class OutboundConnection(Protocol):
             hostname=self.hostname,
             tls_version=self._fields.get("tls_version"),
             cipher=self._fields.get("cipher"),
-            verified=verified,
+            verified=self._verified,
             verify_error=self._verify_error,
             bytes_out=rl.bytes_out if rl else 0,
             bytes_in=rl.bytes_in if rl else 0,
