@@ -174,8 +174,8 @@ class Relay:
         upstream.registerProducer(self.client, True)
         if pending:
             self.from_client(pending)
-        if self.client_eof:
-            self.upstream.shutdown_write()
+        if self.client_eof:  # the client finished before the upstream was ready
+            self.client_read_eof()
 
     # ---- client side
     def from_client(self, data: bytes) -> None:
