@@ -28,7 +28,7 @@ from zope.interface import implementer
 from ssaproxy import relay, sniff
 from ssaproxy.config import Config, Route
 from ssaproxy.tls.context import client_context
-from ssaproxy.tls.stream import TLSUpstream
+from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import Verifier
 
 SO_ORIGINAL_DST = 80
@@ -301,7 +301,7 @@ class OutboundConnection(Protocol):
         if verifier.hostname is not None:
             conn.set_tlsext_host_name(verifier.hostname.encode("ascii"))
         port = self.route.tls_port or self.orig[1]
-        self._connect(TLSUpstream(conn, verifier), port)
+        self._connect(TLSStream(conn, verifier), port)
 
     def _connect(self, upstream: relay.Upstream, port: int) -> None:
         assert self.orig is not None
@@ -327,7 +327,7 @@ class OutboundConnection(Protocol):
         looped = self.factory.accepted.get(self._upstream_tuple)  # type: ignore[attr-defined]
         if looped is not None:
             looped.own_traffic()
-        if isinstance(upstream, TLSUpstream) and not upstream.handshake_done:
+        if isinstance(upstream, TLSStream) and not upstream.handshake_done:
             self._arm("handshake", self.config.outbound.handshake_timeout, "handshake-timeout",
                       "no TLS handshake in time")
 
@@ -379,8 +379,8 @@ class OutboundConnection(Protocol):
         assert self.transport is not None and self.upstream is not None
         self._disarm("handshake")
         self.mode = "relay"
-        # A TLSUpstream reports ready only after our verification passed.
-        self._verified = isinstance(self.upstream, TLSUpstream)
+        # A TLSStream reports ready only after our verification passed.
+        self._verified = isinstance(self.upstream, TLSStream)
         self._fields.update(self.upstream.facts())
         upstream = self.upstream
         self.relay = rl = relay.Relay(relay.tcp(self.transport), upstream, self._relay_done)

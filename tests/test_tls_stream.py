@@ -1,4 +1,4 @@
-"""In-memory tests of TLSUpstream and the verifier: the paths real peers cannot reach.
+"""In-memory tests of TLSStream and the verifier: the paths real peers cannot reach.
 
 A pyOpenSSL server connection in memory-BIO mode stands in for the peer; bytes are pumped
 between it and a StringTransport.  These cover the belt-and-braces checks (a handshake that
@@ -17,7 +17,7 @@ from OpenSSL import SSL, crypto
 from ssaproxy import relay
 from ssaproxy.config import Policy
 from ssaproxy.tls.context import client_context
-from ssaproxy.tls.stream import TLSUpstream
+from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import Verifier
 from tests.memtls import TLSServer, Transport
 from tests.pki import PKI
@@ -44,7 +44,7 @@ class Sink:
 
 
 class Pair:
-    """Our TLSUpstream on a StringTransport, and an in-memory pyOpenSSL server."""
+    """Our TLSStream on a StringTransport, and an in-memory pyOpenSSL server."""
 
     def __init__(self, pki: PKI, case: str = "good", *, context: Optional[SSL.Context] = None,
                  hostname: str = "backend.test") -> None:
@@ -55,7 +55,7 @@ class Pair:
         conn = SSL.Connection(ctx, None)
         conn.set_app_data(self.verifier)
         conn.set_tlsext_host_name(hostname.encode())
-        self.proto = TLSUpstream(conn, self.verifier)
+        self.proto = TLSStream(conn, self.verifier)
         self.sink = Sink()
         self.proto.sink = self.sink
         self.transport = Transport()

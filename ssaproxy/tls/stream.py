@@ -1,4 +1,4 @@
-"""A TLS client connection over a memory BIO, with the endings a relay needs.
+"""A TLS connection (client or server side) over a memory BIO, with the endings a relay needs.
 
 Theory of operation: the TCP transport's bytes go into OpenSSL through `bio_write`, whatever
 OpenSSL wants to send comes out of `bio_read` and is written to the transport at once, so the
@@ -20,17 +20,27 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssaproxy import relay
-from ssaproxy.tls.verify import Verifier
+from ssaproxy.tls.verify import PeerCheck
 
 _READ = 65536
 _PENDING_MAX = 1 << 20
+_ALERT_LINGER = 2.0  # seconds a refused peer has to read our alert before the reset
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
-class TLSUpstream(relay.Upstream):
-    def __init__(self, connection: SSL.Connection, verifier: Verifier) -> None:
+class TLSStream(relay.Upstream):
+    """One TLS connection on a TCP transport.  Events go to `sink` (an UpstreamSink): ready
+    once the handshake and our verification passed, then data, eof (close_notify) and lost.
+
+    `server=True` takes the accepting side; there, a handshake or verification failure sends
+    the alert and lets the peer read it before the connection is reset, because the peer is a
+    TLS client that deserves to learn why (a relay's upstream side just resets).
+    """
+
+    def __init__(self, connection: SSL.Connection, verifier: PeerCheck, *, server: bool = False) -> None:
         self.tls = connection
         self.verifier = verifier
+        self.server = server
         self.handshake_done = False
         self.peer_closed = False  # close_notify received
         self.sent_close = False  # close_notify sent
@@ -41,8 +51,11 @@ class TLSUpstream(relay.Upstream):
 
     # ---- Twisted events
     def connectionMade(self) -> None:
-        self.tls.set_connect_state()
-        self._handshake()
+        if self.server:
+            self.tls.set_accept_state()
+        else:
+            self.tls.set_connect_state()
+            self._handshake()
 
     def dataReceived(self, data: bytes) -> None:
         if self._failed or self._aborting:
@@ -62,6 +75,10 @@ class TLSUpstream(relay.Upstream):
 
     def readConnectionLost(self) -> None:
         self._tcp_eof = True
+        if self._failed:
+            if self.transport is not None:  # a refused peer that has read our alert and left
+                self.transport.loseConnection()
+            return
         if not self.peer_closed:
             # FIN without close_notify: let OpenSSL see the EOF, then call it truncation.
             self.tls.bio_shutdown()
@@ -151,16 +168,16 @@ class TLSUpstream(relay.Upstream):
         except SSL.Error as e:
             self._flush()  # the alert, if OpenSSL produced one
             if self.verifier.error is not None:
-                self._fail(relay.VERIFY_FAILED, str(self.verifier.error))
+                self._fail(relay.VERIFY_FAILED, str(self.verifier.error), alert=True)
             else:
-                self._fail(relay.HANDSHAKE_FAILED, _ssl_text(e))
+                self._fail(relay.HANDSHAKE_FAILED, _ssl_text(e), alert=True)
             return
         self._flush()
-        if not self.verifier.verified:
+        if not self.verifier.accept(self.tls):
             # Belt and braces: a handshake that finished without our leaf check passing is
             # refused, whatever OpenSSL thought.
             reason = str(self.verifier.error or "certificate was not verified")
-            self._fail(relay.VERIFY_FAILED, reason)
+            self._fail(relay.VERIFY_FAILED, reason, alert=True)
             return
         self.handshake_done = True
         if self.sink is not None:
@@ -207,10 +224,25 @@ class TLSUpstream(relay.Upstream):
                 return
             self.transport.write(out)
 
-    def _fail(self, how: str, detail: Optional[str]) -> None:
+    def _fail(self, how: str, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
             self._failed = (how, detail)
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if alert and self.server and self.connected:
+            # The alert is in the TCP transport's buffer: send it with a FIN, keep reading (and
+            # discarding) so the client's in-flight data cannot turn our close into an early RST
+            # that destroys the alert, and reset only if the client lingers.
+            tcp = relay.tcp(self.transport)
+            tcp.loseWriteConnection()
+            reactor = getattr(self.transport, "reactor", None)
+            if reactor is not None:
+                reactor.callLater(_ALERT_LINGER, self._linger_over)
+            return
+        relay.reset(self.transport)
+
+    def _linger_over(self) -> None:
+        if self.connected and self.transport is not None:
             relay.reset(self.transport)
 
 

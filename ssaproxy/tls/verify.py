@@ -28,23 +28,15 @@ from ssaproxy.errors import VerificationFailed
 _WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 
 
-class Verifier:
-    """Verification state of one connection: what to check and how it went."""
+class PeerCheck:
+    """Verification state of one connection's peer: OpenSSL's chain verdict plus our checks,
+    and how it went.  Subclasses decide what the leaf must prove (`_check_leaf`)."""
 
-    def __init__(self, hostname: Optional[str] = None, ip: Optional[str] = None, *,
-                 min_rsa_bits: int = 2048) -> None:
-        if (hostname is None) == (ip is None):
-            raise ValueError("exactly one of hostname or ip is required")
-        self.hostname = hostname
-        self.ip = ipaddress.ip_address(ip) if ip is not None else None
+    def __init__(self, *, min_rsa_bits: int = 2048) -> None:
         self.min_rsa_bits = min_rsa_bits
         self.error: Optional[VerificationFailed] = None
         self.leaf_passed = False
         self._anchor_depth: Optional[int] = None  # OpenSSL reports the trust anchor first
-
-    @property
-    def identity(self) -> str:
-        return self.hostname if self.hostname is not None else str(self.ip)
 
     @property
     def verified(self) -> bool:
@@ -69,13 +61,39 @@ class Verifier:
         if problem:
             return self.fail(VerificationFailed(problem, depth=depth))
         if depth == 0:
-            self._check_identity(c)
+            try:
+                self._check_leaf(c)
+            except Exception as e:  # noqa: BLE001 - any surprise in identity checking is a rejection
+                self.fail(VerificationFailed(f"identity check failed: {type(e).__name__}: {e}", depth=0))
             if self.error is not None:
                 return False
             self.leaf_passed = True
         return True
 
-    def _check_identity(self, cert: x509.Certificate) -> None:
+    def accept(self, conn: SSL.Connection) -> bool:
+        """After a finished handshake: may this connection carry data?"""
+        return self.verified
+
+    def _check_leaf(self, cert: x509.Certificate) -> None:
+        raise NotImplementedError
+
+
+class Verifier(PeerCheck):
+    """A server we connect to must prove a DNS name or an IP address (service-identity)."""
+
+    def __init__(self, hostname: Optional[str] = None, ip: Optional[str] = None, *,
+                 min_rsa_bits: int = 2048) -> None:
+        if (hostname is None) == (ip is None):
+            raise ValueError("exactly one of hostname or ip is required")
+        super().__init__(min_rsa_bits=min_rsa_bits)
+        self.hostname = hostname
+        self.ip = ipaddress.ip_address(ip) if ip is not None else None
+
+    @property
+    def identity(self) -> str:
+        return self.hostname if self.hostname is not None else str(self.ip)
+
+    def _check_leaf(self, cert: x509.Certificate) -> None:
         try:
             if self.ip is not None:
                 verify_certificate_ip_address(cert, str(self.ip))
@@ -88,21 +106,60 @@ class Verifier:
         except IdentityUnusable as e:
             # e.g. no subjectAltName at all: we never fall back to the subject CN.
             self.fail(VerificationFailed(f"certificate unusable for identity checks: {e}", depth=0))
-        except Exception as e:  # noqa: BLE001 - any surprise in identity checking is a rejection
-            self.fail(VerificationFailed(f"identity check failed: {type(e).__name__}: {e}", depth=0))
+
+
+class ClientCheck(PeerCheck):
+    """A client of an inbound listener: a chain to the client CA (OpenSSL checks the
+    clientAuth purpose) and, if an allow-list is set, one of its SANs on it, exactly.  No CN."""
+
+    def __init__(self, *, allow: tuple[str, ...] = (), required: bool = False, min_rsa_bits: int = 2048) -> None:
+        super().__init__(min_rsa_bits=min_rsa_bits)
+        self.allow = frozenset(_normal_identity(a) for a in allow)
+        self.required = required
+        self.identities: tuple[str, ...] = ()  # "dns:…", "uri:…" of the presented leaf
+        self.presented = False
+
+    def _check_leaf(self, cert: x509.Certificate) -> None:
+        self.presented = True
+        self.identities = san_identities(cert)
+        if self.allow and not self.allow.intersection(map(_normal_identity, self.identities)):
+            shown = ", ".join(self.identities) or "no subjectAltName"
+            self.fail(VerificationFailed(f"client identity not allowed ({shown})", depth=0))
+
+    def accept(self, conn: SSL.Connection) -> bool:
+        if conn.get_peer_certificate() is None:
+            if self.required or self.allow:
+                self.fail(VerificationFailed("no client certificate"))
+                return False
+            return self.error is None  # anonymous, where the listener allows it
+        return self.verified
+
+
+def san_identities(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple([f"dns:{n}" for n in san.get_values_for_type(x509.DNSName)]
+                 + [f"uri:{u}" for u in san.get_values_for_type(x509.UniformResourceIdentifier)])
+
+
+def _normal_identity(identity: str) -> str:
+    kind, _, value = identity.partition(":")
+    return f"dns:{value.lower().rstrip('.')}" if kind == "dns" else identity
 
 
 def verify_callback(conn: SSL.Connection, cert: crypto.X509, code: int, depth: int, ok: int) -> bool:
-    """The context-wide callback: dispatch to the connection's Verifier, fail closed."""
+    """The context-wide callback: dispatch to the connection's PeerCheck, fail closed."""
     try:
         verifier = conn.get_app_data()
-        if not isinstance(verifier, Verifier):
+        if not isinstance(verifier, PeerCheck):
             return False
         return verifier.check(cert, code, depth, ok)
     except Exception as e:  # noqa: BLE001 - fail closed on anything unexpected
         try:
             v = conn.get_app_data()
-            if isinstance(v, Verifier):
+            if isinstance(v, PeerCheck):
                 v.fail(VerificationFailed(f"verification raised {type(e).__name__}: {e}", depth=depth))
         except Exception:  # noqa: BLE001
             pass
