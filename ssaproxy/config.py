@@ -95,6 +95,8 @@ class Route:
     tls_port: Optional[int] = None  # None: the original port
     hostname: Optional[str] = None
     hostname_from: Optional[str] = None
+    client_certificate: Optional[str] = None  # an identity to present upstream (mTLS)
+    client_key: Optional[str] = None
 
     def matches(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
         return (
@@ -124,6 +126,7 @@ class Outbound:
 class Config:
     policy: Policy = Policy()
     outbound: Outbound = Outbound()
+    inbound: tuple[Any, ...] = ()  # ssaproxy.inbound_config.Inbound
     source: str = "<embedded default>"
 
     @classmethod
@@ -157,11 +160,19 @@ class Config:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "<mapping>") -> "Config":
+        from ssaproxy.inbound_config import parse_inbound
+
         r = _Reader(data, "")
         policy = _policy(r.table("policy"))
-        outbound = _outbound(r.table("outbound"))
+        has_outbound = "outbound" in r.data
+        inbound = parse_inbound(r.take("inbound", list, [], "an array of tables ([[inbound]])"), "inbound")
+        outbound_table = r.table("outbound")
+        if not has_outbound and inbound:
+            outbound = Outbound(listen=())  # an inbound-only sidecar opens no outbound listener
+        else:
+            outbound = _outbound(outbound_table)
         r.done()
-        return cls(policy=policy, outbound=outbound, source=source)
+        return cls(policy=policy, outbound=outbound, inbound=inbound, source=source)
 
 
 @attrs.frozen
@@ -383,6 +394,14 @@ def _route(r: _Reader, index: int) -> Route:
         _port(r, "tls_port", tls_port)
     hostname = r.take("hostname", str, None)
     hostname_from = r.take("hostname_from", str, None)
+    client_cert = r.take("client_certificate", str, None)
+    client_key = r.take("client_key", str, None)
+    r.check("client_key" if client_cert else "client_certificate", (client_cert is None) == (client_key is None),
+            "client_certificate and client_key go together")
+    if client_cert is not None:
+        from ssaproxy.inbound_config import _load_certificate
+
+        _load_certificate(_ClientCertReader(r), client_cert, client_key)  # type: ignore[arg-type]
     if hostname is not None:
         r.check("hostname", is_valid_hostname(hostname), f"not a valid DNS name: {hostname!r}")
         r.check("hostname", hostname_from is None, "give either hostname or hostname_from, not both")
@@ -392,11 +411,23 @@ def _route(r: _Reader, index: int) -> Route:
         r.check("hostname", hostname is not None or hostname_from is not None,
                 "an upgrade route needs hostname or hostname_from (the name to verify)")
     else:
-        for key, value in (("hostname", hostname), ("hostname_from", hostname_from), ("tls_port", tls_port)):
+        for key, value in (("hostname", hostname), ("hostname_from", hostname_from), ("tls_port", tls_port),
+                           ("client_certificate", client_cert)):
             r.check(key, value is None, f"only applies to action = \"upgrade\", not {action!r}")
     r.done()
     return Route(name=name, destination=destination, ports=ports, action=action, tls_port=tls_port,
-                 hostname=hostname.rstrip(".") if hostname else None, hostname_from=hostname_from)
+                 hostname=hostname.rstrip(".") if hostname else None, hostname_from=hostname_from,
+                 client_certificate=client_cert, client_key=client_key)
+
+
+class _ClientCertReader(_Reader):
+    """Names a route's client_certificate/client_key in errors about loading them."""
+
+    def __init__(self, route: _Reader) -> None:
+        super().__init__({}, route.path)
+
+    def key(self, name: str) -> str:
+        return super().key({"chain": "client_certificate", "key": "client_key"}.get(name, name))
 
 
 # --------------------------------------------------------------------------- line numbers

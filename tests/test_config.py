@@ -331,11 +331,11 @@ def test_route_errors_name_the_second_route_and_its_line(body: str, leaf: str, f
 OTHER_ERRORS = [
     # (id, document with the offending line marked, key, message fragment)
     ("unknown-top-level-key",
-     '# comment\ninbound = true  # HERE\n\n[policy]\nmin_version = "TLSv1.2"\n',
-     "inbound", "unknown key"),
+     '# comment\nsidecar = true  # HERE\n\n[policy]\nmin_version = "TLSv1.2"\n',
+     "sidecar", "unknown key"),
     ("unknown-top-level-table",
-     '[policy]\nmin_version = "TLSv1.2"\n\n[inbound]  # HERE\nlisten = "tcp:1"\n',
-     "inbound", "unknown key"),
+     '[policy]\nmin_version = "TLSv1.2"\n\n[sidecar]  # HERE\nlisten = "tcp:1"\n',
+     "sidecar", "unknown key"),
     ("unknown-policy-key",
      '[outbound]\nlisten = "tcp:15001"\n\n[policy]\nmin_version = "TLSv1.2"\nmax_verison = "TLSv1.3"  # HERE\n',
      "policy.max_verison", "unknown key"),
