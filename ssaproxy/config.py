@@ -165,7 +165,8 @@ class Config:
         r = _Reader(data, "")
         policy = _policy(r.table("policy"))
         has_outbound = "outbound" in r.data
-        inbound = parse_inbound(r.take("inbound", list, [], "an array of tables ([[inbound]])"), "inbound")
+        inbound = parse_inbound(r.take("inbound", list, [], "an array of tables ([[inbound]])"), "inbound",
+                                policy.max_version)
         outbound_table = r.table("outbound")
         if not has_outbound and inbound:
             outbound = Outbound(listen=())  # an inbound-only sidecar opens no outbound listener

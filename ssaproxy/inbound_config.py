@@ -55,7 +55,7 @@ class Inbound:
     connect_timeout: float = 10.0
 
 
-def parse_inbound(raw_list: Any, path: str) -> tuple[Inbound, ...]:
+def parse_inbound(raw_list: Any, path: str, policy_max: str = "TLSv1.3") -> tuple[Inbound, ...]:
     if not isinstance(raw_list, list):
         raise ConfigError(path, f"expected an array of tables ([[inbound]]), got {_toml_type(raw_list)}")
     out: list[Inbound] = []
@@ -63,14 +63,14 @@ def parse_inbound(raw_list: Any, path: str) -> tuple[Inbound, ...]:
         p = f"{path}[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(p, f"expected a table, got {_toml_type(raw)}")
-        inbound = _one(_Reader(raw, p), i)
+        inbound = _one(_Reader(raw, p), i, policy_max)
         if inbound.name in {x.name for x in out}:
             raise ConfigError(f"{p}.name", f"duplicate inbound name {inbound.name!r}")
         out.append(inbound)
     return tuple(out)
 
 
-def _one(r: _Reader, index: int) -> Inbound:
+def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
     name = r.take("name", str, f"inbound{index}")
     r.check("name", bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name)),
             "must be 1-64 characters of letters, digits, _ . : -")
@@ -101,6 +101,8 @@ def _one(r: _Reader, index: int) -> Inbound:
     r.check("alpn", all(isinstance(a, str) and 0 < len(a.encode()) < 256 for a in alpn),
             "must be an array of protocol names such as \"h2\", \"http/1.1\"")
     profile = _one_of(r, "profile", r.take("profile", str, "intermediate"), PROFILES)
+    r.check("profile", profile != "modern" or policy_max == "TLSv1.3",
+            'profile "modern" is TLS 1.3 only, above policy.max_version')
     ports_raw = r.take("ports", list, [])
     r.check("ports", all(isinstance(p, int) and not isinstance(p, bool) for p in ports_raw),
             "must be an array of integers")

@@ -296,7 +296,7 @@ class OutboundConnection(Protocol):
             verifier = Verifier(ip=name, min_rsa_bits=policy.min_rsa_bits)
         else:
             verifier = Verifier(hostname=name, min_rsa_bits=policy.min_rsa_bits)
-        conn = SSL.Connection(client_context(policy), None)
+        conn = SSL.Connection(client_context(policy, self.route.client_certificate, self.route.client_key), None)
         conn.set_app_data(verifier)
         if verifier.hostname is not None:
             conn.set_tlsext_host_name(verifier.hostname.encode("ascii"))

@@ -23,9 +23,10 @@ class _Announce(service.Service):
     def startService(self) -> None:
         super().startService()
         c = self.config
-        log.info("ssaproxy started: config={source} listen={listen} routes={routes} "
+        log.info("ssaproxy started: config={source} listen={listen} routes={routes} inbound={inbound} "
                  "min_version={min_version} trust_store={trust_store}",
-                 source=c.source, listen=",".join(c.outbound.listen),
+                 source=c.source, listen=",".join(c.outbound.listen) or "(none)",
+                 inbound=",".join(f"{i.name}@{i.listen}" for i in c.inbound) or "(none)",
                  routes=",".join(r.name for r in c.outbound.routes) or "(none)",
                  min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
 
@@ -39,23 +40,35 @@ class _ResetOnStop(service.Service):
     in between.)
     """
 
-    def __init__(self, factory: OutboundFactory) -> None:
-        self.factory = factory
+    def __init__(self, factories: list[Any]) -> None:
+        self.factories = factories
 
     def stopService(self) -> None:
         super().stopService()
-        for conn in list(self.factory.active):
-            conn.shut_down()
+        for factory in self.factories:
+            for conn in list(factory.active):
+                conn.shut_down()
 
 
 def make_service(config: Config, reactor: Any) -> service.MultiService:
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
+    for route in config.outbound.routes:
+        if route.client_certificate:
+            client_context(config.policy, route.client_certificate, route.client_key)
+    from ssaproxy.inbound import InboundFactory
+
     top = service.MultiService()
-    factory = OutboundFactory(config, reactor)
-    for description in config.outbound.listen:
-        svc = strports.service(description, factory, reactor=reactor)
-        svc.setServiceParent(top)
-    _ResetOnStop(factory).setServiceParent(top)
+    factories: list[Any] = []
+    if config.outbound.listen:
+        factory = OutboundFactory(config, reactor)
+        factories.append(factory)
+        for description in config.outbound.listen:
+            strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    for inbound in config.inbound:
+        inbound_factory = InboundFactory(inbound, config.policy, reactor)  # builds its TLS contexts now
+        factories.append(inbound_factory)
+        strports.service(inbound.listen, inbound_factory, reactor=reactor).setServiceParent(top)
+    _ResetOnStop(factories).setServiceParent(top)
     _Announce(config).setServiceParent(top)
     return top

@@ -15,7 +15,7 @@ below 2048 bits or SHA-1 certificate signatures.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
@@ -61,8 +61,9 @@ def check_trust_store(path: str) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def client_context(policy: Policy) -> SSL.Context:
-    """The context for connections ssaproxy originates to a verified TLS server."""
+def client_context(policy: Policy, certificate: Optional[str] = None, key: Optional[str] = None) -> SSL.Context:
+    """The context for connections ssaproxy originates to a verified TLS server, presenting
+    `certificate` (a PEM chain) with `key` when a route gives a client identity."""
     from ssaproxy.tls.verify import verify_callback
 
     ctx = SSL.Context(SSL.TLS_METHOD)
@@ -81,6 +82,10 @@ def client_context(policy: Policy) -> SSL.Context:
     # Strict RFC 5280 checks; no partial chains, no trust in intermediates from the store alone.
     store.set_flags(_x509_strict_flags())
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
+    if certificate is not None and key is not None:
+        ctx.use_certificate_chain_file(certificate)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()
     ctx.set_verify_depth(8)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return ctx

@@ -167,8 +167,9 @@ class TLSStream(relay.Upstream):
             return
         except SSL.Error as e:
             self._flush()  # the alert, if OpenSSL produced one
-            if self.verifier.error is not None:
-                self._fail(relay.VERIFY_FAILED, str(self.verifier.error), alert=True)
+            why = self.verifier.explain()
+            if why is not None:
+                self._fail(relay.VERIFY_FAILED, why, alert=True)
             else:
                 self._fail(relay.HANDSHAKE_FAILED, _ssl_text(e), alert=True)
             return

@@ -74,6 +74,10 @@ class PeerCheck:
         """After a finished handshake: may this connection carry data?"""
         return self.verified
 
+    def explain(self) -> Optional[str]:
+        """Why a failed handshake failed, if it was our verification's doing."""
+        return str(self.error) if self.error is not None else None
+
     def _check_leaf(self, cert: x509.Certificate) -> None:
         raise NotImplementedError
 
@@ -125,6 +129,11 @@ class ClientCheck(PeerCheck):
         if self.allow and not self.allow.intersection(map(_normal_identity, self.identities)):
             shown = ", ".join(self.identities) or "no subjectAltName"
             self.fail(VerificationFailed(f"client identity not allowed ({shown})", depth=0))
+
+    def explain(self) -> Optional[str]:
+        if self.error is None and self.required and not self.presented:
+            return "no client certificate"  # OpenSSL's own refusal (certificate_required alert)
+        return super().explain()
 
     def accept(self, conn: SSL.Connection) -> bool:
         if conn.get_peer_certificate() is None:

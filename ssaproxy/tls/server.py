@@ -1,0 +1,112 @@
+"""Server-side OpenSSL contexts for inbound listeners, built once per (listener, policy).
+
+Theory of operation: certificates with the same DNS names form one group and share one
+context, so an ECDSA and an RSA chain for the same names sit side by side and OpenSSL picks by
+what the client supports.  The first group's context answers the handshake; its SNI callback
+moves the connection to the group whose names match the requested server name (exact, or a
+one-label wildcard), or leaves it on the first group.  Every group context carries the same
+verification settings, because OpenSSL keeps the verify mode of the context the connection
+started with.  Session resumption is off: a resumed session would skip our client-certificate
+checks (the callback is not called again), and `ClientCheck.accept` would then refuse it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+from OpenSSL import SSL
+
+from ssaproxy.config import Policy
+from ssaproxy.errors import ConfigError
+from ssaproxy.inbound_config import Certificate, Inbound
+from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, _x509_strict_flags
+
+_PROFILE_MIN = {"intermediate": "TLSv1.2", "modern": "TLSv1.3"}
+
+
+def versions(inbound: Inbound, policy: Policy) -> tuple[str, str]:
+    """The profile's floor, never below the admin's policy; the policy's ceiling."""
+    order = list(_VERSIONS)
+    low = max(_PROFILE_MIN[inbound.profile], policy.min_version, key=order.index)
+    if order.index(low) > order.index(policy.max_version):
+        raise ConfigError(f"inbound.{inbound.name}.profile",
+                          f"profile {inbound.profile!r} needs {low}, above policy.max_version {policy.max_version}")
+    return low, policy.max_version
+
+
+@functools.lru_cache(maxsize=64)
+def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
+    groups: dict[tuple[str, ...], list[Certificate]] = {}
+    for cert in inbound.certificates:
+        groups.setdefault(cert.names, []).append(cert)
+    contexts = [(names, _group_context(inbound, policy, certs)) for names, certs in groups.items()]
+    default = contexts[0][1]
+
+    def pick(conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        if not raw:
+            return
+        name = raw.decode("ascii", "replace").lower().rstrip(".")
+        for names, ctx in contexts:
+            if any(_matches(pattern, name) for pattern in names):
+                if ctx is not default:
+                    conn.set_context(ctx)
+                return
+
+    default.set_tlsext_servername_callback(pick)
+    return default
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def _group_context(inbound: Inbound, policy: Policy, certs: list[Certificate]) -> SSL.Context:
+    from ssaproxy.tls.verify import verify_callback
+
+    low, high = versions(inbound, policy)
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[low])
+    ctx.set_max_proto_version(_VERSIONS[high])
+    ctx.set_cipher_list((policy.ciphers + _CIPHER_FLOOR).encode("ascii"))
+    ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
+    _set_groups(ctx, policy.groups)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    for cert in certs:  # one per key type; OpenSSL chooses by what the client can use
+        ctx.use_certificate_chain_file(cert.chain)
+        ctx.use_privatekey_file(cert.key)
+        ctx.check_privatekey()
+    if inbound.client_auth != "none":
+        assert inbound.client_ca is not None
+        ctx.load_verify_locations(inbound.client_ca)
+        ctx.load_client_ca(inbound.client_ca.encode())
+        store = ctx.get_cert_store()
+        assert store is not None
+        store.set_flags(_x509_strict_flags())
+        mode = SSL.VERIFY_PEER
+        if inbound.client_auth == "require":
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, verify_callback)
+        ctx.set_verify_depth(8)
+    if inbound.alpn:
+        wanted = [p.encode() for p in inbound.alpn]
+
+        def select(conn: SSL.Connection, offered: list[bytes]) -> Any:
+            for proto in wanted:  # our preference order
+                if proto in offered:
+                    return proto
+            return SSL.NO_OVERLAPPING_PROTOCOLS  # go on without ALPN
+
+        ctx.set_alpn_select_callback(select)
+    return ctx
+
+
+def negotiated_alpn(conn: SSL.Connection) -> Optional[str]:
+    proto = conn.get_alpn_proto_negotiated()
+    return proto.decode("ascii", "replace") if proto else None
