@@ -20,8 +20,8 @@ certificate chain" rather than the missing-issuer error that ``incomplete_chain`
 
 Files are written lazily, one directory per case: `<directory>/<case>/chain.pem` (leaf first,
 then whatever the server should send) and `<directory>/<case>/key.pem` (PKCS#8, unencrypted).
-Keys are cached per `PKI` instance: every ECDSA leaf shares one P-256 key, and the RSA 2048
-and RSA 1024 keys are generated once each, so building every case takes a fraction of a
+Keys are cached per `PKI` instance: every ECDSA server leaf shares one P-256 key, and the RSA
+2048 and RSA 1024 keys are generated once each, so building every case takes a fraction of a
 second.
 
 Two cases need material that `cryptography` refuses to produce through its X.509 builder:
@@ -34,6 +34,18 @@ Two cases need material that `cryptography` refuses to produce through its X.509
 
 Servers loading ``rsa_1024`` or ``sha1_signature`` must lower their own security level (for
 example ``DEFAULT:@SECLEVEL=0``); OpenSSL refuses to *load* such a certificate otherwise.
+
+Client certificates (for mTLS tests of an inbound TLS terminator) come from a separate
+hierarchy: a client root CA, written eagerly to `client_ca_pem` (what such a server loads as
+its client CA), signs a client intermediate, which signs a leaf per client case (declared in
+`_CLIENT_CASES`).  Neither hierarchy chains to the other's root, so a server trusting only
+`client_ca_pem` refuses server certificates, and a client trusting only `root_pem` refuses
+client certificates.  Client leaves are ECDSA P-256 (one shared key, not the server leaves'),
+SHA-256, keyUsage digitalSignature (critical), extendedKeyUsage clientAuth, and a SAN with
+one dNSName (also the subject CN) and one SPIFFE-style URI.  As with servers, each bad client
+case differs from ``client_good`` in one property only; ``client_untrusted`` again sends a
+complete chain up to a foreign root.  `PKI.client(case)` writes `<directory>/<case>/chain.pem`
+(leaf, then the intermediate), `cert.pem` (the leaf alone) and `key.pem` (PKCS#8).
 """
 
 from __future__ import annotations
@@ -62,6 +74,13 @@ class ServerCreds:
     chain: Path  # PEM file: leaf first, then the intermediates the server should send
     key: Path  # PEM private key (PKCS8, unencrypted) of the leaf
     hostname: str  # the name (or IP literal) a client should verify against for this case
+
+
+@dataclass(frozen=True)
+class ClientCreds:
+    chain: Path  # PEM file: leaf first, then the intermediate(s) the client should send
+    key: Path  # PEM private key (PKCS8, unencrypted) of the leaf
+    cert: Path  # PEM file: the leaf alone (for tools that take certificate and chain apart)
 
 
 @dataclass(frozen=True)
@@ -106,13 +125,41 @@ _CASES: dict[str, _Case] = {
 
 
 @dataclass(frozen=True)
+class _ClientCase:
+    """How one client case's leaf differs from ``client_good``; the defaults are that leaf."""
+
+    dns: str = "client.test"  # the SAN dNSName, also the subject CN
+    uri: str = "spiffe://example.org/ns/default/sa/web"  # the SAN uniformResourceIdentifier
+    eku: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH
+    valid_from: int = -1  # days from now
+    valid_until: int = 30  # days from now
+    # "client_intermediate", "client_untrusted" (chain to another client root), or "self"
+    issuer: str = "client_intermediate"
+
+
+_CLIENT_CASES: dict[str, _ClientCase] = {
+    # Good: a server trusting `client_ca_pem` accepts these.
+    "client_good": _ClientCase(),
+    "client_other": _ClientCase(dns="other-client.test",
+                                uri="spiffe://example.org/ns/default/sa/other"),
+    # Bad: refused, each for the one reason its name gives.
+    "client_expired": _ClientCase(valid_from=-31, valid_until=-1),
+    "client_not_yet_valid": _ClientCase(valid_from=1, valid_until=31),
+    "client_untrusted": _ClientCase(issuer="client_untrusted"),
+    "client_self_signed": _ClientCase(issuer="self"),
+    "client_wrong_eku": _ClientCase(eku=ExtendedKeyUsageOID.SERVER_AUTH),
+}
+
+
+@dataclass(frozen=True)
 class _CA:
     cert: x509.Certificate
     key: PrivateKey
 
 
 class PKI:
-    """A root CA written eagerly to `root_pem`; per-case server credentials on demand."""
+    """Root CAs written eagerly to `root_pem` (servers) and `client_ca_pem` (clients);
+    per-case server and client credentials on demand."""
 
     GOOD_CASES: tuple[str, ...] = ("good", "good_ip", "good_wildcard", "good_rsa2048")
     BAD_CASES: tuple[str, ...] = (
@@ -131,6 +178,14 @@ class PKI:
         "rsa_1024",
         "sha1_signature",
     )
+    CLIENT_GOOD_CASES: tuple[str, ...] = ("client_good", "client_other")
+    CLIENT_BAD_CASES: tuple[str, ...] = (
+        "client_expired",
+        "client_not_yet_valid",
+        "client_untrusted",
+        "client_self_signed",
+        "client_wrong_eku",
+    )
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -140,6 +195,10 @@ class PKI:
         self._root = self._new_ca("ssaproxy test root CA", issuer=None)
         self.root_pem: Path = self.directory / "root-ca.pem"
         self.root_pem.write_bytes(_pem(self._root.cert))
+        self._client_creds: dict[str, ClientCreds] = {}
+        self._client_root = self._new_ca("ssaproxy test client root CA", issuer=None)
+        self.client_ca_pem: Path = self.directory / "client-root-ca.pem"
+        self.client_ca_pem.write_bytes(_pem(self._client_root.cert))
 
     def server(self, case: str) -> ServerCreds:
         """The credentials for `case` (one of GOOD_CASES or BAD_CASES), built once."""
@@ -151,6 +210,18 @@ class PKI:
                 known = ", ".join(self.GOOD_CASES + self.BAD_CASES)
                 raise KeyError(f"unknown PKI case {case!r}; known: {known}") from None
             creds = self._creds[case] = self._build(case, spec)
+        return creds
+
+    def client(self, case: str) -> ClientCreds:
+        """The client credentials for `case` (CLIENT_GOOD_CASES or CLIENT_BAD_CASES), built once."""
+        creds = self._client_creds.get(case)
+        if creds is None:
+            try:
+                spec = _CLIENT_CASES[case]
+            except KeyError:
+                known = ", ".join(self.CLIENT_GOOD_CASES + self.CLIENT_BAD_CASES)
+                raise KeyError(f"unknown PKI client case {case!r}; known: {known}") from None
+            creds = self._client_creds[case] = self._build_client(case, spec)
         return creds
 
     # -- cases ---------------------------------------------------------------------------
@@ -170,12 +241,33 @@ class PKI:
         out.mkdir(exist_ok=True)
         creds = ServerCreds(chain=out / "chain.pem", key=out / "key.pem", hostname=spec.hostname)
         creds.chain.write_bytes(b"".join(_pem(cert) for cert in chain))
-        creds.key.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))
-        creds.key.chmod(0o600)
+        _write_key(creds.key, key)
+        return creds
+
+    def _build_client(self, case: str, spec: _ClientCase) -> ClientCreds:
+        key = self._client_key
+        chain_after_leaf: list[x509.Certificate]
+        if spec.issuer == "self":
+            issuer: _CA | None = None
+            chain_after_leaf = []
+        else:
+            issuer, chain_after_leaf = self._issuer_chain(spec.issuer)
+        leaf = self._leaf(
+            cn=spec.dns,
+            names=[x509.DNSName(spec.dns), x509.UniformResourceIdentifier(spec.uri)],
+            key=key,
+            issuer=issuer,
+            eku=spec.eku,
+            valid_from=spec.valid_from,
+            valid_until=spec.valid_until,
+        )
+
+        out = self.directory / case
+        out.mkdir(exist_ok=True)
+        creds = ClientCreds(chain=out / "chain.pem", key=out / "key.pem", cert=out / "cert.pem")
+        creds.cert.write_bytes(_pem(leaf))
+        creds.chain.write_bytes(b"".join(_pem(cert) for cert in [leaf, *chain_after_leaf]))
+        _write_key(creds.key, key)
         return creds
 
     def _issuer_chain(self, which: str) -> tuple[_CA, list[x509.Certificate]]:
@@ -190,16 +282,34 @@ class PKI:
         if which == "untrusted":  # a complete chain, its own root included
             root, intermediate = self._untrusted_hierarchy
             return intermediate, [intermediate.cert, root.cert]
+        if which == "client_intermediate":
+            return self._client_intermediate, [self._client_intermediate.cert]
+        if which == "client_untrusted":  # a complete chain, its own root included
+            root, intermediate = self._untrusted_client_hierarchy
+            return intermediate, [intermediate.cert, root.cert]
         raise ValueError(f"unknown issuer {which!r}")
 
     def _new_leaf(self, spec: _Case, key: PrivateKey, issuer: _CA | None) -> x509.Certificate:
-        names = [_general_name(name) for name in spec.san or ()]
-        cn = spec.san[0] if spec.san else spec.hostname
+        return self._leaf(
+            cn=spec.san[0] if spec.san else spec.hostname,
+            names=[_general_name(name) for name in spec.san or ()],
+            key=key,
+            issuer=issuer,
+            eku=spec.eku,
+            valid_from=spec.valid_from,
+            valid_until=spec.valid_until,
+            sha1=spec.sha1,
+        )
+
+    def _leaf(self, *, cn: str, names: list[x509.GeneralName], key: PrivateKey,
+              issuer: _CA | None, eku: x509.ObjectIdentifier, valid_from: int,
+              valid_until: int, sha1: bool = False) -> x509.Certificate:
+        """An end-entity certificate; no SAN extension at all when `names` is empty."""
         extensions: list[tuple[x509.ExtensionType, bool]] = [
             (x509.BasicConstraints(ca=False, path_length=None), True),
             (_key_usage(digital_signature=True,
                         key_encipherment=isinstance(key, rsa.RSAPrivateKey)), True),
-            (x509.ExtendedKeyUsage([spec.eku]), False),
+            (x509.ExtendedKeyUsage([eku]), False),
         ]
         if names:
             extensions.append((x509.SubjectAlternativeName(names), False))
@@ -208,10 +318,10 @@ class PKI:
             public_key=key.public_key(),
             issuer=issuer,
             self_key=key,
-            not_before=self._now + spec.valid_from * _DAY,
-            not_after=self._now + spec.valid_until * _DAY,
+            not_before=self._now + valid_from * _DAY,
+            not_after=self._now + valid_until * _DAY,
             extensions=extensions,
-            sha1=spec.sha1,
+            sha1=sha1,
         )
 
     # -- CAs -----------------------------------------------------------------------------
@@ -240,6 +350,15 @@ class PKI:
     def _untrusted_hierarchy(self) -> tuple[_CA, _CA]:
         root = self._new_ca("ssaproxy untrusted root CA", issuer=None)
         return root, self._new_ca("ssaproxy untrusted intermediate CA", issuer=root)
+
+    @functools.cached_property
+    def _client_intermediate(self) -> _CA:
+        return self._new_ca("ssaproxy test client intermediate CA", issuer=self._client_root)
+
+    @functools.cached_property
+    def _untrusted_client_hierarchy(self) -> tuple[_CA, _CA]:
+        root = self._new_ca("ssaproxy untrusted client root CA", issuer=None)
+        return root, self._new_ca("ssaproxy untrusted client intermediate CA", issuer=root)
 
     def _new_ca(self, cn: str, *, issuer: _CA | None, ca: bool = True,
                 extra: list[tuple[x509.ExtensionType, bool]] | None = None) -> _CA:
@@ -304,6 +423,10 @@ class PKI:
         return ec.generate_private_key(ec.SECP256R1())
 
     @functools.cached_property
+    def _client_key(self) -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    @functools.cached_property
     def _rsa2048_key(self) -> rsa.RSAPrivateKey:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -346,6 +469,16 @@ def _key_usage(*, digital_signature: bool = False, key_encipherment: bool = Fals
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
+    """`key` as unencrypted PKCS#8 PEM, readable by the owner only."""
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    path.chmod(0o600)
 
 
 # DER AlgorithmIdentifiers of the SHA-1 signature algorithms (RFC 3279 section 2.2):
@@ -433,4 +566,4 @@ def _der_split(content: bytes) -> list[bytes]:
     return out
 
 
-__all__ = ["PKI", "ServerCreds"]
+__all__ = ["PKI", "ClientCreds", "ServerCreds"]
