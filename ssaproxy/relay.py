@@ -148,6 +148,27 @@ def reset(transport: object) -> None:
     tcp(transport).abortConnection()
 
 
+class _PauseOnly:
+    """A transport as the other side's streaming producer, for backpressure only.
+
+    When a consumer's connection is lost, Twisted calls its producer's stopProducing, which on a
+    TCP transport means loseConnection: a FIN for the other side, before the relay has even
+    heard why.  Endings are the relay's business, so stopProducing does nothing here.
+    """
+
+    def __init__(self, transport: TCPTransport) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def _unregister(transport: object) -> None:
     if transport is not None and getattr(transport, "producer", None) is not None:
         tcp(transport).unregisterProducer()
@@ -170,8 +191,8 @@ class Relay:
     def start(self, pending: bytes) -> None:
         upstream = tcp(self.upstream.transport)
         self.upstream.sink = self
-        self.client.registerProducer(upstream, True)
-        upstream.registerProducer(self.client, True)
+        self.client.registerProducer(_PauseOnly(upstream), True)
+        upstream.registerProducer(_PauseOnly(self.client), True)
         if pending:
             self.from_client(pending)
         if self.client_eof:  # the client finished before the upstream was ready

@@ -95,8 +95,9 @@ class Lab:
         self.ns(self.c, ["iptables", "-t", "nat", "-F"], check=False)
         self.ns(self.c, ["ip6tables", "-t", "nat", "-F"], check=False)
 
-    def start_daemon(self, config: Path, log: Path, *, wait: float = 20) -> subprocess.Popen[Any]:
-        p = self.spawn(self.c, [_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)], log=log)
+    def start_daemon(self, config: Path, log: Path, *, wait: float = 20, ns: Optional[str] = None) \
+            -> subprocess.Popen[Any]:
+        p = self.spawn(ns or self.c, [_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)], log=log)
         wait_for_text(log, "ssaproxy started", p, wait)
         return p
 
@@ -110,6 +111,13 @@ class Lab:
         wait_for_text(log, "READY", p, 15)
         return p
 
+    def backend(self, mode: str, port: int, log: Path, *extra: str, host: str = "127.0.0.1") \
+            -> subprocess.Popen[Any]:
+        """A plaintext backend in the server namespace (tests/peers/backend.py)."""
+        p = self.spawn(self.s, [CLIENT_PY, str(PEERS / "backend.py"), host, str(port), mode, *extra], log=log)
+        wait_for_text(log, "READY", p, 15)
+        return p
+
     def openssl_server(self, creds: Any, port: int, log: Path, *args: str, host: str = SERVER_V4) \
             -> subprocess.Popen[Any]:
         p = self.spawn(self.s, ["openssl", "s_server", "-accept", f"{host}:{port}" if ":" not in host
@@ -118,14 +126,17 @@ class Lab:
         wait_listening(self, self.s, port, p)
         return p
 
-    def client(self, host: str, port: int, *args: str, timeout: float = 30) -> dict[str, Any]:
-        """Run the legacy plaintext client as nobody in the client namespace; its JSON report."""
-        out = self.ns(self.c, [*NOBODY, CLIENT_PY, str(PEERS / "client.py"), host, str(port), *args],
+    def client(self, host: str, port: int, *args: str, timeout: float = 30, root: bool = False) -> dict[str, Any]:
+        """Run the legacy plaintext client (as nobody unless `root`) in the client namespace; its
+        JSON report."""
+        user = [] if root else NOBODY
+        out = self.ns(self.c, [*user, CLIENT_PY, str(PEERS / "client.py"), host, str(port), *args],
                       timeout=timeout)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def curl(self, url: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return self.ns(self.c, [*NOBODY, "curl", "-sS", "--max-time", "15", *args, url], check=False,
+    def curl(self, url: str, *args: str, timeout: float = 30, root: bool = False) -> subprocess.CompletedProcess[str]:
+        user = [] if root else NOBODY
+        return self.ns(self.c, [*user, "curl", "-sS", "--max-time", "15", *args, url], check=False,
                        timeout=timeout)
 
 

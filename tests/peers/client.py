@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -41,6 +42,8 @@ def main() -> None:
     p.add_argument("--tls-ca-pem", help="speak TLS itself, trusting this CA (PEM text), as a TLS-aware app would")
     p.add_argument("--sni", help="with --tls-ca-pem: the name to verify")
     p.add_argument("--tls-delay", type=float, default=0.0, help="with --tls-ca-pem: wait before the ClientHello")
+    p.add_argument("--tls-cert", help="with --tls-ca-pem: client certificate chain (PEM file)")
+    p.add_argument("--tls-key", help="with --tls-cert: its private key")
     p.add_argument("--reset", action="store_true", help="after sending, close with RST instead of reading")
     args = p.parse_args()
 
@@ -55,11 +58,13 @@ def main() -> None:
         s.connect((args.host, args.port))
         result["connected"] = True
         if args.tls_ca_pem:
-            import ssl
-
             time.sleep(args.tls_delay)
             ctx = ssl.create_default_context(cadata=args.tls_ca_pem)
-            s = ctx.wrap_socket(s, server_hostname=args.sni)
+            if args.tls_cert:
+                ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            # suppress_ragged_eofs=False: only close_notify is a clean end ("eof"); a TCP end
+            # without it, FIN or RST alike in Python's ssl, is "unclean".
+            s = ctx.wrap_socket(s, server_hostname=args.sni, suppress_ragged_eofs=False)
             result["tls_version"] = s.version()
         if args.send:
             s.sendall(args.send.encode().decode("unicode_escape").encode("latin-1"))
@@ -99,6 +104,8 @@ def main() -> None:
         result["end"] = done.args[0]
     except ConnectionResetError:
         result["end"] = "reset"
+    except ssl.SSLEOFError:
+        result["end"] = "unclean"
     except ConnectionRefusedError:
         result["end"] = "refused"
     except TimeoutError:
