@@ -123,9 +123,18 @@ class Outbound:
 
 
 @attrs.frozen(kw_only=True)
+class Iptables:
+    """What the generated rules never redirect, besides the daemon's own traffic."""
+
+    exclude_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # out: destinations; in: sources
+    exclude_ports: tuple[int, ...] = ()  # outbound destination ports
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     policy: Policy = Policy()
     outbound: Outbound = Outbound()
+    iptables: Iptables = Iptables()
     inbound: tuple[Any, ...] = ()  # ssaproxy.inbound_config.Inbound
     source: str = "<embedded default>"
 
@@ -172,8 +181,9 @@ class Config:
             outbound = Outbound(listen=())  # an inbound-only sidecar opens no outbound listener
         else:
             outbound = _outbound(outbound_table)
+        iptables = _iptables(r.table("iptables"))
         r.done()
-        return cls(policy=policy, outbound=outbound, inbound=inbound, source=source)
+        return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, source=source)
 
 
 @attrs.frozen
@@ -335,6 +345,23 @@ def _policy(r: _Reader) -> Policy:
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
                   groups=groups, trust_store=trust, min_rsa_bits=rsa)
+
+
+def _iptables(r: _Reader) -> Iptables:
+    raw_cidrs = r.take("exclude_cidrs", list, [])
+    cidrs = []
+    for text in raw_cidrs:
+        r.check("exclude_cidrs", isinstance(text, str), "must be an array of CIDR strings")
+        try:
+            cidrs.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as e:
+            raise ConfigError(r.key("exclude_cidrs"), f"not a CIDR network: {e}") from None
+    raw_ports = r.take("exclude_ports", list, [])
+    r.check("exclude_ports", all(isinstance(p, int) and not isinstance(p, bool) for p in raw_ports),
+            "must be an array of integers")
+    ports = tuple(_port(r, "exclude_ports", p) for p in raw_ports)
+    r.done()
+    return Iptables(exclude_cidrs=tuple(cidrs), exclude_ports=ports)
 
 
 def _outbound(r: _Reader) -> Outbound:

@@ -51,6 +51,8 @@ class Inbound:
     alpn: tuple[str, ...] = ()
     profile: str = "intermediate"
     ports: tuple[int, ...] = ()  # transparent inbound: original ports iptables redirects here
+    listen_port: int = 0  # from `listen`, for the iptables rules
+    families: tuple[int, ...] = (4,)  # address families `listen` accepts
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
 
@@ -77,7 +79,7 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
     listen = r.take("listen", str, None)
     r.check("listen", bool(listen), "is required (a Twisted server endpoint string such as tcp:8443)")
     assert listen is not None
-    r.check("listen", _split_endpoint(listen)[0] in ("tcp", "tcp6"), f"must be a tcp or tcp6 endpoint: {listen!r}")
+    listen_port, families, interface = _listen_facts(r, listen)
     backend = _backend(r, r.take("backend", str, None))
     certificates = _certificates(r, r.take("certificates", list, None))
     client_auth = _one_of(r, "client_auth", r.take("client_auth", str, "none"), CLIENT_AUTH)
@@ -109,6 +111,9 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
     ports = tuple(_port(r, "ports", p) for p in ports_raw)
     if backend.original:
         r.check("ports", bool(ports), 'backend = "original" needs the original ports iptables should redirect')
+        r.check("listen", interface is None or ipaddress.ip_address(interface).is_unspecified,
+                "a transparent listener must listen on every address: REDIRECT in PREROUTING delivers to the "
+                "address of the interface the connection came in on")
     else:
         r.check("ports", not ports, 'only applies with backend = "original"')
     handshake = _positive(r, "handshake_timeout", r.take("handshake_timeout", float, 10.0), 300)
@@ -116,7 +121,29 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
-                   handshake_timeout=handshake, connect_timeout=connect)
+                   handshake_timeout=handshake, connect_timeout=connect, listen_port=listen_port, families=families)
+
+
+def _listen_facts(r: _Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:
+    """Port, address families and interface of a tcp/tcp6 server endpoint string."""
+    parts = _split_endpoint(listen)
+    kind = parts[0]
+    r.check("listen", kind in ("tcp", "tcp6"), f"must be a tcp or tcp6 endpoint: {listen!r}")
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    positional = [p for p in parts[1:] if "=" not in p]
+    port_text = keywords.get("port") or (positional[0] if positional else "")
+    r.check("listen", bool(re.fullmatch(r"[0-9]{1,5}", port_text)) and 0 < int(port_text) < 65536,
+            f"no usable port in {listen!r}")
+    slot = 1 if kind == "tcp" else 2  # tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG:INTERFACE
+    interface = keywords.get("interface") or (positional[slot] if len(positional) > slot else None)
+    if interface is None:
+        return int(port_text), ((4, 6) if kind == "tcp6" else (4,)), None
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        raise ConfigError(r.key("listen"), f"interface {interface!r} is not an IP address") from None
+    dual = address.version == 6 and address.is_unspecified  # [::] also takes IPv4 (mapped)
+    return int(port_text), ((4, 6) if dual else (address.version,)), interface
 
 
 def _backend(r: _Reader, value: Optional[str]) -> Backend:

@@ -17,8 +17,8 @@ from typing import Sequence
 
 from ssaproxy.config import Config, Listener, Route, parse_listener
 
-__all__ = ["CHAIN", "Listener", "parse_listener", "chain_rules", "rules", "render", "restore_script", "apply",
-           "remove"]
+__all__ = ["CHAIN", "INBOUND", "Listener", "parse_listener", "chain_rules", "inbound_rules", "rules", "render",
+           "restore_script", "apply", "remove"]
 
 CHAIN = "SSAPROXY_OUTPUT"
 _LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
@@ -34,8 +34,13 @@ def _port_groups(route: Route) -> list[list[str]]:
             for i in range(0, len(ports), _MULTIPORT_MAX)]
 
 
+OUTBOUND, INBOUND = CHAIN, "SSAPROXY_INBOUND"
+# Our chains and the built-in chain that jumps to each.
+_CHAINS = ((OUTBOUND, "OUTPUT"), (INBOUND, "PREROUTING"))
+
+
 def chain_rules(config: Config, uid: int, family: int) -> list[list[str]]:
-    """The rules of our chain for one address family, as arguments after `-A SSAPROXY_OUTPUT`."""
+    """The outbound chain for one address family, as arguments after `-A SSAPROXY_OUTPUT`."""
     routes = [r for r in config.outbound.routes if r.destination.version == family]
     if not routes:
         return []
@@ -43,24 +48,49 @@ def chain_rules(config: Config, uid: int, family: int) -> list[list[str]]:
     listener = next(x for x in map(parse_listener, config.outbound.listen) if x.family == family)
     out = [["-m", "owner", "--uid-owner", str(uid), "-j", "RETURN"],
            ["-d", _LOOPBACK[family], "-j", "RETURN"]]
+    out += [["-d", str(net), "-j", "RETURN"] for net in config.iptables.exclude_cidrs if net.version == family]
+    ports = [str(p) for p in config.iptables.exclude_ports]
+    out += [["-p", "tcp", "-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX]), "-j", "RETURN"]
+            for i in range(0, len(ports), _MULTIPORT_MAX)]
     for route in routes:
-        for ports in _port_groups(route):
-            out.append(["-p", "tcp", "-d", str(route.destination), *ports,
+        for group in _port_groups(route):
+            out.append(["-p", "tcp", "-d", str(route.destination), *group,
                         "-m", "comment", "--comment", f"ssaproxy route {route.name}",
                         "-j", "REDIRECT", "--to-ports", str(listener.port)])
     return out
+
+
+def inbound_rules(config: Config, family: int) -> list[list[str]]:
+    """The inbound chain (nat PREROUTING) for transparent inbound listeners: connections
+    arriving for their ports go to the listener, which forwards to 127.0.0.1:<original port>."""
+    listeners = [i for i in config.inbound if i.backend.original and family in i.families]
+    if not listeners:
+        return []
+    out = [["-s", str(net), "-j", "RETURN"] for net in config.iptables.exclude_cidrs if net.version == family]
+    for inbound in listeners:
+        ports = [str(p) for p in inbound.ports]
+        for i in range(0, len(ports), _MULTIPORT_MAX):
+            out.append(["-p", "tcp", "-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX]),
+                        "-m", "comment", "--comment", f"ssaproxy inbound {inbound.name}",
+                        "-j", "REDIRECT", "--to-ports", str(inbound.listen_port)])
+    return out
+
+
+def _bodies(config: Config, uid: int, family: int) -> dict[str, list[list[str]]]:
+    return {OUTBOUND: chain_rules(config, uid, family), INBOUND: inbound_rules(config, family)}
 
 
 def rules(config: Config, uid: int) -> list[list[str]]:
     """The commands an admin would run to install the rules by hand, in order."""
     out: list[list[str]] = []
     for family in (4, 6):
-        body = chain_rules(config, uid, family)
-        if body:
-            tool = [_TOOLS[family], "-w", "-t", "nat"]
-            out.append(tool + ["-N", CHAIN])
-            out += [tool + ["-A", CHAIN, *args] for args in body]
-            out.append(tool + ["-A", "OUTPUT", "-p", "tcp", "-j", CHAIN])
+        bodies = _bodies(config, uid, family)
+        for chain, parent in _CHAINS:
+            if bodies[chain]:
+                tool = [_TOOLS[family], "-w", "-t", "nat"]
+                out.append(tool + ["-N", chain])
+                out += [tool + ["-A", chain, *args] for args in bodies[chain]]
+                out.append(tool + ["-A", parent, "-p", "tcp", "-j", chain])
     return out
 
 
@@ -68,17 +98,27 @@ def render(commands: Sequence[Sequence[str]]) -> str:
     return "".join(shlex.join(c) + "\n" for c in commands)
 
 
-def restore_script(body: Sequence[Sequence[str]], *, add_jump: bool) -> str:
-    """iptables-restore --noflush input that replaces our chain's rules in one transaction.
+def restore_script(bodies: dict[str, list[list[str]]], jumps: dict[str, int]) -> str:
+    """iptables-restore --noflush input that replaces our chains in one transaction.
 
-    Declaring the chain creates it or empties it, and the new rules go in with it atomically:
+    Declaring a chain creates it or empties it, and the new rules go in with it atomically:
     unlike deleting and re-adding rules one command at a time, there is no moment in which
-    redirected ports are not redirected (and would leave in plaintext).
+    redirected ports are not redirected (and would leave in plaintext).  A chain with no rules
+    for this config goes away, jump and all.  `jumps` counts each chain's existing jumps, so
+    exactly one remains.
     """
-    lines = ["*nat", f":{CHAIN} - [0:0]"]
-    lines += [_restore_line(["-A", CHAIN, *args]) for args in body]
-    if add_jump:
-        lines.append(_restore_line(["-A", "OUTPUT", "-p", "tcp", "-j", CHAIN]))
+    lines = ["*nat"]
+    for chain, parent in _CHAINS:
+        jump = ["-p", "tcp", "-j", chain]
+        if bodies.get(chain):
+            lines.append(f":{chain} - [0:0]")
+            lines += [_restore_line(["-A", chain, *args]) for args in bodies[chain]]
+            if jumps.get(chain, 0) == 0:
+                lines.append(_restore_line(["-A", parent, *jump]))
+            lines += [_restore_line(["-D", parent, *jump])] * max(0, jumps.get(chain, 0) - 1)
+        elif chain in jumps:  # present from an earlier config: remove it
+            lines += [_restore_line(["-D", parent, *jump])] * jumps[chain]
+            lines += [f"-F {chain}", f"-X {chain}"]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -89,40 +129,28 @@ def _restore_line(args: Sequence[str]) -> str:
 
 
 def apply(config: Config, uid: int) -> None:
-    """Install the rules for this config; idempotent.  A family without routes loses any
-    chain an earlier config left behind."""
+    """Install the rules for this config; idempotent; chains an earlier config left are removed."""
     for family in (4, 6):
-        body = chain_rules(config, uid, family)
-        if not body:
-            _remove_family(family)
-            continue
-        jumps = _jump_count(family)
-        _restore(family, restore_script(body, add_jump=jumps == 0))
-        if jumps > 1:  # duplicates from hand-made rules: keep exactly one
-            _restore(family, "*nat\n" + "".join(f"-D OUTPUT -p tcp -j {CHAIN}\n" for _ in range(jumps - 1))
-                     + "COMMIT\n")
+        bodies, jumps = _bodies(config, uid, family), _existing(family)
+        if any(bodies.values()) or jumps:
+            _restore(family, restore_script(bodies, jumps))
 
 
 def remove(config: Config | None = None) -> None:
-    """Remove our chain and its jump from both families, whatever the config routes: rules
+    """Remove our chains and their jumps from both families, whatever the config says: rules
     from an earlier config must not survive."""
     for family in (4, 6):
-        _remove_family(family)
+        jumps = _existing(family)
+        if jumps:
+            _restore(family, restore_script({}, jumps))
 
 
-def _remove_family(family: int) -> None:
-    tool = _TOOLS[family]
-    if subprocess.run([tool, "-w", "-t", "nat", "-S", CHAIN], capture_output=True).returncode != 0:
-        return  # no chain, nothing of ours
-    script = ["*nat"] + [f"-D OUTPUT -p tcp -j {CHAIN}"] * _jump_count(family) + [f"-F {CHAIN}", f"-X {CHAIN}",
-                                                                                "COMMIT"]
-    _restore(family, "\n".join(script) + "\n")
-
-
-def _jump_count(family: int) -> int:
-    out = subprocess.run([_TOOLS[family], "-w", "-t", "nat", "-S", "OUTPUT"], capture_output=True, text=True,
-                         check=True).stdout
-    return out.splitlines().count(f"-A OUTPUT -p tcp -j {CHAIN}")
+def _existing(family: int) -> dict[str, int]:
+    """Our chains that exist now, each with its number of jumps from the built-in chain."""
+    saved = subprocess.run([_TOOLS[family], "-w", "-t", "nat", "-S"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    return {chain: saved.count(f"-A {parent} -p tcp -j {chain}")
+            for chain, parent in _CHAINS if f"-N {chain}" in saved}
 
 
 def _restore(family: int, script: str) -> None:

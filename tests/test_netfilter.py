@@ -10,7 +10,7 @@ import pytest
 from ssaproxy import cli
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-from ssaproxy.netfilter import CHAIN, Listener, chain_rules, parse_listener, render, restore_script, rules
+from ssaproxy.netfilter import CHAIN, INBOUND, Listener, chain_rules, parse_listener, render, restore_script, rules
 
 IPT = ["iptables", "-w", "-t", "nat"]
 IP6T = ["ip6tables", "-w", "-t", "nat"]
@@ -223,13 +223,32 @@ def test_listener_that_is_not_tcp_is_refused() -> None:
 def test_restore_script_replaces_the_chain_and_its_rules_in_one_transaction() -> None:
     config = Config.from_toml(MIXED)
     body = chain_rules(config, 7, 4)
-    script = restore_script(body, add_jump=True).splitlines()
+    script = restore_script({CHAIN: body}, {}).splitlines()
     assert script[0] == "*nat" and script[-1] == "COMMIT"
     assert script[1] == f":{CHAIN} - [0:0]"  # creates the chain, or empties it, inside the transaction
     assert [shlex.split(line) for line in script[2:-2]] == [["-A", CHAIN, *args] for args in body]
     assert '--comment "ssaproxy route web"' in script[4]  # iptables-restore understands double quotes only
     assert script[-2] == f"-A OUTPUT -p tcp -j {CHAIN}"
-    assert f"-A OUTPUT -p tcp -j {CHAIN}" not in restore_script(body, add_jump=False)
+    # An existing jump is kept (not added again); duplicates are folded to one.
+    assert f"-A OUTPUT -p tcp -j {CHAIN}" not in restore_script({CHAIN: body}, {CHAIN: 1})
+    assert restore_script({CHAIN: body}, {CHAIN: 3}).count(f"-D OUTPUT -p tcp -j {CHAIN}") == 2
+
+
+def test_restore_script_removes_chains_the_config_no_longer_has() -> None:
+    script = restore_script({}, {CHAIN: 1, INBOUND: 2}).splitlines()
+    assert script == ["*nat", f"-D OUTPUT -p tcp -j {CHAIN}", f"-F {CHAIN}", f"-X {CHAIN}",
+                      f"-D PREROUTING -p tcp -j {INBOUND}", f"-D PREROUTING -p tcp -j {INBOUND}",
+                      f"-F {INBOUND}", f"-X {INBOUND}", "COMMIT"]
+
+
+def test_exclusions_come_before_any_redirect() -> None:
+    config = Config.from_toml(MIXED + '\n[iptables]\nexclude_cidrs = ["10.9.0.0/16", "2001:db8:9::/48"]\n'
+                              'exclude_ports = [22, 5432]\n')
+    body = chain_rules(config, 7, 4)
+    assert body[2] == ["-d", "10.9.0.0/16", "-j", "RETURN"]
+    assert body[3] == ["-p", "tcp", "-m", "multiport", "--dports", "22,5432", "-j", "RETURN"]
+    assert all("REDIRECT" in args for args in body[4:])
+    assert ["-d", "2001:db8:9::/48", "-j", "RETURN"] in chain_rules(config, 7, 6)
 
 
 def test_print_and_apply_install_the_same_rules() -> None:
