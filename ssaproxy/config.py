@@ -150,7 +150,12 @@ class Config:
         try:
             return cls.from_mapping(data, source=source)
         except ConfigError as e:
-            raise e.at(_locate(text, e.key)) from None
+            # Keys inside inline tables have no line of their own: name the closest enclosing one.
+            key, line = e.key, None
+            while key and line is None:
+                line = _locate(text, key)
+                key = key.rpartition(".")[0]
+            raise e.at(line) from None
 
     @classmethod
     def from_file(cls, path: str) -> "Config":

@@ -238,3 +238,20 @@ def test_modern_profile_refuses_tls12(lab: Lab, scene: Path, pki: PKI) -> None:
     assert _curl(lab, pki, PORTS["modern"], *VERSIONS["1.3"]).returncode == 0
     r = _curl(lab, pki, PORTS["modern"], *VERSIONS["1.2"])
     assert r.returncode == 35 and "alert" in r.stderr.lower(), (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+@pytest.mark.parametrize("case", list(REFUSED), ids=lambda c: c or "no_cert")
+def test_openssl_s_client_is_refused_with_an_alert(lab: Lab, scene: Path, pki: PKI, case: str | None,
+                                                   version: str) -> None:
+    before = _backend_connections(scene, "http")
+    args = ["openssl", "s_client", "-connect", f"{SERVER_V4}:{PORTS['mtls']}", "-servername", "backend.test",
+            "-CAfile", str(pki.root_pem), f"-tls1_{version[-1]}", "-ign_eof"]
+    if case is not None:
+        c = pki.client(case)
+        args += ["-cert", str(c.cert), "-key", str(c.key), "-cert_chain", str(c.chain)]
+    r = lab.ns(lab.c, args, input=f"GET /s_client-{case} HTTP/1.0\r\n\r\n", check=False, timeout=30)
+    out = (r.stdout + r.stderr).lower()
+    assert "alert" in out, out[-2000:]
+    assert f"/s_client-{case}" not in (scene / "http.log").read_text()
+    assert _backend_connections(scene, "http") == before

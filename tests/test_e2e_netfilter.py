@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.lab import REPO, Lab
+from tests.pki import PKI
 
 BOTH = r"""
 [outbound]
@@ -59,3 +60,33 @@ def test_apply_replace_and_remove(lab: Lab, tmp_path: Path) -> None:
     _cli(lab, "remove")
     assert "SSAPROXY" not in _save(lab, "iptables") and "SSAPROXY" not in _save(lab, "ip6tables")
     _cli(lab, "remove")  # nothing left: still fine
+
+
+def test_inbound_chain_lives_and_goes_with_the_config(lab: Lab, tmp_path: Path, pki: PKI) -> None:
+    good = pki.server("good")
+    with_inbound = tmp_path / "in.toml"
+    with_inbound.write_text(V4_ONLY + f"""
+[iptables]
+exclude_cidrs = ["192.0.2.128/25"]
+
+[[inbound]]
+listen = "tcp6:15006"
+backend = "original"
+ports = [8080, 9090]
+certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]
+""")
+    v4 = tmp_path / "v4.toml"
+    v4.write_text(V4_ONLY)
+    for _ in range(2):  # idempotent
+        _cli(lab, "apply", "--config", str(with_inbound), "--uid", "0")
+    for tool in ("iptables", "ip6tables"):  # a tcp6 listener on [::] takes both families
+        saved = _save(lab, tool)
+        assert saved.count("-A PREROUTING -p tcp -j SSAPROXY_INBOUND") == 1, saved
+        assert "--dports 8080,9090" in saved and "--to-ports 15006" in saved
+    assert "-A SSAPROXY_INBOUND -s 192.0.2.128/25 -j RETURN" in _save(lab, "iptables")
+    _cli(lab, "apply", "--config", str(v4), "--uid", "0")
+    assert "SSAPROXY_INBOUND" not in _save(lab, "iptables") + _save(lab, "ip6tables")
+    assert "SSAPROXY_OUTPUT" in _save(lab, "iptables")
+    _cli(lab, "apply", "--config", str(with_inbound), "--uid", "0")
+    _cli(lab, "remove")
+    assert "SSAPROXY" not in _save(lab, "iptables") + _save(lab, "ip6tables")
