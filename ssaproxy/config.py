@@ -113,6 +113,7 @@ class Outbound:
     handshake_timeout: float = 10.0
     sniff_timeout: float = 5.0
     max_header_bytes: int = 8192
+    max_connections: int = 10000
     routes: tuple[Route, ...] = ()
 
     def match(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> Optional[Route]:
@@ -382,6 +383,8 @@ def _outbound(r: _Reader) -> Outbound:
     sniff_timeout = _positive(r, "sniff_timeout", r.take("sniff_timeout", float, d.sniff_timeout), 300)
     max_header = r.take("max_header_bytes", int, d.max_header_bytes)
     r.check("max_header_bytes", 256 <= max_header <= 65536, f"must be 256-65536, got {max_header}")
+    max_conns = r.take("max_connections", int, d.max_connections)
+    r.check("max_connections", 1 <= max_conns <= 1_000_000, f"must be 1-1000000, got {max_conns}")
     raw_routes = r.take("route", list, [], "an array of tables ([[outbound.route]])")
     routes = []
     names: set[str] = set()
@@ -400,6 +403,7 @@ def _outbound(r: _Reader) -> Outbound:
                 "(REDIRECT delivers them to the loopback address of their own family)")
     r.done()
     return Outbound(listen=listen, connect_timeout=connect_timeout, handshake_timeout=handshake_timeout,
+                    max_connections=max_conns,
                     sniff_timeout=sniff_timeout, max_header_bytes=max_header, routes=tuple(routes))
 
 

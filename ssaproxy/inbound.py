@@ -34,17 +34,6 @@ _SETUP_BUFFER = 65536
 _ids = itertools.count(1)
 
 
-class _Once(Factory):
-    noisy = False
-
-    def __init__(self, proto: relay.Upstream) -> None:
-        self.proto: Optional[relay.Upstream] = proto
-
-    def buildProtocol(self, addr: Any) -> Optional[relay.Upstream]:
-        proto, self.proto = self.proto, None
-        return proto
-
-
 class TLSEnd:
     """The relay's "client" side as a TLS stream: FIN becomes close_notify, reset stays reset,
     and producer/consumer calls go to the TCP transport underneath (TLS writes go straight to
@@ -167,6 +156,9 @@ class InboundConnection:
     # ---- client (TLS) side
     def connected(self) -> None:
         self.factory.active.add(self)
+        if len(self.factory.active) > self.inbound.max_connections:
+            self._refuse("overload", f"more than {self.inbound.max_connections} connections")
+            return
         t = relay.tcp(self.stream.transport)
         peer: Any = self.stream.transport.getPeer()  # type: ignore[union-attr]
         here: Any = t.getHost()
@@ -210,7 +202,7 @@ class InboundConnection:
             endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.inbound.connect_timeout)
         self.backend = relay.PlainUpstream()
         self.backend.sink = _BackendSide(self)
-        d = endpoint.connect(_Once(self.backend))
+        d = endpoint.connect(relay.OneShotFactory(self.backend))
         self._connecting = d
         d.addCallbacks(lambda _: None, self._backend_failed)
 

@@ -55,6 +55,7 @@ class Inbound:
     families: tuple[int, ...] = (4,)  # address families `listen` accepts
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
+    max_connections: int = 10000
 
 
 def parse_inbound(raw_list: Any, path: str, policy_max: str = "TLSv1.3") -> tuple[Inbound, ...]:
@@ -118,10 +119,13 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
         r.check("ports", not ports, 'only applies with backend = "original"')
     handshake = _positive(r, "handshake_timeout", r.take("handshake_timeout", float, 10.0), 300)
     connect = _positive(r, "connect_timeout", r.take("connect_timeout", float, 10.0), 300)
+    max_conns = r.take("max_connections", int, 10000)
+    r.check("max_connections", 1 <= max_conns <= 1_000_000, f"must be 1-1000000, got {max_conns}")
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
-                   handshake_timeout=handshake, connect_timeout=connect, listen_port=listen_port, families=families)
+                   handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns,
+                   listen_port=listen_port, families=families)
 
 
 def _listen_facts(r: _Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:

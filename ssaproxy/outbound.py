@@ -95,19 +95,6 @@ def _normalize(ip: IPAddress) -> IPAddress:
     return ip
 
 
-class _Once(Factory):
-    """Hands one prepared upstream protocol to an endpoint, quietly."""
-
-    noisy = False
-
-    def __init__(self, proto: relay.Upstream) -> None:
-        self.proto: Optional[relay.Upstream] = proto
-
-    def buildProtocol(self, addr: Any) -> Optional[relay.Upstream]:
-        proto, self.proto = self.proto, None  # once only; and the connector keeps no reference
-        return proto
-
-
 class OutboundFactory(Factory):
     noisy = False
 
@@ -163,7 +150,11 @@ class OutboundConnection(Protocol):
     @_fail_closed
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.factory.active.add(self)  # type: ignore[attr-defined]
+        active = self.factory.active  # type: ignore[attr-defined]
+        active.add(self)
+        if len(active) > self.config.outbound.max_connections:
+            self._refuse("overload", f"more than {self.config.outbound.max_connections} connections")
+            return
         try:
             ip, port = original_destination(relay.tcp(self.transport).getHandle())  # type: ignore[arg-type]
         except OSError as e:
@@ -311,7 +302,7 @@ class OutboundConnection(Protocol):
         upstream.sink = self
         self.upstream = upstream
         self._fields["upstream_port"] = port
-        d = endpoint.connect(_Once(upstream))
+        d = endpoint.connect(relay.OneShotFactory(upstream))
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(upstream,), errbackArgs=(upstream,))
 

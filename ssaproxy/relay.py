@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error, interfaces
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -74,6 +74,20 @@ class UpstreamSink(TypingProtocol):
     def upstream_eof(self) -> None: ...
 
     def upstream_lost(self, how: str, detail: Optional[str]) -> None: ...
+
+
+class OneShotFactory(Factory):
+    """Hands one prepared upstream protocol to an endpoint's connect, quietly, and then lets go
+    of it (the connector keeps its factory; the protocol must not outlive its connection)."""
+
+    noisy = False
+
+    def __init__(self, proto: "Upstream") -> None:
+        self.proto: Optional[Upstream] = proto
+
+    def buildProtocol(self, addr: Any) -> Optional["Upstream"]:
+        proto, self.proto = self.proto, None
+        return proto
 
 
 class Upstream(Protocol):

@@ -105,3 +105,19 @@ def test_proxy_v2_header_round_trips(src: tuple[str, int], dst: tuple[str, int])
     assert parse_v2(raw[:20]) is None  # incomplete
     with pytest.raises(ValueError):
         parse_v2(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+
+
+def test_inbound_connections_over_the_limit_are_reset(pki: PKI) -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from ssaproxy.inbound import InboundFactory
+    from tests.memtls import Transport
+
+    config = Config.from_toml(inbound(pki, "max_connections = 1\n"))
+    factory = InboundFactory(config.inbound[0], config.policy, MemoryReactorClock())
+    transports = [Transport(peer=IPv4Address("TCP", "10.0.0.1", 40000 + n)) for n in range(2)]
+    for t in transports:
+        factory.buildProtocol(None).makeConnection(t)
+    assert [t.aborted for t in transports] == [False, True]
+    assert len(factory.active) == 1

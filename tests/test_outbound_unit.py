@@ -296,3 +296,17 @@ def test_finished_tls_connection_is_freed_without_the_cycle_collector(
         assert [r() for r in refs] == [None, None, None], gc.get_referrers(*(r() for r in refs if r()))
     finally:
         gc.enable()
+
+
+def test_connections_over_the_limit_are_reset(events: list[dict[str, Any]]) -> None:
+    config = Config.from_toml('[outbound]\nmax_connections = 2\n[[outbound.route]]\ndestination = "10.0.0.0/8"\n'
+                              'action = "passthrough"\n')
+    reactor = MemoryReactorClock()
+    factory = OutboundFactory(config, reactor)
+    transports = []
+    for n in range(3):
+        t = Transport(FakeSocket(("10.1.2.3", 7000)), peer=IPv4Address("TCP", "127.0.0.1", 40000 + n))
+        factory.buildProtocol(None).makeConnection(t)
+        transports.append(t)
+    assert [t.aborted for t in transports] == [False, False, True]
+    assert events[-1]["outcome"] == "overload" and len(factory.active) == 2
