@@ -148,6 +148,7 @@ class InboundConnection:
         self.backend_addr: Optional[tuple[str, int]] = None
         self.relay: Optional[relay.Relay] = None
         self.peer: tuple[str, int] = ("", 0)
+        self.orig: Optional[tuple[str, int]] = None
         self.local: tuple[str, int] = ("", 0)
         self._connecting: Optional[defer.Deferred[Any]] = None
         self._timer: Any = None
@@ -171,8 +172,12 @@ class InboundConnection:
                 self._refuse("no-orig-dst", f"SO_ORIGINAL_DST failed: {e.strerror or e}")
                 return
             if port == self.local[1] and str(ip) == self.local[0]:
-                self._refuse("loop", "original destination is this listener (not redirected?)")
+                self._refuse("not-redirected", "original destination is this listener")
                 return
+            if port not in self.inbound.ports:
+                self._refuse("not-redirected", f"original port {port} is not one of this listener's ports")
+                return
+            self.orig = (str(ip), port)
             self.backend_addr = ("::1" if ip.version == 6 else "127.0.0.1", port)
         else:
             assert self.inbound.backend.host is not None and self.inbound.backend.port is not None
@@ -237,9 +242,14 @@ class InboundConnection:
         if self.mode != "connecting" or self.backend is None:
             return
         self._connecting = None
-        self.mode = "relay"
         if self.inbound.proxy_protocol == "v2":
-            self.backend.write(self._proxy_header())
+            try:
+                header = self._proxy_header()
+            except Exception as e:  # noqa: BLE001 - a header we cannot build is a refusal, not a hang
+                self._refuse("internal-error", f"PROXY header: {type(e).__name__}: {e}")
+                return
+            self.backend.write(header)
+        self.mode = "relay"
         self.relay = rl = relay.Relay(TLSEnd(self.stream), self.backend, self._relay_done)  # type: ignore[arg-type]
         self.stream.sink = _ClientSide(self)
         pending, self.buffer = bytes(self.buffer), bytearray()
@@ -254,8 +264,10 @@ class InboundConnection:
         cert = self.stream.tls.get_peer_certificate()
         if cert is not None:
             cn = cert.get_subject().CN
+        # The destination the client meant: the original one under transparent inbound.
+        dst = self.orig or self.local
         return proxyproto.v2_header(
-            self.peer, self.local, authority=facts.get("sni"), alpn=facts.get("alpn"),  # type: ignore[arg-type]
+            self.peer, dst, authority=self.stream.tls.get_servername(), alpn=facts.get("alpn"),  # type: ignore[arg-type]
             tls_version=facts.get("tls_version"), cipher=facts.get("cipher"),  # type: ignore[arg-type]
             client_cert=self.check.presented, client_verified=self.check.verified, client_cn=cn,
             client_sans=self.check.identities)
@@ -279,8 +291,13 @@ class InboundConnection:
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        if self.mode == "handshake":
-            self._refuse("handshake-timeout", "no TLS handshake in time")
+        if self.mode != "handshake":
+            return
+        failure = self.stream.failure
+        if failure is not None:  # refused already, while the client reads our alert
+            self.client_lost(*failure)
+            return
+        self._refuse("handshake-timeout", "no TLS handshake in time")
 
     def _relay_done(self, outcome: str, detail: Optional[str]) -> None:
         self._finish(outcome, detail, reset_client=False)
@@ -293,7 +310,9 @@ class InboundConnection:
         if self._connecting is not None:
             d, self._connecting = self._connecting, None
             d.cancel()
-        if self.backend is not None and self.mode != "relay":
+        if self.relay is not None:
+            self.relay.detach()  # we end both sides ourselves: the backend must see a reset too
+        if self.backend is not None:
             self.backend.sink = None
             self.backend.abort()
 
@@ -312,6 +331,11 @@ class InboundConnection:
             self.stream.sink = None
             self.stream.abort()
         rl = self.relay
+        if not self._facts and self.stream.tls is not None:
+            raw_sni = self.stream.tls.get_servername()
+            refused = outcome == "client-refused"  # the handshake got as far as the certificate
+            self._facts = {"sni": raw_sni.decode("ascii", "replace") if raw_sni else None,
+                           "tls_version": self.stream.tls.get_protocol_version_name() if refused else None}
         fields = dict(
             conn_id=self.conn_id, inbound=self.inbound.name, peer=_addr(self.peer),
             sni=self._facts.get("sni"), alpn=self._facts.get("alpn"),
@@ -324,7 +348,10 @@ class InboundConnection:
             duration=round(self.reactor.seconds() - self.started, 4), outcome=outcome, detail=detail)
         self.relay = None
         self.backend = None
-        emit = self.log.info if outcome == "closed" else self.log.warn
+        # A probe (a health check connecting and leaving, or a direct connection) is no warning.
+        quiet = outcome in ("closed", "not-redirected") or (outcome == "client-gone" and not self._facts.get("sni")
+                                                            and not self.check.presented)
+        emit = self.log.info if quiet else self.log.warn
         emit("inbound {conn_id} {outcome}: listener={inbound} peer={peer} sni={sni} alpn={alpn} "
              "tls={tls_version} cipher={cipher} client={client_identity} verified={verified} "
              "backend={backend} bytes_in={bytes_in} bytes_out={bytes_out} duration={duration}s detail={detail}",

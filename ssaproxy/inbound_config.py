@@ -69,6 +69,10 @@ def parse_inbound(raw_list: Any, path: str, policy_max: str = "TLSv1.3") -> tupl
         inbound = _one(_Reader(raw, p), i, policy_max)
         if inbound.name in {x.name for x in out}:
             raise ConfigError(f"{p}.name", f"duplicate inbound name {inbound.name!r}")
+        taken = {port for x in out for port in x.ports}
+        if taken & set(inbound.ports):
+            raise ConfigError(f"{p}.ports", f"port(s) {sorted(taken & set(inbound.ports))} already redirected "
+                                            "to an earlier transparent listener")
         out.append(inbound)
     return tuple(out)
 
@@ -115,6 +119,10 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
         r.check("listen", interface is None or ipaddress.ip_address(interface).is_unspecified,
                 "a transparent listener must listen on every address: REDIRECT in PREROUTING delivers to the "
                 "address of the interface the connection came in on")
+        r.check("listen", families == (4, 6),
+                'a transparent listener must take IPv4 and IPv6 ("tcp6:PORT"): otherwise IPv6 connections to '
+                "its ports reach the service in plaintext, past the TLS front door")
+        r.check("ports", listen_port not in ports, f"the listener's own port {listen_port} cannot be redirected to it")
     else:
         r.check("ports", not ports, 'only applies with backend = "original"')
     handshake = _positive(r, "handshake_timeout", r.take("handshake_timeout", float, 10.0), 300)

@@ -70,7 +70,10 @@ def inbound_rules(config: Config, family: int) -> list[list[str]]:
     for inbound in listeners:
         ports = [str(p) for p in inbound.ports]
         for i in range(0, len(ports), _MULTIPORT_MAX):
-            out.append(["-p", "tcp", "-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX]),
+            # Only connections addressed to this host: traffic a router or container host merely
+            # forwards to some other address on these ports is not ours to take.
+            out.append(["-p", "tcp", "-m", "addrtype", "--dst-type", "LOCAL",
+                        "-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX]),
                         "-m", "comment", "--comment", f"ssaproxy inbound {inbound.name}",
                         "-j", "REDIRECT", "--to-ports", str(inbound.listen_port)])
     return out

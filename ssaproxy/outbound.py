@@ -171,7 +171,7 @@ class OutboundConnection(Protocol):
         self.factory.accepted[key] = self  # type: ignore[attr-defined]
         here = relay.tcp(self.transport).getHost()
         if _normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
-            self._refuse("loop", "original destination is this listener (not redirected?)")
+            self._refuse("not-redirected", "original destination is this listener")
             return
         route = self.config.outbound.match(ip, port)
         if route is None:
@@ -481,7 +481,8 @@ class OutboundConnection(Protocol):
         self.relay = None
         self.upstream = None
         self.factory.active.discard(self)  # type: ignore[attr-defined]
-        emit = self.log.info if ok else self.log.warn
+        # A direct connection to the listener (a health check, say) is refused, but no warning.
+        emit = self.log.info if ok or outcome == "not-redirected" else self.log.warn
         emit(
             "conn {conn_id} {outcome}: orig_dst={orig_dst} route={route} action={action} "
             "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} "

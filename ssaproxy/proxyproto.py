@@ -27,6 +27,7 @@ PP2_SUBTYPE_SSL_CIPHER = 0x23
 PP2_TYPE_SSAPROXY_SANS = 0xE0
 PP2_CLIENT_SSL = 0x01
 PP2_CLIENT_CERT_CONN = 0x02
+_MAX_SANS = 4096
 
 
 def tlv(kind: int, value: bytes) -> bytes:
@@ -35,7 +36,7 @@ def tlv(kind: int, value: bytes) -> bytes:
     return struct.pack("!BH", kind, len(value)) + value
 
 
-def v2_header(src: tuple[str, int], dst: tuple[str, int], *, authority: Optional[str] = None,
+def v2_header(src: tuple[str, int], dst: tuple[str, int], *, authority: Optional[bytes] = None,
               alpn: Optional[str] = None, tls_version: Optional[str] = None, cipher: Optional[str] = None,
               client_cert: bool = False, client_verified: bool = False, client_cn: Optional[str] = None,
               client_sans: tuple[str, ...] = ()) -> bytes:
@@ -49,11 +50,11 @@ def v2_header(src: tuple[str, int], dst: tuple[str, int], *, authority: Optional
     tlvs = b""
     if alpn:
         tlvs += tlv(PP2_TYPE_ALPN, alpn.encode("ascii"))
-    if authority:
-        tlvs += tlv(PP2_TYPE_AUTHORITY, authority.encode("ascii"))
+    if authority:  # the SNI bytes as the client sent them
+        tlvs += tlv(PP2_TYPE_AUTHORITY, authority)
     if tls_version:
         client = PP2_CLIENT_SSL | (PP2_CLIENT_CERT_CONN if client_cert else 0)
-        verify = 0 if (client_verified or not client_cert) else 1
+        verify = 0 if (client_cert and client_verified) else 1  # 0 only for a verified certificate
         sub = tlv(PP2_SUBTYPE_SSL_VERSION, tls_version.encode("ascii"))
         if cipher:
             sub += tlv(PP2_SUBTYPE_SSL_CIPHER, cipher.encode("ascii"))
@@ -61,7 +62,10 @@ def v2_header(src: tuple[str, int], dst: tuple[str, int], *, authority: Optional
             sub += tlv(PP2_SUBTYPE_SSL_CN, client_cn.encode("utf-8"))
         tlvs += tlv(PP2_TYPE_SSL, struct.pack("!BI", client, verify) + sub)
     if client_sans:
-        tlvs += tlv(PP2_TYPE_SSAPROXY_SANS, ",".join(client_sans).encode("utf-8"))
+        sans = ",".join(client_sans).encode("utf-8")
+        if len(sans) > _MAX_SANS:  # keep the header bounded: cut at the last whole entry
+            sans = sans[:_MAX_SANS].rpartition(b",")[0]
+        tlvs += tlv(PP2_TYPE_SSAPROXY_SANS, sans)
     body = addresses + tlvs
     return SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(body)) + body
 

@@ -144,3 +144,31 @@ def test_json_log_observer_gives_connection_events_as_fields(lab: Lab, pki: PKI,
     finally:
         _clear_rules(lab)
         stop(daemon)
+
+
+def test_sigterm_resets_inbound_connections_on_both_sides(lab: Lab, pki: PKI, tmp_path: Path) -> None:
+    """A backend must not take a half-sent upload, cut by the daemon's exit, for a complete one."""
+    good = pki.server("good")
+    config = tmp_path / "ssaproxy.toml"
+    config.write_text(f'[[inbound]]\nlisten = "tcp:24443:interface={SERVER_V4}"\nbackend = "tcp:127.0.0.1:24080"\n'
+                      f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
+    lab.backend("echo", 24080, tmp_path / "echo.log")
+    log = tmp_path / "daemon.log"
+    daemon = lab.start_daemon(config, log, ns=lab.s)
+    out = tmp_path / "client.json"
+    client = lab.spawn(lab.c, [CLIENT_PY, str(PEERS / "client.py"), SERVER_V4, "24443", "--tls-ca-pem",
+                               pki.root_pem.read_text(), "--sni", "backend.test", "--send", "half an upload",
+                               "--timeout", "20"], log=out)
+    try:
+        assert poll(lambda: "127.0.0.1:24080" in lab.ns(lab.s, ["ss", "-Htn", "state", "established"]).stdout)
+        time.sleep(0.5)
+        assert stop(daemon) == -signal.SIGTERM
+        assert client.wait(20) == 0
+        r = json.loads(out.read_text().strip().splitlines()[-1])
+        assert r["end"] in ("reset", "unclean"), r  # the client: an error, not close_notify
+        backend = poll(lambda: [json.loads(x) for x in (tmp_path / "echo.log").read_text().splitlines()
+                                if x.startswith("{")])
+        assert "error" in backend[-1], backend  # the backend: a reset, not a FIN
+    finally:
+        stop(client)
+        stop(daemon)

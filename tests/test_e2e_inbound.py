@@ -11,6 +11,7 @@ relay is byte-exact and a backend reset becomes a client reset.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +22,7 @@ from tests.lab import SERVER_V4, Lab, poll
 from tests.peers.pattern import pattern_digest
 from tests.pki import PKI
 
-PORTS = {"mtls": 8443, "open": 8444, "bulk": 8445, "rst": 8446, "modern": 8447, "record": 8448}
+PORTS = {"mtls": 8443, "open": 8444, "bulk": 8445, "rst": 8446, "modern": 8447, "record": 8448, "reqallow": 8449}
 BACKENDS = {"http": 18080, "haproxy": 18081, "source": 18082, "reset": 18083, "echo": 18084}
 BULK = 32 * 1024 * 1024 + 7
 HAPROXY = """
@@ -74,6 +75,15 @@ certificates = [ {_certs(pki, "good")} ]
 client_auth = "request"
 client_ca = "{pki.client_ca_pem}"
 proxy_protocol = "v2"
+
+[[inbound]]
+name = "reqallow"
+listen = {listen("reqallow")}
+backend = "tcp:127.0.0.1:{BACKENDS["http"]}"
+certificates = [ {_certs(pki, "good")} ]
+client_auth = "request"
+client_ca = "{pki.client_ca_pem}"
+allow = ["dns:client.test"]
 
 [[inbound]]
 name = "bulk"
@@ -255,3 +265,41 @@ def test_openssl_s_client_is_refused_with_an_alert(lab: Lab, scene: Path, pki: P
     assert "alert" in out, out[-2000:]
     assert f"/s_client-{case}" not in (scene / "http.log").read_text()
     assert _backend_connections(scene, "http") == before
+
+
+def test_request_mode_with_an_allow_list_refuses_anonymous_clients_with_an_alert(lab: Lab, scene: Path,
+                                                                                  pki: PKI) -> None:
+    r = lab.ns(lab.c, ["openssl", "s_client", "-connect", f"{SERVER_V4}:{PORTS['reqallow']}", "-servername",
+                       "backend.test", "-CAfile", str(pki.root_pem), "-ign_eof"],
+               input="GET /anonymous HTTP/1.0\r\n\r\n", check=False, timeout=30)
+    assert "alert" in (r.stdout + r.stderr).lower() and "/anonymous" not in (scene / "http.log").read_text()
+
+
+def test_plaintext_on_the_tls_port_is_a_handshake_failure_not_a_certificate_refusal(lab: Lab, scene: Path) -> None:
+    before = len(_events(scene))
+    r = lab.client(SERVER_V4, PORTS["mtls"], "--send", "GET / HTTP/1.0\\r\\n\\r\\n", root=True)
+    assert r["received"] == 0
+    event = poll(lambda: _events(scene)[before:])[-1]
+    assert " handshake-failed: " in event and "client-refused" not in event
+
+
+def test_non_ascii_sni_reaches_the_proxy_header_as_sent(lab: Lab, scene: Path, pki: PKI) -> None:
+    """A server name that is not ASCII must neither crash the header nor hang the connection."""
+    code = (
+        "import socket, sys\n"
+        "from OpenSSL import SSL\n"
+        "ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n"
+        "s.settimeout(None)  # pyOpenSSL wants a blocking socket; the test's timeout bounds it\n"
+        "c = SSL.Connection(ctx, s); c.set_connect_state(); c.set_tlsext_host_name(b'b\\xc3\\xa4ckend.test')\n"
+        "c.do_handshake(); c.sendall(b'hi'); print(c.recv(16)); c.shutdown()\n"
+    )
+    before = len(_events(scene))
+    r = lab.ns(lab.c, [sys.executable, "-c", code, SERVER_V4, str(PORTS["record"])], check=False, timeout=30)
+    assert "b'" in r.stdout, r.stderr  # the echo came back: relayed, not hung
+    rep = poll(lambda: [json.loads(x) for x in (scene / "echo.log").read_text().splitlines()
+                        if x.startswith("{") and "hi" in json.loads(x).get("head", "")])
+    header = parse_v2(rep[-1]["head"].encode("latin-1"))
+    assert header is not None and header["tlvs"][PP2_TYPE_AUTHORITY] == "bäckend.test".encode()  # type: ignore[index]
+    assert "Traceback" not in (scene / "daemon.log").read_text()
+    assert poll(lambda: _events(scene)[before:])

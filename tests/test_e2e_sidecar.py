@@ -61,7 +61,7 @@ client_key = "{other.key}"
     server_side.write_text(f"""
 [[inbound]]
 name = "sidecar"
-listen = "tcp:15006"
+listen = "tcp6:15006"
 backend = "original"
 ports = [{HTTP}, {ECHO}]
 certificates = [ {{ chain = "{server.chain}", key = "{server.key}" }} ]

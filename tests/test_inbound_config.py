@@ -65,13 +65,21 @@ def test_allow_entries_must_be_typed_sans(pki: PKI) -> None:
     assert e.key == "inbound[0].allow" and "dns:NAME" in e.message
 
 
-def test_transparent_listener_must_listen_everywhere(pki: PKI) -> None:
+def test_transparent_listener_must_listen_everywhere_on_both_families(pki: PKI) -> None:
     text = inbound(pki).replace('backend = "tcp:127.0.0.1:8080"', 'backend = "original"\nports = [8080]')
-    assert Config.from_toml(text).inbound[0].backend.original
-    e = error(text.replace('listen = "tcp:8443"', 'listen = "tcp:8443:interface=127.0.0.1"'))
+    text = text.replace('listen = "tcp:8443"', 'listen = "tcp6:8443"')
+    assert Config.from_toml(text).inbound[0].families == (4, 6)
+    e = error(text.replace('listen = "tcp6:8443"', r"listen = 'tcp6:8443:interface=\:\:1'"))
     assert e.key == "inbound[0].listen" and "every address" in e.message
+    e = error(text.replace('listen = "tcp6:8443"', 'listen = "tcp:8443"'))  # IPv4 only: IPv6 would bypass
+    assert e.key == "inbound[0].listen" and "IPv4 and IPv6" in e.message
+    e = error(text.replace("ports = [8080]", "ports = [8080, 8443]"))
+    assert e.key == "inbound[0].ports" and "own port" in e.message
     e = error(text.replace("ports = [8080]\n", ""))
     assert e.key == "inbound[0].ports"
+    twice = text + text.replace("tcp6:8443", "tcp6:8444").replace("[[inbound]]", '[[inbound]]\nname = "second"')
+    e = error(twice)
+    assert e.key == "inbound[1].ports" and "already redirected" in e.message
 
 
 def test_modern_profile_needs_tls13_in_the_policy(pki: PKI) -> None:
@@ -94,7 +102,7 @@ def test_route_client_certificate_is_checked(pki: PKI, tmp_path: Path) -> None:
                                       (("fd77::1", 40000), ("fd77::2", 8443)),
                                       (("::ffff:10.0.0.1", 1), ("10.0.0.2", 2))])
 def test_proxy_v2_header_round_trips(src: tuple[str, int], dst: tuple[str, int]) -> None:
-    raw = v2_header(src, dst, authority="backend.test", alpn="h2", tls_version="TLSv1.3",
+    raw = v2_header(src, dst, authority=b"backend.test", alpn="h2", tls_version="TLSv1.3",
                     cipher="TLS_AES_128_GCM_SHA256", client_cert=True, client_verified=True, client_cn="c")
     parsed = parse_v2(raw + b"payload")
     assert parsed is not None and parsed["length"] == len(raw)
@@ -121,3 +129,10 @@ def test_inbound_connections_over_the_limit_are_reset(pki: PKI) -> None:
         factory.buildProtocol(None).makeConnection(t)
     assert [t.aborted for t in transports] == [False, True]
     assert len(factory.active) == 1
+
+
+def test_proxy_v2_anonymous_client_is_not_marked_verified() -> None:
+    raw = v2_header(("10.0.0.1", 1), ("10.0.0.2", 2), tls_version="TLSv1.3", client_cert=False)
+    parsed = parse_v2(raw)
+    assert parsed is not None
+    assert parsed["tlvs"][PP2_TYPE_SSL][:5] == b"\x01\x00\x00\x00\x01"  # TLS, no certificate; verify != 0

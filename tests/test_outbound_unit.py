@@ -95,11 +95,11 @@ def test_unexpected_exception_resets_instead_of_closing(events: list[dict[str, A
     assert events[-1]["outcome"] == "internal-error"
 
 
-def test_reject_route_and_loop(events: list[dict[str, Any]]) -> None:
+def test_reject_route_no_route_and_direct_connection(events: list[dict[str, Any]]) -> None:
     _, t, _ = connect(("10.1.2.3", 23))
     assert t.aborted and events[-1]["outcome"] == "rejected" and events[-1]["route"] == "blocked"
     _, t, _ = connect(("127.0.0.1", 15001))
-    assert t.aborted and events[-1]["outcome"] == "loop"
+    assert t.aborted and events[-1]["outcome"] == "not-redirected"
     _, t, _ = connect(("192.0.2.1", 80))
     assert t.aborted and events[-1]["outcome"] == "no-route"
 

@@ -90,7 +90,7 @@ def _group_context(inbound: Inbound, policy: Policy, certs: list[Certificate]) -
         assert store is not None
         store.set_flags(_x509_strict_flags())
         mode = SSL.VERIFY_PEER
-        if inbound.client_auth == "require":
+        if inbound.client_auth == "require" or inbound.allow:  # an allow-list needs an identity
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode, verify_callback)
         ctx.set_verify_depth(8)

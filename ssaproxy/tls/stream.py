@@ -113,6 +113,12 @@ class TLSStream(relay.Upstream):
             how, detail = relay.RESET, reason.getErrorMessage()
         sink.upstream_lost(how, detail)
 
+    @property
+    def failure(self) -> Optional[tuple[str, Optional[str]]]:
+        """(how, detail) once the stream has failed (for example while a refused peer reads
+        our alert), else None."""
+        return self._failed
+
     # ---- Upstream API
     def write(self, data: bytes) -> None:
         if self._failed or self._aborting or self.sent_close:
@@ -167,7 +173,7 @@ class TLSStream(relay.Upstream):
             return
         except SSL.Error as e:
             self._flush()  # the alert, if OpenSSL produced one
-            why = self.verifier.explain()
+            why = self.verifier.explain(_ssl_text(e))
             if why is not None:
                 self._fail(relay.VERIFY_FAILED, why, alert=True)
             else:

@@ -37,6 +37,7 @@ class PeerCheck:
         self.error: Optional[VerificationFailed] = None
         self.leaf_passed = False
         self._anchor_depth: Optional[int] = None  # OpenSSL reports the trust anchor first
+        self.presented = False  # the peer sent a certificate (chain)
 
     @property
     def verified(self) -> bool:
@@ -49,6 +50,7 @@ class PeerCheck:
         return False
 
     def check(self, cert: crypto.X509, code: int, depth: int, ok: int) -> bool:
+        self.presented = True
         if self.error is not None:
             return False
         if not ok:
@@ -74,7 +76,7 @@ class PeerCheck:
         """After a finished handshake: may this connection carry data?"""
         return self.verified
 
-    def explain(self) -> Optional[str]:
+    def explain(self, openssl_reason: str) -> Optional[str]:
         """Why a failed handshake failed, if it was our verification's doing."""
         return str(self.error) if self.error is not None else None
 
@@ -121,19 +123,18 @@ class ClientCheck(PeerCheck):
         self.allow = frozenset(_normal_identity(a) for a in allow)
         self.required = required
         self.identities: tuple[str, ...] = ()  # "dns:…", "uri:…" of the presented leaf
-        self.presented = False
 
     def _check_leaf(self, cert: x509.Certificate) -> None:
-        self.presented = True
         self.identities = san_identities(cert)
         if self.allow and not self.allow.intersection(map(_normal_identity, self.identities)):
             shown = ", ".join(self.identities) or "no subjectAltName"
             self.fail(VerificationFailed(f"client identity not allowed ({shown})", depth=0))
 
-    def explain(self) -> Optional[str]:
-        if self.error is None and self.required and not self.presented:
+    def explain(self, openssl_reason: str) -> Optional[str]:
+        reason = openssl_reason.lower()
+        if self.error is None and ("did not return a certificate" in reason or "certificate required" in reason):
             return "no client certificate"  # OpenSSL's own refusal (certificate_required alert)
-        return super().explain()
+        return super().explain(openssl_reason)
 
     def accept(self, conn: SSL.Connection) -> bool:
         if conn.get_peer_certificate() is None:
