@@ -61,6 +61,7 @@ _HOSTNAME_RE = re.compile(
 )
 
 T = TypeVar("T")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def is_valid_hostname(name: str) -> bool:
@@ -199,37 +200,42 @@ class Listener:
     interface: Optional[str]
 
 
-def parse_listener(description: str) -> Listener:
-    """Family and port of a Twisted server endpoint string ("tcp:15001:interface=127.0.0.1")."""
+def endpoint_facts(description: str, key: str) -> tuple[str, int, Optional[IPAddress]]:
+    """Kind ("tcp" or "tcp6"), port and interface address of a Twisted TCP server endpoint
+    string; errors name `key`."""
     parts = _split_endpoint(description)
     kind = parts[0]
     if kind not in ("tcp", "tcp6"):
-        raise ConfigError("outbound.listen", f"transparent mode needs a tcp or tcp6 endpoint, got {description!r}")
+        raise ConfigError(key, f"needs a tcp or tcp6 endpoint, got {description!r}")
     positional = [p for p in parts[1:] if "=" not in p]
     keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
     port_text = keywords.get("port") or (positional[0] if positional else "")
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
-        raise ConfigError("outbound.listen", f"no usable port in {description!r}")
+        raise ConfigError(key, f"no usable port in {description!r}")
     # Twisted's positional order: tcp:PORT:INTERFACE:BACKLOG but tcp6:PORT:BACKLOG:INTERFACE.
     slot = 1 if kind == "tcp" else 2
     interface = keywords.get("interface") or (positional[slot] if len(positional) > slot else None)
-    unknown = set(keywords) - {"port", "interface", "backlog"}
-    if unknown or len(positional) > 3:
-        raise ConfigError("outbound.listen", f"cannot parse {description!r} (IPv6 addresses need their colons "
-                                             "escaped: interface=\\:\\:1)")
-    if interface is not None:
-        try:
-            address = ipaddress.ip_address(interface)
-        except ValueError:
-            raise ConfigError("outbound.listen", f"interface {interface!r} in {description!r} is not an IP "
-                                                 "address") from None
-        if not (address.is_loopback or address.is_unspecified):
-            # REDIRECT in the OUTPUT chain delivers to 127.0.0.1 / ::1: anything else never sees a
-            # redirected connection.
-            raise ConfigError("outbound.listen", f"interface {interface} would never receive redirected "
-                                                 "connections: listen on the loopback address (127.0.0.1 or ::1)")
-    family = 6 if kind == "tcp6" or (interface is not None and ":" in interface) else 4
-    return Listener(family=family, port=int(port_text), interface=interface)
+    if set(keywords) - {"port", "interface", "backlog"} or len(positional) > 3:
+        raise ConfigError(key, f"cannot parse {description!r} (IPv6 addresses need their colons escaped: "
+                               "interface=\\:\\:1)")
+    if interface is None:
+        return kind, int(port_text), None
+    try:
+        return kind, int(port_text), ipaddress.ip_address(interface)
+    except ValueError:
+        raise ConfigError(key, f"interface {interface!r} in {description!r} is not an IP address") from None
+
+
+def parse_listener(description: str) -> Listener:
+    """Family and port of an outbound listener ("tcp:15001:interface=127.0.0.1")."""
+    kind, port, address = endpoint_facts(description, "outbound.listen")
+    if address is not None and not (address.is_loopback or address.is_unspecified):
+        # REDIRECT in the OUTPUT chain delivers to 127.0.0.1 / ::1: anything else never sees a
+        # redirected connection.
+        raise ConfigError("outbound.listen", f"interface {address} would never receive redirected "
+                                             "connections: listen on the loopback address (127.0.0.1 or ::1)")
+    family = 6 if kind == "tcp6" or (address is not None and address.version == 6) else 4
+    return Listener(family=family, port=port, interface=str(address) if address is not None else None)
 
 
 def _split_endpoint(description: str) -> list[str]:

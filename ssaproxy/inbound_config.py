@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import attrs
 
-from ssaproxy.config import _one_of, _port, _positive, _Reader, _split_endpoint, _toml_type
+from ssaproxy.config import _one_of, _port, _positive, _Reader, _split_endpoint, _toml_type, endpoint_facts
 from ssaproxy.errors import ConfigError
 
 CLIENT_AUTH = ("none", "request", "require")
@@ -137,25 +137,12 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
 
 
 def _listen_facts(r: _Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:
-    """Port, address families and interface of a tcp/tcp6 server endpoint string."""
-    parts = _split_endpoint(listen)
-    kind = parts[0]
-    r.check("listen", kind in ("tcp", "tcp6"), f"must be a tcp or tcp6 endpoint: {listen!r}")
-    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    positional = [p for p in parts[1:] if "=" not in p]
-    port_text = keywords.get("port") or (positional[0] if positional else "")
-    r.check("listen", bool(re.fullmatch(r"[0-9]{1,5}", port_text)) and 0 < int(port_text) < 65536,
-            f"no usable port in {listen!r}")
-    slot = 1 if kind == "tcp" else 2  # tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG:INTERFACE
-    interface = keywords.get("interface") or (positional[slot] if len(positional) > slot else None)
-    if interface is None:
-        return int(port_text), ((4, 6) if kind == "tcp6" else (4,)), None
-    try:
-        address = ipaddress.ip_address(interface)
-    except ValueError:
-        raise ConfigError(r.key("listen"), f"interface {interface!r} is not an IP address") from None
+    """Port, address families and interface of the listener's endpoint string."""
+    kind, port, address = endpoint_facts(listen, r.key("listen"))
+    if address is None:
+        return port, ((4, 6) if kind == "tcp6" else (4,)), None
     dual = address.version == 6 and address.is_unspecified  # [::] also takes IPv4 (mapped)
-    return int(port_text), ((4, 6) if dual else (address.version,)), interface
+    return port, ((4, 6) if dual else (address.version,)), str(address)
 
 
 def _backend(r: _Reader, value: Optional[str]) -> Backend:
