@@ -1,8 +1,8 @@
 """One error hierarchy for the whole daemon.
 
-"Our policy refused" (`PolicyRefused`) is kept apart from "the peer misbehaved" (`PeerError`)
-so that logs, and later the socket API's errno table, can say which side is to blame.  Errors
-carry structured fields, not just strings.
+"The peer misbehaved" (`PeerError`) is its own branch, so that logs, and later the socket
+API's errno table, can tell it from our own refusals.  Errors carry structured fields (the
+OpenSSL verify code, the chain depth), not just strings.
 """
 
 from __future__ import annotations
@@ -29,14 +29,6 @@ class ConfigError(SsaproxyError):
 
     def at(self, line: Optional[int]) -> "ConfigError":
         return ConfigError(self.key, self.message, line)
-
-
-class PolicyRefused(SsaproxyError):
-    """Our own policy refused the connection (no route, a reject route, a loop)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 class PeerError(SsaproxyError):

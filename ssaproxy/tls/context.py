@@ -97,13 +97,5 @@ def _x509_strict_flags() -> Any:
     return X509StoreFlags.X509_STRICT
 
 
-def negotiated(conn: SSL.Connection) -> dict[str, Any]:
-    """The facts of a finished handshake, in the log vocabulary."""
-    return {
-        "tls_version": conn.get_protocol_version_name(),
-        "cipher": conn.get_cipher_name(),
-    }
-
-
-__all__ = ["client_context", "negotiated", "check_ciphers", "check_ciphersuites", "check_groups",
+__all__ = ["client_context", "check_ciphers", "check_ciphersuites", "check_groups",
            "check_trust_store"]
