@@ -8,6 +8,7 @@ from twisted.application import service, strports
 from twisted.logger import Logger
 
 from ssaproxy.config import Config
+from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls.context import client_context
 
@@ -56,7 +57,6 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     for route in config.outbound.routes:
         if route.client_certificate:
             client_context(config.policy, route.client_certificate, route.client_key)
-    from ssaproxy.inbound import InboundFactory
 
     top = service.MultiService()
     factories: list[Any] = []

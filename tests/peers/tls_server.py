@@ -87,13 +87,14 @@ def serve_tls(conn: ssl.SSLSocket, args: argparse.Namespace) -> None:
         report(**info, received=n, sha256=digest, end=end)
         close_clean(conn)
     elif mode == "source":
-        sent = 0
-        last = time.monotonic()
+        sent = written = 0
         for chunk in pattern_stream(args.bytes):
             conn.sendall(chunk)
             sent += len(chunk)
-            if args.status and time.monotonic() - last > 0.05:
-                last = time.monotonic()
+            # By progress, not by time: once the peer stops reading, sendall blocks, and a
+            # clock-based update might never have happened yet.
+            if args.status and sent - written >= 1 << 20:
+                written = sent
                 with open(args.status, "w") as f:
                     f.write(str(sent))
         if args.status:
