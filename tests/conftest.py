@@ -56,7 +56,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     require_lab()
-    tag = Path(str(request.node.fspath)).stem.replace("test_", "")[:5]
+    tag = Path(str(request.node.fspath)).stem.replace("test_", "")[:24]  # unique per module
     lab = Lab(tag)
     try:
         yield lab
