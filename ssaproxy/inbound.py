@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from ssaproxy import proxyproto, relay
 from ssaproxy.config import Policy
 from ssaproxy.inbound_config import Inbound
-from ssaproxy.outbound import original_destination
+from ssaproxy.outbound import original_destination, plain_address
 from ssaproxy.tls.server import negotiated_alpn, server_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
@@ -163,8 +163,8 @@ class InboundConnection:
         t = relay.tcp(self.stream.transport)
         peer: Any = self.stream.transport.getPeer()  # type: ignore[union-attr]
         here: Any = t.getHost()
-        self.peer = (_plain(peer.host), peer.port)
-        self.local = (_plain(here.host), here.port)
+        self.peer = (plain_address(peer.host), peer.port)
+        self.local = (plain_address(here.host), here.port)
         if self.inbound.backend.original:
             try:
                 ip, port = original_destination(t.getHandle())  # type: ignore[arg-type]
@@ -373,16 +373,6 @@ class _BackendSide:
 
     def upstream_lost(self, how: str, detail: Optional[str]) -> None:
         self.owner.backend_lost(how, detail)
-
-
-def _plain(host: str) -> str:
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def _addr(a: tuple[str, int]) -> str:

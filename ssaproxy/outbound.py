@@ -81,7 +81,7 @@ def original_destination(sock: socket.socket) -> tuple[IPAddress, int]:
 _FourTuple = tuple[str, int, str, int]
 
 
-def _host(text: str) -> str:
+def plain_address(text: str) -> str:
     """One spelling per address (IPv4-mapped IPv6 as IPv4), so 4-tuples compare exactly."""
     try:
         return str(_normalize(ipaddress.ip_address(text.split("%")[0])))
@@ -163,7 +163,7 @@ class OutboundConnection(Protocol):
         ip = _normalize(ip)
         self.orig = (ip, port)
         peer = self.transport.getPeer()
-        key = (_host(getattr(peer, "host", "")), getattr(peer, "port", 0), str(ip), port)
+        key = (plain_address(getattr(peer, "host", "")), getattr(peer, "port", 0), str(ip), port)
         if key in self.factory.upstream_tuples:  # type: ignore[attr-defined]
             self.own_traffic()
             return
@@ -313,7 +313,7 @@ class OutboundConnection(Protocol):
             return
         here: Any = relay.tcp(upstream.transport).getHost()
         there: Any = upstream.transport.getPeer()  # type: ignore[union-attr]
-        self._upstream_tuple = (_host(here.host), here.port, _host(there.host), there.port)
+        self._upstream_tuple = (plain_address(here.host), here.port, plain_address(there.host), there.port)
         self.factory.upstream_tuples.add(self._upstream_tuple)  # type: ignore[attr-defined]
         looped = self.factory.accepted.get(self._upstream_tuple)  # type: ignore[attr-defined]
         if looped is not None:
