@@ -1,3 +1,21 @@
-"""ssaproxy: TLS as a system service, in user space."""
+"""ssaproxy: TLS as a system service, in user space.
+
+Programs use the client library from here (standard library only):
+
+    import socket, ssaproxy
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+"""
+
+from ssaproxy.client import (  # noqa: F401 - the library's public names
+    DEFAULT_SOCKET,
+    TLS_UPGRADE_CLIENT,
+    TLS_UPGRADE_SERVER,
+    install,
+    socket,
+    socket_path,
+    uninstall,
+    upgrade,
+)
+from ssaproxy.proto.options import *  # noqa: F401,F403 - IPPROTO_TLS, TLS_* options, AF_HOSTNAME, ...
 
 __version__ = "0.1.0"

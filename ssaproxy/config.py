@@ -35,6 +35,9 @@ DEFAULT_CONFIG_TOML = """\
 min_version = "TLSv1.2"
 max_version = "TLSv1.3"
 
+[api]
+socket = "/run/ssaproxy/api.sock"
+
 [outbound]
 listen = ["tcp:15001:interface=127.0.0.1", 'tcp6:15001:interface=\\:\\:1']
 
@@ -125,6 +128,18 @@ class Outbound:
 
 
 @attrs.frozen(kw_only=True)
+class Api:
+    """The local socket API (docs/api.md): where it listens and who may use it."""
+
+    socket: str = "/run/ssaproxy/api.sock"
+    mode: int = 0o660  # the socket file's permissions: who may ask the daemon for TLS
+    group: Optional[str] = None  # None: the daemon's own group
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    max_sessions: int = 10000  # control connections at once
+
+
+@attrs.frozen(kw_only=True)
 class Iptables:
     """What the generated rules never redirect, besides the daemon's own traffic."""
 
@@ -138,6 +153,7 @@ class Config:
     outbound: Outbound = Outbound()
     iptables: Iptables = Iptables()
     inbound: tuple[Any, ...] = ()  # ssaproxy.inbound_config.Inbound
+    api: Optional[Api] = None  # None: no [api] table, no local socket API
     source: str = "<embedded default>"
 
     @classmethod
@@ -189,8 +205,9 @@ class Config:
         else:
             outbound = _outbound(outbound_table)
         iptables = _iptables(r.table("iptables"))
+        api = _api(r.table("api")) if "api" in r.data else None
         r.done()
-        return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, source=source)
+        return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, api=api, source=source)
 
 
 @attrs.frozen
@@ -357,6 +374,31 @@ def _policy(r: _Reader) -> Policy:
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
                   groups=groups, trust_store=trust, min_rsa_bits=rsa)
+
+
+def _api(r: _Reader) -> Api:
+    path = r.take("socket", str, "/run/ssaproxy/api.sock")
+    r.check("socket", path.startswith("/") and "\x00" not in path and len(path.encode()) < 108,
+            f"must be an absolute path shorter than 108 bytes, got {path!r}")
+    mode = r.take("mode", (int, str), 0o660, "an octal number (0o660) or a string (\"0660\")")
+    if isinstance(mode, str):
+        r.check("mode", bool(re.fullmatch(r"0?[0-7]{3}", mode)), f"must be an octal mode like \"0660\", got {mode!r}")
+        mode = int(mode, 8)
+    r.check("mode", 0 <= mode <= 0o777, f"must be between 0o000 and 0o777, got {mode:#o}")
+    group = r.take("group", str, None)
+    if group is not None:
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError(r.key("group"), f"no such group {group!r}") from None
+    api = Api(socket=path, mode=mode, group=group,
+              connect_timeout=_positive(r, "connect_timeout", r.take("connect_timeout", float, 10.0), 300),
+              handshake_timeout=_positive(r, "handshake_timeout", r.take("handshake_timeout", float, 10.0), 300),
+              max_sessions=int(_positive(r, "max_sessions", r.take("max_sessions", int, 10000), 1_000_000)))
+    r.done()
+    return api
 
 
 def _iptables(r: _Reader) -> Iptables:

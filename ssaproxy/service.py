@@ -7,7 +7,8 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.logger import Logger
 
-from ssaproxy.config import Config
+from ssaproxy.api.server import ApiFactory, prepare_socket_path, secure_socket_path
+from ssaproxy.config import Api, Config
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls.context import client_context
@@ -25,10 +26,11 @@ class _Announce(service.Service):
         super().startService()
         c = self.config
         log.info("ssaproxy started: config={source} listen={listen} routes={routes} inbound={inbound} "
-                 "min_version={min_version} trust_store={trust_store}",
+                 "api={api} min_version={min_version} trust_store={trust_store}",
                  source=c.source, listen=",".join(c.outbound.listen) or "(none)",
                  inbound=",".join(f"{i.name}@{i.listen}" for i in c.inbound) or "(none)",
                  routes=",".join(r.name for r in c.outbound.routes) or "(none)",
+                 api=c.api.socket if c.api else "(none)",
                  min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
 
 
@@ -51,6 +53,30 @@ class _ResetOnStop(service.Service):
                 conn.shut_down()
 
 
+class _ApiService(service.Service):
+    """The Unix socket of the local socket API.  listenUNIX sets the mode right after bind;
+    in between, the umask's mode applies (with the usual 022, only the owner may connect)."""
+
+    def __init__(self, api: Api, factory: ApiFactory, reactor: Any) -> None:
+        self.api = api
+        self.factory = factory
+        self.reactor = reactor
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        prepare_socket_path(self.api)
+        self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
+        secure_socket_path(self.api)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 def make_service(config: Config, reactor: Any) -> service.MultiService:
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
@@ -69,6 +95,10 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
         inbound_factory = InboundFactory(inbound, config.policy, reactor)  # builds its TLS contexts now
         factories.append(inbound_factory)
         strports.service(inbound.listen, inbound_factory, reactor=reactor).setServiceParent(top)
+    if config.api is not None:
+        api_factory = ApiFactory(config.api, config.policy, reactor)
+        factories.append(api_factory)
+        _ApiService(config.api, api_factory, reactor).setServiceParent(top)
     _ResetOnStop(factories).setServiceParent(top)
     _Announce(config).setServiceParent(top)
     return top

@@ -1,0 +1,387 @@
+"""The local socket API server: one control connection per program socket, on a Unix socket.
+
+Theory of operation: a control connection speaks the framed protocol of `ssaproxy.proto`
+(docs/api.md).  After HELLO it takes options, then exactly one of CONNECT or UPGRADE (the
+daemon answers CARRIER with the program's end of a fresh carrier; the session's result and
+then its plaintext travel on the carrier) or LISTEN (the program passes its bound, listening
+TCP socket; this connection then delivers ACCEPTED frames, each with a carrier, and takes one
+ACK per ACCEPTED).  Anything malformed or out of order gets an ERROR frame and the connection
+is closed; other programs are not affected.  The daemon never opens a file for a program:
+certificates and keys come as PEM bytes, sockets as file descriptors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Any, Optional
+
+from OpenSSL import SSL
+from twisted.internet import interfaces
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
+from ssaproxy.api.settings import ApiError, Settings, apply, get, server_context
+from ssaproxy.config import Api, Policy
+from ssaproxy.proto import wire
+from ssaproxy.proto.state import DAEMON_PHASES
+from ssaproxy.tls.stream import TLSStream
+from ssaproxy.tls.verify import ClientCheck
+
+_MAX_FDS_HELD = 4
+_MAX_UNACKED = 16  # accepted connections delivered but not yet taken by accept()
+
+
+class ApiFactory(Factory):
+    noisy = False
+
+    def __init__(self, api: Api, policy: Policy, reactor: Any) -> None:
+        self.api = api
+        self.policy = policy
+        self.reactor = reactor
+        self.limits = Limits(api.connect_timeout, api.handshake_timeout)
+        self.active: set[Any] = set()  # TLS sessions and listeners, for shutdown
+        self.controls = 0
+
+    def buildProtocol(self, addr: Any) -> "Control":
+        return Control(self)
+
+
+@implementer(interfaces.IFileDescriptorReceiver)
+class Control(Protocol):
+    log = Logger()
+
+    def __init__(self, factory: ApiFactory) -> None:
+        self.factory = factory
+        self.decoder = wire.Decoder()
+        self.phase = "hello"
+        self.settings = Settings()
+        self.fds: list[int] = []
+        self.creds: Optional[Creds] = None
+        self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
+        self.listener: Optional[Listener] = None
+        self.closed = False
+
+    # ---- Twisted events
+    def connectionMade(self) -> None:
+        self.factory.controls += 1
+        if self.factory.controls > self.factory.api.max_sessions:
+            self._refuse(errno.EAGAIN, f"more than {self.factory.api.max_sessions} API connections")
+            return
+        assert self.transport is not None
+        self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        self.fds.append(descriptor)
+        if len(self.fds) > _MAX_FDS_HELD:
+            self._refuse(errno.EPROTO, "too many file descriptors without a frame that takes them")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.decoder.receive_data(data)
+        while not self.closed:
+            try:
+                message = self.decoder.next_message()
+            except wire.ProtocolError as e:
+                self._refuse(errno.EPROTO, f"malformed message: {e}")
+                return
+            if message is None:
+                break
+            self._handle(message)
+        if not self.closed and self.fds and not self.decoder.buffered:
+            self._refuse(errno.EPROTO, "a file descriptor came with a message that takes none")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        self.factory.controls -= 1
+        self._close_fds()
+        for sock in self.handed:
+            sock.close()
+        self.handed = []
+        if self.listener is not None:
+            self.listener.close("program closed its listening socket")
+
+    # ---- messages
+    def _handle(self, m: wire.Message) -> None:
+        if m.kind not in DAEMON_PHASES[self.phase]:
+            self._refuse(errno.EPROTO, f"{m.kind.name} not allowed now ({self.phase})")
+            return
+        needs_fd = wire.carries_fd(m.kind)
+        fd: Optional[int] = None
+        if needs_fd:
+            if not self.fds:
+                self._refuse(errno.EINVAL, f"{m.kind.name} needs a file descriptor (SCM_RIGHTS)")
+                return
+            fd = self.fds.pop(0)
+        if self.fds:
+            self._refuse(errno.EPROTO, "a file descriptor came with a message that takes none")
+            if fd is not None:
+                os.close(fd)
+            return
+        try:
+            self._dispatch(m, fd)
+        except ApiError as e:
+            if fd is not None:
+                _close(fd)
+            self._reply(wire.Kind.ERROR, {wire.Tag.ERRNO: e.code, wire.Tag.TEXT: e.text})
+
+    def _dispatch(self, m: wire.Message, fd: Optional[int]) -> None:
+        policy = self.factory.policy
+        if m.kind == wire.Kind.HELLO:
+            version = m.int(wire.Tag.VERSION)
+            if version != wire.VERSION:
+                self._refuse(errno.EPROTONOSUPPORT, f"protocol version {version} unknown; this daemon speaks "
+                                                    f"{wire.VERSION}")
+                return
+            self.phase = "options"
+            self._reply(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: id(self) & 0x7FFFFFFF})
+        elif m.kind == wire.Kind.SETOPT:
+            self.settings = apply(self.settings, policy, m.int(wire.Tag.OPTION), m.raw(wire.Tag.VALUE))
+            self._reply(wire.Kind.OK)
+        elif m.kind == wire.Kind.GETOPT:
+            self._reply(wire.Kind.VALUE, {wire.Tag.VALUE: get(self.settings, policy, m.int(wire.Tag.OPTION))})
+        elif m.kind == wire.Kind.CONNECT:
+            self._connect(m)
+        elif m.kind == wire.Kind.UPGRADE:
+            assert fd is not None
+            self._upgrade(m, fd)
+        elif m.kind == wire.Kind.LISTEN:
+            assert fd is not None
+            self._listen(m, fd)
+        elif m.kind == wire.Kind.ACK:
+            if self.listener is None or not self.handed:
+                self._refuse(errno.EPROTO, "ACK without an ACCEPTED")
+                return
+            self.handed.pop(0).close()
+            self.listener.acked()
+
+    def _connect(self, m: wire.Message) -> None:
+        host, port, family = m.text(wire.Tag.HOST), m.int(wire.Tag.PORT), m.int(wire.Tag.FAMILY)
+        if not 0 < port < 65536:
+            raise ApiError(errno.EINVAL, f"port {port} out of range")
+        if family not in (0, 4, 6):
+            raise ApiError(errno.EINVAL, f"family {family} unknown")
+        if family:
+            import ipaddress
+
+            try:
+                if ipaddress.ip_address(host).version != family:
+                    raise ApiError(errno.EAFNOSUPPORT, f"{host} is not an IPv{family} address")
+            except ValueError:
+                raise ApiError(errno.EINVAL, f"{host!r} is not an IP address") from None
+        elif not host or len(host) > 253:
+            raise ApiError(errno.EINVAL, "AF_HOSTNAME needs a host name")
+        session = self._session("connect")
+        carrier, program_end = adopt_carrier(self.factory.reactor, session)
+        self._hand(program_end, wire.Kind.CARRIER)
+        session.start_connect(carrier, host, port, family)
+
+    def _upgrade(self, m: wire.Message, fd: int) -> None:
+        sock = _adopt_socket(fd)
+        try:
+            role = m.int(wire.Tag.ROLE)
+            if role not in (wire.ROLE_CLIENT, wire.ROLE_SERVER):
+                raise ApiError(errno.EINVAL, f"role {role} unknown")
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                raise ApiError(errno.EOPNOTSUPP, "TCP_UPGRADE_TLS needs a TCP socket")
+            try:
+                sock.getpeername()
+            except OSError:
+                raise ApiError(errno.ENOTCONN, "the socket to upgrade is not connected") from None
+            ctx: Optional[SSL.Context] = None
+            if role == wire.ROLE_SERVER:
+                ctx = server_context(self.settings, self.factory.policy)
+            session = self._session("upgrade-server" if ctx is not None else "upgrade-client")
+            carrier, program_end = adopt_carrier(self.factory.reactor, session)
+            self._hand(program_end, wire.Kind.CARRIER)
+            session.start_upgrade(carrier, sock, ctx)
+        finally:
+            sock.close()  # the reactor adopted its own duplicate
+
+    def _listen(self, m: wire.Message, fd: int) -> None:
+        sock = _adopt_socket(fd)
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
+            ctx = server_context(self.settings, self.factory.policy)
+            self.listener = Listener(self, ctx, self.settings, sock)
+            self.phase = "listening"
+            self._reply(wire.Kind.OK)
+        finally:
+            sock.close()
+
+    # ---- helpers
+    def _session(self, op: str) -> TLSSession:
+        assert self.creds is not None
+        self.phase = "handed"
+        return TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
+                          limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+
+    def _hand(self, program_end: socket.socket, kind: wire.Kind, fields: Optional[dict[int, object]] = None) -> None:
+        """Send `program_end` with a frame; it stays open here until the program has it."""
+        assert self.transport is not None
+        self.handed.append(program_end)
+        self.transport.sendFileDescriptor(program_end.fileno())  # type: ignore[attr-defined]
+        self.transport.write(wire.encode(kind, fields))
+
+    def _reply(self, kind: wire.Kind, fields: Optional[dict[int, object]] = None) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(wire.encode(kind, fields))
+
+    def _refuse(self, code: int, text: str) -> None:
+        if self.closed:
+            return
+        self.log.warn("api control connection refused: {text} pid={pid} uid={uid}", text=text,
+                      pid=self.creds.pid if self.creds else None, uid=self.creds.uid if self.creds else None)
+        self._reply(wire.Kind.ERROR, {wire.Tag.ERRNO: code, wire.Tag.TEXT: text})
+        self.closed = True
+        self._close_fds()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _close_fds(self) -> None:
+        for fd in self.fds:
+            _close(fd)
+        self.fds = []
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _adopt_socket(fd: int) -> socket.socket:
+    """A socket object owning `fd` (closed by the caller), or EINVAL for a non-socket."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ApiError(errno.ENOTSOCK, "the file descriptor passed is not a socket")
+        return socket.socket(fileno=fd)
+    except ApiError:
+        _close(fd)
+        raise
+    except OSError as e:
+        _close(fd)
+        raise ApiError(errno.EINVAL, f"unusable file descriptor: {e.strerror}") from None
+
+
+class _AcceptFactory(Factory):
+    noisy = False
+
+    def __init__(self, listener: "Listener") -> None:
+        self.listener = listener
+
+    def buildProtocol(self, addr: Any) -> Optional[TLSStream]:
+        return self.listener.incoming()
+
+
+class Listener:
+    """A program's listening socket, adopted: handshakes here, verified connections to the
+    program (ACCEPTED + carrier), at most _MAX_UNACKED waiting for its accept()."""
+
+    def __init__(self, control: Control, ctx: SSL.Context, settings: Settings, sock: socket.socket) -> None:
+        self.control = control
+        self.ctx = ctx
+        self.settings = settings
+        self.factory = control.factory
+        self.unacked = 0
+        self.pending: set[TLSSession] = set()
+        self.paused = False
+        self.closed = False
+        self.port = self.factory.reactor.adoptStreamPort(sock.fileno(), sock.family, _AcceptFactory(self))
+        self.factory.active.add(self)
+
+    def incoming(self) -> Optional[TLSStream]:
+        if self.closed:
+            return None
+        check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
+        conn = SSL.Connection(self.ctx, None)
+        conn.set_app_data(check)
+        stream = TLSStream(conn, check, server=True)
+        assert self.control.creds is not None
+        session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
+                             limits=self.factory.limits, creds=self.control.creds, op="accept",
+                             active=self.factory.active)
+        session.on_ready = self._ready
+        session.start_accepted(stream, check)
+        self.pending.add(session)
+        original = stream.connectionMade
+
+        def made() -> None:
+            original()
+            session._note_addresses()
+            session.target = f"{session.peer[0]}:{session.peer[1]}"
+
+        stream.connectionMade = made  # type: ignore[method-assign]
+        return stream
+
+    def _ready(self, session: TLSSession) -> None:
+        self.pending.discard(session)
+        if self.closed or self.control.closed:
+            session.fail("shutdown", "the program closed its listening socket")
+            return
+        carrier, program_end = adopt_carrier(self.factory.reactor, session)
+        host, port = session.peer
+        self.control._hand(program_end, wire.Kind.ACCEPTED, {
+            wire.Tag.PEER_HOST: host, wire.Tag.PEER_PORT: port,
+            wire.Tag.LOCAL_HOST: session.local[0], wire.Tag.LOCAL_PORT: session.local[1], **session.info_attrs})
+        session.splice(carrier)
+        self.unacked += 1
+        if self.unacked >= _MAX_UNACKED and not self.paused:
+            self.paused = True
+            self.port.stopReading()
+
+    def acked(self) -> None:
+        self.unacked -= 1
+        if self.paused and self.unacked < _MAX_UNACKED and not self.closed:
+            self.paused = False
+            self.port.startReading()
+
+    def close(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.factory.active.discard(self)
+        self.port.stopListening()
+        for session in list(self.pending):
+            session.fail("shutdown", why)
+        self.pending.clear()
+
+    def shut_down(self) -> None:
+        self.close("daemon stopping")
+
+
+def prepare_socket_path(api: Api) -> None:
+    """Make the socket's directory; remove a stale socket file (nobody answers on it)."""
+    path = api.socket
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: its daemon is gone
+        else:
+            raise OSError(errno.EADDRINUSE, f"another daemon already serves {path}")
+        finally:
+            probe.close()
+
+
+def secure_socket_path(api: Api) -> None:
+    """Apply the configured mode and group once the socket exists."""
+    if api.group is not None:
+        import grp
+
+        os.chown(api.socket, -1, grp.getgrnam(api.group).gr_gid)
+    os.chmod(api.socket, api.mode)

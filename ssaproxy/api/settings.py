@@ -1,0 +1,343 @@
+"""A program's TLS options: validated against the admin's policy, then turned into contexts.
+
+Theory of operation: `Settings` is a frozen value, so the OpenSSL contexts built from it are
+cached per value exactly like the daemon's own (`tls.context`).  `apply` is the only way a
+program changes it, and it enforces "tighten only": a lower version, a higher ceiling or a
+cipher the admin's policy excludes is EPERM; a malformed value is EINVAL.  Certificates,
+chains and keys arrive as PEM bytes read by the library in the program's own process; the
+daemon never opens a path a program names.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+from typing import Optional
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+
+from ssaproxy.config import Policy, is_valid_hostname
+from ssaproxy.proto import options as o
+from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, _x509_strict_flags
+
+_MAX_PEM = 256 * 1024
+_ORDER = list(_VERSIONS)  # ["TLSv1.2", "TLSv1.3"]
+
+
+class ApiError(Exception):
+    """A request the daemon refuses: `code` is the errno the program gets, `text` is TLS_ERROR."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    hostname: Optional[str] = None
+    trust_pem: Optional[bytes] = None
+    chain_pem: Optional[bytes] = None
+    key_pem: Optional[bytes] = None
+    alpn: tuple[str, ...] = ()
+    ciphers: Optional[tuple[str, ...]] = None  # None: every cipher the policy allows
+    disabled: frozenset[str] = frozenset()
+    request_peer_auth: bool = False
+    min_version: Optional[str] = None  # None: the policy's
+    max_version: Optional[str] = None
+
+    def versions(self, policy: Policy) -> tuple[str, str]:
+        return self.min_version or policy.min_version, self.max_version or policy.max_version
+
+    def enabled(self, policy: Policy) -> tuple[str, ...]:
+        allowed = policy_ciphers(policy)
+        chosen = self.ciphers if self.ciphers is not None else allowed
+        return tuple(c for c in chosen if c not in self.disabled)
+
+
+@functools.lru_cache(maxsize=16)
+def policy_ciphers(policy: Policy) -> tuple[str, ...]:
+    """Every cipher (TLS 1.2 and 1.3 names) the admin's policy lets through."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_cipher_list((policy.ciphers + _CIPHER_FLOOR).encode("ascii"))
+    ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
+    return tuple(SSL.Connection(ctx).get_cipher_list())
+
+
+@functools.lru_cache(maxsize=1)
+def _known_ciphers() -> frozenset[str]:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_cipher_list(b"ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    ctx.set_tls13_ciphersuites(b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:"
+                               b"TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
+    return frozenset(SSL.Connection(ctx).get_cipher_list())
+
+
+def _text(value: bytes, what: str) -> str:
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        raise ApiError(errno.EINVAL, f"{what} must be ASCII text") from None
+    if "\x00" in text.rstrip("\x00"):
+        raise ApiError(errno.EINVAL, f"{what} contains a NUL byte")
+    return text.rstrip("\x00")  # C programs often pass strlen + 1
+
+
+def _cipher_names(value: bytes, policy: Policy, *, must_be_allowed: bool) -> tuple[str, ...]:
+    names = tuple(n for n in _text(value, "a cipher list").split(":") if n)
+    if not names:
+        raise ApiError(errno.EINVAL, "empty cipher list")
+    allowed = set(policy_ciphers(policy))
+    for name in names:
+        if name not in _known_ciphers():
+            raise ApiError(errno.EINVAL, f"unknown cipher {name!r} (use OpenSSL names)")
+        if must_be_allowed and name not in allowed:
+            raise ApiError(errno.EPERM, f"cipher {name} is excluded by the admin's policy")
+    return names
+
+
+def _certificates(value: bytes, what: str) -> list[x509.Certificate]:
+    if len(value) > _MAX_PEM:
+        raise ApiError(errno.EINVAL, f"{what}: more than {_MAX_PEM} bytes")
+    try:
+        certs = x509.load_pem_x509_certificates(value)
+    except ValueError as e:
+        raise ApiError(errno.EINVAL, f"{what}: not PEM certificates ({e})") from None
+    if not certs:
+        raise ApiError(errno.EINVAL, f"{what}: no certificate")
+    return certs
+
+
+def _key(value: bytes) -> object:
+    if len(value) > _MAX_PEM:
+        raise ApiError(errno.EINVAL, "private key: too large")
+    try:
+        return serialization.load_pem_private_key(value, password=None)
+    except TypeError:
+        raise ApiError(errno.EINVAL, "private key is encrypted; give it unencrypted (the library reads "
+                                     "it in your process)") from None
+    except (ValueError, Exception) as e:  # noqa: BLE001 - any parse failure is a bad value
+        raise ApiError(errno.EINVAL, f"private key: not a PEM private key ({type(e).__name__})") from None
+
+
+def _check_pair(settings: Settings) -> None:
+    if settings.chain_pem is None or settings.key_pem is None:
+        return
+    leaf = _certificates(settings.chain_pem, "certificate chain")[0]
+    key = _key(settings.key_pem)
+    public = key.public_key()  # type: ignore[attr-defined]
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if public.public_bytes(*fmt) != leaf.public_key().public_bytes(*fmt):
+        raise ApiError(errno.EINVAL, "the private key does not match the certificate chain's first certificate")
+
+
+def _version(value: bytes) -> str:
+    try:
+        number = o.unpack_int(value)
+    except ValueError as e:
+        raise ApiError(errno.EINVAL, str(e)) from None
+    if number not in o.VERSION_NAMES:
+        raise ApiError(errno.EINVAL, f"unknown TLS version 0x{number:04x} (0x0303 is TLS 1.2, 0x0304 TLS 1.3)")
+    return o.VERSION_NAMES[number]
+
+
+def apply(settings: Settings, policy: Policy, number: int, value: bytes) -> Settings:
+    """`settings` with option `number` set to `value`, or ApiError."""
+    option = o.OPTIONS.get(number)
+    if option is None or option.unsupported or not option.settable:
+        why = option.unsupported if option and option.unsupported else "not settable" if option else "unknown option"
+        raise ApiError(errno.ENOPROTOOPT, f"option {number}: {why}")
+    if number == o.TLS_REMOTE_HOSTNAME:
+        name = _text(value, "the hostname").rstrip(".").lower()
+        if not is_valid_hostname(name) and not _is_ip(name):
+            raise ApiError(errno.EINVAL, f"{name!r} is not a hostname or IP address")
+        return attrs.evolve(settings, hostname=name)
+    if number == o.TLS_TRUSTED_PEER_CERTIFICATES:
+        _certificates(value, "trusted certificates")
+        return attrs.evolve(settings, trust_pem=bytes(value))
+    if number == o.TLS_CERTIFICATE_CHAIN:
+        _certificates(value, "certificate chain")
+        new = attrs.evolve(settings, chain_pem=bytes(value))
+        _check_pair(new)
+        return new
+    if number == o.TLS_PRIVATE_KEY:
+        _key(value)
+        new = attrs.evolve(settings, key_pem=bytes(value))
+        _check_pair(new)
+        return new
+    if number == o.TLS_ALPN:
+        protos = tuple(p for p in _text(value, "the ALPN list").split(",") if p)
+        if not protos or any(len(p) > 255 for p in protos):
+            raise ApiError(errno.EINVAL, "ALPN: a comma-separated list of 1-255 byte protocol names")
+        return attrs.evolve(settings, alpn=protos)
+    if number == o.TLS_DISABLE_CIPHER:
+        names = _cipher_names(value, policy, must_be_allowed=False)
+        new = attrs.evolve(settings, disabled=settings.disabled | set(names))
+        _check_ciphers_left(new, policy)
+        return new
+    if number == o.TLS_ENABLE_CIPHER:
+        names = _cipher_names(value, policy, must_be_allowed=True)
+        chosen = settings.ciphers
+        if chosen is not None:
+            chosen = chosen + tuple(n for n in names if n not in chosen)
+        return attrs.evolve(settings, ciphers=chosen, disabled=settings.disabled - set(names))
+    if number == o.TLS_TRUSTED_CIPHERS:
+        names = _cipher_names(value, policy, must_be_allowed=True)
+        new = attrs.evolve(settings, ciphers=names)
+        _check_ciphers_left(new, policy)
+        return new
+    if number == o.TLS_REQUEST_PEER_AUTH:
+        try:
+            flag = o.unpack_int(value)
+        except ValueError as e:
+            raise ApiError(errno.EINVAL, str(e)) from None
+        if flag not in (0, 1):
+            raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH is 0 or 1")
+        return attrs.evolve(settings, request_peer_auth=bool(flag))
+    if number in (o.TLS_VERSION_MIN, o.TLS_VERSION_MAX):
+        wanted = _version(value)
+        low, high = settings.versions(policy)
+        if number == o.TLS_VERSION_MIN:
+            if _ORDER.index(wanted) < _ORDER.index(policy.min_version):
+                raise ApiError(errno.EPERM, f"{wanted} is below the admin's minimum {policy.min_version}")
+            low = wanted
+        else:
+            if _ORDER.index(wanted) > _ORDER.index(policy.max_version):
+                raise ApiError(errno.EPERM, f"{wanted} is above the admin's maximum {policy.max_version}")
+            high = wanted
+        if _ORDER.index(low) > _ORDER.index(high):
+            raise ApiError(errno.EINVAL, f"minimum {low} would be above maximum {high}")
+        new = attrs.evolve(settings, min_version=low, max_version=high)
+        _check_ciphers_left(new, policy)
+        return new
+    raise ApiError(errno.ENOPROTOOPT, f"option {number} is not settable")  # pragma: no cover - table above
+
+
+def _check_ciphers_left(settings: Settings, policy: Policy) -> None:
+    low, high = settings.versions(policy)
+    enabled = settings.enabled(policy)
+    has13 = any(c.startswith("TLS_") for c in enabled)
+    has12 = any(not c.startswith("TLS_") for c in enabled)
+    if not ((has13 and high == "TLSv1.3") or (has12 and low == "TLSv1.2")):
+        raise ApiError(errno.EINVAL, "no cipher would be left for the allowed TLS versions")
+
+
+def get(settings: Settings, policy: Policy, number: int) -> bytes:
+    """A getsockopt answered before the connection exists."""
+    option = o.OPTIONS.get(number)
+    if option is None or option.unsupported or not option.gettable:
+        why = option.unsupported if option and option.unsupported else "not readable" if option else "unknown option"
+        raise ApiError(errno.ENOPROTOOPT, f"option {number}: {why}")
+    if option.connected_only:
+        raise ApiError(errno.ENOTCONN, f"{option.name} has a value once connected")
+    low, high = settings.versions(policy)
+    values = {
+        o.TLS_REMOTE_HOSTNAME: (settings.hostname or "").encode(),
+        o.TLS_ALPN: ",".join(settings.alpn).encode(),
+        o.TLS_REQUEST_PEER_AUTH: o.pack_int(int(settings.request_peer_auth)),
+        o.TLS_TRUSTED_CIPHERS: ":".join(settings.enabled(policy)).encode(),
+        o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
+        o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
+    }
+    if number not in values:
+        raise ApiError(errno.ENOPROTOOPT, f"option {number} is answered by the library")
+    return values[number]
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- contexts
+
+def _base(settings: Settings, policy: Policy) -> SSL.Context:
+    low, high = settings.versions(policy)
+    enabled = settings.enabled(policy)
+    tls12 = [c for c in enabled if not c.startswith("TLS_")]
+    tls13 = [c for c in enabled if c.startswith("TLS_")]
+    if not tls13:
+        high = "TLSv1.2"
+    if not tls12:
+        low = "TLSv1.3"
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[low])
+    ctx.set_max_proto_version(_VERSIONS[high])
+    if tls12:
+        ctx.set_cipher_list((":".join(tls12) + _CIPHER_FLOOR).encode("ascii"))
+    if tls13:
+        ctx.set_tls13_ciphersuites(":".join(tls13).encode("ascii"))
+    _set_groups(ctx, policy.groups)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if settings.chain_pem is not None and settings.key_pem is not None:
+        certs = x509.load_pem_x509_certificates(settings.chain_pem)
+        ctx.use_certificate(crypto.X509.from_cryptography(certs[0]))
+        for extra in certs[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(_key(settings.key_pem)))  # type: ignore[arg-type]
+        ctx.check_privatekey()
+    return ctx
+
+
+def _trust(ctx: SSL.Context, settings: Settings, policy: Policy) -> None:
+    if settings.trust_pem is not None:  # replaces the system store for this socket (docs/api.md)
+        own = ctx.get_cert_store()
+        assert own is not None
+        for cert in x509.load_pem_x509_certificates(settings.trust_pem):
+            own.add_cert(crypto.X509.from_cryptography(cert))
+    elif policy.trust_store:
+        ctx.load_verify_locations(policy.trust_store)
+    else:
+        ctx.set_default_verify_paths()
+    store = ctx.get_cert_store()
+    assert store is not None
+    store.set_flags(_x509_strict_flags())
+    ctx.set_verify_depth(8)
+
+
+@functools.lru_cache(maxsize=64)
+def client_context(settings: Settings, policy: Policy) -> SSL.Context:
+    from ssaproxy.tls.verify import verify_callback
+
+    ctx = _base(settings, policy)
+    _trust(ctx, settings, policy)
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
+    if settings.alpn:
+        ctx.set_alpn_protos([p.encode() for p in settings.alpn])
+    return ctx
+
+
+@functools.lru_cache(maxsize=64)
+def server_context(settings: Settings, policy: Policy) -> SSL.Context:
+    from ssaproxy.tls.verify import verify_callback
+
+    if settings.chain_pem is None or settings.key_pem is None:
+        raise ApiError(errno.EINVAL, "a TLS server needs TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY first")
+    ctx = _base(settings, policy)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if settings.request_peer_auth:
+        _trust(ctx, settings, policy)
+        if settings.trust_pem is not None:
+            for cert in x509.load_pem_x509_certificates(settings.trust_pem):
+                ctx.add_client_ca(crypto.X509.from_cryptography(cert))
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
+    if settings.alpn:
+        wanted = [p.encode() for p in settings.alpn]
+
+        def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+            for proto in wanted:
+                if proto in offered:
+                    return proto
+            return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+        ctx.set_alpn_select_callback(select)
+    return ctx

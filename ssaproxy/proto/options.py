@@ -1,0 +1,121 @@
+"""The SSA's constants and option table, shared by the daemon and the client library.
+
+Numbers follow the Secure Socket API (IPPROTO_TLS = 205 is 715 % 255, options 85-113,
+AF_HOSTNAME = 43, TCP_UPGRADE_TLS = 33).  Where its two generations disagree (85/86), the
+choice is recorded in docs/api.md's compatibility table.  An option marked `unsupported`
+answers ENOPROTOOPT in both directions: never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+import attrs
+
+IPPROTO_TLS = 205
+AF_HOSTNAME = 43
+SOL_TCP = 6
+TCP_UPGRADE_TLS = 33
+
+TLS_REMOTE_HOSTNAME = 85
+TLS_HOSTNAME = 85  # the second generation's name for 85
+TLS_SERVER_NAME = 86  # the first generation's TLS_HOSTNAME; here: the SNI name (read only)
+TLS_TRUSTED_PEER_CERTIFICATES = 87
+TLS_CERTIFICATE_CHAIN = 88
+TLS_PRIVATE_KEY = 89
+TLS_ALPN = 90
+TLS_SESSION_TTL = 91
+TLS_DISABLE_CIPHER = 92
+TLS_PEER_IDENTITY = 93
+TLS_REQUEST_PEER_AUTH = 94
+TLS_PEER_CERTIFICATE_CHAIN = 95
+TLS_ID = 96
+TLS_TRUSTED_CIPHERS = 97
+TLS_CHOSEN_CIPHER = 98
+TLS_ERROR = 100
+TLS_REVOCATION_CHECKS = 102
+TLS_OCSP_STAPLED_CHECKS = 103
+TLS_OCSP_CHECKS = 104
+TLS_CRL_CHECKS = 105
+TLS_CACHED_REV_CHECKS = 106
+TLS_CONTEXT = 107
+TLS_SESSION_REUSE = 108
+TLS_RESUMED_SESSION = 109
+TLS_ENABLE_CIPHER = 110
+TLS_VERSION_MIN = 111
+TLS_VERSION_MAX = 112
+TLS_VERSION_CONN = 113
+
+# Values of the version options: the TLS wire versions.
+TLS1_2_VERSION = 0x0303
+TLS1_3_VERSION = 0x0304
+VERSION_NAMES = {TLS1_2_VERSION: "TLSv1.2", TLS1_3_VERSION: "TLSv1.3"}
+VERSION_NUMBERS = {name: number for number, name in VERSION_NAMES.items()}
+
+TEXT, INT, PEM = "text", "int", "pem"
+
+
+@attrs.frozen
+class Option:
+    number: int
+    name: str
+    kind: str  # TEXT, INT or PEM: how the value travels (PEM: bytes, read by the library)
+    settable: bool = False
+    gettable: bool = False
+    connected_only: bool = False  # a get before the handshake answers ENOTCONN
+    unsupported: Optional[str] = None  # why it answers ENOPROTOOPT
+
+
+_TABLE = [
+    Option(TLS_REMOTE_HOSTNAME, "TLS_REMOTE_HOSTNAME", TEXT, settable=True, gettable=True),
+    Option(TLS_SERVER_NAME, "TLS_SERVER_NAME", TEXT, gettable=True, connected_only=True),
+    Option(TLS_TRUSTED_PEER_CERTIFICATES, "TLS_TRUSTED_PEER_CERTIFICATES", PEM, settable=True),
+    Option(TLS_CERTIFICATE_CHAIN, "TLS_CERTIFICATE_CHAIN", PEM, settable=True),
+    Option(TLS_PRIVATE_KEY, "TLS_PRIVATE_KEY", PEM, settable=True),
+    Option(TLS_ALPN, "TLS_ALPN", TEXT, settable=True, gettable=True),
+    Option(TLS_SESSION_TTL, "TLS_SESSION_TTL", INT, unsupported="no session cache yet"),
+    Option(TLS_DISABLE_CIPHER, "TLS_DISABLE_CIPHER", TEXT, settable=True),
+    Option(TLS_PEER_IDENTITY, "TLS_PEER_IDENTITY", TEXT, gettable=True, connected_only=True),
+    Option(TLS_REQUEST_PEER_AUTH, "TLS_REQUEST_PEER_AUTH", INT, settable=True, gettable=True),
+    Option(TLS_PEER_CERTIFICATE_CHAIN, "TLS_PEER_CERTIFICATE_CHAIN", PEM, gettable=True, connected_only=True),
+    Option(TLS_ID, "TLS_ID", INT, unsupported="the SSA's internal socket id has no meaning here"),
+    Option(TLS_TRUSTED_CIPHERS, "TLS_TRUSTED_CIPHERS", TEXT, settable=True, gettable=True),
+    Option(TLS_CHOSEN_CIPHER, "TLS_CHOSEN_CIPHER", TEXT, gettable=True, connected_only=True),
+    Option(TLS_ERROR, "TLS_ERROR", TEXT, gettable=True),
+    Option(TLS_REVOCATION_CHECKS, "TLS_REVOCATION_CHECKS", INT, unsupported="no revocation checking yet"),
+    Option(TLS_OCSP_STAPLED_CHECKS, "TLS_OCSP_STAPLED_CHECKS", INT, unsupported="no revocation checking yet"),
+    Option(TLS_OCSP_CHECKS, "TLS_OCSP_CHECKS", INT, unsupported="no revocation checking yet"),
+    Option(TLS_CRL_CHECKS, "TLS_CRL_CHECKS", INT, unsupported="no revocation checking yet"),
+    Option(TLS_CACHED_REV_CHECKS, "TLS_CACHED_REV_CHECKS", INT, unsupported="no revocation checking yet"),
+    Option(TLS_CONTEXT, "TLS_CONTEXT", TEXT, unsupported="contexts are the admin's policy, not per program"),
+    Option(TLS_SESSION_REUSE, "TLS_SESSION_REUSE", INT, unsupported="no session resumption yet"),
+    Option(TLS_RESUMED_SESSION, "TLS_RESUMED_SESSION", INT, gettable=True, connected_only=True),
+    Option(TLS_ENABLE_CIPHER, "TLS_ENABLE_CIPHER", TEXT, settable=True),
+    Option(TLS_VERSION_MIN, "TLS_VERSION_MIN", INT, settable=True, gettable=True),
+    Option(TLS_VERSION_MAX, "TLS_VERSION_MAX", INT, settable=True, gettable=True),
+    Option(TLS_VERSION_CONN, "TLS_VERSION_CONN", INT, gettable=True, connected_only=True),
+]
+OPTIONS: dict[int, Option] = {o.number: o for o in _TABLE}
+# Answered by the library from what it already holds (the daemon never sees these requests).
+LOCAL_OPTIONS = frozenset({TLS_ERROR})
+# Reported in ESTABLISHED / ACCEPTED, so that a connected socket answers them without a
+# round trip (its stream carries plaintext from then on).
+INFO_OPTIONS = (TLS_REMOTE_HOSTNAME, TLS_SERVER_NAME, TLS_ALPN, TLS_PEER_IDENTITY, TLS_REQUEST_PEER_AUTH,
+                TLS_PEER_CERTIFICATE_CHAIN, TLS_TRUSTED_CIPHERS, TLS_CHOSEN_CIPHER, TLS_RESUMED_SESSION,
+                TLS_VERSION_MIN, TLS_VERSION_MAX, TLS_VERSION_CONN)
+
+_INT = struct.Struct("!i")
+
+
+def pack_int(value: int) -> bytes:
+    return _INT.pack(value)
+
+
+def unpack_int(raw: bytes) -> int:
+    if len(raw) != _INT.size:
+        raise ValueError(f"an integer option needs {_INT.size} bytes, got {len(raw)}")
+    return int(_INT.unpack(raw)[0])
+
+__all__ = sorted(name for name in dict(globals()) if name.isupper() and not name.startswith("_")
+                 and name not in ("TEXT", "INT", "PEM", "OPTIONS", "LOCAL_OPTIONS", "INFO_OPTIONS"))

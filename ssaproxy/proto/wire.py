@@ -1,0 +1,246 @@
+"""The local socket API's framing: pure encode/decode, shared by the daemon and the library.
+
+A frame is `u32 length` (big-endian, counting the bytes after it), `u16 kind`, then
+attributes, each `u16 tag`, `u32 length`, value.  Integers are 4-byte big-endian, text is
+UTF-8, and any other value is raw bytes.  docs/api.md is the specification; this module is
+one implementation of it and must stay small enough to check against it by eye.
+
+Every decoding step checks a bound before it trusts a length, so a hostile peer can make us
+raise `ProtocolError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Mapping, Optional
+
+VERSION = 1
+MAX_FRAME = 1 << 20  # certificate chains and keys fit easily; anything larger is hostile
+MAX_ATTRS = 64
+_LEN = struct.Struct("!I")
+_KIND = struct.Struct("!H")
+_ATTR = struct.Struct("!HI")
+_INT = struct.Struct("!i")
+
+
+class ProtocolError(Exception):
+    """The bytes received are not a valid frame of this protocol version."""
+
+
+class Kind(enum.IntEnum):
+    # program -> daemon
+    HELLO = 1
+    SETOPT = 2
+    GETOPT = 3
+    CONNECT = 4
+    LISTEN = 5
+    UPGRADE = 6
+    ACK = 7
+    # daemon -> program
+    WELCOME = 64
+    OK = 65
+    VALUE = 66
+    ERROR = 67
+    CARRIER = 68
+    ESTABLISHED = 69
+    ACCEPTED = 70
+
+
+class Tag(enum.IntEnum):
+    VERSION = 1
+    ERRNO = 2
+    TEXT = 3
+    OPTION = 4
+    VALUE = 5
+    HOST = 6
+    PORT = 7
+    ROLE = 8
+    BACKLOG = 9
+    PEER_HOST = 10
+    PEER_PORT = 11
+    LOCAL_HOST = 12
+    LOCAL_PORT = 13
+    SESSION = 14
+    FAMILY = 15
+
+
+INFO_BASE = 0x1000  # tag INFO_BASE + N carries getsockopt(IPPROTO_TLS, N)'s value
+ROLE_CLIENT, ROLE_SERVER = 1, 2
+
+_INTS = {Tag.VERSION, Tag.ERRNO, Tag.OPTION, Tag.PORT, Tag.ROLE, Tag.BACKLOG, Tag.PEER_PORT,
+         Tag.LOCAL_PORT, Tag.SESSION, Tag.FAMILY}
+_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST}
+
+# kind -> (required tags, optional tags, carries info attributes, carries a file descriptor)
+_SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, bool]] = {
+    Kind.HELLO: (frozenset({Tag.VERSION}), frozenset(), False, False),
+    Kind.SETOPT: (frozenset({Tag.OPTION, Tag.VALUE}), frozenset(), False, False),
+    Kind.GETOPT: (frozenset({Tag.OPTION}), frozenset(), False, False),
+    Kind.CONNECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset(), False, False),
+    Kind.LISTEN: (frozenset({Tag.BACKLOG}), frozenset(), False, True),
+    Kind.UPGRADE: (frozenset({Tag.ROLE}), frozenset(), False, True),
+    Kind.ACK: (frozenset(), frozenset(), False, False),
+    Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset(), False, False),
+    Kind.OK: (frozenset(), frozenset(), False, False),
+    Kind.VALUE: (frozenset({Tag.VALUE}), frozenset(), False, False),
+    Kind.ERROR: (frozenset({Tag.ERRNO, Tag.TEXT}), frozenset(), False, False),
+    Kind.CARRIER: (frozenset(), frozenset(), False, True),
+    Kind.ESTABLISHED: (frozenset({Tag.PEER_HOST, Tag.PEER_PORT}), frozenset({Tag.LOCAL_HOST, Tag.LOCAL_PORT}),
+                       True, False),
+    Kind.ACCEPTED: (frozenset({Tag.PEER_HOST, Tag.PEER_PORT}), frozenset({Tag.LOCAL_HOST, Tag.LOCAL_PORT}),
+                    True, True),
+}
+
+
+def carries_fd(kind: Kind) -> bool:
+    """Whether a frame of this kind travels with exactly one file descriptor (SCM_RIGHTS on
+    its first byte)."""
+    return _SCHEMA[kind][3]
+
+
+class Message:
+    """One decoded frame: its kind and attributes (tag -> raw value)."""
+
+    __slots__ = ("kind", "attrs")
+
+    def __init__(self, kind: Kind, attrs: Mapping[int, bytes]) -> None:
+        self.kind = kind
+        self.attrs = dict(attrs)
+
+    def __repr__(self) -> str:
+        shown = {(Tag(t).name if t in Tag._value2member_map_ else t): v for t, v in self.attrs.items()
+                 if t != Tag.VALUE}  # option values may be keys: never in a repr
+        return f"Message({self.kind.name}, {shown})"
+
+    def int(self, tag: Tag) -> int:
+        return int(_INT.unpack(self.attrs[tag])[0])
+
+    def text(self, tag: Tag) -> str:
+        return self.attrs[tag].decode("utf-8")
+
+    def raw(self, tag: int) -> bytes:
+        return self.attrs[tag]
+
+    def get_text(self, tag: Tag) -> Optional[str]:
+        return self.text(tag) if tag in self.attrs else None
+
+    @property
+    def info(self) -> dict[int, bytes]:
+        """The getsockopt values carried by ESTABLISHED and ACCEPTED, by option number."""
+        return {t - INFO_BASE: v for t, v in self.attrs.items() if t >= INFO_BASE}
+
+
+def encode(kind: Kind, fields: Optional[Mapping[int, object]] = None) -> bytes:
+    """One frame.  Field values: int (for integer tags), str (for text tags), bytes."""
+    body = bytearray(_KIND.pack(kind))
+    for tag, value in (fields or {}).items():
+        if isinstance(value, bool) or (isinstance(value, int) and tag not in _INTS):
+            raise TypeError(f"tag {tag}: unexpected int")
+        if isinstance(value, int):
+            raw = _INT.pack(value)
+        elif isinstance(value, str):
+            raw = value.encode("utf-8")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+        else:
+            raise TypeError(f"tag {tag}: cannot encode {type(value).__name__}")
+        body += _ATTR.pack(tag, len(raw)) + raw
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
+    decode_body(bytes(body))  # what we send obeys the same schema we enforce
+    return _LEN.pack(len(body)) + bytes(body)
+
+
+def decode_body(body: bytes) -> Message:
+    if len(body) < _KIND.size:
+        raise ProtocolError("frame shorter than its kind field")
+    (number,) = _KIND.unpack_from(body)
+    try:
+        kind = Kind(number)
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {number}") from None
+    required, optional, info, _ = _SCHEMA[kind]
+    attrs: dict[int, bytes] = {}
+    at = _KIND.size
+    while at < len(body):
+        if len(attrs) >= MAX_ATTRS:
+            raise ProtocolError(f"more than {MAX_ATTRS} attributes")
+        if len(body) - at < _ATTR.size:
+            raise ProtocolError("truncated attribute header")
+        tag, size = _ATTR.unpack_from(body, at)
+        at += _ATTR.size
+        if size > len(body) - at:
+            raise ProtocolError(f"attribute {tag} claims {size} bytes, {len(body) - at} left")
+        value = body[at:at + size]
+        at += size
+        if tag in attrs:
+            raise ProtocolError(f"attribute {tag} repeated")
+        if tag >= INFO_BASE:
+            if not info or tag > INFO_BASE + 0xFFF:
+                raise ProtocolError(f"attribute {tag} not allowed in {kind.name}")
+        elif tag not in required and tag not in optional:
+            raise ProtocolError(f"attribute {tag} not allowed in {kind.name}")
+        elif tag in _INTS and size != _INT.size:
+            raise ProtocolError(f"attribute {Tag(tag).name} must be {_INT.size} bytes, got {size}")
+        elif tag in _TEXTS:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError(f"attribute {Tag(tag).name} is not UTF-8") from None
+        attrs[tag] = value
+    missing = required - attrs.keys()
+    if missing:
+        raise ProtocolError(f"{kind.name} lacks {', '.join(sorted(t.name for t in missing))}")
+    return Message(kind, attrs)
+
+
+class Decoder:
+    """Feed bytes with `receive_data`, take whole messages with `next_message` (None: need
+    more).  After a ProtocolError the decoder is dead: the stream has lost its framing."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame
+        self._broken = False
+
+    def receive_data(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_message(self) -> Optional[Message]:
+        if self._broken:
+            raise ProtocolError("stream already broken")
+        if len(self._buffer) < _LEN.size:
+            return None
+        (size,) = _LEN.unpack_from(self._buffer)
+        if size > self._max or size < _KIND.size:
+            self._broken = True
+            raise ProtocolError(f"frame length {size} outside 2..{self._max}")
+        if len(self._buffer) < _LEN.size + size:
+            return None
+        body = bytes(self._buffer[_LEN.size:_LEN.size + size])
+        del self._buffer[:_LEN.size + size]
+        try:
+            return decode_body(body)
+        except ProtocolError:
+            self._broken = True
+            raise
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held so far."""
+        return len(self._buffer)
+
+    def pending(self) -> bytes:
+        """Bytes received after the last whole frame (plaintext that followed it)."""
+        out, self._buffer = bytes(self._buffer), bytearray()
+        return out
+
+
+def frame_size(header: bytes) -> int:
+    """The whole frame's size from its first four bytes (for readers that take exactly one
+    frame off a socket and leave what follows in the kernel)."""
+    (size,) = _LEN.unpack(header)
+    if size > MAX_FRAME or size < _KIND.size:
+        raise ProtocolError(f"frame length {size} outside 2..{MAX_FRAME}")
+    return _LEN.size + size
