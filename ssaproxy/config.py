@@ -200,8 +200,8 @@ class Config:
         inbound = parse_inbound(r.take("inbound", list, [], "an array of tables ([[inbound]])"), "inbound",
                                 policy.max_version)
         outbound_table = r.table("outbound")
-        if not has_outbound and inbound:
-            outbound = Outbound(listen=())  # an inbound-only sidecar opens no outbound listener
+        if not has_outbound and (inbound or "api" in r.data):
+            outbound = Outbound(listen=())  # an inbound-only sidecar or API-only daemon opens no outbound listener
         else:
             outbound = _outbound(outbound_table)
         iptables = _iptables(r.table("iptables"))

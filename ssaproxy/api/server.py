@@ -197,6 +197,7 @@ class Control(Protocol):
             ctx: Optional[SSL.Context] = None
             if role == wire.ROLE_SERVER:
                 ctx = server_context(self.settings, self.factory.policy)
+            sock.setblocking(False)
             session = self._session("upgrade-server" if ctx is not None else "upgrade-client")
             carrier, program_end = adopt_carrier(self.factory.reactor, session)
             self._hand(program_end, wire.Kind.CARRIER)
@@ -212,6 +213,7 @@ class Control(Protocol):
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
             ctx = server_context(self.settings, self.factory.policy)
+            sock.setblocking(False)  # O_NONBLOCK is on the shared open file: the reactor needs it
             self.listener = Listener(self, ctx, self.settings, sock)
             self.phase = "listening"
             self._reply(wire.Kind.OK)
