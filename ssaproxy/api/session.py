@@ -307,7 +307,10 @@ class TLSSession(CarrierOwner):
         pass
 
     def program_eof(self) -> None:
-        pass  # kept by the carrier; becomes close_notify once the relay runs
+        # The library never half-closes before the result (its shutdown() waits for it), so
+        # a FIN now means the program closed its socket.
+        if self.mode == "setup":
+            self._end("program-gone", "the program closed its socket during the handshake", error_frame=False)
 
     def program_lost(self, reason: Failure) -> None:
         if self.mode == "setup":
@@ -372,7 +375,8 @@ class TLSSession(CarrierOwner):
         fields = dict(
             session=self.session_id, op=self.op, outcome=outcome, detail=detail, target=self.target or None,
             peer=_addr(*self.peer) if self.peer[0] else None,
-            hostname=self.settings.hostname, verified=check.verified if check is not None else None,
+            hostname=self.settings.hostname,
+            verified=check.verified if check is not None and (check.presented or isinstance(check, Verifier)) else None,
             bytes_out=rl.bytes_out if rl else 0, bytes_in=rl.bytes_in if rl else 0,
             duration=round(self.reactor.seconds() - self.started, 4),
             tls_version=self._facts.get("tls_version"), cipher=self._facts.get("cipher"),

@@ -139,6 +139,8 @@ def _version(value: bytes) -> str:
         number = o.unpack_int(value)
     except ValueError as e:
         raise ApiError(errno.EINVAL, str(e)) from None
+    if number in o.LEGACY_VERSIONS:
+        raise ApiError(errno.EPERM, f"{o.LEGACY_VERSIONS[number]} is below the admin's policy (TLS 1.2 at least)")
     if number not in o.VERSION_NAMES:
         raise ApiError(errno.EINVAL, f"unknown TLS version 0x{number:04x} (0x0303 is TLS 1.2, 0x0304 TLS 1.3)")
     return o.VERSION_NAMES[number]

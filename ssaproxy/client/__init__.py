@@ -166,7 +166,7 @@ class socket(_std):
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Optional[int] = None) -> None:
         tls = proto == o.IPPROTO_TLS
         if tls and type not in (-1, _socket_module.SOCK_STREAM) and not type & _socket_module.SOCK_STREAM:
-            raise _error(errno.EPROTONOSUPPORT, "IPPROTO_TLS needs SOCK_STREAM")
+            raise self._err(errno.EPROTONOSUPPORT, "IPPROTO_TLS needs SOCK_STREAM")
         if family == -1:
             family = _socket_module.AF_INET
         real = _socket_module.AF_INET if family == o.AF_HOSTNAME else family
@@ -177,6 +177,11 @@ class socket(_std):
         self._tls = _TLS(family, plain=not tls)
         if tls and fileno is not None:
             self._tls.state = State.CONNECTED  # an accepted connection (accept() fills in the rest)
+
+    def _err(self, code: int, text: str) -> OSError:
+        """The error for a failed call, remembered as TLS_ERROR."""
+        self._tls.error = text
+        return _error(code, text)
 
     # ---- identity
     @property
@@ -204,11 +209,11 @@ class socket(_std):
         t = self._tls
         problem = check("setopt", t.state)
         if problem is not None:
-            raise _error(problem, f"options are set before connect/listen ({t.state.value})")
+            raise self._err(problem, f"options are set before connect/listen ({t.state.value})")
         option = o.OPTIONS.get(number)
         if option is None or option.unsupported or not option.settable:
             why = (option.unsupported or "read only") if option else "unknown option"
-            raise _error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
+            raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
         raw = _encode_value(number, value)
         pairs = [(number, raw)]
         if number == o.TLS_CERTIFICATE_CHAIN:
@@ -241,7 +246,7 @@ class socket(_std):
         option = o.OPTIONS.get(number)
         if option is None or option.unsupported or not option.gettable:
             why = (option.unsupported or "not readable") if option else "unknown option"
-            raise _error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
+            raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
         if number == o.TLS_ERROR:
             return t.error.encode("utf-8")
         if t.state == State.CONNECTING:
@@ -249,9 +254,9 @@ class socket(_std):
         if t.state == State.CONNECTED:
             return t.info.get(number, b"")
         if option.connected_only:
-            raise _error(errno.ENOTCONN, f"{option.name} has a value once connected")
+            raise self._err(errno.ENOTCONN, f"{option.name} has a value once connected")
         if t.state == State.LISTENING:
-            raise _error(errno.EOPNOTSUPP, "a listening socket answers only TLS_ERROR")
+            raise self._err(errno.EOPNOTSUPP, "a listening socket answers only TLS_ERROR")
         reply, _ = self._request(wire.Kind.GETOPT, {wire.Tag.OPTION: number})
         return reply.raw(wire.Tag.VALUE)
 
@@ -285,7 +290,7 @@ class socket(_std):
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise _error(errno.EPROTO, "the daemon's reply lacks its file descriptor")
+            raise self._err(errno.EPROTO, "the daemon's reply lacks its file descriptor")
         timeout = self.gettimeout()
         try:
             os.dup2(fds[0], self.fileno())  # the program's fd number stays; what it refers to changes
@@ -298,7 +303,7 @@ class socket(_std):
     def connect(self, address: Any) -> None:  # type: ignore[override]
         code = self._connect(address)
         if code:
-            raise _error(code, os.strerror(code) if code == errno.EINPROGRESS else self._tls.error)
+            raise self._err(code, os.strerror(code) if code == errno.EINPROGRESS else self._tls.error)
 
     def connect_ex(self, address: Any) -> int:  # type: ignore[override]
         try:
@@ -317,9 +322,9 @@ class socket(_std):
             return 0 if self._settle(block=self.gettimeout() != 0.0) else errno.EALREADY
         problem = check("connect", t.state)
         if problem is not None:
-            raise _error(problem, f"connect() while {t.state.value}")
+            raise self._err(problem, f"connect() while {t.state.value}")
         if t.bound:
-            raise _error(errno.EOPNOTSUPP, "connect() after bind(): the daemon picks the source address")
+            raise self._err(errno.EOPNOTSUPP, "connect() after bind(): the daemon picks the source address")
         host, port, family = self._target(address)
         reply, fds = self._request(wire.Kind.CONNECT, {wire.Tag.HOST: host, wire.Tag.PORT: port,
                                                         wire.Tag.FAMILY: family})
@@ -333,7 +338,7 @@ class socket(_std):
     def _target(self, address: Any) -> tuple[str, int, int]:
         t = self._tls
         if not isinstance(address, tuple) or len(address) < 2 or not isinstance(address[1], int):
-            raise _error(errno.EINVAL, "address must be (host, port)")
+            raise self._err(errno.EINVAL, "address must be (host, port)")
         host, port = address[0], address[1]
         if isinstance(host, bytes):
             host = host.decode("ascii")
@@ -350,7 +355,7 @@ class socket(_std):
             ip = ipaddress.ip_address(infos[0][4][0])
         want = 6 if t.family == _socket_module.AF_INET6 else 4
         if ip.version != want:
-            raise _error(errno.EAFNOSUPPORT, f"{ip} is not an IPv{want} address")
+            raise self._err(errno.EAFNOSUPPORT, f"{ip} is not an IPv{want} address")
         return str(ip), port, want
 
     def _settle(self, *, block: bool) -> bool:
@@ -370,11 +375,11 @@ class socket(_std):
         except OSError as e:
             t.state = State.FAILED
             t.error = f"the ssaproxy daemon ended the connection: {e.strerror or e}"
-            raise _error(e.errno or errno.ECONNABORTED, t.error) from None
+            raise self._err(e.errno or errno.ECONNABORTED, t.error) from None
         except wire.ProtocolError as e:
             t.state = State.FAILED
             t.error = f"malformed result from the ssaproxy daemon: {e}"
-            raise _error(errno.EPROTO, t.error) from None
+            raise self._err(errno.EPROTO, t.error) from None
         for fd in fds:
             os.close(fd)
         if message.kind == wire.Kind.ESTABLISHED:
@@ -386,7 +391,7 @@ class socket(_std):
             t.failed_errno = message.int(wire.Tag.ERRNO)
         else:
             t.error, t.failed_errno = f"unexpected {message.kind.name} on the carrier", errno.EPROTO
-        raise _error(t.failed_errno, t.error)
+        raise self._err(t.failed_errno, t.error)
 
     def _established(self, message: wire.Message) -> None:
         t = self._tls
@@ -401,15 +406,15 @@ class socket(_std):
     def _upgrade(self, role: int) -> None:
         t = self._tls
         if not t.plain:
-            raise _error(errno.EOPNOTSUPP, "TCP_UPGRADE_TLS is for an ordinary TCP socket; this one is IPPROTO_TLS")
+            raise self._err(errno.EOPNOTSUPP, "TCP_UPGRADE_TLS is for an ordinary TCP socket; this one is IPPROTO_TLS")
         if role not in (TLS_UPGRADE_CLIENT, TLS_UPGRADE_SERVER):
-            raise _error(errno.EINVAL, "TCP_UPGRADE_TLS takes TLS_UPGRADE_CLIENT (1) or TLS_UPGRADE_SERVER (2)")
+            raise self._err(errno.EINVAL, "TCP_UPGRADE_TLS takes TLS_UPGRADE_CLIENT (1) or TLS_UPGRADE_SERVER (2)")
         if t.state not in (State.FRESH, State.OPEN):
-            raise _error(errno.EISCONN, "already TLS")
+            raise self._err(errno.EISCONN, "already TLS")
         try:
             _std.getpeername(self)
         except OSError:
-            raise _error(errno.ENOTCONN, "TCP_UPGRADE_TLS needs a connected socket") from None
+            raise self._err(errno.ENOTCONN, "TCP_UPGRADE_TLS needs a connected socket") from None
         reply, fds = self._request(wire.Kind.UPGRADE, {wire.Tag.ROLE: role}, fd=self.fileno())
         timeout = self.gettimeout()
         self._take_carrier(fds)
@@ -424,7 +429,7 @@ class socket(_std):
     # ---- serving
     def bind(self, address: Any) -> None:  # type: ignore[override]
         if not self._tls.plain and self._tls.family == o.AF_HOSTNAME:
-            raise _error(errno.EOPNOTSUPP, "an AF_HOSTNAME socket cannot bind")
+            raise self._err(errno.EOPNOTSUPP, "an AF_HOSTNAME socket cannot bind")
         super().bind(address)
         self._tls.bound = True
 
@@ -435,7 +440,7 @@ class socket(_std):
             return
         problem = check("listen", t.state)
         if problem is not None:
-            raise _error(problem, f"listen() while {t.state.value}")
+            raise self._err(problem, f"listen() while {t.state.value}")
         if t.state == State.LISTENING:
             return
         super().listen(backlog)
@@ -455,17 +460,17 @@ class socket(_std):
             return type(self)(self.family, self.type, self.proto, fileno=fd), addr
         problem = check("accept", t.state)
         if problem is not None:
-            raise _error(problem, "accept() on a socket that is not listening")
+            raise self._err(problem, "accept() on a socket that is not listening")
         if self.gettimeout() == 0.0 and not _io.frame_ready(self):
             raise BlockingIOError(errno.EAGAIN, "no connection ready")
         try:
             message, fds = _io.read_frame(self, self.gettimeout())
         except wire.ProtocolError as e:
-            raise _error(errno.EPROTO, f"malformed message from the ssaproxy daemon: {e}") from None
+            raise self._err(errno.EPROTO, f"malformed message from the ssaproxy daemon: {e}") from None
         if message.kind != wire.Kind.ACCEPTED or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise _error(errno.EPROTO, f"unexpected {message.kind.name} on a listening socket")
+            raise self._err(errno.EPROTO, f"unexpected {message.kind.name} on a listening socket")
         _io.send_frame(self, wire.encode(wire.Kind.ACK))
         conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=fds[0])
         conn._established(message)
@@ -484,7 +489,7 @@ class socket(_std):
         if t.state == State.CONNECTED and t.peer is not None:
             return t.peer if t.family != _socket_module.AF_INET6 else (*t.peer, 0, 0)
         if not t.plain and t.state != State.FRESH and t.state != State.OPEN:
-            raise _error(errno.ENOTCONN, "not connected")
+            raise self._err(errno.ENOTCONN, "not connected")
         return super().getpeername()
 
     def getsockname(self) -> Any:  # type: ignore[override]
@@ -500,7 +505,7 @@ class socket(_std):
             if not self._settle(block=self.gettimeout() != 0.0) and reading:
                 raise BlockingIOError(errno.EAGAIN, "TLS handshake still in progress")
         elif t.state == State.FAILED:
-            raise _error(errno.ENOTCONN, t.error or "not connected")
+            raise self._err(errno.ENOTCONN, t.error or "not connected")
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
         self._ready_for_data(True)
@@ -534,10 +539,15 @@ class socket(_std):
         self._ready_for_data(False)
         return super().sendmsg(*args)
 
+    def shutdown(self, how: int) -> None:  # type: ignore[override]
+        if self._tls.state == State.CONNECTING:
+            self._settle(block=True)  # a FIN before the result would read as "the program left"
+        super().shutdown(how)
+
     def dup(self) -> "socket":  # type: ignore[override]
         t = self._tls
         if t.state not in (State.CONNECTED,) and not t.plain:
-            raise _error(errno.EOPNOTSUPP, f"dup() of an IPPROTO_TLS socket while {t.state.value}")
+            raise self._err(errno.EOPNOTSUPP, f"dup() of an IPPROTO_TLS socket while {t.state.value}")
         new = type(self)(t.family, self.type, self.proto, fileno=os.dup(self.fileno()))
         new._tls.info, new._tls.peer, new._tls.local = dict(t.info), t.peer, t.local
         new.settimeout(self.gettimeout())

@@ -52,6 +52,7 @@ TLS1_2_VERSION = 0x0303
 TLS1_3_VERSION = 0x0304
 VERSION_NAMES = {TLS1_2_VERSION: "TLSv1.2", TLS1_3_VERSION: "TLSv1.3"}
 VERSION_NUMBERS = {name: number for number, name in VERSION_NAMES.items()}
+LEGACY_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1"}  # known, and below any policy we allow
 
 TEXT, INT, PEM = "text", "int", "pem"
 
@@ -118,4 +119,4 @@ def unpack_int(raw: bytes) -> int:
     return int(_INT.unpack(raw)[0])
 
 __all__ = sorted(name for name in dict(globals()) if name.isupper() and not name.startswith("_")
-                 and name not in ("TEXT", "INT", "PEM", "OPTIONS", "LOCAL_OPTIONS", "INFO_OPTIONS"))
+                 and name not in ("TEXT", "INT", "PEM", "OPTIONS", "LEGACY_VERSIONS", "LOCAL_OPTIONS", "INFO_OPTIONS"))
