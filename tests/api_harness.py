@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 import sys
+import shutil
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -45,7 +47,10 @@ class ApiDaemon:
     def __init__(self, directory: Path, pki: PKI, extra: str = "", mode: str = "0666") -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.socket = str(directory / "run" / "api.sock")
+        # Outside pytest's private temporary tree, so programs run as nobody can reach it.
+        self.rundir = tempfile.mkdtemp(prefix="ssaproxy-api-")
+        os.chmod(self.rundir, 0o711)
+        self.socket = os.path.join(self.rundir, "api.sock")
         self.log = directory / "daemon.log"
         self.config = directory / "ssaproxy.toml"
         self.config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n'
@@ -64,7 +69,9 @@ class ApiDaemon:
         for p in self.procs:
             stop(p)
         self.procs = []
-        return stop(self.proc, sig) if self.proc is not None else None
+        code = stop(self.proc, sig) if self.proc is not None else None
+        shutil.rmtree(self.rundir, ignore_errors=True)
+        return code
 
     @property
     def env(self) -> dict[str, str]:
@@ -115,7 +122,10 @@ class ApiDaemon:
                 "\nfinally:\n    print(json.dumps(result, default=repr))\n")
         argv = [sys.executable, "-c", body]
         if user is not None:
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            argv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *argv]
         r = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, cwd="/")
         lines = r.stdout.strip().splitlines()
         if not lines:

@@ -119,11 +119,9 @@ class Control(Protocol):
                 self._refuse(errno.EINVAL, f"{m.kind.name} needs a file descriptor (SCM_RIGHTS)")
                 return
             fd = self.fds.pop(0)
-        if self.fds:
-            self._refuse(errno.EPROTO, "a file descriptor came with a message that takes none")
-            if fd is not None:
-                os.close(fd)
-            return
+        # A descriptor waiting while a message that takes none is handled may belong to a
+        # later message in the same read (the kernel ends a read after the bytes that carried
+        # descriptors); what no message takes is refused at the end of dataReceived.
         try:
             self._dispatch(m, fd)
         except ApiError as e:

@@ -3,15 +3,15 @@
 Numbers follow the Secure Socket API (IPPROTO_TLS = 205 is 715 % 255, options 85-113,
 AF_HOSTNAME = 43, TCP_UPGRADE_TLS = 33).  Where its two generations disagree (85/86), the
 choice is recorded in docs/api.md's compatibility table.  An option marked `unsupported`
-answers ENOPROTOOPT in both directions: never a silent no-op.
+answers ENOPROTOOPT in both directions: never a silent no-op.  Standard library only: the
+client library imports this into programs.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Optional
-
-import attrs
 
 IPPROTO_TLS = 205
 AF_HOSTNAME = 43
@@ -57,7 +57,7 @@ LEGACY_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1"}  # known, and below any p
 TEXT, INT, PEM = "text", "int", "pem"
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Option:
     number: int
     name: str

@@ -1,0 +1,195 @@
+"""The API under hostile or careless programs: malformed frames, wrong order, stray or wrong
+file descriptors, attempts to make the daemon read files; the daemon answers ERROR, closes
+that connection, and keeps serving everyone else.  Credentials land in the log."""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+from ssaproxy.proto import wire
+from tests.api_harness import ApiDaemon
+from tests.pki import PKI
+
+
+@pytest.fixture(scope="module")
+def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
+    daemon = ApiDaemon(tmp_path_factory.mktemp("api-hostile"), pki).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def _raw(api: ApiDaemon) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(api.socket)
+    return s
+
+
+def _reply(s: socket.socket) -> tuple[Optional[wire.Message], bytes]:
+    """The first frame the daemon sends back, and whether it then closed (b"" = EOF)."""
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    decoder = wire.Decoder()
+    decoder.receive_data(data)
+    return decoder.next_message(), data
+
+
+def _hello() -> bytes:
+    return wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION})
+
+
+@pytest.mark.parametrize("name,payload,code", [
+    ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", errno.EPROTO),
+    ("huge length", struct.pack("!IH", 50_000_000, 1), errno.EPROTO),
+    ("unknown kind", struct.pack("!IH", 2, 999), errno.EPROTO),
+    ("bad attribute length", struct.pack("!IHHI", 8, 1, 1, 100), errno.EPROTO),
+    ("repeated attribute", wire.encode(wire.Kind.HELLO, {1: 1})[:-0] + b"", errno.EPROTO),
+    ("connect before hello", wire.encode(wire.Kind.CONNECT, {wire.Tag.HOST: "127.0.0.1", wire.Tag.PORT: 1,
+                                                            wire.Tag.FAMILY: 4}), errno.EPROTO),
+    ("wrong version", wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: 99}), errno.EPROTONOSUPPORT),
+    ("daemon-side kind", _hello() + wire.encode(wire.Kind.OK), errno.EPROTO),
+    ("listen without fd", _hello() + wire.encode(wire.Kind.LISTEN, {wire.Tag.BACKLOG: 5}), errno.EINVAL),
+])
+def test_malformed_or_out_of_order_messages(api: ApiDaemon, name: str, payload: bytes, code: int) -> None:
+    if name == "repeated attribute":
+        payload = struct.pack("!IHHIiHIi", 22, 1, 1, 4, 1, 1, 4, 1)
+    with _raw(api) as s:
+        s.sendall(payload)
+        first, _ = _reply(s)
+        if first is not None and first.kind == wire.Kind.WELCOME:  # the valid HELLO's answer comes first
+            decoder = wire.Decoder()
+            s2 = None
+            del s2, decoder
+    # Re-read with the welcome skipped, where the payload began with a valid HELLO.
+    with _raw(api) as s:
+        s.sendall(payload)
+        _, data = _reply(s)
+    decoder = wire.Decoder()
+    decoder.receive_data(data)
+    messages = []
+    while (m := decoder.next_message()) is not None:
+        messages.append(m)
+    assert messages and messages[-1].kind == wire.Kind.ERROR, (name, messages)
+    assert messages[-1].int(wire.Tag.ERRNO) == code, (name, messages[-1].text(wire.Tag.TEXT))
+    assert _still_serving(api)
+
+
+def _still_serving(api: ApiDaemon) -> bool:
+    with _raw(api) as s:
+        s.sendall(_hello())
+        decoder = wire.Decoder()
+        while (m := decoder.next_message()) is None:
+            chunk = s.recv(4096)
+            if not chunk:
+                return False
+            decoder.receive_data(chunk)
+        return m.kind == wire.Kind.WELCOME
+
+
+def _send_with_fd(s: socket.socket, frame: bytes, fd: int) -> None:
+    s.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+
+
+def test_wrong_file_descriptors_are_refused(api: ApiDaemon, tmp_path: Path) -> None:
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("x")
+    cases = []
+    with open(regular) as f:
+        with _raw(api) as s:  # a regular file passed as the socket to upgrade
+            s.sendall(_hello())
+            _send_with_fd(s, wire.encode(wire.Kind.UPGRADE, {wire.Tag.ROLE: 1}), f.fileno())
+            cases.append(_reply_after_welcome(s))
+        with _raw(api) as s:  # a descriptor attached to a message that takes none
+            _send_with_fd(s, _hello(), f.fileno())
+            cases.append(_reply_after_welcome(s))
+    unconnected = socket.socket()
+    with _raw(api) as s:  # an unconnected TCP socket to upgrade
+        s.sendall(_hello())
+        _send_with_fd(s, wire.encode(wire.Kind.UPGRADE, {wire.Tag.ROLE: 1}), unconnected.fileno())
+        cases.append(_reply_after_welcome(s, close=False))
+    unconnected.close()
+    with _raw(api) as s:  # a TCP socket that is not listening, passed to LISTEN
+        s.sendall(_hello())
+        s.sendall(wire.encode(wire.Kind.SETOPT, {wire.Tag.OPTION: 88, wire.Tag.VALUE: b"x"}))
+        listener = socket.socket()
+        _send_with_fd(s, wire.encode(wire.Kind.LISTEN, {wire.Tag.BACKLOG: 1}), listener.fileno())
+        cases.append(_reply_after_welcome(s, close=False, skip=2))
+        listener.close()
+    assert cases[0] == errno.ENOTSOCK, cases
+    assert cases[1] == errno.EPROTO, cases
+    assert cases[2] == errno.ENOTCONN, cases
+    assert cases[3] == errno.EINVAL, cases
+    assert _still_serving(api)
+
+
+def _reply_after_welcome(s: socket.socket, close: bool = True, skip: int = 1) -> int:
+    decoder = wire.Decoder()
+    seen = []
+    while len(seen) < skip + 1:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        decoder.receive_data(chunk)
+        while (m := decoder.next_message()) is not None:
+            seen.append(m)
+    errors = [m for m in seen if m.kind == wire.Kind.ERROR]
+    assert errors, seen
+    return errors[-1].int(wire.Tag.ERRNO)
+
+
+def test_the_daemon_never_opens_a_path_for_a_program(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    key = secret / "key.pem"
+    key.write_bytes(Path(pki.server("good").key).read_bytes())
+    key.chmod(0o600)
+    os.chmod(tmp_path, 0o755)
+    # Through the library, as nobody: the library reads the file in the program's own process.
+    r = api.program(f"""
+s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+try:
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{key}")
+except OSError as e:
+    result["errno"], result["text"] = e.errno, str(e)
+""", user="nobody")
+    assert r["errno"] == errno.EACCES and str(key) in r["text"], r
+    # Around the library: a path in a raw SETOPT is just bytes that are not a PEM key.
+    with _raw(api) as s:
+        s.sendall(_hello())
+        s.sendall(wire.encode(wire.Kind.SETOPT, {wire.Tag.OPTION: 89, wire.Tag.VALUE: str(key).encode()}))
+        assert _reply_after_welcome(s, close=False) == errno.EINVAL
+    events = api.log.read_text()
+    assert "BEGIN" not in events and "PRIVATE KEY" not in events  # no key material in the log
+
+
+def test_credentials_of_the_program_are_logged(api: ApiDaemon) -> None:
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    closed = port.getsockname()[1]
+    port.close()
+    r = api.program(f"""
+s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+result["pid"] = os.getpid()
+try:
+    s.connect(("127.0.0.1", {closed}))
+except OSError as e:
+    result["errno"] = e.errno
+""", user="nobody")
+    assert r.get("errno") == errno.ECONNREFUSED, r
+    event = api.wait_event(f"pid={r['pid']} ")
+    assert "uid=65534 gid=65534" in event and "exe=/" in event and " refused: " in event
