@@ -40,7 +40,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ipt.add_argument("--config", help="configuration file (default: the embedded default)")
     ipt.add_argument("--uid", help="user (name or number) the daemon runs as; its own connections are "
                                    "excluded from the redirect (required for print and apply)")
+    conn = sub.add_parser("connect", help="stdin/stdout over a verified TLS connection made by the daemon")
+    conn.add_argument("host", help="host name (resolved by the daemon) or IP address")
+    conn.add_argument("port", type=int)
+    conn.add_argument("--hostname", help="the name the certificate must prove (default: HOST)")
+    conn.add_argument("--alpn", help="comma-separated ALPN protocols to offer")
+    conn.add_argument("--ca", help="PEM file of trust anchors for this connection (instead of the policy's)")
+    conn.add_argument("--cert", help="client certificate chain (PEM file)")
+    conn.add_argument("--key", help="client private key (PEM file)")
     args = parser.parse_args(argv)
+    if args.command == "connect":
+        from ssaproxy.client.netcat import run
+
+        return run(args.host, args.port, hostname=args.hostname, alpn=args.alpn, ca=args.ca, cert=args.cert,
+                   key=args.key)
     try:
         if args.command == "check-config":
             config = Config.from_file(args.file)

@@ -1,6 +1,7 @@
 """A minimal SMTP server with STARTTLS, built on Python's ssl (the peer for a program that
-upgrades its own connection through ssaproxy).  After the TLS handshake it answers EHLO,
-then one "ECHO <text>" with "250 <text>", and reports what it saw as one JSON line."""
+upgrades its own connection through ssaproxy).  After the TLS handshake it takes EHLO, MAIL,
+RCPT, DATA and QUIT (or one "ECHO <text>", answered "250 <text>"), and reports what it saw as
+one JSON line."""
 
 from __future__ import annotations
 
@@ -31,14 +32,31 @@ def main() -> None:
     conn.sendall(b"220 go ahead\r\n")
     tls = ctx.wrap_socket(conn, server_side=True)
     tf = tls.makefile("rwb", buffering=0)
-    tf.readline()  # EHLO again
-    tls.sendall(b"250 starttls.test\r\n")
-    line = tf.readline().decode().strip()
-    tls.sendall(b"250 " + line.partition(" ")[2].encode() + b"\r\n")
-    print(json.dumps({"version": tls.version(), "sni": getattr(tls, "server_hostname", None), "line": line}),
-          flush=True)
+    seen: dict[str, object] = {"version": tls.version(), "commands": []}
+    while True:
+        line = tf.readline().decode().strip()
+        if not line:
+            break
+        verb = line.split(" ", 1)[0].upper()
+        seen["commands"].append(verb)  # type: ignore[union-attr]
+        if verb == "ECHO":
+            seen["line"] = line
+            tls.sendall(b"250 " + line.partition(" ")[2].encode() + b"\r\n")
+            break
+        if verb == "DATA":
+            tls.sendall(b"354 go on\r\n")
+            body = []
+            while (data := tf.readline()) not in (b".\r\n", b""):
+                body.append(data.decode())
+            seen["data"] = "".join(body)
+            tls.sendall(b"250 queued\r\n")
+        elif verb == "QUIT":
+            tls.sendall(b"221 bye\r\n")
+            break
+        else:
+            tls.sendall(b"250 ok\r\n")
+    print(json.dumps(seen), flush=True)
     tls.close()
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,16 @@
+"""Send one message over SMTP with STARTTLS; the ssaproxy daemon upgrades the connection in
+place, under the admin's policy: `python3 smtp_starttls_client_ssaproxy.py HOST PORT`."""
+
+import smtplib
+import ssaproxy
+import sys
+
+host, port = sys.argv[1], int(sys.argv[2])
+smtp = smtplib.SMTP(host, port, timeout=30)
+smtp.ehlo()
+smtp.docmd("STARTTLS")  # if the server said no, the handshake below fails: never plaintext
+ssaproxy.upgrade(smtp.sock, hostname=host)
+smtp.ehlo()
+smtp.sendmail("me@example.test", ["you@example.test"], "Subject: hello\r\n\r\nsent over STARTTLS\r\n")
+smtp.quit()
+print("sent", flush=True)

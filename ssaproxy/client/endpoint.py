@@ -1,0 +1,138 @@
+"""A Twisted client endpoint through the ssaproxy daemon: `ssa:host=example.com:port=443`.
+
+The control requests are local round trips; the handshake itself is waited for without
+blocking the reactor (the carrier becomes readable when the result arrives, docs/api.md),
+then the reactor adopts the carrier and the protocol speaks plaintext.  A truncated or reset
+TLS stream reaches the protocol as connectionLost with ConnectionLost, never ConnectionDone.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket as _stdsocket
+from typing import Any, Optional
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IReadDescriptor, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ssaproxy.client import socket as tls_socket
+from ssaproxy.proto import options as o
+
+
+@implementer(IReadDescriptor)
+class _Waiter:
+    """Readable once the daemon's result frame is on the carrier."""
+
+    def __init__(self, sock: tls_socket, done: Any) -> None:
+        self.sock = sock
+        self.done = done
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        self.done()
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "ssaproxy-connect"
+
+
+@implementer(IStreamClientEndpoint)
+class SSAClientEndpoint:
+    def __init__(self, reactor: Any, host: str, port: int, *, hostname: Optional[str] = None,
+                 alpn: Optional[str] = None, timeout: float = 30.0) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.hostname = hostname
+        self.alpn = alpn
+        self.timeout = timeout
+
+    def connect(self, factory: Factory) -> "defer.Deferred[Any]":
+        try:
+            family = {4: _stdsocket.AF_INET, 6: _stdsocket.AF_INET6}[ipaddress.ip_address(self.host).version]
+        except ValueError:
+            family = o.AF_HOSTNAME
+        sock = tls_socket(family, _stdsocket.SOCK_STREAM, o.IPPROTO_TLS)
+        try:
+            if self.hostname:
+                sock.setsockopt(o.IPPROTO_TLS, o.TLS_REMOTE_HOSTNAME, self.hostname.encode())
+            if self.alpn:
+                sock.setsockopt(o.IPPROTO_TLS, o.TLS_ALPN, self.alpn.encode())
+            sock.setblocking(False)
+            code = sock.connect_ex((self.host, self.port))
+        except OSError as e:
+            sock.close()
+            return defer.fail(error.ConnectError(osError=e.errno, string=str(e)))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            return defer.fail(error.ConnectError(osError=code, string=_reason(sock, code)))
+
+        waiter: Optional[_Waiter] = None
+        timer: Any = None
+
+        def cleanup() -> None:
+            if waiter is not None:
+                self.reactor.removeReader(waiter)
+            if timer is not None and timer.active():
+                timer.cancel()
+
+        def cancel(d: "defer.Deferred[Any]") -> None:
+            cleanup()
+            sock.close()
+
+        d: "defer.Deferred[Any]" = defer.Deferred(cancel)
+
+        def ready() -> None:
+            result = sock.connect_ex((self.host, self.port))
+            if result == errno.EALREADY:
+                return
+            cleanup()
+            if result != 0:
+                reason = _reason(sock, result)
+                sock.close()
+                d.errback(error.ConnectError(osError=result, string=reason))
+                return
+            protocol = factory.buildProtocol(None)
+            if protocol is None:
+                sock.close()
+                d.errback(error.ConnectError(string="factory built no protocol"))
+                return
+            self.reactor.adoptStreamConnection(sock.fileno(), _stdsocket.AF_INET, _Once(protocol))
+            sock.close()  # the reactor holds its own duplicate of the carrier
+            d.callback(protocol)
+
+        def timed_out() -> None:
+            cleanup()
+            sock.close()
+            d.errback(error.TimeoutError(string=f"no verified TLS connection to {self.host}:{self.port} in time"))
+
+        waiter = _Waiter(sock, ready)
+        self.reactor.addReader(waiter)
+        timer = self.reactor.callLater(self.timeout, timed_out)
+        return d
+
+
+def _reason(sock: tls_socket, code: int) -> str:
+    try:
+        text = sock.getsockopt(o.IPPROTO_TLS, o.TLS_ERROR).decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    return text or errno.errorcode.get(code, str(code))
+
+
+class _Once(Factory):
+    noisy = False
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol_ = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol_
