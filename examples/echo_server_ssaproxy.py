@@ -2,8 +2,9 @@
 `python3 echo_server_ssaproxy.py PORT CERT_AND_KEY.pem` (one PEM file: chain, then key)."""
 
 import socket
-import ssaproxy
 import sys
+
+import ssaproxy
 
 port = int(sys.argv[1])
 server = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)

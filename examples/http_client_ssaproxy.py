@@ -1,8 +1,9 @@
 """Fetch a page over verified TLS, made by the ssaproxy daemon: `python3 http_client_ssaproxy.py HOST PORT [PATH]`."""
 
 import socket
-import ssaproxy
 import sys
+
+import ssaproxy
 
 host, port = sys.argv[1], int(sys.argv[2])
 path = sys.argv[3] if len(sys.argv) > 3 else "/"

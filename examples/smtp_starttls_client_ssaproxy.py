@@ -2,8 +2,9 @@
 place, under the admin's policy: `python3 smtp_starttls_client_ssaproxy.py HOST PORT`."""
 
 import smtplib
-import ssaproxy
 import sys
+
+import ssaproxy
 
 host, port = sys.argv[1], int(sys.argv[2])
 smtp = smtplib.SMTP(host, port, timeout=30)

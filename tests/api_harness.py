@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
-import shutil
 import tempfile
 import textwrap
 import time

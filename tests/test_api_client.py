@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -355,7 +354,7 @@ except OSError as e:
         stop(program)
         daemon.stop()
     result = out.read_text().strip().splitlines()[-1]
-    assert '"errno": %d' % errno.ECONNABORTED in result and "daemon stopping" in result, result
+    assert f'"errno": {errno.ECONNABORTED}' in result and "daemon stopping" in result, result
 
 
 def test_concurrent_programs(api: ApiDaemon, pki: PKI) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.api_harness import ApiDaemon, free_port
-from tests.lab import PEERS, poll, stop, wait_for_text
+from tests.lab import PEERS, stop, wait_for_text
 from tests.pki import PKI
 
 

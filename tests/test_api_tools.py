@@ -36,14 +36,14 @@ def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemo
 
 
 def _code_lines(path: Path) -> list[str]:
-    """The file's lines without its module docstring."""
+    """The file's non-blank lines, without its module docstring."""
     text = path.read_text()
     tree = ast.parse(text)
     doc = tree.body[0] if tree.body and isinstance(tree.body[0], ast.Expr) else None
     lines = text.splitlines()
     if doc is not None:
         del lines[doc.lineno - 1:doc.end_lineno]
-    return lines
+    return [line for line in lines if line.strip()]
 
 
 @pytest.mark.parametrize("pair", list(PAIRS))

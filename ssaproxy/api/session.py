@@ -90,7 +90,8 @@ def _chain_pem(conn: SSL.Connection) -> bytes:
     return b"".join(c.to_cryptography().public_bytes(Encoding.PEM) for c in chain)
 
 
-def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Policy, *, server: bool) -> dict[int, bytes]:
+def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Policy, *,
+         server: bool) -> dict[int, bytes]:
     """Every getsockopt value of an established connection, by option number."""
     low, high = settings.versions(policy)
     sni = conn.get_servername()

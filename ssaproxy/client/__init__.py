@@ -18,10 +18,10 @@ Only the standard library is used here, so a program does not load the daemon's 
 
 from __future__ import annotations
 
+import _socket as _csocket
 import errno
 import ipaddress
 import os
-import _socket as _csocket
 import socket as _socket_module
 import struct
 from typing import Any, Mapping, Optional, Union
@@ -111,7 +111,8 @@ def _pem(value: Value, what: str) -> bytes:
 def _split_key(pem: bytes) -> tuple[bytes, Optional[bytes]]:
     """A combined file (chain and key, as haproxy and stunnel take): (chain, key)."""
     marker = b"-----BEGIN "
-    chain, key = [], []
+    chain: list[bytes] = []
+    key: list[bytes] = []
     for block in pem.split(marker)[1:]:
         (key if block.split(b"-----", 1)[0].endswith(b"PRIVATE KEY") else chain).append(marker + block)
     return b"".join(chain), (b"".join(key) or None)
@@ -129,7 +130,7 @@ def _encode_value(number: int, value: Value) -> bytes:
             if len(value) != 4:
                 raise _error(errno.EINVAL, "an integer option takes 4 bytes")
             value = struct.unpack("=i", value)[0]
-        return o.pack_int(value)
+        return o.pack_int(int(value))  # type: ignore[arg-type]
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, (bytes, bytearray)):
@@ -456,7 +457,7 @@ class socket(_std):
     def accept(self) -> tuple["socket", Any]:  # type: ignore[override]
         t = self._tls
         if t.plain:
-            fd, addr = self._accept()
+            fd, addr = self._accept()  # type: ignore[attr-defined]
             return type(self)(self.family, self.type, self.proto, fileno=fd), addr
         problem = check("accept", t.state)
         if problem is not None:

@@ -14,7 +14,7 @@ import socket as _stdsocket
 from typing import Any, Optional
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IReadDescriptor, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReadDescriptor, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -55,7 +55,8 @@ class SSAClientEndpoint:
         self.alpn = alpn
         self.timeout = timeout
 
-    def connect(self, factory: Factory) -> "defer.Deferred[Any]":
+    def connect(self, factory: IProtocolFactory) -> "defer.Deferred[Any]":
+        family: int
         try:
             family = {4: _stdsocket.AF_INET, 6: _stdsocket.AF_INET6}[ipaddress.ip_address(self.host).version]
         except ValueError:
@@ -100,7 +101,7 @@ class SSAClientEndpoint:
                 sock.close()
                 d.errback(error.ConnectError(osError=result, string=reason))
                 return
-            protocol = factory.buildProtocol(None)
+            protocol = factory.buildProtocol(None)  # type: ignore[arg-type]  # no address to give
             if protocol is None:
                 sock.close()
                 d.errback(error.ConnectError(string="factory built no protocol"))

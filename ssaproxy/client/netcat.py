@@ -19,6 +19,7 @@ from ssaproxy.proto import options as o
 def run(host: str, port: int, *, hostname: Optional[str] = None, alpn: Optional[str] = None,
         ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
         stdin: int = 0, stdout: int = 1) -> int:
+    family: int
     try:
         family = {4: _stdsocket.AF_INET, 6: _stdsocket.AF_INET6}[ipaddress.ip_address(host).version]
     except ValueError:

@@ -7,8 +7,8 @@ protocol violation: error reply, connection closed).
 
 from __future__ import annotations
 
-import errno
 import enum
+import errno
 from typing import Optional
 
 from ssaproxy.proto.wire import Kind
@@ -24,13 +24,13 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_OPS: dict[str, dict[State, Optional[int]]] = {
+_OPS: dict[str, dict[State, Optional[int]]] = {  # type: ignore[dict-item]
     # op -> state -> errno (None: allowed)
     "connect": {State.FRESH: None, State.OPEN: None, State.FAILED: None, State.CONNECTING: errno.EALREADY,
                 State.CONNECTED: errno.EISCONN, State.LISTENING: errno.EISCONN, State.CLOSED: errno.EBADF},
     "listen": {State.FRESH: None, State.OPEN: None, State.LISTENING: None, State.CONNECTING: errno.EINVAL,
                State.CONNECTED: errno.EINVAL, State.FAILED: errno.EINVAL, State.CLOSED: errno.EBADF},
-    "accept": {s: errno.EINVAL for s in State} | {State.LISTENING: None, State.CLOSED: errno.EBADF},
+    "accept": {**{s: errno.EINVAL for s in State}, State.LISTENING: None, State.CLOSED: errno.EBADF},
     "setopt": {State.FRESH: None, State.OPEN: None, State.FAILED: None, State.CONNECTING: errno.EISCONN,
                State.CONNECTED: errno.EISCONN, State.LISTENING: errno.EISCONN, State.CLOSED: errno.EBADF},
 }

@@ -11,6 +11,7 @@ raise `ProtocolError` and nothing else.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import struct
 from typing import Mapping, Optional
@@ -113,20 +114,20 @@ class Message:
                  if t != Tag.VALUE}  # option values may be keys: never in a repr
         return f"Message({self.kind.name}, {shown})"
 
-    def int(self, tag: Tag) -> int:
-        return int(_INT.unpack(self.attrs[tag])[0])
+    def int(self, tag: Tag) -> builtins.int:
+        return builtins.int(_INT.unpack(self.attrs[tag])[0])
 
     def text(self, tag: Tag) -> str:
         return self.attrs[tag].decode("utf-8")
 
-    def raw(self, tag: int) -> bytes:
+    def raw(self, tag: builtins.int) -> bytes:
         return self.attrs[tag]
 
     def get_text(self, tag: Tag) -> Optional[str]:
         return self.text(tag) if tag in self.attrs else None
 
     @property
-    def info(self) -> dict[int, bytes]:
+    def info(self) -> dict[builtins.int, bytes]:
         """The getsockopt values carried by ESTABLISHED and ACCEPTED, by option number."""
         return {t - INFO_BASE: v for t, v in self.attrs.items() if t >= INFO_BASE}
 

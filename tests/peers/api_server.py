@@ -12,6 +12,7 @@ import json
 import select
 import socket
 import sys
+from typing import Any
 
 import ssaproxy
 
@@ -48,7 +49,8 @@ def main() -> None:
         if not readable:
             break
         conn, addr = srv.accept()
-        get = lambda opt: conn.getsockopt(ssaproxy.IPPROTO_TLS, opt)  # noqa: E731
+        def get(opt: int, conn: socket.socket = conn) -> Any:
+            return conn.getsockopt(ssaproxy.IPPROTO_TLS, opt)
         info = {"peer": addr, "sni": get(ssaproxy.TLS_SERVER_NAME).decode(),
                 "identity": get(ssaproxy.TLS_PEER_IDENTITY).decode(),
                 "chain_certs": get(ssaproxy.TLS_PEER_CERTIFICATE_CHAIN).count(b"BEGIN CERTIFICATE"),
