@@ -136,7 +136,7 @@ class Api:
     group: Optional[str] = None  # None: the daemon's own group
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
-    max_sessions: int = 10000  # control connections at once
+    max_sessions: int = 10000  # control connections at once, and TLS sessions at once
 
 
 @attrs.frozen(kw_only=True)

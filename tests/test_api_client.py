@@ -51,11 +51,12 @@ result["sni"] = get(ssaproxy.TLS_SERVER_NAME).decode()
 result["peer"] = s.getpeername()
 result["family"], result["proto"] = int(s.family), s.proto
 result["isinstance"] = isinstance(s, socket.socket)
+result["inheritable"] = os.get_inheritable(s.fileno())
 s.shutdown(socket.SHUT_WR)
 result["eof"] = s.recv(10).decode()
 """)
     assert r["_exit"] == 0, r["_stderr"]
-    assert r["same_fd"] and r["isinstance"]
+    assert r["same_fd"] and r["isinstance"] and r["inheritable"] is False
     assert r["echo"] == "hello over ssaproxy\n"
     assert r["version"] == 0x0304 and r["cipher"].startswith("TLS_")
     assert r["chain"].count("BEGIN CERTIFICATE") == 3  # leaf, intermediate, root: the whole verified chain

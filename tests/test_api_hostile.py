@@ -88,6 +88,16 @@ def test_malformed_or_out_of_order_messages(api: ApiDaemon, name: str, payload: 
     assert _still_serving(api)
 
 
+@pytest.mark.parametrize("host", ["bäd.example", "a\x00b", "-x-.example", "a" * 300, ""])
+def test_bad_host_names_in_connect_are_EINVAL(api: ApiDaemon, host: str) -> None:
+    with _raw(api) as s:
+        s.sendall(_hello())
+        s.sendall(wire.encode(wire.Kind.CONNECT, {wire.Tag.HOST: host, wire.Tag.PORT: 443, wire.Tag.FAMILY: 0}))
+        assert _reply_after_welcome(s, close=False) == errno.EINVAL
+    assert _still_serving(api)
+    assert "Unhandled Error" not in api.log.read_text()
+
+
 def _still_serving(api: ApiDaemon) -> bool:
     with _raw(api) as s:
         s.sendall(_hello())

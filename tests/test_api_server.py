@@ -72,6 +72,20 @@ def test_accept_gives_only_verified_clients_with_their_real_address(api: ApiDaem
     assert "sni=backend.test" in event
 
 
+def test_a_burst_of_clients_is_accepted_in_order(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    # Handshakes that finish in the same reactor turn queue several ACCEPTED frames, each with
+    # a descriptor; the library must pair them in order.
+    port, log, server = _server(api, pki, tmp_path, count=12)
+    curls = [subprocess.Popen(["curl", "-sS", "--max-time", "20", "--cacert", str(pki.root_pem), "--resolve",
+                               f"backend.test:{port}:127.0.0.1", f"https://backend.test:{port}/"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(12)]
+    outs = [c.communicate(timeout=40) for c in curls]
+    assert all(out == "you said!\n" for out, _ in outs), outs
+    server.wait(30)
+    accepted = _lines(log)[2:]
+    assert len(accepted) == 12 and all(a["sni"] == "backend.test" for a in accepted), accepted
+
+
 def test_mutual_tls_server(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
     port, log, server = _server(api, pki, tmp_path, "--mtls", "--ca", str(pki.client_ca_pem), count=1)
     anonymous = _curl(port, "--cacert", str(pki.root_pem))
@@ -185,6 +199,69 @@ try:
     ssaproxy.upgrade(smtp.sock, hostname="backend.test")
 except OSError as e:
     result["errno"], result["text"] = e.errno, str(e)
+try:
+    smtp.sock.sendall(b"AUTH PLAIN c2VjcmV0\\r\\n")
+    result["after"] = "sent"
+except OSError as e:
+    result["after"] = errno.errorcode[e.errno]
 """)
     assert r["errno"] == 71 and "identity mismatch" in r["text"], r
     stop(peer)
+
+
+RECORDING_PEER = """
+import json, socket, time
+srv = socket.create_server(("127.0.0.1", {port}))
+print("READY", flush=True)
+conn, _ = srv.accept()
+f = conn.makefile("rb", buffering=0)
+conn.sendall(b"220 ready\\r\\n"); f.readline()
+conn.sendall(b"250 STARTTLS\\r\\n"); f.readline()
+conn.sendall(b"220 go ahead\\r\\n")
+time.sleep(0.3)
+conn.sendall(b"this is not TLS at all\\r\\n" * 20)
+conn.settimeout(3)
+seen = b""
+try:
+    while len(seen) < 100000:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        seen += chunk
+except OSError:
+    pass
+print(json.dumps({{"auth_seen": b"AUTH" in seen, "bytes": len(seen)}}), flush=True)
+"""
+
+
+def test_a_failed_upgrade_never_continues_in_plaintext(api: ApiDaemon, tmp_path: Path) -> None:
+    for how in ("upgrade", "setsockopt"):
+        port = free_port()
+        log = tmp_path / f"recording-{how}.log"
+        peer = api.spawn([sys.executable, "-c", RECORDING_PEER.format(port=port)], log)
+        wait_for_text(log, "READY", peer, 15)
+        attempt = ("ssaproxy.upgrade(s, hostname='backend.test')" if how == "upgrade" else
+                   "s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b'backend.test'); "
+                   "s.setsockopt(ssaproxy.SOL_TCP, ssaproxy.TCP_UPGRADE_TLS, ssaproxy.TLS_UPGRADE_CLIENT)")
+        maker = "socket.socket()" if how == "upgrade" else "ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM)"
+        r = api.program(f"""
+s = {maker}
+s.connect(("127.0.0.1", {port}))
+f = s.makefile("rb", buffering=0)
+f.readline(); s.sendall(b"EHLO x\\r\\n"); f.readline(); s.sendall(b"STARTTLS\\r\\n"); f.readline()
+try:
+    {attempt}
+except OSError as e:
+    result["errno"] = e.errno
+for _ in range(3):
+    try:
+        s.sendall(b"AUTH PLAIN c2VjcmV0\\r\\n")
+        result["after"] = "sendall returned"
+    except OSError as e:
+        result["after"] = errno.errorcode[e.errno]
+    time.sleep(0.2)
+""")
+        assert r["errno"] == 71, (how, r)
+        peer.wait(20)
+        seen = json.loads(log.read_text().splitlines()[-1])
+        assert seen["auth_seen"] is False and seen["bytes"] > 0, (how, seen, r)  # our ClientHello, nothing else

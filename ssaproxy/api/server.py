@@ -13,6 +13,8 @@ certificates and keys come as PEM bytes, sockets as file descriptors.
 from __future__ import annotations
 
 import errno
+import ipaddress
+import itertools
 import os
 import socket
 import stat
@@ -25,16 +27,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ssaproxy.api.carrier import Carrier
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
 from ssaproxy.api.settings import ApiError, Settings, apply, get, server_context
-from ssaproxy.config import Api, Policy
+from ssaproxy.config import Api, Policy, is_valid_hostname
 from ssaproxy.proto import wire
 from ssaproxy.proto.state import DAEMON_PHASES
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
 _MAX_FDS_HELD = 4
-_MAX_UNACKED = 16  # accepted connections delivered but not yet taken by accept()
+_MAX_UNACKED = 128  # accepted connections delivered but not yet taken by accept(): min(this, BACKLOG)
+_MAX_HANDSHAKES = 256  # per listener: TLS handshakes in progress
+_control_ids = itertools.count(1)
 
 
 class ApiFactory(Factory):
@@ -66,6 +71,7 @@ class Control(Protocol):
         self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
         self.listener: Optional[Listener] = None
         self.closed = False
+        self.control_id = next(_control_ids) & 0x7FFFFFFF
 
     # ---- Twisted events
     def connectionMade(self) -> None:
@@ -123,10 +129,8 @@ class Control(Protocol):
         # later message in the same read (the kernel ends a read after the bytes that carried
         # descriptors); what no message takes is refused at the end of dataReceived.
         try:
-            self._dispatch(m, fd)
+            self._dispatch(m, fd)  # owns fd from here on: _adopt_socket closes it on every path
         except ApiError as e:
-            if fd is not None:
-                _close(fd)
             self._reply(wire.Kind.ERROR, {wire.Tag.ERRNO: e.code, wire.Tag.TEXT: e.text})
 
     def _dispatch(self, m: wire.Message, fd: Optional[int]) -> None:
@@ -138,7 +142,7 @@ class Control(Protocol):
                                                     f"{wire.VERSION}")
                 return
             self.phase = "options"
-            self._reply(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: id(self) & 0x7FFFFFFF})
+            self._reply(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: self.control_id})
         elif m.kind == wire.Kind.SETOPT:
             self.settings = apply(self.settings, policy, m.int(wire.Tag.OPTION), m.raw(wire.Tag.VALUE))
             self._reply(wire.Kind.OK)
@@ -166,18 +170,16 @@ class Control(Protocol):
         if family not in (0, 4, 6):
             raise ApiError(errno.EINVAL, f"family {family} unknown")
         if family:
-            import ipaddress
-
             try:
-                if ipaddress.ip_address(host).version != family:
-                    raise ApiError(errno.EAFNOSUPPORT, f"{host} is not an IPv{family} address")
+                address = ipaddress.ip_address(host)
             except ValueError:
                 raise ApiError(errno.EINVAL, f"{host!r} is not an IP address") from None
-        elif not host or len(host) > 253:
-            raise ApiError(errno.EINVAL, "AF_HOSTNAME needs a host name")
-        session = self._session("connect")
-        carrier, program_end = adopt_carrier(self.factory.reactor, session)
-        self._hand(program_end, wire.Kind.CARRIER)
+            if address.version != family:
+                raise ApiError(errno.EAFNOSUPPORT, f"{host} is not an IPv{family} address")
+        elif not is_valid_hostname(host):
+            raise ApiError(errno.EINVAL, f"{host!r} is not a host name (letters, digits, hyphens, dots; "
+                                         "IDNs in their xn-- form)")
+        session, carrier = self._start("connect")
         session.start_connect(carrier, host, port, family)
 
     def _upgrade(self, m: wire.Message, fd: int) -> None:
@@ -196,9 +198,7 @@ class Control(Protocol):
             if role == wire.ROLE_SERVER:
                 ctx = server_context(self.settings, self.factory.policy)
             sock.setblocking(False)
-            session = self._session("upgrade-server" if ctx is not None else "upgrade-client")
-            carrier, program_end = adopt_carrier(self.factory.reactor, session)
-            self._hand(program_end, wire.Kind.CARRIER)
+            session, carrier = self._start("upgrade-server" if ctx is not None else "upgrade-client")
             session.start_upgrade(carrier, sock, ctx)
         finally:
             sock.close()  # the reactor adopted its own duplicate
@@ -212,18 +212,30 @@ class Control(Protocol):
                 raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
             ctx = server_context(self.settings, self.factory.policy)
             sock.setblocking(False)  # O_NONBLOCK is on the shared open file: the reactor needs it
-            self.listener = Listener(self, ctx, self.settings, sock)
+            backlog = max(1, min(m.int(wire.Tag.BACKLOG), _MAX_UNACKED))
+            self.listener = Listener(self, ctx, self.settings, sock, backlog)
             self.phase = "listening"
             self._reply(wire.Kind.OK)
         finally:
             sock.close()
 
     # ---- helpers
-    def _session(self, op: str) -> TLSSession:
+    def _start(self, op: str) -> tuple[TLSSession, Carrier]:
+        """A session and its carrier, the program's end sent with CARRIER; or ApiError."""
         assert self.creds is not None
+        if len(self.factory.active) >= self.factory.api.max_sessions:
+            raise ApiError(errno.EAGAIN, f"the daemon has {self.factory.api.max_sessions} TLS sessions open")
+        session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
+                             limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+        try:
+            carrier, program_end = adopt_carrier(self.factory.reactor, session)
+        except OSError as e:
+            session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
+            raise ApiError(errno.EAGAIN if e.errno in (errno.EMFILE, errno.ENFILE) else errno.EIO,
+                           f"the daemon cannot make a carrier connection: {e.strerror or e}") from None
         self.phase = "handed"
-        return TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
-                          limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+        self._hand(program_end, wire.Kind.CARRIER)
+        return session, carrier
 
     def _hand(self, program_end: socket.socket, kind: wire.Kind, fields: Optional[dict[int, object]] = None) -> None:
         """Send `program_end` with a frame; it stays open here until the program has it."""
@@ -288,8 +300,10 @@ class Listener:
     """A program's listening socket, adopted: handshakes here, verified connections to the
     program (ACCEPTED + carrier), at most _MAX_UNACKED waiting for its accept()."""
 
-    def __init__(self, control: Control, ctx: SSL.Context, settings: Settings, sock: socket.socket) -> None:
+    def __init__(self, control: Control, ctx: SSL.Context, settings: Settings, sock: socket.socket,
+                 backlog: int) -> None:
         self.control = control
+        self.backlog = backlog
         self.ctx = ctx
         self.settings = settings
         self.factory = control.factory
@@ -301,8 +315,8 @@ class Listener:
         self.factory.active.add(self)
 
     def incoming(self) -> Optional[TLSStream]:
-        if self.closed:
-            return None
+        if self.closed or len(self.pending) >= _MAX_HANDSHAKES:
+            return None  # Twisted closes the connection at once
         check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
         conn = SSL.Connection(self.ctx, None)
         conn.set_app_data(check)
@@ -312,6 +326,7 @@ class Listener:
                              limits=self.factory.limits, creds=self.control.creds, op="accept",
                              active=self.factory.active)
         session.on_ready = self._ready
+        session.on_end = self.pending.discard
         session.start_accepted(stream, check)
         self.pending.add(session)
         original = stream.connectionMade
@@ -326,23 +341,28 @@ class Listener:
 
     def _ready(self, session: TLSSession) -> None:
         self.pending.discard(session)
+        session.on_end = None
         if self.closed or self.control.closed:
             session.fail("shutdown", "the program closed its listening socket")
             return
-        carrier, program_end = adopt_carrier(self.factory.reactor, session)
+        try:
+            carrier, program_end = adopt_carrier(self.factory.reactor, session)
+        except OSError as e:
+            session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
+            return
         host, port = session.peer
         self.control._hand(program_end, wire.Kind.ACCEPTED, {
             wire.Tag.PEER_HOST: host, wire.Tag.PEER_PORT: port,
             wire.Tag.LOCAL_HOST: session.local[0], wire.Tag.LOCAL_PORT: session.local[1], **session.info_attrs})
         session.splice(carrier)
         self.unacked += 1
-        if self.unacked >= _MAX_UNACKED and not self.paused:
+        if self.unacked >= self.backlog and not self.paused:
             self.paused = True
             self.port.stopReading()
 
     def acked(self) -> None:
         self.unacked -= 1
-        if self.paused and self.unacked < _MAX_UNACKED and not self.closed:
+        if self.paused and self.unacked < self.backlog and not self.closed:
             self.paused = False
             self.port.startReading()
 
@@ -353,6 +373,7 @@ class Listener:
         self.factory.active.discard(self)
         self.port.stopListening()
         for session in list(self.pending):
+            session.on_end = None
             session.fail("shutdown", why)
         self.pending.clear()
 

@@ -83,11 +83,21 @@ def _version_number(conn: SSL.Connection) -> int:
     return o.VERSION_NUMBERS.get(conn.get_protocol_version_name(), 0)
 
 
+MAX_CHAIN_PEM = 48 * 1024  # keeps ESTABLISHED/ACCEPTED well inside one socket buffer (docs/api.md)
+
+
 def _chain_pem(conn: SSL.Connection) -> bytes:
-    chain = conn.get_verified_chain() or conn.get_peer_cert_chain() or []
+    """The verified chain, leaf first, cut at a certificate boundary after MAX_CHAIN_PEM bytes
+    (the leaf is always there)."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    return b"".join(c.to_cryptography().public_bytes(Encoding.PEM) for c in chain)
+    out = b""
+    for cert in conn.get_verified_chain() or []:
+        pem = cert.to_cryptography().public_bytes(Encoding.PEM)
+        if out and len(out) + len(pem) > MAX_CHAIN_PEM:
+            break
+        out += pem
+    return out
 
 
 def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Policy, *,
@@ -148,6 +158,7 @@ class TLSSession(CarrierOwner):
         self._facts: dict[str, object] = {}
         self._info: dict[int, bytes] = {}
         self.on_ready: Optional[Callable[["TLSSession"], None]] = None  # accept: the listener hands it over
+        self.on_end: Optional[Callable[["TLSSession"], None]] = None  # accept: the listener forgets it
         active.add(self)
 
     # ---- starting
@@ -371,6 +382,9 @@ class TLSSession(CarrierOwner):
     def _log(self, outcome: str, detail: Optional[str]) -> None:
         self.mode = "done"
         self.active.discard(self)
+        on_end, self.on_end, self.on_ready = self.on_end, None, None
+        if on_end is not None:
+            on_end(self)
         rl, self.relay = self.relay, None
         check = self.check
         fields = dict(

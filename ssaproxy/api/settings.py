@@ -24,6 +24,7 @@ from ssaproxy.proto import options as o
 from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, _x509_strict_flags
 
 _MAX_PEM = 256 * 1024
+_MAX_KEY_BITS = 8192
 _ORDER = list(_VERSIONS)  # ["TLSv1.2", "TLSv1.3"]
 
 
@@ -115,12 +116,18 @@ def _key(value: bytes) -> object:
     if len(value) > _MAX_PEM:
         raise ApiError(errno.EINVAL, "private key: too large")
     try:
-        return serialization.load_pem_private_key(value, password=None)
+        # The full RSA consistency check costs seconds for a large key, in the reactor thread;
+        # this is the program's own key, and the pairing with its certificate is checked below.
+        key = serialization.load_pem_private_key(value, password=None, unsafe_skip_rsa_key_validation=True)
     except TypeError:
         raise ApiError(errno.EINVAL, "private key is encrypted; give it unencrypted (the library reads "
                                      "it in your process)") from None
     except (ValueError, Exception) as e:  # noqa: BLE001 - any parse failure is a bad value
         raise ApiError(errno.EINVAL, f"private key: not a PEM private key ({type(e).__name__})") from None
+    size = getattr(key, "key_size", 0)
+    if size > _MAX_KEY_BITS:
+        raise ApiError(errno.EINVAL, f"private key of {size} bits; at most {_MAX_KEY_BITS}")
+    return key
 
 
 def _check_pair(settings: Settings) -> None:

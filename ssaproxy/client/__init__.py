@@ -65,20 +65,31 @@ class _Control:
             self.sock.close()
             raise _error(e.errno or errno.ECONNREFUSED,
                          f"the ssaproxy daemon is not reachable at {path}: {e.strerror or e}") from None
-        reply, _ = self.request(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION})
-        if reply.kind != wire.Kind.WELCOME:
+        try:
+            reply, _ = self.request(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION})
+            if reply.kind != wire.Kind.WELCOME:
+                raise _error(errno.EPROTO, f"unexpected reply to HELLO: {reply.kind.name}")
+        except BaseException:
             self.close()
-            raise _error(errno.EPROTO, f"unexpected reply to HELLO: {reply.kind.name}")
+            raise
 
     def request(self, kind: wire.Kind, fields: Optional[Mapping[int, object]] = None,
                 fd: Optional[int] = None) -> tuple[wire.Message, list[int]]:
+        fds: list[int] = []
         try:
             _io.send_frame(self.sock, wire.encode(kind, fields), fd)
-            reply, fds = _io.read_frame(self.sock, CONTROL_TIMEOUT)
-        except wire.ProtocolError as e:
-            raise _error(errno.EPROTO, f"malformed reply from the ssaproxy daemon: {e}") from None
-        except (BrokenPipeError, ConnectionResetError):
-            raise _error(errno.ECONNABORTED, "the ssaproxy daemon closed the session") from None
+            reply = _io.read_frame(self.sock, CONTROL_TIMEOUT, fds)
+        except BaseException as e:
+            for extra in fds:
+                os.close(extra)
+            if isinstance(e, wire.ProtocolError):
+                raise _error(errno.EPROTO, f"malformed reply from the ssaproxy daemon: {e}") from None
+            if isinstance(e, (BrokenPipeError, ConnectionResetError)):
+                raise _error(errno.ECONNABORTED, "the ssaproxy daemon closed the session") from None
+            raise
+        return self._checked(reply, fds)
+
+    def _checked(self, reply: wire.Message, fds: list[int]) -> tuple[wire.Message, list[int]]:
         if reply.kind == wire.Kind.ERROR:
             for extra in fds:
                 os.close(extra)
@@ -153,11 +164,21 @@ class _TLS:
         self.peer: Optional[tuple[str, int]] = None
         self.local: Optional[tuple[str, int]] = None
         self.bound = False
+        self.fds: list[int] = []  # received on a listening socket, not yet paired with ACCEPTED
+        self.partial = bytearray()  # a listening socket's incomplete frame, across accept() calls
 
     def close_control(self) -> None:
         if self.control is not None:
             self.control.close()
             self.control = None
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
 
 
 class socket(_std):
@@ -206,7 +227,7 @@ class socket(_std):
         else:
             super().setsockopt(level, optname, value)
 
-    def _set_tls(self, number: int, value: Value) -> None:
+    def _set_tls(self, number: int, value: Value, remember: bool = True) -> None:
         t = self._tls
         problem = check("setopt", t.state)
         if problem is not None:
@@ -222,7 +243,8 @@ class socket(_std):
             pairs = [(number, chain)] + ([(o.TLS_PRIVATE_KEY, key)] if key else [])
         for n, v in pairs:
             self._request(wire.Kind.SETOPT, {wire.Tag.OPTION: n, wire.Tag.VALUE: v})
-            t.options.append((n, v))
+            if remember:
+                t.options.append((n, v))
 
     def getsockopt(self, level: int, optname: int, buflen: int = 0) -> Any:  # type: ignore[override]
         t = self._tls
@@ -294,7 +316,7 @@ class socket(_std):
             raise self._err(errno.EPROTO, "the daemon's reply lacks its file descriptor")
         timeout = self.gettimeout()
         try:
-            os.dup2(fds[0], self.fileno())  # the program's fd number stays; what it refers to changes
+            os.dup2(fds[0], self.fileno(), inheritable=False)  # the program's fd number stays; its file changes
         finally:
             os.close(fds[0])
         self.settimeout(timeout)  # O_NONBLOCK lives on the new file: set it again
@@ -352,7 +374,7 @@ class socket(_std):
             # need; the name is what the certificate must prove (unless the program set one).
             infos = _socket_module.getaddrinfo(host, port, t.family, _socket_module.SOCK_STREAM)
             if not any(n == o.TLS_REMOTE_HOSTNAME for n, _ in t.options):
-                self._set_tls(o.TLS_REMOTE_HOSTNAME, host)
+                self._set_tls(o.TLS_REMOTE_HOSTNAME, host, remember=False)  # this attempt's name only
             ip = ipaddress.ip_address(infos[0][4][0])
         want = 6 if t.family == _socket_module.AF_INET6 else 4
         if ip.version != want:
@@ -366,23 +388,21 @@ class socket(_std):
         if t.state != State.CONNECTING:
             return t.state == State.CONNECTED
         try:
-            if not block:
-                ready = _io.frame_ready(self)
-                if ready is False:
-                    return False
-            message, fds = _io.read_frame(self, self.gettimeout() if block else 0.1)
+            if block:
+                _io.wait_frame(self, self.gettimeout())  # TimeoutError leaves the frame where it is
+            elif _io.frame_ready(self) is False:
+                return False
+            message = _io.read_frame(self, 1.0)  # whole (or EOF), so this does not wait
         except TimeoutError:
             raise
         except OSError as e:
             t.state = State.FAILED
             t.error = f"the ssaproxy daemon ended the connection: {e.strerror or e}"
-            raise self._err(e.errno or errno.ECONNABORTED, t.error) from None
+            raise _error(e.errno or errno.ECONNABORTED, t.error) from None
         except wire.ProtocolError as e:
             t.state = State.FAILED
             t.error = f"malformed result from the ssaproxy daemon: {e}"
-            raise self._err(errno.EPROTO, t.error) from None
-        for fd in fds:
-            os.close(fd)
+            raise _error(errno.EPROTO, t.error) from None
         if message.kind == wire.Kind.ESTABLISHED:
             self._established(message)
             return True
@@ -416,7 +436,15 @@ class socket(_std):
             _std.getpeername(self)
         except OSError:
             raise self._err(errno.ENOTCONN, "TCP_UPGRADE_TLS needs a connected socket") from None
-        reply, fds = self._request(wire.Kind.UPGRADE, {wire.Tag.ROLE: role}, fd=self.fileno())
+        try:
+            reply, fds = self._request(wire.Kind.UPGRADE, {wire.Tag.ROLE: role}, fd=self.fileno())
+        except OSError:
+            # STARTTLS was agreed with the peer: this connection must not go on in plaintext.
+            try:
+                _std.shutdown(self, _socket_module.SHUT_RDWR)
+            except OSError:
+                pass
+            raise
         timeout = self.gettimeout()
         self._take_carrier(fds)
         t.plain = False
@@ -449,7 +477,7 @@ class socket(_std):
         control = self._session()
         self._request(wire.Kind.LISTEN, {wire.Tag.BACKLOG: backlog}, fd=self.fileno())
         timeout = self.gettimeout()
-        os.dup2(control.fileno(), self.fileno())  # accepted connections arrive on this fd now
+        os.dup2(control.fileno(), self.fileno(), inheritable=False)  # accepted connections arrive here now
         self.settimeout(timeout)
         t.close_control()
         t.state = State.LISTENING
@@ -462,18 +490,17 @@ class socket(_std):
         problem = check("accept", t.state)
         if problem is not None:
             raise self._err(problem, "accept() on a socket that is not listening")
-        if self.gettimeout() == 0.0 and not _io.frame_ready(self):
-            raise BlockingIOError(errno.EAGAIN, "no connection ready")
         try:
-            message, fds = _io.read_frame(self, self.gettimeout())
+            message = _io.pump(self, t.partial, t.fds, self.gettimeout())
         except wire.ProtocolError as e:
             raise self._err(errno.EPROTO, f"malformed message from the ssaproxy daemon: {e}") from None
-        if message.kind != wire.Kind.ACCEPTED or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
+        if message is None:
+            raise BlockingIOError(errno.EAGAIN, "no connection ready")
+        if message.kind != wire.Kind.ACCEPTED or not t.fds:
             raise self._err(errno.EPROTO, f"unexpected {message.kind.name} on a listening socket")
+        fd = t.fds.pop(0)  # descriptors pair with ACCEPTED frames in order (docs/api.md)
         _io.send_frame(self, wire.encode(wire.Kind.ACK))
-        conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=fds[0])
+        conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=fd)
         conn._established(message)
         if _socket_module.getdefaulttimeout() is None:
             conn.settimeout(None)
@@ -556,6 +583,7 @@ class socket(_std):
 
     def _real_close(self, _ss: Any = _csocket.socket) -> None:  # type: ignore[override]
         self._tls.close_control()
+        self._tls.close_fds()
         self._tls.state = State.CLOSED
         super()._real_close(_ss)  # type: ignore[misc]
 
@@ -566,14 +594,26 @@ def upgrade(sock: _std, *, server_side: bool = False, hostname: Optional[str] = 
     descriptor number carries the plaintext of a verified TLS session.  Returns the session's
     getsockopt values by option number.  `options` are IPPROTO_TLS options to set first."""
     helper = socket(sock.family, _socket_module.SOCK_STREAM, 0, fileno=os.dup(sock.fileno()))
+    timeout = sock.gettimeout()
     try:
         if hostname is not None:
             helper.setsockopt(o.IPPROTO_TLS, o.TLS_REMOTE_HOSTNAME, hostname)
         for number, value in (options or {}).items():
             helper.setsockopt(o.IPPROTO_TLS, number, value)
         helper.setsockopt(o.SOL_TCP, o.TCP_UPGRADE_TLS, TLS_UPGRADE_SERVER if server_side else TLS_UPGRADE_CLIENT)
-        timeout = sock.gettimeout()
-        os.dup2(helper.fileno(), sock.fileno())  # sock's own number now holds the carrier
+    except BaseException:
+        # Fail closed: sock must never go on in plaintext after a failed upgrade.
+        if not helper._tls.plain:  # the daemon has the connection: sock gets the dead carrier
+            os.dup2(helper.fileno(), sock.fileno(), inheritable=False)
+        else:
+            try:
+                sock.shutdown(_socket_module.SHUT_RDWR)
+            except OSError:
+                pass
+        helper.close()
+        raise
+    try:
+        os.dup2(helper.fileno(), sock.fileno(), inheritable=False)  # sock's own number now holds the carrier
         sock.settimeout(timeout)
         info = dict(helper._tls.info)
     finally:
