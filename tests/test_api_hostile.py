@@ -203,3 +203,64 @@ except OSError as e:
     assert r.get("errno") == errno.ECONNREFUSED, r
     event = api.wait_event(f"pid={r['pid']} ")
     assert "uid=65534 gid=65534" in event and "exe=/" in event and " refused: " in event
+
+
+def test_session_cap_answers_EAGAIN(pki: PKI, tmp_path: Path) -> None:
+    daemon = ApiDaemon(tmp_path / "capped", pki, extra="max_sessions = 1\n").start()
+    try:
+        hold = daemon.tls_server("hold", None)
+        r = daemon.program(f"""
+def attempt():
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+    s.setblocking(False)
+    return s, s.connect_ex(("127.0.0.1", {hold}))
+first, result["first"] = attempt()
+second, result["second"] = attempt()
+result["text"] = second.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR).decode()
+""")
+        assert r["first"] == errno.EINPROGRESS and r["second"] == errno.EAGAIN, r
+        assert "TLS sessions open" in r["text"], r
+    finally:
+        daemon.stop()
+
+
+def test_failed_handshakes_on_a_program_listener_are_forgotten(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    """A refused client is freed once it leaves: it used to stay in the listener's table, and its
+    stream (about 50 KB with OpenSSL's buffers) until the alert's linger timer fired."""
+    import subprocess
+    import sys
+
+    from tests.api_harness import free_port
+    from tests.lab import PEERS, wait_for_text
+
+    creds = pki.server("good")
+    port = free_port()
+    log = tmp_path / "server.log"
+    server = api.spawn([sys.executable, str(PEERS / "api_server.py"), "--port", str(port), "--chain",
+                        str(creds.chain), "--key", str(creds.key), "--count", "1"], log)
+    wait_for_text(log, "READY", server, 15)
+    assert api.proc is not None
+
+    def rss_kib() -> int:
+        status = Path(f"/proc/{api.proc.pid}/status").read_text()  # type: ignore[union-attr]
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+    def knock(n: int) -> None:
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"not a TLS client hello\r\n\r\n")
+                try:
+                    c.recv(100)
+                except OSError:
+                    pass
+
+    knock(200)  # warm up allocator pools
+    before = rss_kib()
+    knock(1500)
+    grown = rss_kib() - before
+    assert grown < 20_000, f"daemon RSS grew by {grown} KiB over 1500 refused handshakes"
+    assert api.proc.poll() is None
+    subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(pki.root_pem), "--resolve",
+                    f"backend.test:{port}:127.0.0.1", f"https://backend.test:{port}/"], capture_output=True, timeout=20)
+    server.wait(15)

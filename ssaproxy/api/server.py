@@ -286,6 +286,20 @@ def _adopt_socket(fd: int) -> socket.socket:
         raise ApiError(errno.EINVAL, f"unusable file descriptor: {e.strerror}") from None
 
 
+class _AcceptedStream(TLSStream):
+    """Server-side TLS on a connection accepted for a program; tells its session the
+    addresses once the transport exists."""
+
+    session: Optional[TLSSession] = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        session, self.session = self.session, None  # no cycle: freed by reference counting
+        if session is not None:
+            session._note_addresses()
+            session.target = f"{session.peer[0]}:{session.peer[1]}"
+
+
 class _AcceptFactory(Factory):
     noisy = False
 
@@ -320,7 +334,7 @@ class Listener:
         check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
         conn = SSL.Connection(self.ctx, None)
         conn.set_app_data(check)
-        stream = TLSStream(conn, check, server=True)
+        stream = _AcceptedStream(conn, check, server=True)
         assert self.control.creds is not None
         session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
                              limits=self.factory.limits, creds=self.control.creds, op="accept",
@@ -329,14 +343,7 @@ class Listener:
         session.on_end = self.pending.discard
         session.start_accepted(stream, check)
         self.pending.add(session)
-        original = stream.connectionMade
-
-        def made() -> None:
-            original()
-            session._note_addresses()
-            session.target = f"{session.peer[0]}:{session.peer[1]}"
-
-        stream.connectionMade = made  # type: ignore[method-assign]
+        stream.session = session
         return stream
 
     def _ready(self, session: TLSSession) -> None:

@@ -11,7 +11,7 @@ handshake or verification failure), which decides whether the plaintext side get
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from OpenSSL import SSL
 from twisted.internet import error, interfaces
@@ -48,6 +48,7 @@ class TLSStream(relay.Upstream):
         self._pending: list[bytes] = []
         self._tcp_eof = False
         self._close_after_pending = False
+        self._linger: Any = None
 
     # ---- Twisted events
     def connectionMade(self) -> None:
@@ -96,6 +97,9 @@ class TLSStream(relay.Upstream):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()  # the peer left: no reason to keep this stream (and its buffers) for the timer
         sink, self.sink = self.sink, None
         if sink is None:
             return
@@ -244,7 +248,7 @@ class TLSStream(relay.Upstream):
             tcp.loseWriteConnection()
             reactor = getattr(self.transport, "reactor", None)
             if reactor is not None:
-                reactor.callLater(_ALERT_LINGER, self._linger_over)
+                self._linger = reactor.callLater(_ALERT_LINGER, self._linger_over)
             return
         relay.reset(self.transport)
 
