@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 from twisted.logger import globalLogPublisher
 
+from tests.api_harness import ApiDaemon
 from tests.lab import Lab, missing_requirements
 from tests.pki import PKI
 
@@ -51,6 +52,16 @@ def no_unhandled_deferred_errors() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ApiDaemon]:
+    """A daemon serving the local socket API, one per test module (tests/api_harness.py)."""
+    daemon = ApiDaemon(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), pki).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

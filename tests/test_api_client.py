@@ -9,23 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.api_harness import ApiDaemon, free_port
 from tests.lab import poll, stop
 from tests.pki import PKI
-
-
-@pytest.fixture(scope="module")
-def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
-    daemon = ApiDaemon(tmp_path_factory.mktemp("api-client"), pki).start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
 
 CONNECT = """
 s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
@@ -155,6 +144,9 @@ result["bad_version"] = code(ssaproxy.TLS_VERSION_MAX, 0x0999)
 result["bad_hostname"] = code(ssaproxy.TLS_HOSTNAME, b"bad host!")
 result["not_pem_chain"] = code(ssaproxy.TLS_CERTIFICATE_CHAIN, b"-----BEGIN CERTIFICATE-----\\nnope\\n")
 result["unknown_option"] = code(99, b"x")
+result["tls_id"] = code(ssaproxy.TLS_ID, 1)
+result["context"] = code(ssaproxy.TLS_CONTEXT, b"x")
+result["session_reuse"] = code(ssaproxy.TLS_SESSION_REUSE, 1)
 result["revocation"] = code(ssaproxy.TLS_REVOCATION_CHECKS, 1)
 result["session_ttl"] = code(ssaproxy.TLS_SESSION_TTL, 60)
 result["read_only"] = code(ssaproxy.TLS_PEER_CERTIFICATE_CHAIN, b"x")
@@ -177,6 +169,7 @@ except OSError as e:
     assert r["unknown_cipher"] == errno.EINVAL and r["bad_version"] == errno.EINVAL, r
     assert r["bad_hostname"] == errno.EINVAL and r["not_pem_chain"] == errno.EINVAL, r
     assert r["unknown_option"] == r["revocation"] == r["session_ttl"] == r["read_only"] == errno.ENOPROTOOPT, r
+    assert r["tls_id"] == r["context"] == r["session_reuse"] == errno.ENOPROTOOPT, r
     assert r["tighten_min"] == 0 and r["min_now"] == 0x0304, r
     assert r["upgrade_tls_socket"] == errno.EOPNOTSUPP, r
     assert r["chain_before_connect"] == errno.ENOTCONN, r
@@ -403,3 +396,43 @@ s.close()
     event = api.wait_event(f"target=127.0.0.1:{hold}")
     assert " program-gone: " in event, event
     assert poll(lambda: fds() <= before, 5), (before, fds())
+
+
+def test_cipher_version_and_trust_options_take_effect(api: ApiDaemon, pki: PKI) -> None:
+    port = api.tls_server("echo", pki.server("good"))
+    foreign = api.tls_server("echo", pki.server("untrusted_root"))
+    foreign_root = Path(pki.server("untrusted_root").chain).read_text().split("-----END CERTIFICATE-----")[-2]
+    foreign_root += "-----END CERTIFICATE-----\n"
+    r = api.program(f"""
+def connect(port, *opts):
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+    for opt, value in opts:
+        s.setsockopt(ssaproxy.IPPROTO_TLS, opt, value)
+    try:
+        s.connect(("127.0.0.1", port))
+    except OSError as e:
+        return {{"errno": e.errno}}
+    get = lambda n: s.getsockopt(ssaproxy.IPPROTO_TLS, n)
+    out = {{"cipher": get(ssaproxy.TLS_CHOSEN_CIPHER).decode(), "version": get(ssaproxy.TLS_VERSION_CONN),
+           "resumed": get(ssaproxy.TLS_RESUMED_SESSION), "trusted": get(ssaproxy.TLS_TRUSTED_CIPHERS).decode()}}
+    s.close()
+    return out
+result["only_chacha"] = connect({port}, (ssaproxy.TLS_TRUSTED_CIPHERS, b"TLS_CHACHA20_POLY1305_SHA256"))
+result["no_aes256"] = connect({port}, (ssaproxy.TLS_DISABLE_CIPHER, b"TLS_AES_256_GCM_SHA384"))
+result["reenabled"] = connect({port}, (ssaproxy.TLS_DISABLE_CIPHER, b"TLS_AES_256_GCM_SHA384"),
+                              (ssaproxy.TLS_ENABLE_CIPHER, b"TLS_AES_256_GCM_SHA384"))
+result["tls12"] = connect({port}, (ssaproxy.TLS_VERSION_MAX, ssaproxy.TLS1_2_VERSION))
+root = {foreign_root!r}.encode()
+result["own_anchor"] = connect({foreign}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["policy_anchor"] = connect({foreign})
+""")
+    assert r["only_chacha"]["cipher"] == "TLS_CHACHA20_POLY1305_SHA256", r
+    assert r["only_chacha"]["trusted"] == "TLS_CHACHA20_POLY1305_SHA256" and r["only_chacha"]["resumed"] == 0, r
+    assert r["no_aes256"]["cipher"] != "TLS_AES_256_GCM_SHA384" and "AES_256" not in r["no_aes256"]["trusted"], r
+    assert r["reenabled"]["cipher"] == "TLS_AES_256_GCM_SHA384", r  # the server's first choice again
+    assert r["tls12"]["version"] == 0x0303 and r["tls12"]["cipher"].startswith("ECDHE-"), r
+    assert r["own_anchor"]["version"] == 0x0304, r  # the program's private CA is trusted for this socket
+    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # ... instead of the policy's store
+    assert r["policy_anchor"] == {"errno": errno.EPROTO}, r

@@ -10,22 +10,13 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 
 from ssaproxy.proto import wire
 from tests.api_harness import ApiDaemon
 from tests.pki import PKI
-
-
-@pytest.fixture(scope="module")
-def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
-    daemon = ApiDaemon(tmp_path_factory.mktemp("api-hostile"), pki).start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def _raw(api: ApiDaemon) -> socket.socket:

@@ -7,22 +7,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from tests.api_harness import ApiDaemon, free_port
 from tests.lab import PEERS, stop, wait_for_text
 from tests.pki import PKI
-
-
-@pytest.fixture(scope="module")
-def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
-    daemon = ApiDaemon(tmp_path_factory.mktemp("api-server"), pki).start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def _server(api: ApiDaemon, pki: PKI, tmp: Path, *extra: str, count: int = 1) -> tuple[int, Path, Any]:

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,14 +24,6 @@ PAIRS = {  # (before, after): the most code lines a port may change, as the READ
     ("smtp_starttls_client_ssl.py", "smtp_starttls_client_ssaproxy.py"): 3,
 }
 
-
-@pytest.fixture(scope="module")
-def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
-    daemon = ApiDaemon(tmp_path_factory.mktemp("api-tools"), pki).start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def _code_lines(path: Path) -> list[str]:

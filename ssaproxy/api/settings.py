@@ -21,7 +21,7 @@ from OpenSSL import SSL, crypto
 
 from ssaproxy.config import Policy, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, _x509_strict_flags
+from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, load_trust, strict_checks
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 8192
@@ -298,19 +298,14 @@ def _base(settings: Settings, policy: Policy) -> SSL.Context:
 
 
 def _trust(ctx: SSL.Context, settings: Settings, policy: Policy) -> None:
-    if settings.trust_pem is not None:  # replaces the system store for this socket (docs/api.md)
-        own = ctx.get_cert_store()
-        assert own is not None
-        for cert in x509.load_pem_x509_certificates(settings.trust_pem):
-            own.add_cert(crypto.X509.from_cryptography(cert))
-    elif policy.trust_store:
-        ctx.load_verify_locations(policy.trust_store)
-    else:
-        ctx.set_default_verify_paths()
-    store = ctx.get_cert_store()
-    assert store is not None
-    store.set_flags(_x509_strict_flags())
-    ctx.set_verify_depth(8)
+    if settings.trust_pem is None:
+        load_trust(ctx, policy.trust_store)
+        return
+    own = ctx.get_cert_store()  # replaces the policy's anchors for this socket (docs/api.md)
+    assert own is not None
+    for cert in x509.load_pem_x509_certificates(settings.trust_pem):
+        own.add_cert(crypto.X509.from_cryptography(cert))
+    strict_checks(ctx)
 
 
 @functools.lru_cache(maxsize=64)

@@ -73,22 +73,32 @@ def client_context(policy: Policy, certificate: Optional[str] = None, key: Optio
     ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
     _set_groups(ctx, policy.groups)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
-    if policy.trust_store:
-        ctx.load_verify_locations(policy.trust_store)
-    else:
-        ctx.set_default_verify_paths()
-    store = ctx.get_cert_store()
-    assert store is not None
-    # Strict RFC 5280 checks; no partial chains, no trust in intermediates from the store alone.
-    store.set_flags(_x509_strict_flags())
+    load_trust(ctx, policy.trust_store)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
     if certificate is not None and key is not None:
         ctx.use_certificate_chain_file(certificate)
         ctx.use_privatekey_file(key)
         ctx.check_privatekey()
-    ctx.set_verify_depth(8)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return ctx
+
+
+def load_trust(ctx: SSL.Context, trust_store: Optional[str]) -> None:
+    """The admin's trust anchors (None: the system's), then strict checking."""
+    if trust_store:
+        ctx.load_verify_locations(trust_store)
+    else:
+        ctx.set_default_verify_paths()
+    strict_checks(ctx)
+
+
+def strict_checks(ctx: SSL.Context) -> None:
+    """Strict RFC 5280 checks; no partial chains, no trust in intermediates from the store
+    alone; chains of at most 8."""
+    store = ctx.get_cert_store()
+    assert store is not None
+    store.set_flags(_x509_strict_flags())
+    ctx.set_verify_depth(8)
 
 
 def _x509_strict_flags() -> Any:
@@ -97,5 +107,5 @@ def _x509_strict_flags() -> Any:
     return X509StoreFlags.X509_STRICT
 
 
-__all__ = ["client_context", "check_ciphers", "check_ciphersuites", "check_groups",
+__all__ = ["client_context", "load_trust", "strict_checks", "check_ciphers", "check_ciphersuites", "check_groups",
            "check_trust_store"]

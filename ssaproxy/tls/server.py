@@ -20,7 +20,7 @@ from OpenSSL import SSL
 from ssaproxy.config import Policy
 from ssaproxy.errors import ConfigError
 from ssaproxy.inbound_config import Certificate, Inbound
-from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, _x509_strict_flags
+from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, strict_checks
 
 _PROFILE_MIN = {"intermediate": "TLSv1.2", "modern": "TLSv1.3"}
 
@@ -86,14 +86,11 @@ def _group_context(inbound: Inbound, policy: Policy, certs: list[Certificate]) -
         assert inbound.client_ca is not None
         ctx.load_verify_locations(inbound.client_ca)
         ctx.load_client_ca(inbound.client_ca.encode())
-        store = ctx.get_cert_store()
-        assert store is not None
-        store.set_flags(_x509_strict_flags())
+        strict_checks(ctx)
         mode = SSL.VERIFY_PEER
         if inbound.client_auth == "require" or inbound.allow:  # an allow-list needs an identity
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode, verify_callback)
-        ctx.set_verify_depth(8)
     if inbound.alpn:
         wanted = [p.encode() for p in inbound.alpn]
 
