@@ -188,7 +188,7 @@ class socket(_std):
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Optional[int] = None) -> None:
         tls = proto == o.IPPROTO_TLS
         if tls and type not in (-1, _socket_module.SOCK_STREAM) and not type & _socket_module.SOCK_STREAM:
-            raise self._err(errno.EPROTONOSUPPORT, "IPPROTO_TLS needs SOCK_STREAM")
+            raise _error(errno.EPROTONOSUPPORT, "IPPROTO_TLS needs SOCK_STREAM")
         if family == -1:
             family = _socket_module.AF_INET
         real = _socket_module.AF_INET if family == o.AF_HOSTNAME else family
