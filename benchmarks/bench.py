@@ -27,6 +27,12 @@ Three processes play the same roles for both proxies:
 * stunnel: client mode, accept 127.0.0.1:15002, connect 127.0.0.2:8443, verifyChain,
   checkHost = backend.test, sessionResume = no, options = NO_TICKET.
 
+The same ssaproxy daemon also serves the local socket API on a Unix socket in the work
+directory, and a third client ("ssaproxy API") uses it the way a ported program does:
+`ssaproxy.socket(AF_INET, SOCK_STREAM, IPPROTO_TLS)`, TLS_HOSTNAME, connect to
+127.0.0.2:8443, then plaintext over the carrier.  Its numbers are reported as ratios to
+stunnel as well.
+
 The load generator is this script (the part that runs inside the namespace); it is plain
 blocking sockets and threads.  Every loop is bounded by a count and by a time limit, every
 socket has a timeout, and the whole run has a global deadline.  Measurements alternate between
@@ -392,6 +398,20 @@ def read_exact(s: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+class ApiTarget(Target):
+    """The local socket API: the client itself asks the daemon for a TLS socket
+    (ssaproxy.socket, IPPROTO_TLS) and connects straight to the server's address."""
+
+    def connect(self) -> socket.socket:
+        import ssaproxy
+
+        s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+        s.settimeout(IO_TIMEOUT)
+        s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, HOSTNAME.encode())
+        s.connect(self.addr)
+        return s
+
+
 def ping(t: Target, keep: bool = False):
     s = t.connect()
     try:
@@ -646,6 +666,10 @@ class Bench:
                 [policy]
                 trust_store = "{self.ca_pem}"
 
+                [api]
+                socket = "{self.work}/api.sock"
+                mode = "0600"
+
                 [outbound]
                 listen = "tcp:{SSAPROXY_PORT}:interface=127.0.0.1"
 
@@ -688,6 +712,8 @@ class Bench:
         self.t_ssa = Target("ssaproxy", VIRTUAL_ADDR, pid_fn=lambda: self.ssaproxy.pid)
         self.t_stu = Target("stunnel", STUNNEL_ADDR, pid_fn=lambda: self.stunnel.pid)
         self.t_dir = Target("direct TLS", SERVER_ADDR, tls_ctx=direct_ctx)
+        os.environ["SSAPROXY_SOCKET"] = f"{self.work}/api.sock"
+        self.t_api = ApiTarget("ssaproxy API", SERVER_ADDR, pid_fn=lambda: self.ssaproxy.pid)
         self.ssaproxy.start()
         self.stunnel.start()
 
@@ -706,7 +732,7 @@ class Bench:
     def functional_checks(self) -> None:
         log("Functional checks (bytes verified by CRC-32, 8 MB each way):")
         n = 8 * 10**6
-        for t in (self.t_dir, self.t_ssa, self.t_stu):
+        for t in (self.t_dir, self.t_ssa, self.t_stu, self.t_api):
             info = command(t, b"INFO")
             upload(t, n, crc=True)
             download(t, n, crc=True)
@@ -730,7 +756,7 @@ class Bench:
             self.notes.append(f"the server's resumption counter saw {res} of 5 deliberate resumptions")
         # Resumption: 30 sequential connections through each proxy; the server counts.
         k = 30
-        for t in (self.t_ssa, self.t_stu):
+        for t in (self.t_ssa, self.t_stu, self.t_api):
             before = server_stats(self.t_dir)
             for _ in range(k):
                 ping(t)
@@ -924,9 +950,9 @@ class Bench:
         for rnd in range(p["rounds"]):
             order = [A, B] if rnd % 2 == 0 else [B, A]
             log(f"Round {rnd + 1}: bulk throughput")
-            self.bulk(rnd, order + [self.t_dir])
+            self.bulk(rnd, order + [self.t_api, self.t_dir])
             log(f"Round {rnd + 1}: new connections per second")
-            self.conns(rnd, order + [self.t_dir])
+            self.conns(rnd, order + [self.t_api, self.t_dir])
         for proc in (self.ssaproxy, self.stunnel):  # before the idle test restarts them
             self.extra[f"peak {proc.name}"] = (status_kib(proc.pid, "VmHWM"), status_kib(proc.pid, "VmRSS"),
                                                fd_count(proc.pid))
@@ -965,6 +991,12 @@ class Bench:
             best = pick(xa) / pick(xb) if xa and xb and pick(xb) else float("nan")
             dtxt = fmt.format(d) if R.get((key, "direct TLS")) and key != "cpu_per_conn" else "-"
             log(f"{label:<40}{fmt.format(a):>11}{fmt.format(b):>11}{ratio:>8.2f}{best:>7.2f}  {better:<7}{dtxt:>11}")
+        log("")
+        log("The local socket API (a program using ssaproxy.socket; same daemon), as ratios to stunnel:")
+        for label, key, better, fmt in rows[:7]:
+            a, b = (median(R.get((key, name), [])) for name in ("ssaproxy API", "stunnel"))
+            ratio = a / b if b else float("nan")
+            log(f"  {label:<38}{fmt.format(a):>11}{fmt.format(b):>11}{ratio:>8.2f}  {better}")
         # Proxy CPU per GB (an efficiency figure, less sensitive to the machine being shared).
         for key in ("upload", "download"):
             vals = []
@@ -976,7 +1008,7 @@ class Bench:
         log("")
         log("All rounds:")
         for (key, name), xs in sorted(R.items()):
-            log(f"  {key:<15}{name:<12}" + "  ".join(f"{x:.2f}" for x in xs))
+            log(f"  {key:<15}{name:<14}" + "  ".join(f"{x:.2f}" for x in xs))
         log("")
         log("Health:")
         total: collections.Counter[str] = collections.Counter()
