@@ -9,8 +9,7 @@ import ssaproxy
 host, port = sys.argv[1], int(sys.argv[2])
 smtp = smtplib.SMTP(host, port, timeout=30)
 smtp.ehlo()
-smtp.docmd("STARTTLS")  # if the server said no, the handshake below fails: never plaintext
-ssaproxy.upgrade(smtp.sock, hostname=host)
+smtp.starttls(context=ssaproxy.Context())
 smtp.ehlo()
 smtp.sendmail("me@example.test", ["you@example.test"], "Subject: hello\r\n\r\nsent over STARTTLS\r\n")
 smtp.quit()

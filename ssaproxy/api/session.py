@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from ssaproxy import relay
 from ssaproxy.api.carrier import Carrier, CarrierOwner, make_pair
+from ssaproxy.api.handover import adopt_connection
 from ssaproxy.api.settings import Settings, client_context
 from ssaproxy.config import Policy
 from ssaproxy.outbound import plain_address
@@ -87,17 +88,27 @@ MAX_CHAIN_PEM = 48 * 1024  # keeps ESTABLISHED/ACCEPTED well inside one socket b
 
 
 def _chain_pem(conn: SSL.Connection) -> bytes:
-    """The verified chain, leaf first, cut at a certificate boundary after MAX_CHAIN_PEM bytes
-    (the leaf is always there)."""
+    """The verified chain, leaf first, cut at a certificate boundary so that it stays within
+    MAX_CHAIN_PEM bytes (empty if the leaf alone is larger)."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     out = b""
     for cert in conn.get_verified_chain() or []:
         pem = cert.to_cryptography().public_bytes(Encoding.PEM)
-        if out and len(out) + len(pem) > MAX_CHAIN_PEM:
+        if len(out) + len(pem) > MAX_CHAIN_PEM:
             break
         out += pem
     return out
+
+
+MAX_IDENTITY = 8 * 1024
+
+
+def _capped(identities: bytes) -> bytes:
+    """At most MAX_IDENTITY bytes, cut after a whole entry of the comma-separated list."""
+    if len(identities) <= MAX_IDENTITY:
+        return identities
+    return identities[:MAX_IDENTITY].rpartition(b",")[0]
 
 
 def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Policy, *,
@@ -113,7 +124,7 @@ def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Pol
         o.TLS_REMOTE_HOSTNAME: (identity if not server else "").encode(),
         o.TLS_SERVER_NAME: sni or b"",
         o.TLS_ALPN: (negotiated_alpn(conn) or "").encode(),
-        o.TLS_PEER_IDENTITY: identity.encode() if check.verified else b"",
+        o.TLS_PEER_IDENTITY: _capped(identity.encode()) if check.verified else b"",
         o.TLS_REQUEST_PEER_AUTH: o.pack_int(int(settings.request_peer_auth)),
         o.TLS_PEER_CERTIFICATE_CHAIN: _chain_pem(conn) if check.verified else b"",
         o.TLS_TRUSTED_CIPHERS: ":".join(settings.enabled(policy)).encode(),
@@ -202,7 +213,7 @@ class TLSSession(CarrierOwner):
             self.stream = stream
         self._timer = self.reactor.callLater(self.limits.handshake_timeout, self._timed_out)
         self._tcp_up = True
-        self.reactor.adoptStreamConnection(sock.fileno(), sock.family, relay.OneShotFactory(stream))
+        adopt_connection(self.reactor, sock, relay.OneShotFactory(stream))
         self._note_addresses()
 
     def start_accepted(self, stream: TLSStream, check: ClientCheck) -> None:

@@ -325,8 +325,10 @@ class socket(_std):
     # ---- connecting
     def connect(self, address: Any) -> None:  # type: ignore[override]
         code = self._connect(address)
+        if code == errno.EINPROGRESS:
+            raise _error(code, os.strerror(code))  # not a failure: TLS_ERROR stays as it was
         if code:
-            raise self._err(code, os.strerror(code) if code == errno.EINPROGRESS else self._tls.error)
+            raise self._err(code, self._tls.error)
 
     def connect_ex(self, address: Any) -> int:  # type: ignore[override]
         try:
@@ -446,7 +448,11 @@ class socket(_std):
                 pass
             raise
         timeout = self.gettimeout()
-        self._take_carrier(fds)
+        try:
+            self._take_carrier(fds)
+        except OSError:
+            _std.shutdown(self, _socket_module.SHUT_RDWR)  # fail closed, as above
+            raise
         t.plain = False
         t.state = State.CONNECTING
         try:
@@ -623,6 +629,23 @@ def upgrade(sock: _std, *, server_side: bool = False, hostname: Optional[str] = 
         option = o.OPTIONS.get(number)
         result[number] = o.unpack_int(raw) if option is not None and option.kind == o.INT else raw
     return result
+
+
+class Context:
+    """Stands in for an ssl.SSLContext where standard-library code does STARTTLS (smtplib's
+    starttls(), imaplib's, poplib's stls(), ftplib's auth()): wrap_socket() upgrades the
+    socket in place through the daemon, under the admin's policy, and returns it.  Those
+    libraries then throw away what they had buffered before TLS, as they do with ssl, so
+    plaintext injected before the handshake is never read as if it came over TLS."""
+
+    def __init__(self, options: Optional[Mapping[int, Value]] = None) -> None:
+        self.options = dict(options or {})
+
+    def wrap_socket(self, sock: _std, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: Optional[str] = None,
+                    session: Any = None) -> _std:
+        upgrade(sock, server_side=server_side, hostname=server_hostname, options=self.options)
+        return sock
 
 
 _original = _std

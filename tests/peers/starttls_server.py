@@ -16,6 +16,8 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
+    p.add_argument("--inject", action="store_true",
+                   help="append forged EHLO lines to the STARTTLS reply, in plaintext (a man in the middle)")
     args = p.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -29,7 +31,7 @@ def main() -> None:
     f.readline()  # EHLO
     conn.sendall(b"250-starttls.test\r\n250 STARTTLS\r\n")
     assert f.readline().strip().upper() == b"STARTTLS"
-    conn.sendall(b"220 go ahead\r\n")
+    conn.sendall(b"220 go ahead\r\n" + (b"250-INJECTED-IN-PLAINTEXT\r\n250 AUTH PLAIN\r\n" if args.inject else b""))
     tls = ctx.wrap_socket(conn, server_side=True)
     tf = tls.makefile("rwb", buffering=0)
     seen: dict[str, object] = {"version": tls.version(), "commands": []}
