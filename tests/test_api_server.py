@@ -282,3 +282,19 @@ for _ in range(3):
         peer.wait(20)
         seen = json.loads(log.read_text().splitlines()[-1])
         assert seen["auth_seen"] is False and seen["bytes"] > 0, (how, seen, r)  # our ClientHello, nothing else
+
+
+def test_settings_openssl_refuses_are_EINVAL_before_anything_starts(api: ApiDaemon, pki: PKI) -> None:
+    weak = pki.server("rsa_1024")  # below the policy's security level: OpenSSL will not load it
+    r = api.program(f"""
+srv = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, b"{weak.chain}")
+srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{weak.key}")
+srv.bind(("127.0.0.1", 0))
+try:
+    srv.listen()
+except OSError as e:
+    result["errno"], result["text"] = e.errno, str(e)
+""")
+    assert r["errno"] == 22 and "cannot be used" in r["text"], r
+    assert "Unhandled Error" not in api.log.read_text()
