@@ -73,7 +73,7 @@ def adopt_connection(reactor: Any, sock: socket.socket, factory: Any) -> Any:
 
 class Acceptor(threading.Thread):
     """accept() on a program's listening socket, in a thread: `deliver(conn)` runs in the
-    reactor thread for each connection.  `paused` holds accepting back; `stop()` ends it."""
+    reactor thread for each connection.  `pause()` holds accepting back; `stop()` ends it."""
 
     def __init__(self, reactor: Any, sock: socket.socket, deliver: Callable[[socket.socket], None]) -> None:
         super().__init__(name=f"ssaproxy-accept-{sock.fileno()}", daemon=True)
