@@ -65,6 +65,15 @@ class ApiDaemon:
         wait_for_text(self.log, "ssaproxy started", self.proc, 20)
         return self
 
+    def start_failing(self, timeout: float = 20) -> int:
+        """Start, expecting twistd to give up; its exit status."""
+        proc = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(self.config)],
+                                stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=self.directory)
+        try:
+            return proc.wait(timeout)
+        finally:
+            stop(proc)
+
     def stop(self, sig: int = 15) -> Optional[int]:
         for p in self.procs:
             stop(p)

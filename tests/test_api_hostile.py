@@ -328,3 +328,26 @@ def test_unread_replies_do_not_grow_the_daemon(api: ApiDaemon) -> None:
         grown = rss() - before
         assert _still_serving(api)
     assert grown < 30_000, f"{grown} KiB more after {sent} unread requests"
+
+
+def test_the_api_socket_path_is_taken_over_only_from_a_dead_daemon(pki: PKI, tmp_path: Path) -> None:
+    import signal
+
+    first = ApiDaemon(tmp_path / "first", pki).start()
+    second = ApiDaemon(tmp_path / "second", pki)
+    second.config.write_text(first.config.read_text())  # the same socket path
+    try:
+        code = second.start_failing()
+        assert code != 0 and "another daemon already serves" in second.log.read_text()
+        assert _still_serving(first)
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)  # no cleanup: the socket file stays behind
+        first.proc.wait(10)
+        assert Path(first.socket).exists()
+        os.rmdir(second.rundir)  # its own, unused: it takes the first one's path over
+        second.rundir, second.socket = first.rundir, first.socket
+        second.start()  # a stale socket (nobody answers) is replaced
+        assert _still_serving(second)
+    finally:
+        second.stop()
+        first.stop()

@@ -26,6 +26,7 @@ from ssaproxy.config import (
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERSUITES,
     DEFAULT_GROUPS,
+    Api,
     Config,
     Outbound,
     Policy,
@@ -769,3 +770,31 @@ def test_toml_shaped_text_raises_only_config_error(text: str) -> None:
         assert config.policy.min_version in ("TLSv1.2", "TLSv1.3")
         for route in config.outbound.routes:
             assert all(1 <= p <= 65535 for p in route.ports)
+
+
+# -- [api] ---------------------------------------------------------------------------------------
+
+
+def test_api_table_defaults_and_the_embedded_default_serves_it() -> None:
+    assert Config.default().api == Api()
+    assert Config.from_toml("[policy]\n").api is None  # no table, no API
+    c = Config.from_toml('[api]\nsocket = "/tmp/x/api.sock"\nmode = 0o600\n')
+    assert (c.api.socket, c.api.mode) == ("/tmp/x/api.sock", 0o600)  # type: ignore[union-attr]
+    assert c.outbound.listen == ()  # an API-only daemon opens no outbound listener
+    assert Config.from_toml('[api]\nmode = "0666"\n').api.mode == 0o666  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("body,key,message", [
+    ('socket = "relative/api.sock"', "api.socket", "absolute path"),
+    ('socket = "/' + "x" * 120 + '"', "api.socket", "shorter than 108"),
+    ('mode = "rw-rw----"', "api.mode", "octal mode"),
+    ("mode = 0o1777", "api.mode", "between"),
+    ('group = "no-such-group-here"', "api.group", "no such group"),
+    ("handshake_timeout = 0", "api.handshake_timeout", "greater than 0"),
+    ("max_sessions = true", "api.max_sessions", "expected an integer"),
+    ("sockets = 1", "api.sockets", "unknown key"),
+])
+def test_api_table_errors_name_key_and_line(body: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_toml(f"[policy]\n\n[api]\n{body}\n")
+    assert e.value.key == key and e.value.line == 4 and message in e.value.message, str(e.value)
