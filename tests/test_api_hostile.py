@@ -351,3 +351,29 @@ def test_the_api_socket_path_is_taken_over_only_from_a_dead_daemon(pki: PKI, tmp
     finally:
         second.stop()
         first.stop()
+
+
+@pytest.mark.parametrize("backlog_of_requests", [757, 1010, 1263])  # ERROR written as the buffer fills
+def test_a_refused_connection_ends_even_while_its_replies_are_unread(api: ApiDaemon,
+                                                                   backlog_of_requests: int) -> None:
+    """Refusing a paused control connection used to leave it open forever (Twisted resumes a
+    paused producer instead of disconnecting), leaking it and its descriptors."""
+    request = wire.encode(wire.Kind.GETOPT, {wire.Tag.OPTION: 97})
+    with _raw(api) as s:
+        s.sendall(_hello() + request * backlog_of_requests + _hello())  # the second HELLO is refused
+        time.sleep(1.0)  # replies pile up unread; the daemon pauses reading
+        s.settimeout(10)
+        data = b""
+        while True:
+            chunk = s.recv(1 << 20)  # socket.timeout here would mean the connection never ends
+            if not chunk:
+                break
+            data += chunk
+    decoder = wire.Decoder()
+    decoder.receive_data(data)
+    messages = []
+    while (m := decoder.next_message()) is not None:
+        messages.append(m)
+    assert messages[-1].kind == wire.Kind.ERROR and messages[-1].int(wire.Tag.ERRNO) == errno.EPROTO
+    assert len(messages) == backlog_of_requests + 2  # WELCOME, every VALUE, then the ERROR
+    assert _still_serving(api)

@@ -9,7 +9,9 @@ block, and the daemon has one thread.  Hence:
   file flag can override (`DontWaitSocket`);
 * a listening socket (LISTEN) has no per-call flag for accept(), so it is accepted in a thread
   of its own (`Acceptor`); the reactor only ever sees the accepted connections, which are new
-  files that nobody else holds.
+  files that nobody else holds (their SO_LINGER, inherited from the listener, is turned off);
+* SO_LINGER with a timeout makes close() wait even on a non-blocking socket, so it is turned
+  off before the daemon closes a socket it shares with a program.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 from typing import Any, Callable
 
@@ -46,8 +49,27 @@ def close_fd(fd: int) -> None:
         pass
 
 
+def no_linger(sock: socket.socket) -> None:
+    """SO_LINGER off: with it on, close() waits for unsent data even on a non-blocking socket."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+    except OSError:
+        pass
+
+
 class DontWaitSocket(socket.socket):
-    """recv and send that never block, whatever the shared file's O_NONBLOCK says."""
+    """recv, send and close that never block, whatever the program sets on the shared socket
+    (O_NONBLOCK on the file, SO_LINGER on the socket).  A reset (SO_LINGER 0) is left alone:
+    it never waits."""
+
+    def close(self) -> None:
+        try:
+            onoff, seconds = struct.unpack("ii", self.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+            if onoff and seconds:
+                no_linger(self)
+        except OSError:
+            pass
+        super().close()
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
         return super().recv(bufsize, flags | socket.MSG_DONTWAIT)

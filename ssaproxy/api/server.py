@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from ssaproxy import relay
 from ssaproxy.api.carrier import Carrier
-from ssaproxy.api.handover import Acceptor, close_fd, take
+from ssaproxy.api.handover import Acceptor, close_fd, no_linger, take
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
 from ssaproxy.config import Api, Policy, is_valid_hostname
@@ -295,6 +295,9 @@ class Control(Protocol):
         self.closed = True
         self._close_fds()
         if self.transport is not None:
+            # A paused producer would be resumed instead of disconnected once the buffer
+            # drains (Twisted's doWrite): stop producing first, or the connection never ends.
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
 
     def _close_fds(self) -> None:
@@ -350,6 +353,7 @@ class Listener:
                     or len(self.factory.active) >= self.factory.api.max_sessions):
                 return  # closed below: the client sees its connection end at once
             conn.setblocking(False)
+            no_linger(conn)  # inherited from the program's listening socket: close() must not wait
             self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, relay.OneShotFactory(
                 self._stream()))
         except OSError as e:

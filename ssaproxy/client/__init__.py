@@ -451,7 +451,10 @@ class socket(_std):
         try:
             self._take_carrier(fds)
         except OSError:
-            _std.shutdown(self, _socket_module.SHUT_RDWR)  # fail closed, as above
+            try:
+                _std.shutdown(self, _socket_module.SHUT_RDWR)  # fail closed, as above
+            except OSError:
+                pass
             raise
         t.plain = False
         t.state = State.CONNECTING
