@@ -49,7 +49,7 @@ def _hello() -> bytes:
     ("huge length", struct.pack("!IH", 50_000_000, 1), errno.EPROTO),
     ("unknown kind", struct.pack("!IH", 2, 999), errno.EPROTO),
     ("bad attribute length", struct.pack("!IHHI", 8, 1, 1, 100), errno.EPROTO),
-    ("repeated attribute", wire.encode(wire.Kind.HELLO, {1: 1})[:-0] + b"", errno.EPROTO),
+    ("repeated attribute", struct.pack("!IHHIiHIi", 22, 1, 1, 4, 1, 1, 4, 1), errno.EPROTO),
     ("connect before hello", wire.encode(wire.Kind.CONNECT, {wire.Tag.HOST: "127.0.0.1", wire.Tag.PORT: 1,
                                                             wire.Tag.FAMILY: 4}), errno.EPROTO),
     ("wrong version", wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: 99}), errno.EPROTONOSUPPORT),
@@ -57,19 +57,9 @@ def _hello() -> bytes:
     ("listen without fd", _hello() + wire.encode(wire.Kind.LISTEN, {wire.Tag.BACKLOG: 5}), errno.EINVAL),
 ])
 def test_malformed_or_out_of_order_messages(api: ApiDaemon, name: str, payload: bytes, code: int) -> None:
-    if name == "repeated attribute":
-        payload = struct.pack("!IHHIiHIi", 22, 1, 1, 4, 1, 1, 4, 1)
     with _raw(api) as s:
         s.sendall(payload)
-        first, _ = _reply(s)
-        if first is not None and first.kind == wire.Kind.WELCOME:  # the valid HELLO's answer comes first
-            decoder = wire.Decoder()
-            s2 = None
-            del s2, decoder
-    # Re-read with the welcome skipped, where the payload began with a valid HELLO.
-    with _raw(api) as s:
-        s.sendall(payload)
-        _, data = _reply(s)
+        _, data = _reply(s)  # all the daemon sent before it closed (a WELCOME first, if the payload began with HELLO)
     decoder = wire.Decoder()
     decoder.receive_data(data)
     messages = []
