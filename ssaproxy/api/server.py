@@ -35,7 +35,7 @@ from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get
 from ssaproxy.config import Api, Policy, is_valid_hostname
 from ssaproxy.proto import wire
 from ssaproxy.proto.state import DAEMON_PHASES
-from ssaproxy.tls.stream import TLSStream
+from ssaproxy.tls.stream import TLSStream, ssl_text
 from ssaproxy.tls.verify import ClientCheck
 
 _MAX_FDS_HELD = 4
@@ -255,7 +255,8 @@ class Control(Protocol):
         except ApiError:
             raise
         except Exception as e:  # noqa: BLE001 - OpenSSL's verdict on the program's material
-            raise ApiError(errno.EINVAL, f"the TLS settings cannot be used: {_openssl_text(e)}") from None
+            why = ssl_text(e) or type(e).__name__
+            raise ApiError(errno.EINVAL, f"the TLS settings cannot be used: {why}") from None
 
     # ---- helpers
     def _start(self, op: str) -> tuple[TLSSession, Carrier]:
@@ -304,13 +305,6 @@ class Control(Protocol):
         for fd in self.fds:
             close_fd(fd)
         self.fds = []
-
-
-def _openssl_text(e: Exception) -> str:
-    try:
-        return "; ".join(item[2] for item in e.args[0]) or str(e)
-    except (IndexError, TypeError):
-        return str(e) or type(e).__name__
 
 
 class _AcceptedStream(TLSStream):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
 import socket
 from typing import Any, Callable, Optional
 
@@ -43,7 +44,7 @@ class Creds:
     def __init__(self, pid: int, uid: int, gid: int) -> None:
         self.pid, self.uid, self.gid = pid, uid, gid
         try:
-            self.exe = __import__("os").readlink(f"/proc/{pid}/exe")
+            self.exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             self.exe = "?"
 

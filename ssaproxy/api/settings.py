@@ -21,7 +21,7 @@ from OpenSSL import SSL, crypto
 
 from ssaproxy.config import Policy, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, load_trust, strict_checks
+from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, load_trust, new_context, strict_checks
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
@@ -277,16 +277,8 @@ def _base(settings: Settings, policy: Policy) -> SSL.Context:
         high = "TLSv1.2"
     if not tls12:
         low = "TLSv1.3"
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(_VERSIONS[low])
-    ctx.set_max_proto_version(_VERSIONS[high])
-    if tls12:
-        ctx.set_cipher_list((":".join(tls12) + _CIPHER_FLOOR).encode("ascii"))
-    if tls13:
-        ctx.set_tls13_ciphersuites(":".join(tls13).encode("ascii"))
-    _set_groups(ctx, policy.groups)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx = new_context(low, high, ":".join(tls12) if tls12 else None, ":".join(tls13) if tls13 else None,
+                      policy.groups)
     if settings.chain_pem is not None and settings.key_pem is not None:
         certs = x509.load_pem_x509_certificates(settings.chain_pem)
         ctx.use_certificate(crypto.X509.from_cryptography(certs[0]))

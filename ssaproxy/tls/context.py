@@ -60,26 +60,36 @@ def check_trust_store(path: str) -> None:
     _scratch().load_verify_locations(path)
 
 
+def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optional[str],
+                groups: str) -> SSL.Context:
+    """A context with the versions, suites (the floor always appended to TLS 1.2's; None
+    leaves that list out) and groups given, and the options every ssaproxy context has."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[low])
+    ctx.set_max_proto_version(_VERSIONS[high])
+    if ciphers is not None:
+        ctx.set_cipher_list((ciphers + _CIPHER_FLOOR).encode("ascii"))
+    if ciphersuites is not None:
+        ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
+    _set_groups(ctx, groups)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
+
+
 @functools.lru_cache(maxsize=64)
 def client_context(policy: Policy, certificate: Optional[str] = None, key: Optional[str] = None) -> SSL.Context:
     """The context for connections ssaproxy originates to a verified TLS server, presenting
     `certificate` (a PEM chain) with `key` when a route gives a client identity."""
     from ssaproxy.tls.verify import verify_callback
 
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(_VERSIONS[policy.min_version])
-    ctx.set_max_proto_version(_VERSIONS[policy.max_version])
-    ctx.set_cipher_list((policy.ciphers + _CIPHER_FLOOR).encode("ascii"))
-    ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
-    _set_groups(ctx, policy.groups)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx = new_context(policy.min_version, policy.max_version, policy.ciphers, policy.ciphersuites, policy.groups)
     load_trust(ctx, policy.trust_store)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
     if certificate is not None and key is not None:
         ctx.use_certificate_chain_file(certificate)
         ctx.use_privatekey_file(key)
         ctx.check_privatekey()
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return ctx
 
 
@@ -107,5 +117,5 @@ def _x509_strict_flags() -> Any:
     return X509StoreFlags.X509_STRICT
 
 
-__all__ = ["client_context", "load_trust", "strict_checks", "check_ciphers", "check_ciphersuites", "check_groups",
-           "check_trust_store"]
+__all__ = ["client_context", "new_context", "load_trust", "strict_checks", "check_ciphers", "check_ciphersuites",
+           "check_groups", "check_trust_store"]

@@ -20,7 +20,7 @@ from OpenSSL import SSL
 from ssaproxy.config import Policy
 from ssaproxy.errors import ConfigError
 from ssaproxy.inbound_config import Certificate, Inbound
-from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, _set_groups, strict_checks
+from ssaproxy.tls.context import _VERSIONS, new_context, strict_checks
 
 _PROFILE_MIN = {"intermediate": "TLSv1.2", "modern": "TLSv1.3"}
 
@@ -69,15 +69,8 @@ def _group_context(inbound: Inbound, policy: Policy, certs: list[Certificate]) -
     from ssaproxy.tls.verify import verify_callback
 
     low, high = versions(inbound, policy)
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(_VERSIONS[low])
-    ctx.set_max_proto_version(_VERSIONS[high])
-    ctx.set_cipher_list((policy.ciphers + _CIPHER_FLOOR).encode("ascii"))
-    ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
-    _set_groups(ctx, policy.groups)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx = new_context(low, high, policy.ciphers, policy.ciphersuites, policy.groups)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     for cert in certs:  # one per key type; OpenSSL chooses by what the client can use
         ctx.use_certificate_chain_file(cert.chain)
         ctx.use_privatekey_file(cert.key)

@@ -143,7 +143,7 @@ class TLSStream(relay.Upstream):
                 self._fail(relay.RESET, "TLS layer stalled with too much unsent data")
                 return
         except SSL.Error as e:
-            self._fail(relay.RESET, f"TLS error while sending: {_ssl_text(e)}")
+            self._fail(relay.RESET, f"TLS error while sending: {ssl_text(e)}")
             return
         self._flush()
 
@@ -177,11 +177,11 @@ class TLSStream(relay.Upstream):
             return
         except SSL.Error as e:
             self._flush()  # the alert, if OpenSSL produced one
-            why = self.verifier.explain(_ssl_text(e))
+            why = self.verifier.explain(ssl_text(e))
             if why is not None:
                 self._fail(relay.VERIFY_FAILED, why, alert=True)
             else:
-                self._fail(relay.HANDSHAKE_FAILED, _ssl_text(e), alert=True)
+                self._fail(relay.HANDSHAKE_FAILED, ssl_text(e), alert=True)
             return
         self._flush()
         if not self.verifier.accept(self.tls):
@@ -208,7 +208,7 @@ class TLSStream(relay.Upstream):
                 if self._tcp_eof:
                     self._fail(relay.TRUNCATED, "connection closed without close_notify")
                 else:
-                    self._fail(relay.RESET, f"TLS error: {_ssl_text(e)}")
+                    self._fail(relay.RESET, f"TLS error: {ssl_text(e)}")
                 return
             if self.sink is not None:
                 self.sink.upstream_data(data)
@@ -257,7 +257,8 @@ class TLSStream(relay.Upstream):
             relay.reset(self.transport)
 
 
-def _ssl_text(e: SSL.Error) -> str:
+def ssl_text(e: Exception) -> str:
+    """OpenSSL's reasons from an SSL.Error (or any exception whose text will do)."""
     if isinstance(e, SSL.SysCallError):
         return str(e.args[1]) if len(e.args) > 1 else str(e)
     try:
