@@ -21,6 +21,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ssaproxy.config import Config
+from ssaproxy.lifecycle import State
 from ssaproxy.outbound import OutboundConnection, OutboundFactory
 from tests.memtls import TLSServer, Transport
 from tests.pki import PKI
@@ -120,7 +121,7 @@ def test_http_host_starts_upstream_to_tls_port(events: list[dict[str, Any]]) -> 
     assert not t.aborted
     (host, port, _factory, timeout, _bind) = reactor.tcpClients[-1]
     assert (host, port, timeout) == ("10.1.2.3", 443, CONFIG.outbound.connect_timeout)
-    assert proto.hostname == "api.test"
+    assert proto.owner.hostname == "api.test"
     proto.connectionLost()  # the client leaves during setup: logged once, nothing left running
     assert events[-1]["outcome"] == "client-gone"
     assert not [c for c in reactor.getDelayedCalls() if c.active()]
@@ -223,14 +224,14 @@ def test_server_bytes_during_sniffing_are_delivered_not_dropped(pki: PKI, events
     proto.dataReceived(b"\x16\x03")  # an undecided prefix: the relay must wait
     peer = TLSPeer(reactor, pki)
     peer.pump()
-    assert proto._ready and proto.mode == "setup"
+    assert proto.owner.far_up and proto.owner.state is not State.RELAYING
     peer.server.sendall(b"220 banner\r\n")
     peer.server.shutdown()  # and the server's close_notify, also while we wait
     peer.pump()
     assert client.value() == b""
     proto.dataReceived(b"\x01\x00\x01\x00")  # now decided: a record too short to be a ClientHello
     peer.pump()
-    assert proto.mode == "relay"
+    assert proto.owner.state is State.RELAYING
     assert client.value() == b"220 banner\r\n"  # delivered, in order
     assert client.write_closed  # and the server's end became the client's FIN
     assert peer.received == b"\x16\x03\x01\x00\x01\x00"
@@ -247,13 +248,13 @@ def test_own_traffic_redirected_back_is_a_loop_in_either_order(pki: PKI, events:
     peer = TLSPeer(reactor, pki)  # our upstream socket: local 127.0.0.1:15001 -> 10.1.2.3:25
     local = peer.transport.getHost()
     # The redirected copy of that upstream connection arrives at the listener afterwards ...
-    t2 = _accept(proto.factory, IPv4Address("TCP", local.host, local.port), ("10.1.2.3", 25))
+    t2 = _accept(proto.owner.factory, IPv4Address("TCP", local.host, local.port), ("10.1.2.3", 25))
     assert t2.aborted and events[-1]["outcome"] == "loop"
     # ... or before our side has recorded its own socket.
     proto2, _, _ = tls_route_connection(pki)
-    t3 = _accept(proto2.factory, IPv4Address("TCP", "127.0.0.1", 44444), ("10.1.2.3", 25))
+    t3 = _accept(proto2.owner.factory, IPv4Address("TCP", "127.0.0.1", 44444), ("10.1.2.3", 25))
     assert not t3.aborted
-    TLSPeer(proto2.reactor, pki, local=IPv4Address("TCP", "127.0.0.1", 44444))
+    TLSPeer(proto2.owner.reactor, pki, local=IPv4Address("TCP", "127.0.0.1", 44444))
     assert t3.aborted and events[-1]["outcome"] == "loop"
 
 
@@ -263,7 +264,7 @@ def test_same_local_port_towards_another_destination_is_not_a_loop(pki: PKI, eve
     proto, client, reactor = tls_route_connection(pki)
     peer = TLSPeer(reactor, pki)
     local = peer.transport.getHost()
-    t = _accept(proto.factory, IPv4Address("TCP", local.host, local.port), ("10.9.9.9", 25))
+    t = _accept(proto.owner.factory, IPv4Address("TCP", local.host, local.port), ("10.9.9.9", 25))
     assert not t.aborted and not [e for e in events if e["outcome"] == "loop"]
 
 
@@ -277,7 +278,7 @@ def test_finished_tls_connection_is_freed_without_the_cycle_collector(
         proto, client, reactor = tls_route_connection(pki)
         peer = TLSPeer(reactor, pki)
         peer.pump()
-        upstream = proto.relay.upstream
+        upstream = proto.owner.relay.far
         proto.dataReceived(b"hello")
         peer.pump()
         peer.server.sendall(b"world")

@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from ssaproxy import relay
 from ssaproxy.config import Policy
+from ssaproxy.streams import End, How
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import Verifier
@@ -30,16 +30,16 @@ class Sink:
         self.eof = False
         self.lost: Optional[tuple[str, Optional[str]]] = None
 
-    def upstream_ready(self) -> None:
+    def end_ready(self, end: End) -> None:
         self.ready = True
 
-    def upstream_data(self, data: bytes) -> None:
+    def end_data(self, end: End, data: bytes) -> None:
         self.data += data
 
-    def upstream_eof(self) -> None:
+    def end_eof(self, end: End) -> None:
         self.eof = True
 
-    def upstream_lost(self, how: str, detail: Optional[str]) -> None:
+    def end_lost(self, end: End, how: How, detail: Optional[str]) -> None:
         self.lost = (how, detail)
 
 
@@ -106,7 +106,7 @@ def test_handshake_without_our_leaf_check_is_refused(pki: PKI) -> None:
     assert not p.sink.ready
     assert p.transport.aborted
     p.proto.connectionLost()
-    assert p.sink.lost == (relay.VERIFY_FAILED, "certificate was not verified")
+    assert p.sink.lost == (How.VERIFY_FAILED, "certificate was not verified")
 
 
 def test_exception_during_identity_check_rejects(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +118,7 @@ def test_exception_during_identity_check_rejects(pki: PKI, monkeypatch: pytest.M
     p.pump()
     assert not p.sink.ready and p.transport.aborted
     p.proto.connectionLost()
-    assert p.sink.lost is not None and p.sink.lost[0] == relay.VERIFY_FAILED
+    assert p.sink.lost is not None and p.sink.lost[0] == How.VERIFY_FAILED
     assert "identity check failed: RuntimeError: surprise" in (p.sink.lost[1] or "")
 
 
@@ -138,7 +138,7 @@ def test_tcp_end_without_close_notify_is_truncation(pki: PKI) -> None:
     assert p.sink.data == b"partial" and not p.sink.eof
     assert p.transport.aborted
     p.proto.connectionLost()
-    assert p.sink.lost == (relay.TRUNCATED, "connection closed without close_notify")
+    assert p.sink.lost == (How.TRUNCATED, "connection closed without close_notify")
 
 
 def test_verifier_needs_exactly_one_identity() -> None:

@@ -16,16 +16,8 @@ races to the port gets nothing.
 from __future__ import annotations
 
 import socket
-from typing import Optional
 
-from twisted.internet import interfaces
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from zope.interface import implementer
-
-from ssaproxy import relay
-
-_SETUP_BUFFER = 65536
+from ssaproxy.streams import TCPEnd
 
 
 def make_pair() -> tuple[socket.socket, socket.socket]:
@@ -56,61 +48,8 @@ def make_pair() -> tuple[socket.socket, socket.socket]:
         listener.close()
 
 
-class CarrierOwner:
-    """What a carrier reports to (a session)."""
-
-    def program_data(self, data: bytes) -> None: ...
-
-    def program_eof(self) -> None: ...
-
-    def program_lost(self, reason: Failure) -> None: ...
-
-
-@implementer(interfaces.IHalfCloseableProtocol)
-class Carrier(Protocol):
-    """The daemon's end.  Until the session is established, what the program writes is held
-    (bounded; beyond that the program's writes block in its kernel buffer) and an early close
-    is reported at once, so a program that gives up mid-handshake leaves nothing behind."""
-
-    def __init__(self, owner: CarrierOwner) -> None:
-        self.owner: Optional[CarrierOwner] = owner
-        self.held = bytearray()
-        self.eof = False
-        self.relay: Optional[relay.Relay] = None
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.from_client(data)
-            return
-        self.held += data
-        if len(self.held) >= _SETUP_BUFFER and self.transport is not None:
-            relay.tcp(self.transport).pauseProducing()
-
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.client_read_eof()
-            return
-        self.eof = True
-        if self.owner is not None:
-            self.owner.program_eof()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.relay is not None:
-            self.relay.client_lost(reason)
-            return
-        owner, self.owner = self.owner, None
-        if owner is not None:
-            owner.program_lost(reason)
-
-    def splice(self, rl: relay.Relay) -> None:
-        """Hand the connection to a relay, with what the program wrote so far."""
-        self.relay = rl
-        self.owner = None
-        held, self.held = bytes(self.held), bytearray()
-        rl.client_eof = self.eof
-        rl.start(held)
-        if not rl.finished and self.transport is not None:
-            relay.tcp(self.transport).resumeProducing()
+class Carrier(TCPEnd):
+    """The daemon's end: the near end of the program's session.  Until the session is
+    established, the lifecycle holds what the program writes (bounded; beyond that the program's
+    writes block in its kernel buffer) and hears an early close at once, so a program that
+    gives up mid-handshake leaves nothing behind."""

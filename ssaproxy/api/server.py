@@ -27,7 +27,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy import relay
 from ssaproxy.api.carrier import Carrier
 from ssaproxy.api.handover import Acceptor, close_fd, no_linger, take
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
@@ -35,6 +34,7 @@ from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get
 from ssaproxy.config import Api, Policy, is_valid_hostname
 from ssaproxy.proto import wire
 from ssaproxy.proto.state import DAEMON_PHASES
+from ssaproxy.streams import OneShotFactory
 from ssaproxy.tls.stream import TLSStream, ssl_text
 from ssaproxy.tls.verify import ClientCheck
 
@@ -348,7 +348,7 @@ class Listener:
                 return  # closed below: the client sees its connection end at once
             conn.setblocking(False)
             no_linger(conn)  # inherited from the program's listening socket: close() must not wait
-            self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, relay.OneShotFactory(
+            self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, OneShotFactory(
                 self._stream()))
         except OSError as e:
             self.control.log.warn("api listener: cannot take a connection: {e}", e=e)

@@ -19,7 +19,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy import relay
+from ssaproxy.streams import End, How, reset, tcp
 from ssaproxy.tls.verify import PeerCheck
 
 _READ = 65536
@@ -28,8 +28,8 @@ _ALERT_LINGER = 2.0  # seconds a refused peer has to read our alert before the r
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
-class TLSStream(relay.Upstream):
-    """One TLS connection on a TCP transport.  Events go to `sink` (an UpstreamSink): ready
+class TLSStream(End):
+    """One TLS connection on a TCP transport, as a stream end.  Events go to `sink`: ready
     once the handshake and our verification passed, then data, eof (close_notify) and lost.
 
     `server=True` takes the accepting side; there, a handshake or verification failure sends
@@ -44,7 +44,7 @@ class TLSStream(relay.Upstream):
         self.handshake_done = False
         self.peer_closed = False  # close_notify received
         self.sent_close = False  # close_notify sent
-        self._failed: Optional[tuple[str, Optional[str]]] = None
+        self._failed: Optional[tuple[How, Optional[str]]] = None
         self._pending: list[bytes] = []
         self._tcp_eof = False
         self._close_after_pending = False
@@ -86,7 +86,7 @@ class TLSStream(relay.Upstream):
             if self.handshake_done:
                 self._read_plaintext()
             if not self.peer_closed and not self._failed:
-                self._fail(relay.TRUNCATED if self.handshake_done else relay.HANDSHAKE_FAILED,
+                self._fail(How.TRUNCATED if self.handshake_done else How.HANDSHAKE_FAILED,
                            "connection closed without close_notify")
                 return
         if self.peer_closed and self.sent_close and self.transport is not None:
@@ -106,24 +106,24 @@ class TLSStream(relay.Upstream):
         if self._failed:
             how, detail = self._failed
         elif self._aborting:
-            how, detail = relay.ABORTED, None
+            how, detail = How.ABORTED, None
         elif not self.handshake_done:
-            how, detail = relay.HANDSHAKE_FAILED, reason.getErrorMessage()
+            how, detail = How.HANDSHAKE_FAILED, reason.getErrorMessage()
         elif self.peer_closed and reason.check(error.ConnectionDone):
-            how, detail = relay.CLEAN, None
+            how, detail = How.CLEAN, None
         elif reason.check(error.ConnectionDone):
-            how, detail = relay.TRUNCATED, "connection closed without close_notify"
+            how, detail = How.TRUNCATED, "connection closed without close_notify"
         else:
-            how, detail = relay.RESET, reason.getErrorMessage()
-        sink.upstream_lost(how, detail)
+            how, detail = How.RESET, reason.getErrorMessage()
+        sink.end_lost(self, how, detail)
 
     @property
-    def failure(self) -> Optional[tuple[str, Optional[str]]]:
+    def failure(self) -> Optional[tuple[How, Optional[str]]]:
         """(how, detail) once the stream has failed (for example while a refused peer reads
         our alert), else None."""
         return self._failed
 
-    # ---- Upstream API
+    # ---- End
     def write(self, data: bytes) -> None:
         if self._failed or self._aborting or self.sent_close:
             return
@@ -140,10 +140,10 @@ class TLSStream(relay.Upstream):
             # but never without bound.
             self._pending.append(bytes(view))
             if sum(map(len, self._pending)) > _PENDING_MAX:
-                self._fail(relay.RESET, "TLS layer stalled with too much unsent data")
+                self._fail(How.RESET, "TLS layer stalled with too much unsent data")
                 return
         except SSL.Error as e:
-            self._fail(relay.RESET, f"TLS error while sending: {ssl_text(e)}")
+            self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
             return
         self._flush()
 
@@ -179,20 +179,20 @@ class TLSStream(relay.Upstream):
             self._flush()  # the alert, if OpenSSL produced one
             why = self.verifier.explain(ssl_text(e))
             if why is not None:
-                self._fail(relay.VERIFY_FAILED, why, alert=True)
+                self._fail(How.VERIFY_FAILED, why, alert=True)
             else:
-                self._fail(relay.HANDSHAKE_FAILED, ssl_text(e), alert=True)
+                self._fail(How.HANDSHAKE_FAILED, ssl_text(e), alert=True)
             return
         self._flush()
         if not self.verifier.accept(self.tls):
             # Belt and braces: a handshake that finished without our leaf check passing is
             # refused, whatever OpenSSL thought.
             reason = str(self.verifier.error or "certificate was not verified")
-            self._fail(relay.VERIFY_FAILED, reason, alert=True)
+            self._fail(How.VERIFY_FAILED, reason, alert=True)
             return
         self.handshake_done = True
         if self.sink is not None:
-            self.sink.upstream_ready()
+            self.sink.end_ready(self)
 
     def _read_plaintext(self) -> None:
         while not self._failed and not self._aborting:
@@ -206,12 +206,12 @@ class TLSStream(relay.Upstream):
             except SSL.Error as e:
                 self._flush()
                 if self._tcp_eof:
-                    self._fail(relay.TRUNCATED, "connection closed without close_notify")
+                    self._fail(How.TRUNCATED, "connection closed without close_notify")
                 else:
-                    self._fail(relay.RESET, f"TLS error: {ssl_text(e)}")
+                    self._fail(How.RESET, f"TLS error: {ssl_text(e)}")
                 return
             if self.sink is not None:
-                self.sink.upstream_data(data)
+                self.sink.end_data(self, data)
         self._flush()
 
     def _on_close_notify(self) -> None:
@@ -219,7 +219,7 @@ class TLSStream(relay.Upstream):
             return
         self.peer_closed = True
         if self.sink is not None:
-            self.sink.upstream_eof()
+            self.sink.end_eof(self)
         if self.sent_close and self.transport is not None:
             self.transport.loseConnection()
 
@@ -235,7 +235,7 @@ class TLSStream(relay.Upstream):
                 return
             self.transport.write(out)
 
-    def _fail(self, how: str, detail: Optional[str], *, alert: bool = False) -> None:
+    def _fail(self, how: How, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
             self._failed = (how, detail)
         if self.transport is None:
@@ -244,17 +244,16 @@ class TLSStream(relay.Upstream):
             # The alert is in the TCP transport's buffer: send it with a FIN, keep reading (and
             # discarding) so the client's in-flight data cannot turn our close into an early RST
             # that destroys the alert, and reset only if the client lingers.
-            tcp = relay.tcp(self.transport)
-            tcp.loseWriteConnection()
+            tcp(self.transport).loseWriteConnection()
             reactor = getattr(self.transport, "reactor", None)
             if reactor is not None:
                 self._linger = reactor.callLater(_ALERT_LINGER, self._linger_over)
             return
-        relay.reset(self.transport)
+        reset(self.transport)
 
     def _linger_over(self) -> None:
         if self.connected and self.transport is not None:
-            relay.reset(self.transport)
+            reset(self.transport)
 
 
 def ssl_text(e: Exception) -> str:

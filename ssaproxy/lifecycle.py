@@ -1,0 +1,327 @@
+"""One connection lifecycle for the three faces: accepted -> deciding -> connecting ->
+handshaking -> relaying -> done.
+
+A face (outbound, inbound, the API session) subclasses `Lifecycle` and fills in what is its
+own: where the far end is, what to decide, which fields its log record carries.  Everything
+else lives here once: the state and its legal transitions, the setup buffers of both ends
+(bounded: beyond them the end stops being read), named timers, the far end's connect with its
+cancellation and its failure -> outcome mapping, the splice into a `Relay`, the refusal that
+resets, the daemon's shutdown, the limit on live connections, and the one log record at the
+end.  Per-connection metrics, drain and limits hook in here.
+
+Fail closed: an exception inside any event handler resets both ends and is logged as
+`internal-error` (left to Twisted, an exception in dataReceived closes with a FIN, which a
+program reads as a clean end).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import functools
+import itertools
+from typing import Any, Callable, ClassVar, Optional, TypeVar
+
+from twisted.internet import defer, error
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ssaproxy.relay import Relay
+from ssaproxy.streams import End, How, OneShotFactory
+
+SETUP_BUFFER = 65536  # bytes held from one end while the other is being set up
+
+
+class State(enum.Enum):
+    ACCEPTED = "accepted"
+    DECIDING = "deciding"  # waiting for the program's first bytes to tell what to do
+    CONNECTING = "connecting"  # TCP connect to the far end in flight
+    HANDSHAKING = "handshaking"  # a TLS handshake in flight (either end)
+    RELAYING = "relaying"
+    DONE = "done"
+
+
+_S = State
+_LEGAL: dict[State, frozenset[State]] = {
+    _S.ACCEPTED: frozenset({_S.DECIDING, _S.CONNECTING, _S.HANDSHAKING, _S.DONE}),
+    _S.DECIDING: frozenset({_S.CONNECTING, _S.DONE}),
+    # Back to DECIDING: outbound learnt from a late ClientHello that its upstream is the wrong kind.
+    _S.CONNECTING: frozenset({_S.HANDSHAKING, _S.RELAYING, _S.DECIDING, _S.DONE}),
+    _S.HANDSHAKING: frozenset({_S.CONNECTING, _S.RELAYING, _S.DECIDING, _S.DONE}),
+    _S.RELAYING: frozenset({_S.DECIDING, _S.DONE}),
+    _S.DONE: frozenset(),
+}
+
+
+def connect_outcome(reason: Failure) -> str:
+    """One vocabulary for a far end that could not be reached."""
+    if reason.check(error.ConnectionRefusedError):
+        return "connect-refused"
+    if reason.check(error.TimeoutError):
+        return "connect-timeout"
+    if reason.check(error.DNSLookupError):
+        return "no-address"
+    if reason.check(error.NoRouteError) or getattr(reason.value, "osError", None) in (
+            errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    return "connect-failed"
+
+
+H = TypeVar("H", bound=Callable[..., None])
+
+
+def fail_closed(method: H) -> H:
+    """An unexpected exception in an event handler resets both ends and is logged."""
+
+    @functools.wraps(method)
+    def guarded(self: Lifecycle, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception:  # noqa: BLE001 - fail closed, whatever went wrong
+            self.log.failure("{kind} {conn_id}: internal error in {method}", kind=self.kind, conn_id=self.conn_id,
+                             method=method.__name__)
+            self.refuse("internal-error", f"exception in {method.__name__}")
+
+    return guarded  # type: ignore[return-value]
+
+
+class Lifecycle:
+    """Base of a connection: see the module docstring.  `near` is the end the connection was
+    made for (a program, or an inbound TLS client), `far` the end opened for it."""
+
+    log: ClassVar[Logger] = Logger()
+    kind: ClassVar[str] = "conn"
+    _ids: ClassVar[itertools.count[int]]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls._ids = itertools.count(1)
+
+    def __init__(self, reactor: Any, active: set[Any]) -> None:
+        self.reactor = reactor
+        self.active = active
+        self.conn_id = next(self._ids)
+        self.started: float = reactor.seconds()
+        self.state = State.ACCEPTED
+        self.near: Optional[End] = None
+        self.far: Optional[End] = None
+        self.relay: Optional[Relay] = None
+        self.held: dict[str, bytearray] = {"near": bytearray(), "far": bytearray()}
+        self.eof: dict[str, bool] = {"near": False, "far": False}
+        self.facts: dict[str, object] = {}  # of the far (or TLS) end, for the log record
+        self._timers: dict[str, Any] = {}
+        self._connecting: Optional[defer.Deferred[Any]] = None
+        self.bytes_out = 0  # near -> far, once relayed
+        self.bytes_in = 0
+
+    # ---- state
+    def go(self, state: State) -> None:
+        if state is self.state:
+            return
+        if state not in _LEGAL[self.state]:
+            raise AssertionError(f"illegal transition {self.state.value} -> {state.value}")
+        self.state = state
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    def admit(self, limit: int) -> bool:
+        """Count this connection as live; refuse it (False) if that makes more than `limit`."""
+        self.active.add(self)
+        if len(self.active) > limit:
+            self.refuse("overload", f"more than {limit} connections")
+            return False
+        return True
+
+    # ---- ends, while setting up (EndSink)
+    def side(self, end: End) -> str:
+        return "near" if end is self.near else "far"
+
+    @fail_closed
+    def end_ready(self, end: End) -> None:
+        if self.side(end) == "near":
+            self.near_ready()
+        else:
+            self.far_ready()
+
+    @fail_closed
+    def end_data(self, end: End, data: bytes) -> None:
+        if self.side(end) == "near":
+            self.near_data(data)
+        else:
+            self.far_data(data)
+
+    @fail_closed
+    def end_eof(self, end: End) -> None:
+        side = self.side(end)
+        self.eof[side] = True
+        if side == "near":
+            self.near_eof()
+
+    @fail_closed
+    def end_lost(self, end: End, how: How, detail: Optional[str]) -> None:
+        if self.done:
+            return
+        if self.side(end) == "near":
+            self.near_lost(how, detail)
+        else:
+            self.far_lost(how, detail)
+
+    # Hooks for faces; the defaults hold bytes and refuse on loss.
+    def near_ready(self) -> None:
+        pass
+
+    def far_ready(self) -> None:
+        self.begin_relay()
+
+    def near_data(self, data: bytes) -> None:
+        self.hold("near", data)
+
+    def far_data(self, data: bytes) -> None:
+        self.hold("far", data)
+
+    def near_eof(self) -> None:
+        pass
+
+    def near_lost(self, how: How, detail: Optional[str]) -> None:
+        self.abandon_far()
+        self.finish("client-gone", detail, reset_near=False)
+
+    def far_lost(self, how: How, detail: Optional[str]) -> None:
+        self.far = None
+        self.refuse(str(how), detail)
+
+    def hold(self, side: str, data: bytes) -> None:
+        buf = self.held[side]
+        buf += data
+        end = self.near if side == "near" else self.far
+        if len(buf) >= SETUP_BUFFER and end is not None and end.transport is not None:
+            end.tcp.pauseProducing()
+
+    # ---- timers
+    def arm(self, name: str, seconds: float, outcome: str, detail: str) -> None:
+        self.disarm(name)
+        self._timers[name] = self.reactor.callLater(seconds, self._timeout, name, outcome, detail)
+
+    def disarm(self, *names: str) -> None:
+        for name in names or tuple(self._timers):
+            timer = self._timers.pop(name, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+
+    @fail_closed
+    def _timeout(self, name: str, outcome: str, detail: str) -> None:
+        self._timers.pop(name, None)
+        if not self.done:
+            self.timed_out(name, outcome, detail)
+
+    def timed_out(self, name: str, outcome: str, detail: str) -> None:
+        """A timer armed during setup rang: refuse, unless the relay has started."""
+        if self.state is not State.RELAYING:
+            self.refuse(outcome, detail)
+
+    # ---- the far end
+    def connect(self, endpoint: Any, end: End) -> None:
+        """Open the far end through `endpoint`; it reports to us until the relay starts."""
+        self.go(State.CONNECTING)
+        end.sink = self
+        self.far = end
+        d = endpoint.connect(OneShotFactory(end))
+        self._connecting = d
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(end,), errbackArgs=(end,))
+
+    def _connected(self, _: Any, end: End) -> None:
+        self._connecting = None
+        if end is not self.far:
+            end.abort()
+            return
+        self.far_connected()
+
+    def far_connected(self) -> None:
+        """TCP is up (a TLS far end now handshakes)."""
+
+    def _connect_failed(self, reason: Failure, end: End) -> None:
+        self._connecting = None
+        if end is not self.far or self.state is not State.CONNECTING or reason.check(defer.CancelledError):
+            return
+        self.far = None
+        self.connect_failed(connect_outcome(reason), reason.getErrorMessage())
+
+    def connect_failed(self, outcome: str, detail: str) -> None:
+        self.refuse(outcome, detail)
+
+    def abandon_far(self) -> None:
+        """Drop the far end (connecting or connected), with a reset."""
+        far, self.far = self.far, None
+        self.held["far"].clear()
+        self.eof["far"] = False
+        if self.relay is not None:
+            self.relay.detach()
+            self.relay = None
+        if self._connecting is not None:
+            d, self._connecting = self._connecting, None
+            d.cancel()
+        if far is not None:
+            far.sink = None
+            far.abort()
+
+    # ---- relaying
+    def begin_relay(self) -> None:
+        assert self.near is not None and self.far is not None
+        self.go(State.RELAYING)
+        self.facts.update(self.far.facts())
+        self.relay = rl = Relay(self.near, self.far, self._relay_done)
+        near_held, self.held["near"] = bytes(self.held["near"]), bytearray()
+        far_held, self.held["far"] = bytes(self.held["far"]), bytearray()
+        rl.start(near_held, self.eof["near"], far_held, self.eof["far"])
+
+    def _relay_done(self, outcome: str, detail: Optional[str]) -> None:
+        self.finish(outcome, detail, reset_near=False)
+
+    # ---- endings
+    def refuse(self, outcome: str, detail: Optional[str]) -> None:
+        """Our decision or a failure: both ends are reset."""
+        self.abandon_far()
+        self.finish(outcome, detail, reset_near=True)
+
+    def shut_down(self) -> None:
+        """The daemon is stopping: end this connection with a reset on both sides."""
+        if not self.done:
+            self.refuse("shutdown", "daemon stopping")
+
+    def reset_near(self) -> None:
+        if self.near is not None:
+            self.near.sink = None
+            self.near.abort()
+
+    def finish(self, outcome: str, detail: Optional[str], *, reset_near: bool) -> None:
+        if self.done:
+            return
+        self.state = State.DONE
+        self.disarm()
+        self.active.discard(self)
+        if reset_near:
+            self.reset_near()
+        rl, self.relay = self.relay, None
+        if rl is not None:
+            self.bytes_out, self.bytes_in = rl.bytes_out, rl.bytes_in
+        self.ended(outcome, detail)
+        # Let go of both ends: no reference cycle outlives the connection.
+        self.near = self.far = None
+
+    def ended(self, outcome: str, detail: Optional[str]) -> None:
+        """The face's one log record (and whatever else it owes at the end)."""
+        fields = self.record(outcome, detail)
+        emit = self.log.info if self.quiet(outcome) else self.log.warn
+        emit(self.log_format, **fields)
+
+    log_format: ClassVar[str] = "{kind} {conn_id} {outcome}: detail={detail}"
+
+    def record(self, outcome: str, detail: Optional[str]) -> dict[str, object]:
+        return {"kind": self.kind, "conn_id": self.conn_id, "outcome": outcome, "detail": detail,
+                "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
+                "duration": round(self.reactor.seconds() - self.started, 4)}
+
+    def quiet(self, outcome: str) -> bool:
+        return outcome == "closed"

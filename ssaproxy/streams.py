@@ -1,0 +1,182 @@
+"""Stream ends: the two halves a relay splices, plaintext TCP or TLS, behind one interface.
+
+An end reports to its sink with four calls, each naming the end: ready (connected; for TLS,
+handshake done and peer verified), data, eof (FIN; for TLS, close_notify) and lost (with how
+it ended).  The relay and the connection lifecycle only ever see ends, so the outbound client,
+a passthrough upstream, an inbound backend, the API's carrier (all `TCPEnd`) and every TLS
+connection (`ssaproxy.tls.stream.TLSStream`) are interchangeable on either side of a splice.
+
+Writes go straight to the TCP transport underneath (TLS records included), so its buffer is
+the only buffer and Twisted's producer/consumer machinery gives backpressure: `tcp` is that
+transport, for the relay to register producers on.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from typing import Any, Optional, cast
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import error, interfaces
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+class How(enum.StrEnum):
+    """How a stream end ended, as reported to its sink's `end_lost`."""
+
+    CLEAN = "clean"  # orderly end (for TLS: close_notify received before the TCP close)
+    TRUNCATED = "truncated"  # TCP closed without close_notify
+    RESET = "reset"  # TCP reset, or a TLS error after the handshake
+    HANDSHAKE_FAILED = "handshake-failed"
+    VERIFY_FAILED = "verify-failed"
+    ABORTED = "aborted"  # we aborted it ourselves
+
+
+class TCPTransport(TypingProtocol):
+    """What the relay uses of a Twisted TCP transport (ITCPTransport + IProducer + IConsumer)."""
+
+    producer: object
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def loseWriteConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def getHandle(self) -> object: ...
+
+    def getHost(self) -> Any: ...
+
+    def getPeer(self) -> Any: ...
+
+
+def tcp(transport: object) -> TCPTransport:
+    """The transport Twisted gave a TCP protocol, typed for what the relay needs of it."""
+    return cast(TCPTransport, transport)
+
+
+def reset(transport: object) -> None:
+    """Close a TCP connection with RST: SO_LINGER 0, then abort."""
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if isinstance(handle, socket.socket):
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    tcp(transport).abortConnection()
+
+
+class EndSink(TypingProtocol):
+    """Who hears an end's events: the connection lifecycle while it sets up, then the relay."""
+
+    def end_ready(self, end: "End") -> None: ...
+
+    def end_data(self, end: "End", data: bytes) -> None: ...
+
+    def end_eof(self, end: "End") -> None: ...
+
+    def end_lost(self, end: "End", how: How, detail: Optional[str]) -> None: ...
+
+
+class End(Protocol):
+    """One stream end on a TCP transport."""
+
+    sink: Optional[EndSink] = None
+    _aborting = False
+
+    @property
+    def tcp(self) -> TCPTransport:
+        return tcp(self.transport)
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def shutdown_write(self) -> None:
+        """FIN (plain) or close_notify (TLS); reading goes on."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Orderly full close: our write side ends, then the connection."""
+        self.shutdown_write()
+        if self.transport is not None:
+            self.tcp.loseConnection()
+
+    def abort(self) -> None:
+        """End with a reset; the sink hears `ABORTED` (if it is still listening)."""
+        self._aborting = True
+        if self.transport is not None and self.connected:
+            reset(self.transport)
+
+    def facts(self) -> dict[str, object]:
+        """What the log record says of this end once it is ready (TLS version, cipher)."""
+        return {}
+
+
+class OneShotFactory(Factory):
+    """Hands one prepared end to an endpoint's connect (or an adopted socket), quietly, and
+    then lets go of it (the connector keeps its factory; the end must not outlive its
+    connection)."""
+
+    noisy = False
+
+    def __init__(self, proto: End) -> None:
+        self.proto: Optional[End] = proto
+
+    def buildProtocol(self, addr: Any) -> Optional[End]:
+        proto, self.proto = self.proto, None
+        return proto
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class TCPEnd(End):
+    """Bytes as they are, with half-close both ways."""
+
+    def connectionMade(self) -> None:
+        if self.sink is not None:
+            self.sink.end_ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.end_data(self, data)
+
+    def write(self, data: bytes) -> None:
+        self.tcp.write(data)
+
+    def shutdown_write(self) -> None:
+        self.tcp.loseWriteConnection()
+
+    def close(self) -> None:
+        self.tcp.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        if self.sink is not None:
+            self.sink.end_eof(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        if self._aborting:
+            sink.end_lost(self, How.ABORTED, None)
+        elif reason.check(error.ConnectionDone):
+            sink.end_lost(self, How.CLEAN, None)
+        else:
+            sink.end_lost(self, How.RESET, reason.getErrorMessage())

@@ -1,0 +1,42 @@
+"""The one place an `SSL.Connection` is made: one builder per side, each wrapped as a stream end.
+
+A client connection carries its `Verifier` as app data (the verify callback finds it there)
+and sends SNI only for a DNS name: RFC 6066 forbids IP literals in server_name.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from OpenSSL import SSL
+
+from ssaproxy.policy import Identity
+from ssaproxy.tls.stream import TLSStream
+from ssaproxy.tls.verify import ClientCheck, Verifier
+
+
+def verifier_for(identity: Identity, min_rsa_bits: int) -> Verifier:
+    if identity.dns_name is not None:
+        return Verifier(hostname=identity.dns_name, min_rsa_bits=min_rsa_bits)
+    return Verifier(ip=identity.ip, min_rsa_bits=min_rsa_bits)
+
+
+def client_stream(ctx: SSL.Context, identity: Identity, min_rsa_bits: int) -> TLSStream:
+    """Client-side TLS to a peer that must prove `identity`."""
+    verifier = verifier_for(identity, min_rsa_bits)
+    conn = SSL.Connection(ctx, None)
+    conn.set_app_data(verifier)
+    if identity.dns_name is not None:
+        conn.set_tlsext_host_name(identity.dns_name.encode("ascii"))
+    return TLSStream(conn, verifier)
+
+
+S = TypeVar("S", bound=TLSStream)
+
+
+def server_stream(ctx: SSL.Context, check: ClientCheck, kind: type[S]) -> S:
+    """Server-side TLS (as a `kind` of stream); `check` judges the client's certificate, if one
+    is asked for."""
+    conn = SSL.Connection(ctx, None)
+    conn.set_app_data(check)
+    return kind(conn, check, server=True)

@@ -1,0 +1,156 @@
+"""The shared connection lifecycle, on a minimal face with a memory reactor: transitions,
+timers, the far end's connect and its outcomes, fail-closed handlers, limits, shutdown, and the
+one record at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ssaproxy.lifecycle import SETUP_BUFFER, Lifecycle, State, connect_outcome
+from ssaproxy.streams import TCPEnd
+from tests.memtls import Transport
+
+
+class Face(Lifecycle):
+    kind = "test"
+
+    def __init__(self, reactor: MemoryReactorClock, active: set[Any], events: list[dict[str, Any]]) -> None:
+        super().__init__(reactor, active)
+        self.log = Logger(observer=events.append)  # type: ignore[misc]
+        self.near = TCPEnd()
+        self.near.sink = self
+        self.near_t = Transport()
+        self.boom = False
+
+    def near_ready(self) -> None:
+        if self.boom:
+            raise RuntimeError("a bug in a face")
+        self.connect(TCP4ClientEndpoint(self.reactor, "192.0.2.1", 443, timeout=5), TCPEnd())
+        self.arm("setup", 3, "setup-timeout", "took too long")
+
+
+@pytest.fixture
+def world() -> tuple[MemoryReactorClock, set[Any], list[dict[str, Any]]]:
+    return MemoryReactorClock(), set(), []
+
+
+def accepted(world: tuple[MemoryReactorClock, set[Any], list[dict[str, Any]]], *, boom: bool = False) -> Face:
+    reactor, active, events = world
+    face = Face(reactor, active, events)
+    face.boom = boom
+    face.near.makeConnection(face.near_t)
+    return face
+
+
+def far_connects(face: Face, index: int = -1) -> tuple[TCPEnd, Transport]:
+    reactor = face.reactor
+    end = reactor.tcpClients[index][2].buildProtocol(None)
+    t = Transport()
+    end.makeConnection(t)
+    return end, t
+
+
+def test_the_happy_path_and_its_one_record(world: Any) -> None:
+    face = accepted(world)
+    assert face.state is State.CONNECTING
+    face.near.dataReceived(b"early")  # held while the far end is set up
+    far, far_t = far_connects(face)
+    assert face.state is State.RELAYING and far_t.value() == b"early"
+    far.dataReceived(b"reply")
+    face.near.readConnectionLost()
+    far.readConnectionLost()
+    events = world[2]
+    assert [e["outcome"] for e in events] == ["closed"]
+    assert events[0]["bytes_out"] == 5 and events[0]["bytes_in"] == 5 and events[0]["kind"] == "test"
+    assert face.near is None and face.far is None and not world[1]  # let go of everything
+    assert not [c for c in world[0].getDelayedCalls() if c.active()]
+
+
+def test_illegal_transitions_are_bugs(world: Any) -> None:
+    face = accepted(world)
+    face.state = State.DONE
+    with pytest.raises(AssertionError, match="illegal transition done -> relaying"):
+        face.go(State.RELAYING)
+
+
+def test_a_setup_timer_refuses_with_its_outcome(world: Any) -> None:
+    face = accepted(world)
+    world[0].advance(3)
+    assert face.near_t.aborted and face.done
+    assert world[2][-1]["outcome"] == "setup-timeout" and world[2][-1]["detail"] == "took too long"
+
+
+def test_timers_are_disarmed_once_relaying(world: Any) -> None:
+    face = accepted(world)
+    far_connects(face)
+    world[0].advance(10)
+    assert not face.near_t.aborted and face.state is State.RELAYING
+
+
+@pytest.mark.parametrize("failure, outcome", [
+    (error.ConnectionRefusedError(), "connect-refused"),
+    (error.TimeoutError(), "connect-timeout"),
+    (error.DNSLookupError(), "no-address"),
+    (error.NoRouteError(), "unreachable"),
+    (error.ConnectError(osError=113), "unreachable"),
+    (error.ConnectError("something else"), "connect-failed"),
+])
+def test_one_vocabulary_for_unreachable_peers(world: Any, failure: Exception, outcome: str) -> None:
+    assert connect_outcome(Failure(failure)) == outcome
+    face = accepted(world)
+    world[0].tcpClients[-1][2].clientConnectionFailed(None, Failure(failure))
+    assert face.near_t.aborted and world[2][-1]["outcome"] == outcome
+
+
+def test_an_exception_in_a_handler_resets_instead_of_closing(world: Any) -> None:
+    face = accepted(world, boom=True)
+    assert face.near_t.aborted and world[2][-1]["outcome"] == "internal-error"
+
+
+def test_the_setup_buffer_is_bounded(world: Any) -> None:
+    face = accepted(world)
+    face.near.dataReceived(b"x" * (SETUP_BUFFER - 1))
+    assert face.near_t.producerState == "producing"
+    face.near.dataReceived(b"x")
+    assert face.near_t.producerState == "paused"
+    far_connects(face)
+    assert face.near_t.producerState == "producing"  # the relay took it and reads on
+
+
+def test_the_program_leaving_during_setup_cancels_the_connect(world: Any) -> None:
+    face = accepted(world)
+    face.near.connectionLost(Failure(error.ConnectionLost()))
+    assert world[2][-1]["outcome"] == "client-gone"
+    assert not face.near_t.aborted  # it is gone already: nothing to reset
+    assert face._connecting is None and face.far is None
+    assert not [c for c in world[0].getDelayedCalls() if c.active()]
+
+
+def test_limit_and_shutdown(world: Any) -> None:
+    faces = [accepted(world) for _ in range(3)]
+    for face in faces:
+        face.admit(2)
+    assert [f.done for f in faces] == [False, False, True]
+    assert world[2][-1]["outcome"] == "overload"
+    far, far_t = far_connects(faces[1], 1)
+    for face in list(world[1]):
+        face.shut_down()
+    assert faces[0].near_t.aborted and faces[1].near_t.aborted and far_t.aborted
+    assert [e["outcome"] for e in world[2]][-2:] == ["shutdown", "shutdown"]
+    assert not world[1]
+
+
+def test_ids_count_per_face() -> None:
+    class Other(Lifecycle):
+        pass
+
+    a, b = Other(MemoryReactorClock(), set()), Other(MemoryReactorClock(), set())
+    assert b.conn_id == a.conn_id + 1
+

@@ -1,0 +1,135 @@
+"""The symmetric relay on two in-memory stream ends: data, half-close, honest endings,
+backpressure wiring, and what was held during setup."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
+
+from ssaproxy.relay import Relay
+from ssaproxy.streams import End, How, TCPEnd
+from tests.memtls import Transport
+
+
+class Ends:
+    def __init__(self) -> None:
+        self.near, self.far = TCPEnd(), TCPEnd()
+        self.near_t, self.far_t = Transport(), Transport()
+        self.near.makeConnection(self.near_t)
+        self.far.makeConnection(self.far_t)
+        self.outcome: Optional[tuple[str, Optional[str]]] = None
+        self.relay = Relay(self.near, self.far, self.done)
+
+    def done(self, outcome: str, detail: Optional[str]) -> None:
+        assert self.outcome is None, "reported twice"
+        self.outcome = (outcome, detail)
+
+
+@pytest.fixture
+def ends() -> Ends:
+    e = Ends()
+    e.relay.start()
+    return e
+
+
+def test_bytes_flow_both_ways_and_are_counted(ends: Ends) -> None:
+    ends.near.dataReceived(b"request")
+    ends.far.dataReceived(b"answer!!")
+    assert ends.far_t.value() == b"request" and ends.near_t.value() == b"answer!!"
+    assert (ends.relay.bytes_out, ends.relay.bytes_in) == (7, 8)
+    assert ends.outcome is None
+
+
+def test_half_close_each_way_then_a_clean_end(ends: Ends) -> None:
+    ends.near.readConnectionLost()
+    assert ends.far_t.write_closed and not ends.near_t.write_closed
+    ends.far.dataReceived(b"still flowing")
+    assert ends.near_t.value() == b"still flowing"
+    ends.far.readConnectionLost()
+    assert ends.near_t.write_closed
+    assert ends.outcome == ("closed", None)
+    assert ends.near_t.disconnecting and ends.far_t.disconnecting
+    assert ends.near.sink is None and ends.far.sink is None  # no cycle left behind
+
+
+@pytest.mark.parametrize("how", [How.RESET, How.TRUNCATED])
+def test_far_side_failure_resets_the_near_side(ends: Ends, how: How) -> None:
+    ends.relay.end_lost(ends.far, how, "why")
+    assert ends.near_t.aborted and ends.outcome == (str(how), "why")
+
+
+def test_far_tcp_reset_resets_the_near_side(ends: Ends) -> None:
+    ends.far.connectionLost(Failure(ConnectionLost("peer reset")))
+    assert ends.near_t.aborted and ends.outcome is not None and ends.outcome[0] == "reset"
+
+
+def test_far_side_clean_end_closes_the_near_side(ends: Ends) -> None:
+    ends.far.connectionLost(Failure(ConnectionDone()))
+    assert ends.near_t.disconnecting and not ends.near_t.aborted
+    assert ends.outcome == ("closed", None)
+
+
+def test_near_side_going_away_uncleanly_resets_the_far_side(ends: Ends) -> None:
+    ends.near.connectionLost(Failure(ConnectionLost("program killed")))
+    assert ends.far_t.aborted
+    assert ends.outcome is not None and ends.outcome[0] == "client-reset"
+
+
+def test_near_side_closed_before_both_directions_ended_is_a_reset(ends: Ends) -> None:
+    ends.near.connectionLost(Failure(ConnectionDone()))
+    assert ends.far_t.aborted and ends.outcome is not None and ends.outcome[0] == "client-reset"
+
+
+def test_each_transport_produces_for_the_other(ends: Ends) -> None:
+    near_producer = ends.far_t.producer
+    far_producer = ends.near_t.producer
+    assert near_producer is not None and far_producer is not None
+    near_producer.pauseProducing()
+    assert ends.near_t.producerState == "paused"
+    near_producer.resumeProducing()
+    assert ends.near_t.producerState == "producing"
+    far_producer.stopProducing()  # a lost consumer must not close the other side behind our back
+    assert not ends.far_t.disconnecting
+    ends.near.readConnectionLost()
+    assert ends.near_t.producer is not None and ends.far_t.producer is None  # the finished side stops producing
+
+
+def test_what_was_held_during_setup_goes_first() -> None:
+    e = Ends()
+    e.relay.start(near_held=b"early request", near_eof=True, far_held=b"banner", far_eof=False)
+    assert e.far_t.value() == b"early request" and e.far_t.write_closed
+    assert e.near_t.value() == b"banner"
+    assert (e.relay.bytes_out, e.relay.bytes_in) == (13, 6)
+    e.far.readConnectionLost()
+    assert e.outcome == ("closed", None)
+
+
+def test_detach_stops_reporting() -> None:
+    e = Ends()
+    e.relay.start()
+    e.relay.detach()
+    assert e.near.sink is None and e.far.sink is None
+    e.relay.end_lost(e.far, How.RESET, "late")
+    assert e.outcome is None
+
+
+def test_ends_are_interchangeable() -> None:
+    # The relay only knows the End interface: a subclass with its own write path works as is.
+    class Recording(TCPEnd):
+        def __init__(self) -> None:
+            self.seen = b""
+
+        def write(self, data: bytes) -> None:
+            self.seen += data
+
+    near, far = Recording(), TCPEnd()
+    for end in (near, far):
+        end.makeConnection(Transport())
+    r = Relay(near, far, lambda o, d: None)
+    r.start()
+    far.dataReceived(b"x")
+    assert near.seen == b"x"
+    assert isinstance(near, End)
