@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ssaproxy.streams import End, How, TCPTransport
+from ssaproxy.streams import End, How, TCPTransport, graceful_close
 
 Done = Callable[[str, Optional[str]], None]
 
@@ -106,8 +106,8 @@ class Relay:
         other.shutdown_write()
         if all(self.eof.values()):
             self._unregister()
-            self.near.tcp.loseConnection()
-            self.far.tcp.loseConnection()
+            graceful_close(self.near.transport)
+            graceful_close(self.far.transport)
             self._finish("closed", None)
 
     def end_lost(self, end: End, how: How, detail: Optional[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application import service, strports
@@ -53,6 +54,39 @@ class _ResetOnStop(service.Service):
                 conn.shut_down()
 
 
+class _Signals(service.Service):
+    """Signals whose default action would end the process: an orderly stop instead (the
+    connections still open are reset by `_ResetOnStop`, the API socket is removed).  Even
+    without this, a daemon killed outright resets what it held: every relayed socket closes
+    with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams)."""
+
+    STOP = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.saved: dict[int, Any] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        for signum in self.STOP:
+            self.saved[signum] = signal.signal(signum, self._received)
+        self.saved[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _received(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._stop, signal.Signals(signum).name)
+
+    def _stop(self, name: str) -> None:
+        log.warn("{signal} received: stopping (open connections are reset)", signal=name)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> None:
+        super().stopService()
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+        self.saved.clear()
+
+
 class _ApiService(service.Service):
     """The Unix socket of the local socket API.  listenUNIX sets the mode right after bind;
     in between, the umask's mode applies (with the usual 022, only the owner may connect)."""
@@ -100,5 +134,6 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
         factories.append(api_factory)
         _ApiService(config.api, api_factory, reactor).setServiceParent(top)
     _ResetOnStop(factories).setServiceParent(top)
+    _Signals(reactor).setServiceParent(top)
     _Announce(config).setServiceParent(top)
     return top

@@ -69,15 +69,30 @@ def tcp(transport: object) -> TCPTransport:
     return cast(TCPTransport, transport)
 
 
-def reset(transport: object) -> None:
-    """Close a TCP connection with RST: SO_LINGER 0, then abort."""
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST
+_LINGER_OFF = struct.pack("ii", 0, 0)  # close() sends FIN (the default)
+
+
+def _linger(transport: object, value: bytes) -> None:
     handle = getattr(transport, "getHandle", lambda: None)()
     if isinstance(handle, socket.socket):
         try:
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
         except OSError:
             pass
+
+
+def reset(transport: object) -> None:
+    """Close a TCP connection with RST: SO_LINGER 0, then abort."""
+    _linger(transport, _LINGER_RESET)
     tcp(transport).abortConnection()
+
+
+def graceful_close(transport: object) -> None:
+    """Close a TCP connection with FIN, after what is queued: the only way an end closes
+    cleanly (see `End.connectionMade`)."""
+    _linger(transport, _LINGER_OFF)
+    tcp(transport).loseConnection()
 
 
 class EndSink(TypingProtocol):
@@ -93,10 +108,19 @@ class EndSink(TypingProtocol):
 
 
 class End(Protocol):
-    """One stream end on a TCP transport."""
+    """One stream end on a TCP transport.
+
+    From the moment it is connected, the socket is set to close with a reset (SO_LINGER 0);
+    only a deliberate clean close (`graceful_close`) turns that off first.  So when the daemon
+    dies however it dies (a signal, SIGKILL, the OOM killer), the kernel resets every
+    connection it still held, and no program reads a clean end of a cut stream.
+    """
 
     sink: Optional[EndSink] = None
     _aborting = False
+
+    def connectionMade(self) -> None:
+        _linger(self.transport, _LINGER_RESET)
 
     @property
     def tcp(self) -> TCPTransport:
@@ -113,7 +137,7 @@ class End(Protocol):
         """Orderly full close: our write side ends, then the connection."""
         self.shutdown_write()
         if self.transport is not None:
-            self.tcp.loseConnection()
+            graceful_close(self.transport)
 
     def abort(self) -> None:
         """End with a reset; the sink hears `ABORTED` (if it is still listening)."""
@@ -146,6 +170,7 @@ class TCPEnd(End):
     """Bytes as they are, with half-close both ways."""
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         if self.sink is not None:
             self.sink.end_ready(self)
 
@@ -160,7 +185,7 @@ class TCPEnd(End):
         self.tcp.loseWriteConnection()
 
     def close(self) -> None:
-        self.tcp.loseConnection()
+        graceful_close(self.transport)
 
     def readConnectionLost(self) -> None:
         if self.sink is not None:

@@ -29,7 +29,7 @@ from ssaproxy.policy import Identity
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
 from ssaproxy.proto.state import OUTCOME_ERRNO
-from ssaproxy.streams import How, OneShotFactory
+from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls.connection import client_stream, server_stream
 from ssaproxy.tls.server import negotiated_alpn
 from ssaproxy.tls.stream import TLSStream
@@ -295,7 +295,7 @@ class TLSSession(Lifecycle):
                 code = OUTCOME_ERRNO.get(outcome, errno.ECONNRESET)
                 text = f"{outcome}: {detail}" if detail else outcome
                 near.write(wire.encode(wire.Kind.ERROR, {wire.Tag.ERRNO: code, wire.Tag.TEXT: text}))
-                near.tcp.loseConnection()  # the frame, then a FIN: the result was delivered
+                graceful_close(near.transport)  # the frame, then a FIN: the result was delivered
             else:
                 near.abort()
         self.finish(outcome, detail, reset_near=False)

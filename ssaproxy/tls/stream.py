@@ -19,7 +19,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.streams import End, How, reset, tcp
+from ssaproxy.streams import End, How, graceful_close, reset, tcp
 from ssaproxy.tls.verify import PeerCheck
 
 _READ = 65536
@@ -52,6 +52,7 @@ class TLSStream(End):
 
     # ---- Twisted events
     def connectionMade(self) -> None:
+        super().connectionMade()
         if self.server:
             self.tls.set_accept_state()
         else:
@@ -78,7 +79,7 @@ class TLSStream(End):
         self._tcp_eof = True
         if self._failed:
             if self.transport is not None:  # a refused peer that has read our alert and left
-                self.transport.loseConnection()
+                graceful_close(self.transport)
             return
         if not self.peer_closed:
             # FIN without close_notify: let OpenSSL see the EOF, then call it truncation.
@@ -90,7 +91,7 @@ class TLSStream(End):
                            "connection closed without close_notify")
                 return
         if self.peer_closed and self.sent_close and self.transport is not None:
-            self.transport.loseConnection()
+            graceful_close(self.transport)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -161,7 +162,7 @@ class TLSStream(End):
             pass
         self._flush()
         if self.peer_closed and self.transport is not None:
-            self.transport.loseConnection()
+            graceful_close(self.transport)
 
     def facts(self) -> dict[str, object]:
         if not self.handshake_done:
@@ -221,7 +222,7 @@ class TLSStream(End):
         if self.sink is not None:
             self.sink.end_eof(self)
         if self.sent_close and self.transport is not None:
-            self.transport.loseConnection()
+            graceful_close(self.transport)
 
     def _flush(self) -> None:
         if self.transport is None:
