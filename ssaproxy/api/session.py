@@ -138,7 +138,6 @@ class TLSSession(Lifecycle):
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.target = ""
-        self._tcp_up = False
         self._info: dict[int, bytes] = {}
         self.on_ready: Optional[Callable[[TLSSession], None]] = None  # accept: the listener hands it over
         self.on_end: Optional[Callable[[TLSSession], None]] = None  # accept: the listener forgets it
@@ -159,8 +158,9 @@ class TLSSession(Lifecycle):
             endpoint = kind(self.reactor, ip, port, timeout=timeout)
         else:
             endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
-        self.arm("setup", timeout + self.limits.handshake_timeout, "connect-timeout",
-                 f"no TCP connection to {self.target} in time")
+        # Each phase has its own deadline: the connect (name resolution included) now, the
+        # handshake once TCP is up.
+        self.arm("setup", timeout, "connect-timeout", f"no TCP connection to {self.target} in {timeout:g}s")
         self.connect(endpoint, stream)
 
     def start_upgrade(self, carrier: Carrier, sock: socket.socket, server_ctx: Optional[SSL.Context]) -> None:
@@ -190,7 +190,6 @@ class TLSSession(Lifecycle):
     def _handshaking(self, stream: TLSStream) -> None:
         self.far = stream
         stream.sink = self
-        self._tcp_up = True
         self.go(State.HANDSHAKING)
         self.arm("setup", self.limits.handshake_timeout, "handshake-timeout",
                  f"no TLS handshake with {self.target} in time")
@@ -200,10 +199,9 @@ class TLSSession(Lifecycle):
         return self.far if isinstance(self.far, TLSStream) else None
 
     def far_connected(self) -> None:
-        self._tcp_up = True
         self._note_addresses()
         if not self.done:
-            self.go(State.HANDSHAKING)
+            self._handshaking(self.far_stream)  # type: ignore[arg-type]
 
     def _note_addresses(self) -> None:
         stream = self.far_stream
