@@ -1,13 +1,15 @@
 """The local socket API server: one control connection per program socket, on a Unix socket.
 
-Theory of operation: a control connection speaks the framed protocol of `ssaproxy.proto`
-(docs/api.md).  After HELLO it takes options, then exactly one of CONNECT or UPGRADE (the
-daemon answers CARRIER with the program's end of a fresh carrier; the session's result and
-then its plaintext travel on the carrier) or LISTEN (the program passes its bound, listening
-TCP socket; this connection then delivers ACCEPTED frames, each with a carrier, and takes one
-ACK per ACCEPTED).  Anything malformed or out of order gets an ERROR frame and the connection
-is closed; other programs are not affected.  The daemon never opens a file for a program:
-certificates and keys come as PEM bytes, sockets as file descriptors.
+Theory of operation: a control connection speaks the framed protocol of docs/api.md, whose
+rules (phases, order, descriptor pairing, version) live in one `Connection(Role.DAEMON)` of
+`ssaproxy.proto.connection`: this shell feeds it bytes and descriptors, acts on the events it
+gives, and writes what its `send` returns.  After HELLO it takes options, then exactly one of
+CONNECT or UPGRADE (the daemon answers CARRIER with the program's end of a fresh carrier; the
+session's result and then its plaintext travel on the carrier) or LISTEN (the program passes
+its bound, listening TCP socket; this connection then delivers ACCEPTED frames, each with a
+carrier, and takes one ACK per ACCEPTED).  Anything malformed or out of order gets an ERROR
+frame and the connection is closed; other programs are not affected.  The daemon never opens
+a file for a program: certificates and keys come as PEM bytes, sockets as file descriptors.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from ssaproxy.api.handover import Acceptor, close_fd, no_linger, take
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
 from ssaproxy.config import Api, Policy, is_valid_hostname
+from ssaproxy.kernel import host_port
+from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
-from ssaproxy.proto.state import DAEMON_PHASES
 from ssaproxy.streams import OneShotFactory
+from ssaproxy.tls.connection import server_stream
 from ssaproxy.tls.stream import TLSStream, ssl_text
 from ssaproxy.tls.verify import ClientCheck
 
-_MAX_FDS_HELD = 4
 _MIN_UNACKED, _MAX_UNACKED = 16, 128  # accepted connections delivered, not yet taken: BACKLOG within these
 _MAX_HANDSHAKES = 256  # per listener: TLS handshakes in progress
 _MAX_LISTENERS = 128  # each has an accept thread
@@ -70,10 +73,8 @@ class Control(Protocol):
 
     def __init__(self, factory: ApiFactory) -> None:
         self.factory = factory
-        self.decoder = wire.Decoder()
-        self.phase = "hello"
+        self.conn = c.Connection(c.Role.DAEMON)
         self.settings = Settings()
-        self.fds: list[int] = []
         self.creds: Optional[Creds] = None
         self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
         self.listener: Optional[Listener] = None
@@ -104,26 +105,33 @@ class Control(Protocol):
     def stopProducing(self) -> None:
         pass
 
+    @property
+    def phase(self) -> c.Phase:
+        return self.conn.phase
+
     def fileDescriptorReceived(self, descriptor: int) -> None:
-        self.fds.append(descriptor)
-        if len(self.fds) > _MAX_FDS_HELD:
-            self._refuse(errno.EPROTO, "too many file descriptors without a frame that takes them")
+        if self.closed:
+            close_fd(descriptor)
+            return
+        try:
+            self.conn.receive_fds([descriptor])
+        except c.RemoteProtocolError as e:
+            self._refuse(e.errno, e.text)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
-        self.decoder.receive_data(data)
+        if data:
+            self.conn.receive_data(data)
         while not self.closed and not self.paused:
             try:
-                message = self.decoder.next_message()
-            except wire.ProtocolError as e:
-                self._refuse(errno.EPROTO, f"malformed message: {e}")
+                event = self.conn.next_event()
+            except c.RemoteProtocolError as e:
+                self._refuse(e.errno, e.text)
                 return
-            if message is None:
+            if event is c.NEED_DATA:
                 break
-            self._handle(message)
-        if not self.closed and not self.paused and self.fds and not self.decoder.buffered:
-            self._refuse(errno.EPROTO, "a file descriptor came with a message that takes none")
+            self._handle(event)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
@@ -135,58 +143,40 @@ class Control(Protocol):
         if self.listener is not None:
             self.listener.close("program closed its listening socket")
 
-    # ---- messages
-    def _handle(self, m: wire.Message) -> None:
-        if m.kind not in DAEMON_PHASES[self.phase]:
-            self._refuse(errno.EPROTO, f"{m.kind.name} not allowed now ({self.phase})")
-            return
-        needs_fd = wire.carries_fd(m.kind)
-        fd: Optional[int] = None
-        if needs_fd:
-            if not self.fds:
-                self._refuse(errno.EINVAL, f"{m.kind.name} needs a file descriptor (SCM_RIGHTS)")
-                return
-            fd = self.fds.pop(0)
-        # A descriptor waiting while a message that takes none is handled may belong to a
-        # later message in the same read (the kernel ends a read after the bytes that carried
-        # descriptors); what no message takes is refused at the end of dataReceived.
+    # ---- events (the connection has checked phase, order, descriptors and version)
+    def _handle(self, event: c.Event) -> None:
         try:
-            self._dispatch(m, fd)  # owns fd from here on: _adopt_socket closes it on every path
+            self._dispatch(event)  # owns an event's fd from here on: take() and close on every path
         except ApiError as e:
-            self._reply(wire.Kind.ERROR, {wire.Tag.ERRNO: e.code, wire.Tag.TEXT: e.text})
+            if self.conn.awaiting is not None:
+                self._reply(c.Error(e.code, e.text))
+            else:  # the request was answered already (CARRIER went): nothing left to say but goodbye
+                self._refuse(e.code, e.text)
 
-    def _dispatch(self, m: wire.Message, fd: Optional[int]) -> None:
+    def _dispatch(self, event: c.Event) -> None:
         policy = self.factory.policy
-        if m.kind == wire.Kind.HELLO:
-            version = m.int(wire.Tag.VERSION)
-            if version != wire.VERSION:
-                self._refuse(errno.EPROTONOSUPPORT, f"protocol version {version} unknown; this daemon speaks "
-                                                    f"{wire.VERSION}")
-                return
-            self.phase = "options"
-            self._reply(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: self.control_id})
-        elif m.kind == wire.Kind.SETOPT:
-            self.settings = apply(self.settings, policy, m.int(wire.Tag.OPTION), m.raw(wire.Tag.VALUE))
-            self._reply(wire.Kind.OK)
-        elif m.kind == wire.Kind.GETOPT:
-            self._reply(wire.Kind.VALUE, {wire.Tag.VALUE: get(self.settings, policy, m.int(wire.Tag.OPTION))})
-        elif m.kind == wire.Kind.CONNECT:
-            self._connect(m)
-        elif m.kind == wire.Kind.UPGRADE:
-            assert fd is not None
-            self._upgrade(m, fd)
-        elif m.kind == wire.Kind.LISTEN:
-            assert fd is not None
-            self._listen(m, fd)
-        elif m.kind == wire.Kind.ACK:
-            if self.listener is None or not self.handed:
-                self._refuse(errno.EPROTO, "ACK without an ACCEPTED")
-                return
+        if isinstance(event, c.Hello):
+            self._reply(c.Welcome(wire.VERSION, self.control_id))
+        elif isinstance(event, c.SetOption):
+            self.settings = apply(self.settings, policy, event.option, event.value)
+            self._reply(c.Ok())
+        elif isinstance(event, c.GetOption):
+            self._reply(c.Value(get(self.settings, policy, event.option)))
+        elif isinstance(event, c.Connect):
+            self._connect(event)
+        elif isinstance(event, c.Upgrade):
+            self._upgrade(event)
+        elif isinstance(event, c.Listen):
+            self._listen(event)
+        elif isinstance(event, c.Ack):
+            assert self.listener is not None and self.handed  # the connection counts ACCEPTED and ACK
             self.handed.pop(0).close()
             self.listener.acked()
+        elif isinstance(event, c.ConnectionClosed):
+            pass  # connectionLost follows
 
-    def _connect(self, m: wire.Message) -> None:
-        host, port, family = m.text(wire.Tag.HOST), m.int(wire.Tag.PORT), m.int(wire.Tag.FAMILY)
+    def _connect(self, event: c.Connect) -> None:
+        host, port, family = event.host, event.port, event.family
         if not 0 < port < 65536:
             raise ApiError(errno.EINVAL, f"port {port} out of range")
         if family not in (0, 4, 6):
@@ -205,10 +195,10 @@ class Control(Protocol):
         session, carrier = self._start("connect")
         session.start_connect(carrier, host, port, family)
 
-    def _upgrade(self, m: wire.Message, fd: int) -> None:
-        sock = take(fd)
+    def _upgrade(self, event: c.Upgrade) -> None:
+        sock = take(event.fd)
         try:
-            role = m.int(wire.Tag.ROLE)
+            role = event.role
             if role not in (wire.ROLE_CLIENT, wire.ROLE_SERVER):
                 raise ApiError(errno.EINVAL, f"role {role} unknown")
             if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -227,8 +217,8 @@ class Control(Protocol):
         finally:
             sock.close()  # the reactor adopted its own duplicate
 
-    def _listen(self, m: wire.Message, fd: int) -> None:
-        sock = take(fd)
+    def _listen(self, event: c.Listen) -> None:
+        sock = take(event.fd)
         try:
             if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
                 raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
@@ -237,13 +227,12 @@ class Control(Protocol):
             if sum(isinstance(x, Listener) for x in self.factory.active) >= _MAX_LISTENERS:
                 raise ApiError(errno.EAGAIN, f"the daemon serves {_MAX_LISTENERS} listening sockets already")
             ctx = self._context(server=True)
-            backlog = max(_MIN_UNACKED, min(m.int(wire.Tag.BACKLOG), _MAX_UNACKED))
+            backlog = max(_MIN_UNACKED, min(event.backlog, _MAX_UNACKED))
         except BaseException:
             sock.close()
             raise
         self.listener = Listener(self, ctx, self.settings, sock, backlog)  # its acceptor owns sock now
-        self.phase = "listening"
-        self._reply(wire.Kind.OK)
+        self._reply(c.Ok())
 
     def _context(self, *, server: bool) -> SSL.Context:
         """The TLS context for these settings; EINVAL (nothing started) if OpenSSL refuses them,
@@ -272,27 +261,28 @@ class Control(Protocol):
             session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
             raise ApiError(errno.EAGAIN if e.errno in (errno.EMFILE, errno.ENFILE) else errno.EIO,
                            f"the daemon cannot make a carrier connection: {e.strerror or e}") from None
-        self.phase = "handed"
-        self._hand(program_end, wire.Kind.CARRIER)
+        self._hand(program_end, c.Carrier(program_end.fileno()))
         return session, carrier
 
-    def _hand(self, program_end: socket.socket, kind: wire.Kind, fields: Optional[dict[int, object]] = None) -> None:
-        """Send `program_end` with a frame; it stays open here until the program has it."""
+    def _hand(self, program_end: socket.socket, event: c.Carrier | c.Accepted) -> None:
+        """Send `program_end` with its frame; it stays open here until the program has it."""
         assert self.transport is not None
+        frame = self.conn.send(event)
         self.handed.append(program_end)
         self.transport.sendFileDescriptor(program_end.fileno())  # type: ignore[attr-defined]
-        self.transport.write(wire.encode(kind, fields))
+        self.transport.write(frame)
 
-    def _reply(self, kind: wire.Kind, fields: Optional[dict[int, object]] = None) -> None:
+    def _reply(self, event: c.Event) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.write(wire.encode(kind, fields))
+            self.transport.write(self.conn.send(event))
 
     def _refuse(self, code: int, text: str) -> None:
         if self.closed:
             return
         self.log.warn("api control connection refused: {text} pid={pid} uid={uid}", text=text,
                       pid=self.creds.pid if self.creds else None, uid=self.creds.uid if self.creds else None)
-        self._reply(wire.Kind.ERROR, {wire.Tag.ERRNO: code, wire.Tag.TEXT: text})
+        if self.transport is not None:
+            self.transport.write(self.conn.refuse(code, text))
         self.closed = True
         self._close_fds()
         if self.transport is not None:
@@ -302,9 +292,8 @@ class Control(Protocol):
             self.transport.loseConnection()
 
     def _close_fds(self) -> None:
-        for fd in self.fds:
+        for fd in self.conn.discard_fds():
             close_fd(fd)
-        self.fds = []
 
 
 class _AcceptedStream(TLSStream):
@@ -318,7 +307,7 @@ class _AcceptedStream(TLSStream):
         session, self.session = self.session, None  # no cycle: freed by reference counting
         if session is not None:
             session._note_addresses()
-            session.target = f"{session.peer[0]}:{session.peer[1]}"
+            session.target = host_port(*session.peer)
 
 
 class Listener:
@@ -357,9 +346,7 @@ class Listener:
 
     def _stream(self) -> TLSStream:
         check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
-        conn = SSL.Connection(self.ctx, None)
-        conn.set_app_data(check)
-        stream = _AcceptedStream(conn, check, server=True)
+        stream = server_stream(self.ctx, check, _AcceptedStream)
         assert self.control.creds is not None
         session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
                              limits=self.factory.limits, creds=self.control.creds, op="accept",
@@ -382,10 +369,8 @@ class Listener:
         except OSError as e:
             session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
             return
-        host, port = session.peer
-        self.control._hand(program_end, wire.Kind.ACCEPTED, {
-            wire.Tag.PEER_HOST: host, wire.Tag.PEER_PORT: port,
-            wire.Tag.LOCAL_HOST: session.local[0], wire.Tag.LOCAL_PORT: session.local[1], **session.info_attrs})
+        info = {tag - wire.INFO_BASE: raw for tag, raw in session.info_attrs.items()}
+        self.control._hand(program_end, c.Accepted(session.peer, session.local, info, program_end.fileno()))
         session.splice(carrier)
         self.unacked += 1
         if self.unacked >= self.backlog:

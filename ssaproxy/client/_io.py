@@ -1,26 +1,31 @@
-"""Frame I/O for the library.
+"""Frame I/O for the library: bytes and descriptors between a socket and a Connection.
 
-On the carrier, exactly one frame is read and nothing more: the plaintext that follows
-ESTABLISHED must stay in the kernel for the program's own reads (`frame_ready` peeks,
-`read_frame` reads the counted bytes).  A listening socket carries frames only, so `pump`
-reads frame by frame through a buffer kept across calls.
+Reads never go past the frame being assembled (`Connection.wanted`).  On the carrier that
+keeps the plaintext after ESTABLISHED in the kernel for the program's own reads; on a
+listening socket it means a whole frame never waits in a user-space buffer while select()
+says the socket is empty.  Peeking cannot tell whether a frame is complete on a Unix socket
+(MSG_PEEK stops after bytes that carry descriptors), so only the carrier (TCP) is peeked at:
+`frame_ready` and `wait_frame`.
 """
 
 from __future__ import annotations
 
 import array
 import errno
+import os
 import select
 import socket
 import time
 from typing import Optional
 
 from ssaproxy.proto import wire
+from ssaproxy.proto.connection import NEED_DATA, Connection, Event
 
 _std = socket.socket
 
 
 def send_frame(sock: socket.socket, frame: bytes, fd: Optional[int] = None) -> None:
+    """Write one frame; `fd` goes as SCM_RIGHTS on its first byte."""
     if fd is None:
         _std.sendall(sock, frame)
         return
@@ -53,43 +58,29 @@ def _recvmsg(sock: socket.socket, n: int, fds: list[int]) -> bytes:
     return data
 
 
-def _recv(sock: socket.socket, n: int, deadline: Optional[float], fds: list[int]) -> bytes:
-    """Up to n bytes (at least one), appending any passed descriptors to `fds`; b"" at EOF."""
-    while True:
-        try:
-            return _recvmsg(sock, n, fds)
-        except BlockingIOError:
-            _wait(sock, deadline)
-
-
-def read_frame(sock: socket.socket, timeout: Optional[float], fds: Optional[list[int]] = None) -> wire.Message:
-    """One whole frame, blocking up to `timeout` seconds overall.  Descriptors that arrive
-    are appended to `fds` (closed when it is None): the sender may attach a frame's
-    descriptor to an earlier byte than the frame's own (never a later one), so they pair with
-    descriptor-carrying frames first in, first out.  EOF before a whole frame is ECONNABORTED."""
+def next_event(sock: socket.socket, conn: Connection, timeout: Optional[float]) -> Optional[Event]:
+    """The connection's next event, reading `sock` as needed for up to `timeout` seconds
+    overall (TimeoutError after that; with timeout 0, None when no whole frame is there).
+    The end of the stream is fed to the connection, which makes it ConnectionClosed (or a
+    RemoteProtocolError in the middle of a frame).  Descriptors received go to the
+    connection, which pairs them with frames first in, first out."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    got: list[int] = []
-    try:
-        head = b""
-        while len(head) < 4:
-            chunk = _recv(sock, 4 - len(head), deadline, got)
-            if not chunk:
-                raise ConnectionAbortedError(errno.ECONNABORTED, "the ssaproxy daemon closed the session")
-            head += chunk
-        size = wire.frame_size(head)
-        body = b""
-        while len(body) < size - 4:
-            chunk = _recv(sock, size - 4 - len(body), deadline, got)
-            if not chunk:
-                raise ConnectionAbortedError(errno.ECONNABORTED, "the ssaproxy daemon closed the session")
-            body += chunk
-        return wire.decode_body(body)
-    finally:
-        if fds is not None:
-            fds.extend(got)
-        else:
-            for fd in got:
-                _close(fd)
+    while True:
+        event = conn.next_event()
+        if event is not NEED_DATA:
+            return event
+        fds: list[int] = []
+        try:
+            data = _recvmsg(sock, conn.wanted, fds)
+        except BlockingIOError:
+            if timeout == 0:
+                return None
+            _wait(sock, deadline)
+            continue
+        finally:
+            if fds:
+                conn.receive_fds(fds)
+        conn.receive_data(data)
 
 
 def frame_ready(sock: socket.socket) -> Optional[bool]:
@@ -111,33 +102,6 @@ def frame_ready(sock: socket.socket) -> Optional[bool]:
     return len(whole) >= size
 
 
-def pump(sock: socket.socket, buffer: bytearray, fds: list[int],
-         timeout: Optional[float]) -> Optional[wire.Message]:
-    """The next frame from a stream that carries only frames (a listening socket's).  Reads
-    never go past the frame being assembled, so a frame is never left waiting in `buffer`
-    while select() says the socket is empty; a partial frame stays in `buffer` between
-    calls, descriptors go to `fds`.  timeout 0: None when no whole frame is there yet.  EOF
-    is ECONNABORTED.  (Peeking cannot tell whether a frame is complete here: on a Unix
-    socket, MSG_PEEK stops after bytes that carry descriptors.)"""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        need = 4 - len(buffer) if len(buffer) < 4 else wire.frame_size(bytes(buffer[:4])) - len(buffer)
-        if need == 0:
-            body = bytes(buffer[4:])
-            del buffer[:]
-            return wire.decode_body(body)
-        try:
-            data = _recvmsg(sock, need, fds)
-        except BlockingIOError:
-            if timeout == 0:
-                return None
-            _wait(sock, deadline)
-            continue
-        if not data:
-            raise ConnectionAbortedError(errno.ECONNABORTED, "the ssaproxy daemon closed the listening session")
-        buffer += data
-
-
 def wait_frame(sock: socket.socket, timeout: Optional[float]) -> None:
     """Block until a whole frame (or EOF) is waiting, consuming nothing: a timeout leaves the
     stream in step for the next attempt."""
@@ -146,10 +110,9 @@ def wait_frame(sock: socket.socket, timeout: Optional[float]) -> None:
         _wait(sock, deadline)
 
 
-def _close(fd: int) -> None:
-    import os
-
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

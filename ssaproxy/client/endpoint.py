@@ -71,10 +71,10 @@ class SSAClientEndpoint:
             code = sock.connect_ex((self.host, self.port))
         except OSError as e:
             sock.close()
-            return defer.fail(error.ConnectError(osError=e.errno, string=str(e)))
+            return defer.fail(error.ConnectError(osError=e.errno, string=str(e)))  # type: ignore[no-untyped-call]
         if code not in (0, errno.EINPROGRESS):
             sock.close()
-            return defer.fail(error.ConnectError(osError=code, string=_reason(sock, code)))
+            return defer.fail(error.ConnectError(osError=code, string=_reason(sock, code)))  # type: ignore[no-untyped-call]
 
         waiter: Optional[_Waiter] = None
         timer: Any = None
@@ -99,12 +99,12 @@ class SSAClientEndpoint:
             if result != 0:
                 reason = _reason(sock, result)
                 sock.close()
-                d.errback(error.ConnectError(osError=result, string=reason))
+                d.errback(error.ConnectError(osError=result, string=reason))  # type: ignore[no-untyped-call]
                 return
             protocol = factory.buildProtocol(None)  # type: ignore[arg-type]  # no address to give
             if protocol is None:
                 sock.close()
-                d.errback(error.ConnectError(string="factory built no protocol"))
+                d.errback(error.ConnectError(string="factory built no protocol"))  # type: ignore[no-untyped-call]
                 return
             self.reactor.adoptStreamConnection(sock.fileno(), _stdsocket.AF_INET, _Once(protocol))
             sock.close()  # the reactor holds its own duplicate of the carrier
@@ -113,7 +113,7 @@ class SSAClientEndpoint:
         def timed_out() -> None:
             cleanup()
             sock.close()
-            d.errback(error.TimeoutError(string=f"no verified TLS connection to {self.host}:{self.port} in time"))
+            d.errback(error.TimeoutError(string=f"no verified TLS connection to {self.host}:{self.port} in time"))  # type: ignore[no-untyped-call]
 
         waiter = _Waiter(sock, ready)
         self.reactor.addReader(waiter)

@@ -10,7 +10,7 @@ import os
 import selectors
 import socket as _stdsocket
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from ssaproxy.client import socket as tls_socket
 from ssaproxy.proto import options as o
@@ -42,7 +42,9 @@ def run(host: str, port: int, *, hostname: Optional[str] = None, alpn: Optional[
 
 
 def _describe(s: tls_socket, host: str, port: int) -> None:
-    get = lambda n: s.getsockopt(o.IPPROTO_TLS, n)  # noqa: E731
+    def get(n: int) -> Any:
+        return s.getsockopt(o.IPPROTO_TLS, n)
+
     peer = s.getpeername()
     chain = get(o.TLS_PEER_CERTIFICATE_CHAIN).count(b"-----BEGIN CERTIFICATE-----")
     version = o.VERSION_NAMES.get(get(o.TLS_VERSION_CONN), "?")

@@ -244,4 +244,4 @@ def frame_size(header: bytes) -> int:
     (size,) = _LEN.unpack(header)
     if size > MAX_FRAME or size < _KIND.size:
         raise ProtocolError(f"frame length {size} outside 2..{MAX_FRAME}")
-    return _LEN.size + size
+    return _LEN.size + int(size)

@@ -1,0 +1,413 @@
+"""`ssaproxy.socket`: the Secure Socket API's calls on a real file descriptor.
+
+Until it connects or listens, the object holds an ordinary TCP socket (so bind() works with
+the program's own permissions) and a control connection to the daemon.  connect() receives
+the program's end of a loopback TCP carrier, which dup2() puts in place of the object's file
+descriptor: the number never changes, and from then on the fd carries the result frame, then
+plaintext.  listen() passes the bound, listening socket to the daemon and puts the control
+connection in its place; accepted connections arrive on it, each with a carrier.  The phase
+of each socket is its session's `Connection.phase` (one vocabulary with the daemon).
+"""
+
+from __future__ import annotations
+
+import _socket as _csocket
+import errno
+import os
+import socket as _socket_module
+import struct
+from typing import Any, Optional
+
+from ssaproxy.client import _io
+from ssaproxy.client.daemon import Control
+from ssaproxy.client.errors import error
+from ssaproxy.client.record import SocketRecord, target
+from ssaproxy.client.values import Value, encode, split_key
+from ssaproxy.proto import connection as c
+from ssaproxy.proto import options as o
+from ssaproxy.proto.connection import Phase, check
+
+_std = _socket_module.socket
+TLS_UPGRADE_CLIENT = 1  # TCP_UPGRADE_TLS values
+TLS_UPGRADE_SERVER = 2
+
+
+class socket(_std):
+    """A socket.socket whose proto IPPROTO_TLS gets TLS from the ssaproxy daemon.  With any
+    other proto it is an ordinary socket that also understands TCP_UPGRADE_TLS."""
+
+    __module__ = "ssaproxy.client"  # its public name is ssaproxy.client.socket (= ssaproxy.socket)
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: Optional[int] = None) -> None:
+        tls = proto == o.IPPROTO_TLS
+        if tls and type not in (-1, _socket_module.SOCK_STREAM) and not type & _socket_module.SOCK_STREAM:
+            raise error(errno.EPROTONOSUPPORT, "IPPROTO_TLS needs SOCK_STREAM")
+        if family == -1:
+            family = _socket_module.AF_INET
+        real = _socket_module.AF_INET if family == o.AF_HOSTNAME else family
+        if tls:
+            _std.__init__(self, real, _socket_module.SOCK_STREAM if type == -1 else type, 0, fileno)
+        else:
+            _std.__init__(self, family, type, proto, fileno)
+        # With a descriptor: an accepted connection (accept() fills in the rest).
+        accepted = tls and fileno is not None
+        self._tls = SocketRecord(family, plain=not tls, phase=Phase.CONNECTED if accepted else Phase.FRESH)
+
+    def _err(self, code: int, text: str) -> OSError:
+        """The error for a failed call, remembered as TLS_ERROR."""
+        self._tls.error = text
+        return error(code, text)
+
+    # ---- identity
+    @property
+    def family(self) -> Any:
+        if self._tls.family == o.AF_HOSTNAME:
+            return o.AF_HOSTNAME
+        return super().family
+
+    @property
+    def proto(self) -> int:
+        return o.IPPROTO_TLS if not self._tls.plain else super().proto
+
+    # ---- options
+    def setsockopt(self, level: int, optname: int, value: Any, optlen: Optional[int] = None) -> None:
+        if level == o.IPPROTO_TLS:
+            self._set_tls(optname, value)
+        elif level in (o.SOL_TCP, _socket_module.IPPROTO_TCP) and optname == o.TCP_UPGRADE_TLS:
+            self._upgrade(int(value) if not isinstance(value, (bytes, bytearray)) else struct.unpack("=i", value)[0])
+        elif optlen is not None:
+            super().setsockopt(level, optname, value, optlen)
+        else:
+            super().setsockopt(level, optname, value)
+
+    def _set_tls(self, number: int, value: Value, remember: bool = True) -> None:
+        t = self._tls
+        problem = check("setopt", t.phase)
+        if problem is not None:
+            raise self._err(problem, f"options are set before connect/listen ({t.phase.value})")
+        option = o.OPTIONS.get(number)
+        if option is None or option.unsupported or not option.settable:
+            why = (option.unsupported or "read only") if option else "unknown option"
+            raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
+        raw = encode(number, value)
+        pairs = [(number, raw)]
+        if number == o.TLS_CERTIFICATE_CHAIN:
+            chain, key = split_key(raw)
+            pairs = [(number, chain)] + ([(o.TLS_PRIVATE_KEY, key)] if key else [])
+        for n, v in pairs:
+            self._request(c.SetOption(n, v))
+            if remember:
+                t.options.append((n, v))
+
+    def getsockopt(self, level: int, optname: int, buflen: int = 0) -> Any:
+        t = self._tls
+        if level == o.IPPROTO_TLS:
+            raw = self._get_tls(optname)
+            option = o.OPTIONS[optname]
+            if option.kind == o.INT:
+                number = o.unpack_int(raw)
+                return struct.pack("=i", number)[:buflen] if buflen else number
+            return raw[:buflen] if buflen else raw
+        if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not buflen:
+            if t.phase == Phase.CONNECTING:
+                try:
+                    self._settle(block=False)
+                except OSError as e:
+                    return e.errno
+            return super().getsockopt(level, optname)
+        return super().getsockopt(level, optname, buflen) if buflen else super().getsockopt(level, optname)
+
+    def _get_tls(self, number: int) -> bytes:
+        t = self._tls
+        option = o.OPTIONS.get(number)
+        if option is None or option.unsupported or not option.gettable:
+            why = (option.unsupported or "not readable") if option else "unknown option"
+            raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
+        if number == o.TLS_ERROR:
+            return t.error.encode("utf-8")
+        if t.phase == Phase.CONNECTING:
+            self._settle(block=self.gettimeout() != 0.0)
+        if t.phase == Phase.CONNECTED:
+            return t.info.get(number, b"")
+        if option.connected_only:
+            raise self._err(errno.ENOTCONN, f"{option.name} has a value once connected")
+        if t.phase == Phase.LISTENING:
+            raise self._err(errno.EOPNOTSUPP, "a listening socket answers only TLS_ERROR")
+        reply = self._request(c.GetOption(number))
+        assert isinstance(reply, c.Value)
+        return reply.value
+
+    # ---- the control connection
+    def _session(self) -> Control:
+        t = self._tls
+        if t.control is None:
+            if t.conn.phase != Phase.FRESH:  # a new attempt after a failed one
+                t.conn = c.Connection(c.Role.CLIENT)
+            control = Control(t.conn)
+            try:
+                for number, value in t.options:
+                    control.request(c.SetOption(number, value))
+            except BaseException:
+                control.close()
+                t.conn = c.Connection(c.Role.CLIENT)
+                raise
+            t.control = control
+        return t.control
+
+    def _request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
+        try:
+            return self._session().request(event, fd)
+        except OSError as e:
+            self._tls.error = e.strerror or str(e)
+            if e.errno in (errno.ECONNABORTED, errno.EPROTO) or self._tls.conn.phase == Phase.CLOSED:
+                self._tls.drop_session()
+            raise
+
+    def _take_carrier(self, reply: c.Event) -> None:
+        if not isinstance(reply, c.Carrier):
+            raise self._err(errno.EPROTO, "the daemon's reply lacks its file descriptor")
+        timeout = self.gettimeout()
+        try:
+            os.dup2(reply.fd, self.fileno(), inheritable=False)  # the program's fd number stays; its file changes
+        finally:
+            os.close(reply.fd)
+        self.settimeout(timeout)  # O_NONBLOCK lives on the new file: set it again
+        self._tls.close_control()
+
+    # ---- connecting
+    def connect(self, address: Any) -> None:
+        code = self._connect(address)
+        if code == errno.EINPROGRESS:
+            raise error(code, os.strerror(code))  # not a failure: TLS_ERROR stays as it was
+        if code:
+            raise self._err(code, self._tls.error)
+
+    def connect_ex(self, address: Any) -> int:
+        try:
+            return self._connect(address)
+        except OSError as e:
+            if isinstance(e, TimeoutError) and e.errno is None:
+                return errno.EAGAIN
+            return e.errno or errno.EIO
+
+    def _connect(self, address: Any) -> int:
+        t = self._tls
+        if t.plain:
+            super().connect(address)
+            return 0
+        if t.phase == Phase.CONNECTING:
+            return 0 if self._settle(block=self.gettimeout() != 0.0) else errno.EALREADY
+        problem = check("connect", t.phase)
+        if problem is not None:
+            raise self._err(problem, f"connect() while {t.phase.value}")
+        if t.bound:
+            raise self._err(errno.EOPNOTSUPP, "connect() after bind(): the daemon picks the source address")
+        try:
+            host, port, family, name = target(t.family, address)
+        except OSError as e:
+            t.error = e.strerror or str(e)
+            raise
+        if name is not None and not any(n == o.TLS_REMOTE_HOSTNAME for n, _ in t.options):
+            self._set_tls(o.TLS_REMOTE_HOSTNAME, name, remember=False)  # this attempt's name only
+        self._take_carrier(self._request(c.Connect(host, port, family)))
+        if self.gettimeout() == 0.0:
+            return errno.EINPROGRESS
+        self._settle(block=True)
+        return 0
+
+    def _settle(self, *, block: bool) -> bool:
+        """Read the connect/upgrade result off the carrier.  True once connected; False when
+        not there yet (non-blocking); the failure's errno as an OSError."""
+        t = self._tls
+        if t.phase != Phase.CONNECTING:
+            return t.phase == Phase.CONNECTED
+        try:
+            if block:
+                _io.wait_frame(self, self.gettimeout())  # TimeoutError leaves the frame where it is
+            elif _io.frame_ready(self) is False:
+                return False
+            event = _io.next_event(self, t.conn, 1.0)  # whole (or EOF), so this does not wait
+        except TimeoutError:
+            raise
+        except OSError as e:
+            t.failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
+            raise error(t.failed_errno, t.error) from None
+        except c.RemoteProtocolError as e:
+            t.failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
+            raise error(errno.EPROTO, t.error) from None
+        if isinstance(event, c.Established):
+            self._established(event)
+            return True
+        if isinstance(event, c.Error):  # the connection is FAILED now
+            t.error, t.failed_errno = event.text, event.errno
+        else:
+            t.failed(errno.ECONNABORTED, "the ssaproxy daemon ended the connection")
+        raise self._err(t.failed_errno, t.error)
+
+    def _established(self, event: c.Established | c.Accepted) -> None:
+        t = self._tls
+        t.info = dict(event.info)
+        t.peer = event.peer
+        t.local = event.local
+        t.error = ""
+
+    # ---- STARTTLS
+    def _upgrade(self, role: int) -> None:
+        t = self._tls
+        if not t.plain:
+            raise self._err(errno.EOPNOTSUPP, "TCP_UPGRADE_TLS is for an ordinary TCP socket; this one is IPPROTO_TLS")
+        if role not in (TLS_UPGRADE_CLIENT, TLS_UPGRADE_SERVER):
+            raise self._err(errno.EINVAL, "TCP_UPGRADE_TLS takes TLS_UPGRADE_CLIENT (1) or TLS_UPGRADE_SERVER (2)")
+        if t.phase not in (Phase.FRESH, Phase.OPEN):
+            raise self._err(errno.EISCONN, "already TLS")
+        try:
+            _std.getpeername(self)
+        except OSError:
+            raise self._err(errno.ENOTCONN, "TCP_UPGRADE_TLS needs a connected socket") from None
+        try:
+            reply = self._request(c.Upgrade(role, self.fileno()), fd=self.fileno())
+            timeout = self.gettimeout()
+            self._take_carrier(reply)
+        except OSError:
+            # STARTTLS was agreed with the peer: this connection must not go on in plaintext.
+            try:
+                _std.shutdown(self, _socket_module.SHUT_RDWR)
+            except OSError:
+                pass
+            raise
+        t.plain = False
+        try:
+            self.settimeout(None)  # setsockopt is synchronous; the daemon's own timeouts bound the wait
+            self._settle(block=True)
+        finally:
+            self.settimeout(timeout)
+
+    # ---- serving
+    def bind(self, address: Any) -> None:
+        if not self._tls.plain and self._tls.family == o.AF_HOSTNAME:
+            raise self._err(errno.EOPNOTSUPP, "an AF_HOSTNAME socket cannot bind")
+        super().bind(address)
+        self._tls.bound = True
+
+    def listen(self, backlog: int = 128) -> None:
+        t = self._tls
+        if t.plain:
+            super().listen(backlog)
+            return
+        problem = check("listen", t.phase)
+        if problem is not None:
+            raise self._err(problem, f"listen() while {t.phase.value}")
+        if t.phase == Phase.LISTENING:
+            return
+        super().listen(backlog)
+        t.local = super().getsockname()[:2]
+        control = self._session()
+        self._request(c.Listen(backlog, self.fileno()), fd=self.fileno())
+        timeout = self.gettimeout()
+        os.dup2(control.fileno(), self.fileno(), inheritable=False)  # accepted connections arrive here now
+        self.settimeout(timeout)
+        t.close_control()  # the session lives on, LISTENING, on this descriptor
+
+    def accept(self) -> tuple["socket", Any]:
+        t = self._tls
+        if t.plain:
+            fd, addr = self._accept()  # type: ignore[attr-defined]
+            return type(self)(self.family, self.type, self.proto, fileno=fd), addr
+        problem = check("accept", t.phase)
+        if problem is not None:
+            raise self._err(problem, "accept() on a socket that is not listening")
+        try:
+            event = _io.next_event(self, t.conn, self.gettimeout())
+        except c.RemoteProtocolError as e:
+            raise self._err(e.errno, f"malformed message from the ssaproxy daemon: {e.text}") from None
+        if event is None:
+            raise BlockingIOError(errno.EAGAIN, "no connection ready")
+        if isinstance(event, c.ConnectionClosed):
+            raise ConnectionAbortedError(errno.ECONNABORTED, "the ssaproxy daemon closed the listening session")
+        assert isinstance(event, c.Accepted)  # the only kind the connection lets through now
+        _io.send_frame(self, t.conn.send(c.Ack()))
+        conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=event.fd)
+        conn._established(event)
+        if _socket_module.getdefaulttimeout() is None:
+            conn.settimeout(None)
+        peer = event.peer
+        address = (peer[0], peer[1], 0, 0) if t.family == _socket_module.AF_INET6 else peer
+        return conn, address
+
+    # ---- addresses
+    def getpeername(self) -> Any:
+        t = self._tls
+        if t.phase == Phase.CONNECTING:
+            self._settle(block=False)
+        if t.phase == Phase.CONNECTED and t.peer is not None:
+            return t.peer if t.family != _socket_module.AF_INET6 else (*t.peer, 0, 0)
+        if not t.plain and t.phase not in (Phase.FRESH, Phase.OPEN):
+            raise self._err(errno.ENOTCONN, "not connected")
+        return super().getpeername()
+
+    def getsockname(self) -> Any:
+        t = self._tls
+        if t.phase in (Phase.CONNECTED, Phase.LISTENING) and t.local is not None:
+            return t.local if t.family != _socket_module.AF_INET6 else (*t.local, 0, 0)
+        return super().getsockname()
+
+    # ---- data: the connect result comes first on the carrier
+    def _ready_for_data(self, reading: bool) -> None:
+        t = self._tls
+        if t.phase == Phase.CONNECTING:
+            if not self._settle(block=self.gettimeout() != 0.0) and reading:
+                raise BlockingIOError(errno.EAGAIN, "TLS handshake still in progress")
+        elif t.phase == Phase.FAILED:
+            raise self._err(errno.ENOTCONN, t.error or "not connected")
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._ready_for_data(True)
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._ready_for_data(True)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
+        self._ready_for_data(True)
+        return super().recvfrom(bufsize, flags)
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Any:
+        self._ready_for_data(True)
+        return super().recvfrom_into(buffer, nbytes, flags)
+
+    def recvmsg(self, *args: Any) -> Any:
+        self._ready_for_data(True)
+        return super().recvmsg(*args)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._ready_for_data(False)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._ready_for_data(False)
+        super().sendall(data, flags)
+
+    def sendmsg(self, *args: Any) -> int:
+        self._ready_for_data(False)
+        return super().sendmsg(*args)
+
+    def shutdown(self, how: int) -> None:
+        if self._tls.phase == Phase.CONNECTING:
+            self._settle(block=True)  # a FIN before the result would read as "the program left"
+        super().shutdown(how)
+
+    def dup(self) -> "socket":
+        t = self._tls
+        if t.phase != Phase.CONNECTED and not t.plain:
+            raise self._err(errno.EOPNOTSUPP, f"dup() of an IPPROTO_TLS socket while {t.phase.value}")
+        new = type(self)(t.family, self.type, self.proto, fileno=os.dup(self.fileno()))
+        new._tls.info, new._tls.peer, new._tls.local = dict(t.info), t.peer, t.local
+        new.settimeout(self.gettimeout())
+        return new
+
+    def _real_close(self, _ss: Any = _csocket.socket) -> None:
+        self._tls.close_control()
+        _io.close_all(self._tls.conn.discard_fds())
+        self._tls.conn.close()
+        super()._real_close(_ss)  # type: ignore[misc]
