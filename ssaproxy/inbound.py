@@ -23,8 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ssaproxy import proxyproto, relay
-from ssaproxy.config import Policy
-from ssaproxy.inbound_config import Inbound
+from ssaproxy.config import Inbound, Policy
 from ssaproxy.outbound import original_destination, plain_address
 from ssaproxy.tls.server import negotiated_alpn, server_context
 from ssaproxy.tls.stream import TLSStream
