@@ -9,12 +9,8 @@ import sys
 from typing import Optional, Sequence
 
 from ssaproxy import netfilter
-from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-
-
-def _load(path: Optional[str]) -> Config:
-    return Config.from_file(path) if path else Config.default()
+from ssaproxy.tls.load import read_config
 
 
 def _uid(value: Optional[str]) -> int:
@@ -56,10 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    key=args.key)
     try:
         if args.command == "check-config":
-            config = Config.from_file(args.file)
+            config = read_config(args.file)
             print(f"{args.file}: OK ({len(config.outbound.routes)} routes)")
             return 0
-        config = _load(args.config)
+        config = read_config(args.config)
         if args.action == "print":
             sys.stdout.write(netfilter.render(netfilter.rules(config, _uid(args.uid))))
         elif args.action == "apply":

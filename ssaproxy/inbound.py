@@ -18,8 +18,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ssaproxy import proxyproto
-from ssaproxy.config import Policy
-from ssaproxy.inbound_config import Inbound
+from ssaproxy.config import Inbound, Policy
 from ssaproxy.kernel import host_port, original_destination, plain_address
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.streams import How, TCPEnd

@@ -13,6 +13,7 @@ from ssaproxy.config import Api, Config
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls.context import client_context
+from ssaproxy.tls.load import check_config
 
 log = Logger()
 
@@ -112,6 +113,7 @@ class _ApiService(service.Service):
 
 
 def make_service(config: Config, reactor: Any) -> service.MultiService:
+    check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
     for route in config.outbound.routes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.python import usage
 
-from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
+from ssaproxy.tls.load import read_config
 
 
 class Options(usage.Options):
@@ -17,7 +17,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = Config.from_file(self["config"]) if self["config"] else Config.default()
+            self.config = read_config(self["config"])
         except ConfigError as e:
             raise usage.UsageError(f"bad configuration {self['config'] or ''}: {e}") from None
 

@@ -1,6 +1,7 @@
 """Strict TOML configuration: the embedded default, a full round trip, every kind of error
 (with its dotted key path and line), route matching, `ssaproxy check-config`, and a fuzz
-property that nothing but `ConfigError` ever escapes `Config.from_toml`.
+property that nothing but `ConfigError` ever escapes `Config.from_toml` (and the check step,
+`ssaproxy.tls.load.check_config`, after it).
 
 Error cases mark the line the error must point at with a ``# HERE`` comment, so a test's
 expected line number is read from its own text rather than counted by hand.
@@ -33,6 +34,7 @@ from ssaproxy.config import (
     Route,
 )
 from ssaproxy.errors import ConfigError
+from ssaproxy.tls.load import check_config
 
 MARK = "# HERE"
 
@@ -48,8 +50,9 @@ def marked_line(text: str) -> int:
 
 
 def config_error(text: str) -> ConfigError:
+    """The error the daemon and `check-config` report: from parsing, or from the check step."""
     with pytest.raises(ConfigError) as info:
-        Config.from_toml(text)
+        check_config(Config.from_toml(text))
     return info.value
 
 
@@ -191,7 +194,7 @@ def test_full_config_round_trips_every_key(ca_pem: str) -> None:
     assert hash(config.policy) == hash(Policy(**{f.name: getattr(config.policy, f.name)
                                                    for f in Policy.__attrs_attrs__}))
     with pytest.raises(AttributeError):
-        config.policy.min_version = "TLSv1.2"  # type: ignore[misc]
+        config.policy.min_version = "TLSv1.2"  # type: ignore[misc,assignment]
 
 
 def test_listen_may_be_a_single_string() -> None:
@@ -761,6 +764,7 @@ def test_arbitrary_text_raises_only_config_error(text: str) -> None:
 def test_toml_shaped_text_raises_only_config_error(text: str) -> None:
     try:
         config = Config.from_toml(text)
+        check_config(config)
     except ConfigError as e:
         assert isinstance(e.key, str) and isinstance(e.message, str)
         if e.line is not None:
@@ -795,6 +799,5 @@ def test_api_table_defaults_and_the_embedded_default_serves_it() -> None:
     ("sockets = 1", "api.sockets", "unknown key"),
 ])
 def test_api_table_errors_name_key_and_line(body: str, key: str, message: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        Config.from_toml(f"[policy]\n\n[api]\n{body}\n")
-    assert e.value.key == key and e.value.line == 4 and message in e.value.message, str(e.value)
+    e = config_error(f"[policy]\n\n[api]\n{body}\n")
+    assert e.key == key and e.line == 4 and message in e.message, str(e)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ssaproxy.config import Config
+from ssaproxy.tls.load import check_config
 from tests.lab import REPO, Lab, poll
 from tests.pki import PKI
 
@@ -78,6 +79,7 @@ def _without_comments(text: str) -> str:
 def test_example_config_is_accepted(pki: PKI, tmp_path: Path) -> None:
     text = _config_with_test_certs((DOCKER / "example" / "ssaproxy.toml").read_text(), pki, tmp_path)
     config = Config.from_toml(text)
+    check_config(config)  # the certificates it names load, as the daemon would load them
     assert config.inbound[0].backend.original and config.inbound[0].client_auth == "require"
     assert config.outbound.routes[0].client_certificate is not None
 

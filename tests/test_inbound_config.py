@@ -9,6 +9,7 @@ import pytest
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
 from ssaproxy.proxyproto import PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, parse_v2, v2_header
+from ssaproxy.tls.load import check_config, load_certificates
 from tests.pki import PKI
 
 
@@ -25,14 +26,15 @@ def inbound(pki: PKI, extra: str = "", *, chain: str | None = None, key: str | N
 
 def error(text: str) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        Config.from_toml(text)
+        check_config(Config.from_toml(text))
     return info.value
 
 
 def test_minimal_inbound_loads_and_opens_no_outbound_listener(pki: PKI) -> None:
     config = Config.from_toml(inbound(pki))
     (i,) = config.inbound
-    assert i.certificates[0].names == ("backend.test",) and i.certificates[0].key_type == "EC"
+    certificates = load_certificates(i)
+    assert certificates[0].names == ("backend.test",) and certificates[0].key_type == "EC"
     assert (i.client_auth, i.proxy_protocol, i.profile, i.listen_port, i.families) == (
         "none", "off", "intermediate", 8443, (4,))
     assert config.outbound.listen == ()

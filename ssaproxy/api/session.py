@@ -15,7 +15,6 @@ import socket
 from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
-from OpenSSL._util import lib as _lib
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
 
@@ -30,6 +29,7 @@ from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
 from ssaproxy.proto.state import OUTCOME_ERRNO
 from ssaproxy.streams import How, OneShotFactory, graceful_close
+from ssaproxy.tls._openssl import session_reused
 from ssaproxy.tls.connection import client_stream, server_stream
 from ssaproxy.tls.server import negotiated_alpn
 from ssaproxy.tls.stream import TLSStream
@@ -107,7 +107,7 @@ def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Pol
         o.TLS_PEER_CERTIFICATE_CHAIN: _chain_pem(conn) if check.verified else b"",
         o.TLS_TRUSTED_CIPHERS: ":".join(settings.enabled(policy)).encode(),
         o.TLS_CHOSEN_CIPHER: (conn.get_cipher_name() or "").encode(),
-        o.TLS_RESUMED_SESSION: o.pack_int(int(_lib.SSL_session_reused(conn._ssl))),
+        o.TLS_RESUMED_SESSION: o.pack_int(int(session_reused(conn))),
         o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
         o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
         o.TLS_VERSION_CONN: o.pack_int(_version_number(conn)),

@@ -15,16 +15,19 @@ below 2048 bits or SHA-1 certificate signatures.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 from OpenSSL import SSL
-from OpenSSL._util import lib as _lib
 
-from ssaproxy.config import Policy
+from ssaproxy.config import Policy, TLSVersion
+from ssaproxy.tls._openssl import set_groups_list, x509_strict_flags
+from ssaproxy.tls.verify import verify_callback
 
 _CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:!kRSA:@SECLEVEL=2"
 
-_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+# OpenSSL's number for each version ssaproxy speaks, in TLSVersion's order (the members are
+# strings, so a plain "TLSv1.2" looks one up too).
+_VERSIONS: dict[str, int] = {TLSVersion.TLSv1_2: SSL.TLS1_2_VERSION, TLSVersion.TLSv1_3: SSL.TLS1_3_VERSION}
 
 
 def _scratch() -> SSL.Context:
@@ -32,9 +35,7 @@ def _scratch() -> SSL.Context:
 
 
 def _set_groups(ctx: SSL.Context, groups: str) -> None:
-    # pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list; the curves_list name is the same
-    # OpenSSL call under its older name.
-    if not _lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")):
+    if not set_groups_list(ctx, groups):
         raise ValueError(f"unknown group in {groups!r}")
 
 
@@ -81,8 +82,6 @@ def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optio
 def client_context(policy: Policy, certificate: Optional[str] = None, key: Optional[str] = None) -> SSL.Context:
     """The context for connections ssaproxy originates to a verified TLS server, presenting
     `certificate` (a PEM chain) with `key` when a route gives a client identity."""
-    from ssaproxy.tls.verify import verify_callback
-
     ctx = new_context(policy.min_version, policy.max_version, policy.ciphers, policy.ciphersuites, policy.groups)
     load_trust(ctx, policy.trust_store)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
@@ -107,14 +106,8 @@ def strict_checks(ctx: SSL.Context) -> None:
     alone; chains of at most 8."""
     store = ctx.get_cert_store()
     assert store is not None
-    store.set_flags(_x509_strict_flags())
+    store.set_flags(x509_strict_flags())
     ctx.set_verify_depth(8)
-
-
-def _x509_strict_flags() -> Any:
-    from OpenSSL.crypto import X509StoreFlags
-
-    return X509StoreFlags.X509_STRICT
 
 
 __all__ = ["client_context", "new_context", "load_trust", "strict_checks", "check_ciphers", "check_ciphersuites",

@@ -17,19 +17,17 @@ from typing import Any, Optional
 
 from OpenSSL import SSL
 
-from ssaproxy.config import Policy
+from ssaproxy.config import PROFILE_MIN_VERSION, Inbound, Policy, TLSVersion
 from ssaproxy.errors import ConfigError
-from ssaproxy.inbound_config import Certificate, Inbound
-from ssaproxy.tls.context import _VERSIONS, new_context, strict_checks
+from ssaproxy.tls.context import new_context, strict_checks
+from ssaproxy.tls.load import LoadedCertificate, load_certificates
+from ssaproxy.tls.verify import verify_callback
 
-_PROFILE_MIN = {"intermediate": "TLSv1.2", "modern": "TLSv1.3"}
 
-
-def versions(inbound: Inbound, policy: Policy) -> tuple[str, str]:
+def versions(inbound: Inbound, policy: Policy) -> tuple[TLSVersion, TLSVersion]:
     """The profile's floor, never below the admin's policy; the policy's ceiling."""
-    order = list(_VERSIONS)
-    low = max(_PROFILE_MIN[inbound.profile], policy.min_version, key=order.index)
-    if order.index(low) > order.index(policy.max_version):
+    low = TLSVersion.highest(PROFILE_MIN_VERSION[inbound.profile], policy.min_version)
+    if low.rank > policy.max_version.rank:
         raise ConfigError(f"inbound.{inbound.name}.profile",
                           f"profile {inbound.profile!r} needs {low}, above policy.max_version {policy.max_version}")
     return low, policy.max_version
@@ -37,8 +35,8 @@ def versions(inbound: Inbound, policy: Policy) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=64)
 def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
-    groups: dict[tuple[str, ...], list[Certificate]] = {}
-    for cert in inbound.certificates:
+    groups: dict[tuple[str, ...], list[LoadedCertificate]] = {}
+    for cert in load_certificates(inbound):
         groups.setdefault(cert.names, []).append(cert)
     contexts = [(names, _group_context(inbound, policy, certs)) for names, certs in groups.items()]
     default = contexts[0][1]
@@ -65,9 +63,7 @@ def _matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-def _group_context(inbound: Inbound, policy: Policy, certs: list[Certificate]) -> SSL.Context:
-    from ssaproxy.tls.verify import verify_callback
-
+def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertificate]) -> SSL.Context:
     low, high = versions(inbound, policy)
     ctx = new_context(low, high, policy.ciphers, policy.ciphersuites, policy.groups)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)

@@ -24,6 +24,7 @@ from service_identity import VerificationError as IdentityError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
 from ssaproxy.errors import VerificationFailed
+from ssaproxy.tls._openssl import verify_error_string
 
 _WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 
@@ -206,7 +207,4 @@ def _mismatch_text(e: IdentityError) -> str:
 
 
 def _openssl_reason(code: int) -> str:
-    from OpenSSL._util import ffi, lib
-
-    text = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
-    return f"certificate verify failed: {text}"
+    return f"certificate verify failed: {verify_error_string(code)}"

@@ -1,7 +1,8 @@
 """The `[[inbound]]` tables: TLS termination in front of a plaintext service.
 
-Certificates and keys are read here, at load time, so a missing file or a key that does not
-match its certificate is a config error naming the key, not a failure at the first client.
+Certificates are paths here.  Reading them (a missing file, a key that does not match its
+certificate, the names SNI selects by) is `ssaproxy.tls.load`'s job, after parsing; its errors
+still name `inbound[N].certificates[M].chain` or `.key` and their line.
 """
 
 from __future__ import annotations
@@ -12,20 +13,23 @@ from typing import Any, Optional
 
 import attrs
 
-from ssaproxy.config import _one_of, _port, _positive, _Reader, _split_endpoint, _toml_type, endpoint_facts
+from ssaproxy.config.endpoints import endpoint_facts, split_endpoint
+from ssaproxy.config.enums import TLSVersion
+from ssaproxy.config.reader import Reader, toml_type
 from ssaproxy.errors import ConfigError
 
 CLIENT_AUTH = ("none", "request", "require")
 PROXY_PROTOCOL = ("off", "v2")
 PROFILES = ("intermediate", "modern")
+PROFILE_MIN_VERSION: dict[str, TLSVersion] = {"intermediate": TLSVersion.TLSv1_2, "modern": TLSVersion.TLSv1_3}
 
 
 @attrs.frozen(kw_only=True)
 class Certificate:
+    """Where one certificate chain and its key are; `ssaproxy.tls.load` reads them."""
+
     chain: str  # PEM file: leaf first, then intermediates
     key: str
-    names: tuple[str, ...]  # the leaf's DNS SANs, lower case (for SNI selection)
-    key_type: str  # "RSA" | "EC" | ...
 
 
 @attrs.frozen(kw_only=True)
@@ -60,13 +64,13 @@ class Inbound:
 
 def parse_inbound(raw_list: Any, path: str, policy_max: str = "TLSv1.3") -> tuple[Inbound, ...]:
     if not isinstance(raw_list, list):
-        raise ConfigError(path, f"expected an array of tables ([[inbound]]), got {_toml_type(raw_list)}")
+        raise ConfigError(path, f"expected an array of tables ([[inbound]]), got {toml_type(raw_list)}")
     out: list[Inbound] = []
     for i, raw in enumerate(raw_list):
         p = f"{path}[{i}]"
         if not isinstance(raw, dict):
-            raise ConfigError(p, f"expected a table, got {_toml_type(raw)}")
-        inbound = _one(_Reader(raw, p), i, policy_max)
+            raise ConfigError(p, f"expected a table, got {toml_type(raw)}")
+        inbound = _one(Reader(raw, p), i, TLSVersion(policy_max))
         if inbound.name in {x.name for x in out}:
             raise ConfigError(f"{p}.name", f"duplicate inbound name {inbound.name!r}")
         taken = {port for x in out for port in x.ports}
@@ -77,18 +81,16 @@ def parse_inbound(raw_list: Any, path: str, policy_max: str = "TLSv1.3") -> tupl
     return tuple(out)
 
 
-def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
-    name = r.take("name", str, f"inbound{index}")
-    r.check("name", bool(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name)),
-            "must be 1-64 characters of letters, digits, _ . : -")
-    listen = r.take("listen", str, None)
+def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
+    name = r.name(f"inbound{index}")
+    listen: Optional[str] = r.take("listen", str, None)
     r.check("listen", bool(listen), "is required (a Twisted server endpoint string such as tcp:8443)")
     assert listen is not None
     listen_port, families, interface = _listen_facts(r, listen)
     backend = _backend(r, r.take("backend", str, None))
     certificates = _certificates(r, r.take("certificates", list, None))
-    client_auth = _one_of(r, "client_auth", r.take("client_auth", str, "none"), CLIENT_AUTH)
-    client_ca = r.take("client_ca", str, None)
+    client_auth: str = r.one_of("client_auth", r.take("client_auth", str, "none"), CLIENT_AUTH)
+    client_ca: Optional[str] = r.take("client_ca", str, None)
     allow = tuple(r.take("allow", list, []))
     r.check("allow", all(isinstance(a, str) and re.fullmatch(r"(dns|uri):\S+", a) for a in allow),
             'entries must be "dns:NAME" or "uri:URI" (SANs, matched exactly)')
@@ -97,23 +99,14 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
         r.check("allow", not allow, 'an allow-list needs client_auth = "request" or "require"')
     else:
         r.check("client_ca", client_ca is not None, f'is required with client_auth = "{client_auth}"')
-        from ssaproxy.tls.context import check_trust_store
-
-        try:
-            check_trust_store(client_ca)  # type: ignore[arg-type]
-        except Exception as e:  # OpenSSL decides what a usable CA file is
-            raise ConfigError(r.key("client_ca"), f"cannot load {client_ca!r}: {e}") from None
-    proxy = _one_of(r, "proxy_protocol", r.take("proxy_protocol", str, "off"), PROXY_PROTOCOL)
+    proxy: str = r.one_of("proxy_protocol", r.take("proxy_protocol", str, "off"), PROXY_PROTOCOL)
     alpn = tuple(r.take("alpn", list, []))
     r.check("alpn", all(isinstance(a, str) and 0 < len(a.encode()) < 256 for a in alpn),
             "must be an array of protocol names such as \"h2\", \"http/1.1\"")
-    profile = _one_of(r, "profile", r.take("profile", str, "intermediate"), PROFILES)
-    r.check("profile", profile != "modern" or policy_max == "TLSv1.3",
+    profile: str = r.one_of("profile", r.take("profile", str, "intermediate"), PROFILES)
+    r.check("profile", PROFILE_MIN_VERSION[profile].rank <= policy_max.rank,
             'profile "modern" is TLS 1.3 only, above policy.max_version')
-    ports_raw = r.take("ports", list, [])
-    r.check("ports", all(isinstance(p, int) and not isinstance(p, bool) for p in ports_raw),
-            "must be an array of integers")
-    ports = tuple(_port(r, "ports", p) for p in ports_raw)
+    ports = r.ports("ports", r.take("ports", list, []))
     if backend.original:
         r.check("ports", bool(ports), 'backend = "original" needs the original ports iptables should redirect')
         r.check("listen", interface is None or ipaddress.ip_address(interface).is_unspecified,
@@ -125,9 +118,9 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
         r.check("ports", listen_port not in ports, f"the listener's own port {listen_port} cannot be redirected to it")
     else:
         r.check("ports", not ports, 'only applies with backend = "original"')
-    handshake = _positive(r, "handshake_timeout", r.take("handshake_timeout", float, 10.0), 300)
-    connect = _positive(r, "connect_timeout", r.take("connect_timeout", float, 10.0), 300)
-    max_conns = r.take("max_connections", int, 10000)
+    handshake = r.positive("handshake_timeout", r.take("handshake_timeout", float, 10.0), 300)
+    connect = r.positive("connect_timeout", r.take("connect_timeout", float, 10.0), 300)
+    max_conns: int = r.take("max_connections", int, 10000)
     r.check("max_connections", 1 <= max_conns <= 1_000_000, f"must be 1-1000000, got {max_conns}")
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
@@ -136,7 +129,7 @@ def _one(r: _Reader, index: int, policy_max: str) -> Inbound:
                    listen_port=listen_port, families=families)
 
 
-def _listen_facts(r: _Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:
+def _listen_facts(r: Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:
     """Port, address families and interface of the listener's endpoint string."""
     kind, port, address = endpoint_facts(listen, r.key("listen"))
     if address is None:
@@ -145,12 +138,12 @@ def _listen_facts(r: _Reader, listen: str) -> tuple[int, tuple[int, ...], Option
     return port, ((4, 6) if dual else (address.version,)), str(address)
 
 
-def _backend(r: _Reader, value: Optional[str]) -> Backend:
+def _backend(r: Reader, value: Optional[str]) -> Backend:
     r.check("backend", value is not None, 'is required: "tcp:HOST:PORT" or "original"')
     assert value is not None
     if value == "original":
         return Backend(host=None, port=None)
-    parts = _split_endpoint(value)
+    parts = split_endpoint(value)
     keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
     positional = [p for p in parts[1:] if "=" not in p]
     host = keywords.get("host") or (positional[0] if positional else None)
@@ -162,56 +155,23 @@ def _backend(r: _Reader, value: Optional[str]) -> Backend:
     except ValueError:
         if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
             raise ConfigError(r.key("backend"), f"not a host name or address: {host!r}") from None
-    return Backend(host=host, port=_port(r, "backend", int(port_text)))
+    return Backend(host=host, port=r.port("backend", int(port_text)))
 
 
-def _certificates(r: _Reader, raw: Optional[list[Any]]) -> tuple[Certificate, ...]:
+def _certificates(r: Reader, raw: Optional[list[Any]]) -> tuple[Certificate, ...]:
     r.check("certificates", bool(raw), 'is required: [ { chain = "...", key = "..." }, ... ]')
     assert raw is not None
-    out = []
+    out: list[Certificate] = []
     for i, item in enumerate(raw):
         path = r.key(f"certificates[{i}]")
         if not isinstance(item, dict):
-            raise ConfigError(path, f"expected a table {{ chain = ..., key = ... }}, got {_toml_type(item)}")
-        cr = _Reader(item, path)
-        chain = cr.take("chain", str, None)
-        key = cr.take("key", str, None)
+            raise ConfigError(path, f"expected a table {{ chain = ..., key = ... }}, got {toml_type(item)}")
+        cr = Reader(item, path)
+        chain: Optional[str] = cr.take("chain", str, None)
+        key: Optional[str] = cr.take("key", str, None)
         cr.check("chain", bool(chain), "is required (PEM: certificate, then intermediates)")
         cr.check("key", bool(key), "is required (PEM private key)")
         cr.done()
-        out.append(_load_certificate(cr, chain, key))  # type: ignore[arg-type]
+        assert chain is not None and key is not None
+        out.append(Certificate(chain=chain, key=key))
     return tuple(out)
-
-
-def _load_certificate(r: _Reader, chain: str, key: str) -> Certificate:
-    from cryptography import x509
-    from OpenSSL import SSL
-
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    try:
-        ctx.use_certificate_chain_file(chain)
-    except Exception as e:
-        raise ConfigError(r.key("chain"), f"cannot load {chain!r}: {_why(e)}") from None
-    try:
-        ctx.use_privatekey_file(key)
-    except Exception as e:
-        raise ConfigError(r.key("key"), f"cannot load {key!r}: {_why(e)}") from None
-    try:
-        ctx.check_privatekey()
-    except SSL.Error:
-        raise ConfigError(r.key("key"), f"{key!r} is not the private key of the certificate in {chain!r}") from None
-    with open(chain, "rb") as f:
-        leaf = x509.load_pem_x509_certificate(f.read())
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        names = ()
-    key_type = type(leaf.public_key()).__name__.replace("PublicKey", "").replace("_", "")
-    return Certificate(chain=chain, key=key, names=names, key_type="EC" if "EllipticCurve" in key_type else key_type)
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, OSError):
-        return e.strerror or str(e)
-    return str(e) or type(e).__name__

@@ -1,0 +1,38 @@
+"""The one home of pyOpenSSL's private bindings (`OpenSSL._util`).
+
+Theory of operation: pyOpenSSL wraps most of libssl, but not everything ssaproxy needs: the
+key-exchange group list, whether a session was resumed, and OpenSSL's text for a verify error
+code.  Those few calls go through the cffi `lib` object pyOpenSSL keeps in `OpenSSL._util`,
+which is not a public API and may change between releases.  Keeping every such use behind the
+small typed functions below means an upgrade that breaks one breaks it here, in one place
+(ruff's banned-api rule keeps `OpenSSL._util` out of every other module).
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+from OpenSSL.crypto import X509StoreFlags
+
+
+def set_groups_list(ctx: SSL.Context, groups: str) -> bool:
+    """SSL_CTX_set1_groups_list (exported under its older name, curves_list): the key-exchange
+    groups a context offers, in order.  False if OpenSSL refused the list."""
+    return bool(_lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode("ascii")))
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """Whether the finished handshake of `conn` resumed an earlier session."""
+    return bool(_lib.SSL_session_reused(conn._ssl))
+
+
+def verify_error_string(code: int) -> str:
+    """OpenSSL's own text for an X509_V_ERR_* code."""
+    text: bytes = _ffi.string(_lib.X509_verify_cert_error_string(code))
+    return text.decode("ascii", "replace")
+
+
+def x509_strict_flags() -> int:
+    """The X509_V_FLAG_X509_STRICT store flag: strict RFC 5280 checks of every chain."""
+    return int(X509StoreFlags.X509_STRICT)

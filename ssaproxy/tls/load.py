@@ -1,0 +1,130 @@
+"""The step after parsing: check what a `Config` names on this system, and load certificates.
+
+Theory of operation: `ssaproxy.config` turns text into frozen values without I/O.  Everything
+that needs OpenSSL or the file system to judge is here: OpenSSL parses the cipher, suite and
+group strings and the trust stores (scratch `SSL.Context`s, thrown away), certificate chains and
+keys are read and matched, and the API's group is looked up.  Errors are `ConfigError`s naming
+the same key and line the parser would name, so `ssaproxy check-config` and the daemon refuse
+the same files with the same words.  Every entry point that loads a configuration to *use* it
+goes through `read_config` (or `check_config` on a value it parsed itself).
+"""
+
+from __future__ import annotations
+
+import grp
+from typing import Callable, Optional
+
+import attrs
+from cryptography import x509
+from OpenSSL import SSL
+
+from ssaproxy.config import Config, Inbound, Policy
+from ssaproxy.errors import ConfigError
+from ssaproxy.tls.context import check_ciphers, check_ciphersuites, check_groups, check_trust_store
+
+
+@attrs.frozen(kw_only=True)
+class LoadedCertificate:
+    """A certificate chain and key that load and match, with what SNI selection needs."""
+
+    chain: str  # PEM file: leaf first, then intermediates
+    key: str
+    names: tuple[str, ...]  # the leaf's DNS SANs, lower case, no trailing dot
+    key_type: str  # "RSA" | "EC" | "Ed25519" | ...
+
+
+def read_config(path: Optional[str]) -> Config:
+    """The configuration in `path` (None: the embedded default), parsed and checked."""
+    config = Config.from_file(path) if path else Config.default()
+    check_config(config)
+    return config
+
+
+def check_config(config: Config) -> None:
+    """Raise the `ConfigError` (key and line) of the first thing `config` names that does not
+    load, in the order the parser reads the document."""
+    try:
+        _check_policy(config.policy)
+        for i, inbound in enumerate(config.inbound):
+            _check_inbound(inbound, f"inbound[{i}]")
+        for i, route in enumerate(config.outbound.routes):
+            if route.client_certificate is not None and route.client_key is not None:
+                path = f"outbound.route[{i}]"
+                load_certificate(route.client_certificate, route.client_key,
+                                 f"{path}.client_certificate", f"{path}.client_key")
+        if config.api is not None and config.api.group is not None:
+            try:
+                grp.getgrnam(config.api.group)
+            except KeyError:
+                raise ConfigError("api.group", f"no such group {config.api.group!r}") from None
+    except ConfigError as e:
+        raise config.locate(e) from None
+
+
+def load_certificates(inbound: Inbound, path: Optional[str] = None) -> tuple[LoadedCertificate, ...]:
+    """The listener's certificates, read; errors name `path` (default: the listener's name)."""
+    where = path or f"inbound.{inbound.name}"
+    return tuple(load_certificate(c.chain, c.key, f"{where}.certificates[{n}].chain",
+                                  f"{where}.certificates[{n}].key")
+                 for n, c in enumerate(inbound.certificates))
+
+
+def load_certificate(chain: str, key: str, chain_key: str = "chain", key_key: str = "key") -> LoadedCertificate:
+    """Read a PEM chain and its private key and check that they belong together; errors name
+    `chain_key` or `key_key`."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    try:
+        ctx.use_certificate_chain_file(chain)
+    except Exception as e:  # OpenSSL decides what a usable chain file is
+        raise ConfigError(chain_key, f"cannot load {chain!r}: {_why(e)}") from None
+    try:
+        ctx.use_privatekey_file(key)
+    except Exception as e:
+        raise ConfigError(key_key, f"cannot load {key!r}: {_why(e)}") from None
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise ConfigError(key_key, f"{key!r} is not the private key of the certificate in {chain!r}") from None
+    try:
+        with open(chain, "rb") as f:
+            leaf = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as e:  # OpenSSL read it a moment ago; it changed under us
+        raise ConfigError(chain_key, f"cannot load {chain!r}: {_why(e)}") from None
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = ()
+    key_type = type(leaf.public_key()).__name__.replace("PublicKey", "").replace("_", "")
+    return LoadedCertificate(chain=chain, key=key, names=names,
+                             key_type="EC" if "EllipticCurve" in key_type else key_type)
+
+
+def _check_policy(policy: Policy) -> None:
+    _openssl_judges("policy.ciphers", policy.ciphers, check_ciphers)
+    _openssl_judges("policy.ciphersuites", policy.ciphersuites, check_ciphersuites)
+    _openssl_judges("policy.groups", policy.groups, check_groups)
+    if policy.trust_store is not None:
+        _openssl_judges("policy.trust_store", policy.trust_store, check_trust_store)
+
+
+def _check_inbound(inbound: Inbound, path: str) -> None:
+    load_certificates(inbound, path)
+    if inbound.client_ca is not None:
+        try:
+            check_trust_store(inbound.client_ca)
+        except Exception as e:  # OpenSSL decides what a usable CA file is
+            raise ConfigError(f"{path}.client_ca", f"cannot load {inbound.client_ca!r}: {e}") from None
+
+
+def _openssl_judges(key: str, value: str, check: Callable[[str], None]) -> None:
+    try:
+        check(value)
+    except Exception as e:  # OpenSSL's own parser is the judge of these strings.
+        raise ConfigError(key, f"OpenSSL refused {value!r}: {e}") from None
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e) or type(e).__name__
