@@ -10,7 +10,6 @@ connection's original port.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Optional
 
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -18,12 +17,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ssaproxy import proxyproto
+from ssaproxy.addresses import host_port, ip_version, plain_address
 from ssaproxy.config import Inbound, Policy
-from ssaproxy.kernel import host_port, original_destination, plain_address
+from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.streams import How, TCPEnd
 from ssaproxy.tls.connection import server_stream
-from ssaproxy.tls.server import negotiated_alpn, server_context
+from ssaproxy.tls.context import negotiated_alpn
+from ssaproxy.tls.server import server_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
@@ -113,13 +114,13 @@ class InboundConnection(Lifecycle):
         assert self.backend_addr is not None
         host, port = self.backend_addr
         timeout = self.inbound.connect_timeout
+        family = ip_version(host)
         endpoint: Any
-        try:
-            family = ipaddress.ip_address(host).version
+        if family is None:
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+        else:
             endpoint = (TCP6ClientEndpoint if family == 6 else TCP4ClientEndpoint)(self.reactor, host, port,
                                                                                    timeout=timeout)
-        except ValueError:
-            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
         self.connect(endpoint, TCPEnd())
 
     def near_lost(self, how: How, detail: Optional[str]) -> None:

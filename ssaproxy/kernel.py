@@ -10,7 +10,7 @@ import socket
 import struct
 from typing import Any
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from ssaproxy.addresses import IPAddress
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h
@@ -31,26 +31,6 @@ def original_destination(sock: socket.socket) -> tuple[IPAddress, int]:
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port = struct.unpack_from("!H", raw, 2)[0]
     return ipaddress.IPv4Address(raw[4:8]), port
-
-
-def normalize(ip: IPAddress) -> IPAddress:
-    """IPv4-mapped IPv6 as IPv4."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def plain_address(text: str) -> str:
-    """One spelling per address (IPv4-mapped IPv6 as IPv4), so 4-tuples compare exactly."""
-    try:
-        return str(normalize(ipaddress.ip_address(text.split("%")[0])))
-    except ValueError:
-        return text
-
-
-def host_port(host: str, port: int) -> str:
-    """`host:port`, with brackets around an IPv6 address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Creds:

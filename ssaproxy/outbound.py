@@ -20,8 +20,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ssaproxy import sniff
+from ssaproxy.addresses import IPAddress, host_port, normalize, plain_address
 from ssaproxy.config import Config, Route
-from ssaproxy.kernel import IPAddress, host_port, normalize, original_destination, plain_address
+from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
 from ssaproxy.streams import End, How, TCPEnd

@@ -165,11 +165,3 @@ def _strip_port(value: str) -> Optional[str]:
 def _is_port(text: str) -> bool:
     digits = text[1:]
     return text.startswith(":") and digits.isdigit() and len(digits) <= 5 and 0 < int(digits) < 65536
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ssaproxy.sniff import HostResult, http_host, is_ip_literal, looks_like_client_hello
+from ssaproxy.sniff import HostResult, http_host, looks_like_client_hello
 
 LIMIT = 8192
 
@@ -298,11 +298,6 @@ def test_a_complete_refusal_for_lack_of_an_end_stays_the_same() -> None:
     first = http_host(b"X" * 16, 16)
     _refused(first, "no end of HTTP headers within 16 bytes")
     assert http_host(b"X" * 16 + b"\r\n", 16) == first
-
-
-def test_is_ip_literal() -> None:
-    assert is_ip_literal("192.0.2.1") and is_ip_literal("::1") and is_ip_literal("2001:db8::1")
-    assert not is_ip_literal("example.com") and not is_ip_literal("") and not is_ip_literal("[::1]")
 
 
 # --------------------------------------------------------------------------- Host: properties

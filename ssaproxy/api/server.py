@@ -29,12 +29,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ssaproxy.addresses import host_port
 from ssaproxy.api.carrier import Carrier
 from ssaproxy.api.handover import Acceptor, close_fd, no_linger, take
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
 from ssaproxy.config import Api, Policy, is_valid_hostname
-from ssaproxy.kernel import host_port
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
 from ssaproxy.streams import OneShotFactory

@@ -18,11 +18,12 @@ from OpenSSL import SSL
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
 
+from ssaproxy.addresses import host_port, plain_address
 from ssaproxy.api.carrier import Carrier, make_pair
 from ssaproxy.api.handover import adopt_connection
 from ssaproxy.api.settings import Settings, client_context
 from ssaproxy.config import Policy
-from ssaproxy.kernel import Creds, host_port, plain_address
+from ssaproxy.kernel import Creds
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import Identity
 from ssaproxy.proto import options as o
@@ -31,7 +32,7 @@ from ssaproxy.proto.state import OUTCOME_ERRNO
 from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls._openssl import session_reused
 from ssaproxy.tls.connection import client_stream, server_stream
-from ssaproxy.tls.server import negotiated_alpn
+from ssaproxy.tls.context import negotiated_alpn
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, PeerCheck, Verifier
 

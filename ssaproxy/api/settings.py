@@ -19,13 +19,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from ssaproxy.config import Policy, is_valid_hostname
+from ssaproxy.addresses import is_ip_literal
+from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import _CIPHER_FLOOR, _VERSIONS, load_trust, new_context, strict_checks
+from ssaproxy.tls.context import CIPHER_FLOOR, load_trust, new_context, select_alpn, strict_checks
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
-_ORDER = list(_VERSIONS)  # ["TLSv1.2", "TLSv1.3"]
 
 
 class ApiError(Exception):
@@ -63,7 +63,7 @@ class Settings:
 def policy_ciphers(policy: Policy) -> tuple[str, ...]:
     """Every cipher (TLS 1.2 and 1.3 names) the admin's policy lets through."""
     ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_cipher_list((policy.ciphers + _CIPHER_FLOOR).encode("ascii"))
+    ctx.set_cipher_list((policy.ciphers + CIPHER_FLOOR).encode("ascii"))
     ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
     return tuple(SSL.Connection(ctx).get_cipher_list())
 
@@ -161,7 +161,7 @@ def apply(settings: Settings, policy: Policy, number: int, value: bytes) -> Sett
         raise ApiError(errno.ENOPROTOOPT, f"option {number}: {why}")
     if number == o.TLS_REMOTE_HOSTNAME:
         name = _text(value, "the hostname").rstrip(".").lower()
-        if not is_valid_hostname(name) and not _is_ip(name):
+        if not is_valid_hostname(name) and not is_ip_literal(name):
             raise ApiError(errno.EINVAL, f"{name!r} is not a hostname or IP address")
         return attrs.evolve(settings, hostname=name)
     if number == o.TLS_TRUSTED_PEER_CERTIFICATES:
@@ -210,14 +210,14 @@ def apply(settings: Settings, policy: Policy, number: int, value: bytes) -> Sett
         wanted = _version(value)
         low, high = settings.versions(policy)
         if number == o.TLS_VERSION_MIN:
-            if _ORDER.index(wanted) < _ORDER.index(policy.min_version):
+            if TLSVersion(wanted).rank < TLSVersion(policy.min_version).rank:
                 raise ApiError(errno.EPERM, f"{wanted} is below the admin's minimum {policy.min_version}")
             low = wanted
         else:
-            if _ORDER.index(wanted) > _ORDER.index(policy.max_version):
+            if TLSVersion(wanted).rank > TLSVersion(policy.max_version).rank:
                 raise ApiError(errno.EPERM, f"{wanted} is above the admin's maximum {policy.max_version}")
             high = wanted
-        if _ORDER.index(low) > _ORDER.index(high):
+        if TLSVersion(low).rank > TLSVersion(high).rank:
             raise ApiError(errno.EINVAL, f"minimum {low} would be above maximum {high}")
         new = attrs.evolve(settings, min_version=low, max_version=high)
         _check_ciphers_left(new, policy)
@@ -254,16 +254,6 @@ def get(settings: Settings, policy: Policy, number: int) -> bytes:
     if number not in values:
         raise ApiError(errno.ENOPROTOOPT, f"option {number} is answered by the library")
     return values[number]
-
-
-def _is_ip(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- contexts
@@ -327,13 +317,5 @@ def server_context(settings: Settings, policy: Policy) -> SSL.Context:
                 ctx.add_client_ca(crypto.X509.from_cryptography(cert))
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
     if settings.alpn:
-        wanted = [p.encode() for p in settings.alpn]
-
-        def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
-            for proto in wanted:
-                if proto in offered:
-                    return proto
-            return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
-
-        ctx.set_alpn_select_callback(select)
+        select_alpn(ctx, settings.alpn)
     return ctx

@@ -6,7 +6,7 @@ frozen and hashable, which makes the cache key exact.  Everything per connection
 verify, the verification outcome) lives in a `Verifier` attached to the `SSL.Connection` as
 its app data; the context's verify callback only dispatches to it.
 
-The cipher floor (`_CIPHER_FLOOR`) and security level 2 are appended to whatever the admin
+The cipher floor (`CIPHER_FLOOR`) and security level 2 are appended to whatever the admin
 wrote, so a configured string can narrow the suites but never re-enable NULL, anonymous,
 export, RC4, 3DES or MD5 suites, SHA-1 MACs, RSA key exchange (no forward secrecy), RSA keys
 below 2048 bits or SHA-1 certificate signatures.
@@ -15,7 +15,7 @@ below 2048 bits or SHA-1 certificate signatures.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Sequence
 
 from OpenSSL import SSL
 
@@ -23,7 +23,7 @@ from ssaproxy.config import Policy, TLSVersion
 from ssaproxy.tls._openssl import set_groups_list, x509_strict_flags
 from ssaproxy.tls.verify import verify_callback
 
-_CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:!kRSA:@SECLEVEL=2"
+CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:!kRSA:@SECLEVEL=2"
 
 # OpenSSL's number for each version ssaproxy speaks, in TLSVersion's order (the members are
 # strings, so a plain "TLSv1.2" looks one up too).
@@ -41,7 +41,7 @@ def _set_groups(ctx: SSL.Context, groups: str) -> None:
 
 def check_ciphers(value: str) -> None:
     ctx = _scratch()
-    ctx.set_cipher_list((value + _CIPHER_FLOOR).encode("ascii"))
+    ctx.set_cipher_list((value + CIPHER_FLOOR).encode("ascii"))
     ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
     if not SSL.Connection(ctx).get_cipher_list():
         raise ValueError("no TLS 1.2 cipher left after ssaproxy's floor of exclusions")
@@ -69,7 +69,7 @@ def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optio
     ctx.set_min_proto_version(_VERSIONS[low])
     ctx.set_max_proto_version(_VERSIONS[high])
     if ciphers is not None:
-        ctx.set_cipher_list((ciphers + _CIPHER_FLOOR).encode("ascii"))
+        ctx.set_cipher_list((ciphers + CIPHER_FLOOR).encode("ascii"))
     if ciphersuites is not None:
         ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
     _set_groups(ctx, groups)
@@ -112,3 +112,22 @@ def strict_checks(ctx: SSL.Context) -> None:
 
 __all__ = ["client_context", "new_context", "load_trust", "strict_checks", "check_ciphers", "check_ciphersuites",
            "check_groups", "check_trust_store"]
+
+
+def select_alpn(ctx: SSL.Context, wanted: Sequence[str]) -> None:
+    """As a server, pick the first of `wanted` (our preference order) that the client offers;
+    with none in common, go on without ALPN rather than fail the handshake."""
+    ours = [p.encode() for p in wanted]
+
+    def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        for proto in ours:
+            if proto in offered:
+                return proto
+        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+    ctx.set_alpn_select_callback(select)
+
+
+def negotiated_alpn(conn: SSL.Connection) -> Optional[str]:
+    proto = conn.get_alpn_proto_negotiated()
+    return proto.decode("ascii", "replace") if proto else None

@@ -13,13 +13,12 @@ checks (the callback is not called again), and `ClientCheck.accept` would then r
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
 
 from OpenSSL import SSL
 
 from ssaproxy.config import PROFILE_MIN_VERSION, Inbound, Policy, TLSVersion
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.context import new_context, strict_checks
+from ssaproxy.tls.context import new_context, select_alpn, strict_checks
 from ssaproxy.tls.load import LoadedCertificate, load_certificates
 from ssaproxy.tls.verify import verify_callback
 
@@ -81,18 +80,5 @@ def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertifica
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode, verify_callback)
     if inbound.alpn:
-        wanted = [p.encode() for p in inbound.alpn]
-
-        def select(conn: SSL.Connection, offered: list[bytes]) -> Any:
-            for proto in wanted:  # our preference order
-                if proto in offered:
-                    return proto
-            return SSL.NO_OVERLAPPING_PROTOCOLS  # go on without ALPN
-
-        ctx.set_alpn_select_callback(select)
+        select_alpn(ctx, inbound.alpn)
     return ctx
-
-
-def negotiated_alpn(conn: SSL.Connection) -> Optional[str]:
-    proto = conn.get_alpn_proto_negotiated()
-    return proto.decode("ascii", "replace") if proto else None
