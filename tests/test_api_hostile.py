@@ -261,8 +261,15 @@ def daemon_answers():
 
 
 def test_a_program_keeping_its_listening_socket_blocking_cannot_freeze_the_daemon(api: ApiDaemon, pki: PKI) -> None:
+    """With O_NONBLOCK off on the shared listening file, an accept loop in the reactor (what
+    adopting the socket as a Twisted port does) blocks as soon as the queue is empty, and a
+    program accepting on its copy can empty it between the daemon's poll and its accept.
+
+    The program's own accept runs in a thread: in the main thread it could wait for ever when
+    the daemon wins every connection, which once made this test time out as if frozen."""
     creds = pki.server("good")
     r = api.program(FROZEN_PROBE + f"""
+import threading
 srv = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, b"{creds.chain}")
 srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{creds.key}")
@@ -270,10 +277,14 @@ srv.bind(("127.0.0.1", 0))
 copy = socket.socket(fileno=os.dup(srv.fileno()))  # the same open file the daemon gets
 srv.listen(8)
 copy.setblocking(True)  # O_NONBLOCK is shared: this turns it off for the daemon as well
+stolen = []
+def steal():
+    while True:
+        stolen.append(copy.accept()[0])  # races the daemon for every connection
+threading.Thread(target=steal, daemon=True).start()
 port = copy.getsockname()[1]
-clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-stolen, _ = copy.accept()  # and the program takes one of them itself
-time.sleep(0.5)
+clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+time.sleep(0.5)  # not needed for the verdict: gives the daemon time to take connections
 result["answers"] = [daemon_answers() for _ in range(3)]
 """)
     assert r.get("answers") == [True, True, True], r
