@@ -262,8 +262,9 @@ def daemon_answers():
 
 def test_a_program_keeping_its_listening_socket_blocking_cannot_freeze_the_daemon(api: ApiDaemon, pki: PKI) -> None:
     """With O_NONBLOCK off on the shared listening file, an accept loop in the reactor (what
-    adopting the socket as a Twisted port does) blocks as soon as the queue is empty, and a
-    program accepting on its copy can empty it between the daemon's poll and its accept.
+    adopting the socket as a Twisted port does) blocks as soon as the first connections are
+    taken and the queue is empty; and a program accepting on its copy can empty it between
+    the daemon's poll and its accept.
 
     The program's own accept runs in a thread: in the main thread it could wait for ever when
     the daemon wins every connection, which once made this test time out as if frozen."""
@@ -277,13 +278,14 @@ srv.bind(("127.0.0.1", 0))
 copy = socket.socket(fileno=os.dup(srv.fileno()))  # the same open file the daemon gets
 srv.listen(8)
 copy.setblocking(True)  # O_NONBLOCK is shared: this turns it off for the daemon as well
+port = copy.getsockname()[1]
+clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # all for the daemon
 stolen = []
 def steal():
     while True:
-        stolen.append(copy.accept()[0])  # races the daemon for every connection
+        stolen.append(copy.accept()[0])  # races the daemon for every later connection
 threading.Thread(target=steal, daemon=True).start()
-port = copy.getsockname()[1]
-clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
 time.sleep(0.5)  # not needed for the verdict: gives the daemon time to take connections
 result["answers"] = [daemon_answers() for _ in range(3)]
 """)
