@@ -7,17 +7,16 @@ requirement is a failure: a test skipped in CI is a test that does not exist.
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from twisted.logger import globalLogPublisher
 
 from tests.api_harness import ApiDaemon
 from tests.lab import Lab, missing_requirements
 from tests.pki import PKI
+from tests.unhandled import no_unhandled_deferred_errors  # noqa: F401  (autouse, tests/unhandled.py)
 
 REQUIRE_NETNS = os.environ.get("SSAPROXY_REQUIRE_NETNS") == "1"
 
@@ -29,24 +28,6 @@ def require_lab() -> None:
     if REQUIRE_NETNS:
         pytest.fail(f"end-to-end test cannot run: {reason} (SSAPROXY_REQUIRE_NETNS=1)", pytrace=False)
     pytest.skip(f"end-to-end test: {reason}")
-
-
-@pytest.fixture(autouse=True)
-def no_unhandled_deferred_errors() -> Iterator[None]:
-    """Fail a test that leaves a Deferred with an unhandled error behind (a silent bug)."""
-    seen: list[str] = []
-
-    def observe(event: dict[str, object]) -> None:
-        if "Unhandled error in Deferred" in str(event.get("log_format", "")):
-            seen.append(str(event.get("log_failure", "")))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield
-        gc.collect()  # unhandled errors are reported when their Deferred is collected
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    assert not seen, f"unhandled error in Deferred: {seen}"
 
 
 @pytest.fixture(scope="session")
