@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import socket
 import struct
+import termios
 import time
 from pathlib import Path
 from typing import Optional
@@ -90,6 +92,17 @@ def _still_serving(api: ApiDaemon) -> bool:
                 return False
             decoder.receive_data(chunk)
         return m.kind == wire.Kind.WELCOME
+
+
+def _wait_until_unread_replies_stop_growing(s: socket.socket, quiet: float = 0.2, limit: float = 5) -> None:
+    queued, since, deadline = -1, time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        now = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if now != queued:
+            queued, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.02)
 
 
 def _send_with_fd(s: socket.socket, frame: bytes, fd: int) -> None:
@@ -322,10 +335,16 @@ def test_unread_replies_do_not_grow_the_daemon(api: ApiDaemon) -> None:
         s.setblocking(False)
         sent = 0
         deadline = time.monotonic() + 10
+        refused_since: Optional[float] = None
         while sent < 400_000 and time.monotonic() < deadline:  # requests; the replies go unread
             try:
                 sent += 1 if s.send(request) == len(request) else 0
+                refused_since = None
             except BlockingIOError:
+                now = time.monotonic()
+                refused_since = refused_since or now
+                if now - refused_since > 1:
+                    break  # the daemon stopped reading us: the backpressure this test wants
                 time.sleep(0.01)
         time.sleep(0.5)
         grown = rss() - before
@@ -364,7 +383,7 @@ def test_a_refused_connection_ends_even_while_its_replies_are_unread(api: ApiDae
     request = wire.encode(wire.Kind.GETOPT, {wire.Tag.OPTION: 97})
     with _raw(api) as s:
         s.sendall(_hello() + request * backlog_of_requests + _hello())  # the second HELLO is refused
-        time.sleep(1.0)  # replies pile up unread; the daemon pauses reading
+        _wait_until_unread_replies_stop_growing(s)  # the daemon has paused reading
         s.settimeout(10)
         data = b""
         while True:
