@@ -44,7 +44,8 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15) -> No
 class ApiDaemon:
     """`twistd -n ssaproxy` serving the API only, trusting the test PKI's root."""
 
-    def __init__(self, directory: Path, pki: PKI, extra: str = "", mode: str = "0666") -> None:
+    def __init__(self, directory: Path, pki: PKI, extra: str = "", mode: str = "0666",
+                 connect_timeout: float = 3, handshake_timeout: float = 3) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         # Outside pytest's private temporary tree, so programs run as nobody can reach it.
@@ -55,7 +56,8 @@ class ApiDaemon:
         self.config = directory / "ssaproxy.toml"
         self.config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n'
                                f'[api]\nsocket = "{self.socket}"\nmode = "{mode}"\n'
-                               "connect_timeout = 3\nhandshake_timeout = 3\n" + extra)
+                               f"connect_timeout = {connect_timeout}\nhandshake_timeout = {handshake_timeout}\n"
+                               + extra)
         self.proc: Optional[subprocess.Popen[Any]] = None
         self.procs: list[subprocess.Popen[Any]] = []
 

@@ -7,17 +7,16 @@ requirement is a failure: a test skipped in CI is a test that does not exist.
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from twisted.logger import globalLogPublisher
 
 from tests.api_harness import ApiDaemon
 from tests.lab import Lab, missing_requirements
 from tests.pki import PKI
+from tests.unhandled import no_unhandled_deferred_errors  # noqa: F401  (autouse, tests/unhandled.py)
 
 REQUIRE_NETNS = os.environ.get("SSAPROXY_REQUIRE_NETNS") == "1"
 
@@ -31,24 +30,6 @@ def require_lab() -> None:
     pytest.skip(f"end-to-end test: {reason}")
 
 
-@pytest.fixture(autouse=True)
-def no_unhandled_deferred_errors() -> Iterator[None]:
-    """Fail a test that leaves a Deferred with an unhandled error behind (a silent bug)."""
-    seen: list[str] = []
-
-    def observe(event: dict[str, object]) -> None:
-        if "Unhandled error in Deferred" in str(event.get("log_format", "")):
-            seen.append(str(event.get("log_failure", "")))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield
-        gc.collect()  # unhandled errors are reported when their Deferred is collected
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    assert not seen, f"unhandled error in Deferred: {seen}"
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(tmp_path_factory.mktemp("pki"))
@@ -58,6 +39,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 def api(pki: PKI, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ApiDaemon]:
     """A daemon serving the local socket API, one per test module (tests/api_harness.py)."""
     daemon = ApiDaemon(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2]), pki).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def api_quick_timeouts(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
+    """For tests that wait for the daemon to give up: its deadline for a connection (connect
+    plus handshake) is 2.5 s instead of the 6 s of `api`."""
+    daemon = ApiDaemon(tmp_path_factory.mktemp("api-quick"), pki, connect_timeout=1, handshake_timeout=1.5).start()
     try:
         yield daemon
     finally:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import socket
 import struct
+import termios
 import time
 from pathlib import Path
 from typing import Optional
@@ -90,6 +92,17 @@ def _still_serving(api: ApiDaemon) -> bool:
                 return False
             decoder.receive_data(chunk)
         return m.kind == wire.Kind.WELCOME
+
+
+def _wait_until_unread_replies_stop_growing(s: socket.socket, quiet: float = 0.2, limit: float = 5) -> None:
+    queued, since, deadline = -1, time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        now = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if now != queued:
+            queued, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.02)
 
 
 def _send_with_fd(s: socket.socket, frame: bytes, fd: int) -> None:
@@ -261,8 +274,16 @@ def daemon_answers():
 
 
 def test_a_program_keeping_its_listening_socket_blocking_cannot_freeze_the_daemon(api: ApiDaemon, pki: PKI) -> None:
+    """With O_NONBLOCK off on the shared listening file, an accept loop in the reactor (what
+    adopting the socket as a Twisted port does) blocks as soon as the first connections are
+    taken and the queue is empty; and a program accepting on its copy can empty it between
+    the daemon's poll and its accept.
+
+    The program's own accept runs in a thread: in the main thread it could wait for ever when
+    the daemon wins every connection, which once made this test time out as if frozen."""
     creds = pki.server("good")
     r = api.program(FROZEN_PROBE + f"""
+import threading
 srv = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, b"{creds.chain}")
 srv.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{creds.key}")
@@ -271,9 +292,14 @@ copy = socket.socket(fileno=os.dup(srv.fileno()))  # the same open file the daem
 srv.listen(8)
 copy.setblocking(True)  # O_NONBLOCK is shared: this turns it off for the daemon as well
 port = copy.getsockname()[1]
-clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-stolen, _ = copy.accept()  # and the program takes one of them itself
-time.sleep(0.5)
+clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # all for the daemon
+stolen = []
+def steal():
+    while True:
+        stolen.append(copy.accept()[0])  # races the daemon for every later connection
+threading.Thread(target=steal, daemon=True).start()
+clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+time.sleep(0.5)  # not needed for the verdict: gives the daemon time to take connections
 result["answers"] = [daemon_answers() for _ in range(3)]
 """)
     assert r.get("answers") == [True, True, True], r
@@ -309,10 +335,16 @@ def test_unread_replies_do_not_grow_the_daemon(api: ApiDaemon) -> None:
         s.setblocking(False)
         sent = 0
         deadline = time.monotonic() + 10
+        refused_since: Optional[float] = None
         while sent < 400_000 and time.monotonic() < deadline:  # requests; the replies go unread
             try:
                 sent += 1 if s.send(request) == len(request) else 0
+                refused_since = None
             except BlockingIOError:
+                now = time.monotonic()
+                refused_since = refused_since or now
+                if now - refused_since > 1:
+                    break  # the daemon stopped reading us: the backpressure this test wants
                 time.sleep(0.01)
         time.sleep(0.5)
         grown = rss() - before
@@ -351,7 +383,7 @@ def test_a_refused_connection_ends_even_while_its_replies_are_unread(api: ApiDae
     request = wire.encode(wire.Kind.GETOPT, {wire.Tag.OPTION: 97})
     with _raw(api) as s:
         s.sendall(_hello() + request * backlog_of_requests + _hello())  # the second HELLO is refused
-        time.sleep(1.0)  # replies pile up unread; the daemon pauses reading
+        _wait_until_unread_replies_stop_growing(s)  # the daemon has paused reading
         s.settimeout(10)
         data = b""
         while True:
