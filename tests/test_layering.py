@@ -34,8 +34,14 @@ def test_a_pure_module_importing_twisted_or_the_api_breaks_the_contracts(tmp_pat
     sniff.write_text(sniff.read_text() + "\nimport twisted.internet.reactor  # noqa\n")
     wire = tmp_path / "ssaproxy" / "proto" / "wire.py"
     wire.write_text(wire.read_text() + "\nimport ssaproxy.api.server  # noqa\n")
+    stream = tmp_path / "ssaproxy" / "tls" / "stream.py"
+    stream.write_text(stream.read_text() + "\nimport ssaproxy.outbound  # noqa\n")
+    relay = tmp_path / "ssaproxy" / "relay.py"
+    relay.write_text(relay.read_text() + "\nimport ssaproxy.inbound  # noqa\n")
     r = lint_imports(tmp_path)
     assert r.returncode != 0, r.stdout
     assert "ssaproxy.sniff is not allowed to import twisted" in r.stdout, r.stdout
     assert "ssaproxy.proto is not allowed to import ssaproxy.api" in r.stdout, r.stdout
+    assert "ssaproxy.tls is not allowed to import ssaproxy.outbound" in r.stdout, r.stdout
+    assert "ssaproxy.relay is not allowed to import ssaproxy.inbound" in r.stdout, r.stdout
     assert "No import cycles among ssaproxy's packages and modules BROKEN" in r.stdout, r.stdout  # api -> proto
