@@ -71,10 +71,10 @@ class DontWaitSocket(socket.socket):
             pass
         super().close()
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
         return super().recv(bufsize, flags | socket.MSG_DONTWAIT)
 
-    def send(self, data: Any, flags: int = 0) -> int:  # type: ignore[override]
+    def send(self, data: Any, flags: int = 0) -> int:
         return super().send(data, flags | socket.MSG_DONTWAIT)
 
 
