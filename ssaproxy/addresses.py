@@ -31,7 +31,7 @@ def plain_address(text: str) -> str:
     """One spelling per address (IPv4-mapped IPv6 as IPv4, no zone), so 4-tuples compare
     exactly; anything that is not an address comes back as it is."""
     try:
-        return str(normalize(ipaddress.ip_address(text.split("%")[0])))
+        return str(normalize(ipaddress.ip_address(text.split("%", maxsplit=1)[0])))
     except ValueError:
         return text
 

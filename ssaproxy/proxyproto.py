@@ -71,7 +71,7 @@ def v2_header(src: tuple[str, int], dst: tuple[str, int], *, authority: Optional
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(text.split("%")[0])
+    ip = ipaddress.ip_address(text.split("%", maxsplit=1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip

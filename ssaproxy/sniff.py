@@ -22,7 +22,7 @@ CLIENT_HELLO_PEEK = 5 + _MAX_RECORD
 _FIXED = 4 + 2 + 32 + 1
 
 
-def looks_like_client_hello(data: bytes) -> Optional[bool]:
+def looks_like_client_hello(data: bytes) -> Optional[bool]:  # noqa: PLR0911 - one return per case reads best
     """True if `data` starts with a whole TLS record carrying a well-formed ClientHello, False
     if it cannot, None if more bytes are needed (at most CLIENT_HELLO_PEEK).
 
@@ -92,7 +92,7 @@ class HostResult:
 _NEED_MORE = HostResult(complete=False)
 
 
-def http_host(data: bytes, limit: int) -> HostResult:
+def http_host(data: bytes, limit: int) -> HostResult:  # noqa: PLR0911 - one return per case reads best
     """Find the Host header of the request at the start of `data`.
 
     The header block must end (CRLF CRLF) within `limit` bytes.  Exactly one Host header is

@@ -13,6 +13,7 @@ transport, for the relay to register producers on.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import socket
 import struct
@@ -76,10 +77,8 @@ _LINGER_OFF = struct.pack("ii", 0, 0)  # close() sends FIN (the default)
 def _linger(transport: object, value: bytes) -> None:
     handle = getattr(transport, "getHandle", lambda: None)()
     if isinstance(handle, socket.socket):
-        try:
+        with contextlib.suppress(OSError):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
-        except OSError:
-            pass
 
 
 def reset(transport: object) -> None:

@@ -6,6 +6,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from ssaproxy.errors import ConfigError
+from ssaproxy.service import make_service
 from ssaproxy.tls.load import read_config
 
 
@@ -23,8 +24,6 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.IService:
-    from twisted.internet import reactor
-
-    from ssaproxy.service import make_service
+    from twisted.internet import reactor  # noqa: PLC0415 - the reactor twistd installed, at run time only
 
     return make_service(options.config, reactor)

@@ -36,6 +36,7 @@ What is fake, so a passing test proves nothing about them:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -98,18 +99,14 @@ class FakeDaemon:
 
     def stop(self) -> None:
         if self._listener is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         with self._lock:
             for sock in list(self._open):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         for thread in self._threads:
             thread.join(5)
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -293,10 +290,8 @@ def _pump(src: socket.socket, dst: socket.socket, done: threading.Barrier) -> No
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             done.wait(60)
-        except threading.BrokenBarrierError:
-            pass
 
 
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:

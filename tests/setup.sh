@@ -2,15 +2,16 @@
 # Everything the test suite needs on a fresh Debian 12 machine, as root: the system tools the
 # end-to-end tests drive (iptables, network namespaces, openssl, curl, tcpdump, haproxy,
 # stunnel for the benchmark), the project with its test extras in a virtual environment made
-# with Debian's own Python (.venv: never the system's site-packages, PEP 668), and the sslyze
-# scanner in a virtual environment of its own under .tools/ (it pins its own cryptography).
+# with Debian's own Python (.venv: never the system's site-packages, PEP 668; with the linters),
+# and the sslyze scanner in a virtual environment of its own under .tools/ (it pins its own
+# cryptography).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq python3-venv iptables iproute2 util-linux openssl curl tcpdump haproxy stunnel4 >/dev/null
 /usr/bin/python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check '.[test,dev]'
 if [ ! -x .tools/sslyze/bin/sslyze ]; then
     /usr/bin/python3 -m venv .tools/sslyze
     .tools/sslyze/bin/pip install -q --disable-pip-version-check sslyze

@@ -16,6 +16,7 @@ block, and the daemon has one thread.  Hence:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -43,18 +44,14 @@ def take(fd: int) -> socket.socket:
 
 
 def close_fd(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 def no_linger(sock: socket.socket) -> None:
     """SO_LINGER off: with it on, close() waits for unsent data even on a non-blocking socket."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
-    except OSError:
-        pass
 
 
 class DontWaitSocket(socket.socket):
@@ -135,7 +132,5 @@ class Acceptor(threading.Thread):
         """End the thread: shutting the listening socket down wakes a waiting accept()."""
         self.stopping.set()
         self.running.set()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass

@@ -15,6 +15,7 @@ a file for a program: certificates and keys come as PEM bytes, sockets as file d
 from __future__ import annotations
 
 import errno
+import grp
 import ipaddress
 import itertools
 import os
@@ -417,7 +418,5 @@ def prepare_socket_path(api: Api) -> None:
 def secure_socket_path(api: Api) -> None:
     """Apply the configured mode and group once the socket exists."""
     if api.group is not None:
-        import grp
-
         os.chown(api.socket, -1, grp.getgrnam(api.group).gr_gid)
     os.chmod(api.socket, api.mode)

@@ -14,6 +14,7 @@ import ipaddress
 import socket
 from typing import Any, Callable, Optional
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
@@ -69,8 +70,6 @@ MAX_CHAIN_PEM = 48 * 1024  # keeps ESTABLISHED/ACCEPTED well inside one socket b
 def _chain_pem(conn: SSL.Connection) -> bytes:
     """The verified chain, leaf first, cut at a certificate boundary so that it stays within
     MAX_CHAIN_PEM bytes (empty if the leaf alone is larger)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     out = b""
     for cert in conn.get_verified_chain() or []:
         pem = cert.to_cryptography().public_bytes(Encoding.PEM)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import attrs
 from cryptography import x509
@@ -23,6 +23,7 @@ from ssaproxy.addresses import is_ip_literal
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
 from ssaproxy.tls.context import CIPHER_FLOOR, load_trust, new_context, select_alpn, strict_checks
+from ssaproxy.tls.verify import verify_callback
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
@@ -159,70 +160,111 @@ def apply(settings: Settings, policy: Policy, number: int, value: bytes) -> Sett
     if option is None or option.unsupported or not option.settable:
         why = option.unsupported if option and option.unsupported else "not settable" if option else "unknown option"
         raise ApiError(errno.ENOPROTOOPT, f"option {number}: {why}")
-    if number == o.TLS_REMOTE_HOSTNAME:
-        name = _text(value, "the hostname").rstrip(".").lower()
-        if not is_valid_hostname(name) and not is_ip_literal(name):
-            raise ApiError(errno.EINVAL, f"{name!r} is not a hostname or IP address")
-        return attrs.evolve(settings, hostname=name)
-    if number == o.TLS_TRUSTED_PEER_CERTIFICATES:
-        _certificates(value, "trusted certificates")
-        return attrs.evolve(settings, trust_pem=bytes(value))
-    if number == o.TLS_CERTIFICATE_CHAIN:
-        _certificates(value, "certificate chain")
-        new = attrs.evolve(settings, chain_pem=bytes(value))
-        _check_pair(new)
-        return new
-    if number == o.TLS_PRIVATE_KEY:
-        _key(value)
-        new = attrs.evolve(settings, key_pem=bytes(value))
-        _check_pair(new)
-        return new
-    if number == o.TLS_ALPN:
-        protos = tuple(p for p in _text(value, "the ALPN list").split(",") if p)
-        if not protos or any(len(p) > 255 for p in protos):
-            raise ApiError(errno.EINVAL, "ALPN: a comma-separated list of 1-255 byte protocol names")
-        return attrs.evolve(settings, alpn=protos)
-    if number == o.TLS_DISABLE_CIPHER:
-        names = _cipher_names(value, policy, must_be_allowed=False)
-        new = attrs.evolve(settings, disabled=settings.disabled | set(names))
-        _check_ciphers_left(new, policy)
-        return new
-    if number == o.TLS_ENABLE_CIPHER:
-        names = _cipher_names(value, policy, must_be_allowed=True)
-        chosen = settings.ciphers
-        if chosen is not None:
-            chosen = chosen + tuple(n for n in names if n not in chosen)
-        return attrs.evolve(settings, ciphers=chosen, disabled=settings.disabled - set(names))
-    if number == o.TLS_TRUSTED_CIPHERS:
-        names = _cipher_names(value, policy, must_be_allowed=True)
-        new = attrs.evolve(settings, ciphers=names)
-        _check_ciphers_left(new, policy)
-        return new
-    if number == o.TLS_REQUEST_PEER_AUTH:
-        try:
-            flag = o.unpack_int(value)
-        except ValueError as e:
-            raise ApiError(errno.EINVAL, str(e)) from None
-        if flag not in (0, 1):
-            raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH is 0 or 1")
-        return attrs.evolve(settings, request_peer_auth=bool(flag))
-    if number in (o.TLS_VERSION_MIN, o.TLS_VERSION_MAX):
-        wanted = _version(value)
-        low, high = settings.versions(policy)
-        if number == o.TLS_VERSION_MIN:
-            if TLSVersion(wanted).rank < TLSVersion(policy.min_version).rank:
-                raise ApiError(errno.EPERM, f"{wanted} is below the admin's minimum {policy.min_version}")
-            low = wanted
-        else:
-            if TLSVersion(wanted).rank > TLSVersion(policy.max_version).rank:
-                raise ApiError(errno.EPERM, f"{wanted} is above the admin's maximum {policy.max_version}")
-            high = wanted
-        if TLSVersion(low).rank > TLSVersion(high).rank:
-            raise ApiError(errno.EINVAL, f"minimum {low} would be above maximum {high}")
-        new = attrs.evolve(settings, min_version=low, max_version=high)
-        _check_ciphers_left(new, policy)
-        return new
-    raise ApiError(errno.ENOPROTOOPT, f"option {number} is not settable")  # pragma: no cover - table above
+    setter = _SETTERS.get(number)
+    if setter is None:  # pragma: no cover - every settable option has a setter (tests/test_api_proto.py)
+        raise ApiError(errno.ENOPROTOOPT, f"option {number} is not settable")
+    return setter(settings, policy, value)
+
+
+def _set_hostname(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    name = _text(value, "the hostname").rstrip(".").lower()
+    if not is_valid_hostname(name) and not is_ip_literal(name):
+        raise ApiError(errno.EINVAL, f"{name!r} is not a hostname or IP address")
+    return attrs.evolve(settings, hostname=name)
+
+
+def _set_trust(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    _certificates(value, "trusted certificates")
+    return attrs.evolve(settings, trust_pem=bytes(value))
+
+
+def _set_chain(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    _certificates(value, "certificate chain")
+    new = attrs.evolve(settings, chain_pem=bytes(value))
+    _check_pair(new)
+    return new
+
+
+def _set_key(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    _key(value)
+    new = attrs.evolve(settings, key_pem=bytes(value))
+    _check_pair(new)
+    return new
+
+
+def _set_alpn(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    protos = tuple(p for p in _text(value, "the ALPN list").split(",") if p)
+    if not protos or any(len(p) > 255 for p in protos):
+        raise ApiError(errno.EINVAL, "ALPN: a comma-separated list of 1-255 byte protocol names")
+    return attrs.evolve(settings, alpn=protos)
+
+
+def _disable_cipher(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    names = _cipher_names(value, policy, must_be_allowed=False)
+    new = attrs.evolve(settings, disabled=settings.disabled | set(names))
+    _check_ciphers_left(new, policy)
+    return new
+
+
+def _enable_cipher(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    names = _cipher_names(value, policy, must_be_allowed=True)
+    chosen = settings.ciphers
+    if chosen is not None:
+        chosen = chosen + tuple(n for n in names if n not in chosen)
+    return attrs.evolve(settings, ciphers=chosen, disabled=settings.disabled - set(names))
+
+
+def _set_ciphers(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    new = attrs.evolve(settings, ciphers=_cipher_names(value, policy, must_be_allowed=True))
+    _check_ciphers_left(new, policy)
+    return new
+
+
+def _set_peer_auth(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    try:
+        flag = o.unpack_int(value)
+    except ValueError as e:
+        raise ApiError(errno.EINVAL, str(e)) from None
+    if flag not in (0, 1):
+        raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH is 0 or 1")
+    return attrs.evolve(settings, request_peer_auth=bool(flag))
+
+
+def _set_min_version(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    wanted = _version(value)
+    if TLSVersion(wanted).rank < TLSVersion(policy.min_version).rank:
+        raise ApiError(errno.EPERM, f"{wanted} is below the admin's minimum {policy.min_version}")
+    return _versions(settings, policy, wanted, settings.versions(policy)[1])
+
+
+def _set_max_version(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    wanted = _version(value)
+    if TLSVersion(wanted).rank > TLSVersion(policy.max_version).rank:
+        raise ApiError(errno.EPERM, f"{wanted} is above the admin's maximum {policy.max_version}")
+    return _versions(settings, policy, settings.versions(policy)[0], wanted)
+
+
+def _versions(settings: Settings, policy: Policy, low: str, high: str) -> Settings:
+    if TLSVersion(low).rank > TLSVersion(high).rank:
+        raise ApiError(errno.EINVAL, f"minimum {low} would be above maximum {high}")
+    new = attrs.evolve(settings, min_version=low, max_version=high)
+    _check_ciphers_left(new, policy)
+    return new
+
+
+_SETTERS: dict[int, Callable[[Settings, Policy, bytes], Settings]] = {
+    o.TLS_REMOTE_HOSTNAME: _set_hostname,
+    o.TLS_TRUSTED_PEER_CERTIFICATES: _set_trust,
+    o.TLS_CERTIFICATE_CHAIN: _set_chain,
+    o.TLS_PRIVATE_KEY: _set_key,
+    o.TLS_ALPN: _set_alpn,
+    o.TLS_DISABLE_CIPHER: _disable_cipher,
+    o.TLS_ENABLE_CIPHER: _enable_cipher,
+    o.TLS_TRUSTED_CIPHERS: _set_ciphers,
+    o.TLS_REQUEST_PEER_AUTH: _set_peer_auth,
+    o.TLS_VERSION_MIN: _set_min_version,
+    o.TLS_VERSION_MAX: _set_max_version,
+}
 
 
 def _check_ciphers_left(settings: Settings, policy: Policy) -> None:
@@ -292,8 +334,6 @@ def _trust(ctx: SSL.Context, settings: Settings, policy: Policy) -> None:
 
 @functools.lru_cache(maxsize=64)
 def client_context(settings: Settings, policy: Policy) -> SSL.Context:
-    from ssaproxy.tls.verify import verify_callback
-
     ctx = _base(settings, policy)
     _trust(ctx, settings, policy)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
@@ -304,8 +344,6 @@ def client_context(settings: Settings, policy: Policy) -> SSL.Context:
 
 @functools.lru_cache(maxsize=64)
 def server_context(settings: Settings, policy: Policy) -> SSL.Context:
-    from ssaproxy.tls.verify import verify_callback
-
     if settings.chain_pem is None or settings.key_pem is None:
         raise ApiError(errno.EINVAL, "a TLS server needs TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY first")
     ctx = _base(settings, policy)

@@ -11,6 +11,7 @@ says the socket is empty.  Peeking cannot tell whether a frame is complete on a 
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import os
 import select
@@ -112,7 +113,5 @@ def wait_frame(sock: socket.socket, timeout: Optional[float]) -> None:
 
 def close_all(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass

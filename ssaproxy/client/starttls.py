@@ -3,6 +3,7 @@ object, and `Context` for standard-library clients that take an ssl.SSLContext."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket as _socket_module
 from typing import Any, Mapping, Optional
@@ -32,10 +33,8 @@ def upgrade(sock: _std, *, server_side: bool = False, hostname: Optional[str] = 
         if not helper._tls.plain:  # the daemon has the connection: sock gets the dead carrier
             os.dup2(helper.fileno(), sock.fileno(), inheritable=False)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(_socket_module.SHUT_RDWR)
-            except OSError:
-                pass
         helper.close()
         raise
     try:

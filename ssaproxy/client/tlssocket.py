@@ -12,6 +12,7 @@ of each socket is its session's `Connection.phase` (one vocabulary with the daem
 from __future__ import annotations
 
 import _socket as _csocket
+import contextlib
 import errno
 import os
 import socket as _socket_module
@@ -270,10 +271,8 @@ class socket(_std):
             self._take_carrier(reply)
         except OSError:
             # STARTTLS was agreed with the peer: this connection must not go on in plaintext.
-            try:
+            with contextlib.suppress(OSError):
                 _std.shutdown(self, _socket_module.SHUT_RDWR)
-            except OSError:
-                pass
             raise
         t.plain = False
         try:

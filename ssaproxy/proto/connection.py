@@ -333,7 +333,7 @@ class Connection:
         self._phase, self._owed = Phase.CLOSED, None
 
     # ---- the one table both directions go through
-    def _problem(self, kind: Kind, sender: Role) -> Optional[str]:
+    def _problem(self, kind: Kind, sender: Role) -> Optional[str]:  # noqa: PLR0911 - one return per case reads best
         """Why `sender` may not send `kind` now, or None."""
         phase = self._phase
         if (sender == Role.CLIENT) != (kind in _PROGRAM_KINDS):

@@ -119,7 +119,7 @@ def _addresses(peer: Address, local: Optional[Address], info: Mapping[int, bytes
     return fields
 
 
-def fields_of(event: Event) -> dict[int, object]:
+def fields_of(event: Event) -> dict[int, object]:  # noqa: PLR0911 - one return per case reads best
     if isinstance(event, Hello):
         return {Tag.VERSION: event.version}
     if isinstance(event, SetOption):
@@ -143,7 +143,7 @@ def fields_of(event: Event) -> dict[int, object]:
     return {}
 
 
-def event_of(m: wire.Message, fd: Optional[int]) -> Event:
+def event_of(m: wire.Message, fd: Optional[int]) -> Event:  # noqa: PLR0911 - one return per case reads best
     k = m.kind
     if k == Kind.HELLO:
         return Hello(m.int(Tag.VERSION))

@@ -118,5 +118,14 @@ def unpack_int(raw: bytes) -> int:
         raise ValueError(f"an integer option needs {_INT.size} bytes, got {len(raw)}")
     return int(_INT.unpack(raw)[0])
 
-__all__ = sorted(name for name in dict(globals()) if name.isupper() and not name.startswith("_")
-                 and name not in ("TEXT", "INT", "PEM", "OPTIONS", "LEGACY_VERSIONS", "LOCAL_OPTIONS", "INFO_OPTIONS"))
+# Spelled out, so that type checkers see what `from ssaproxy import *` gives (a test keeps it complete).
+__all__ = [
+    "AF_HOSTNAME", "IPPROTO_TLS", "SOL_TCP", "TCP_UPGRADE_TLS", "TLS1_2_VERSION", "TLS1_3_VERSION", "TLS_ALPN",
+    "TLS_CACHED_REV_CHECKS", "TLS_CERTIFICATE_CHAIN", "TLS_CHOSEN_CIPHER", "TLS_CONTEXT", "TLS_CRL_CHECKS",
+    "TLS_DISABLE_CIPHER", "TLS_ENABLE_CIPHER", "TLS_ERROR", "TLS_HOSTNAME", "TLS_ID", "TLS_OCSP_CHECKS",
+    "TLS_OCSP_STAPLED_CHECKS", "TLS_PEER_CERTIFICATE_CHAIN", "TLS_PEER_IDENTITY", "TLS_PRIVATE_KEY",
+    "TLS_REMOTE_HOSTNAME", "TLS_REQUEST_PEER_AUTH", "TLS_RESUMED_SESSION", "TLS_REVOCATION_CHECKS",
+    "TLS_SERVER_NAME", "TLS_SESSION_REUSE", "TLS_SESSION_TTL", "TLS_TRUSTED_CIPHERS",
+    "TLS_TRUSTED_PEER_CERTIFICATES", "TLS_VERSION_CONN", "TLS_VERSION_MAX", "TLS_VERSION_MIN", "VERSION_NAMES",
+    "VERSION_NUMBERS",
+]

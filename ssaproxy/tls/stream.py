@@ -11,6 +11,7 @@ handshake or verification failure), which decides whether the plaintext side get
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Optional
 
 from OpenSSL import SSL
@@ -156,10 +157,8 @@ class TLSStream(End):
             self._close_after_pending = True
             return
         self.sent_close = True
-        try:
+        with contextlib.suppress(SSL.Error):
             self.tls.shutdown()
-        except SSL.Error:
-            pass
         self._flush()
         if self.peer_closed and self.transport is not None:
             graceful_close(self.transport)

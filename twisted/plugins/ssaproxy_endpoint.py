@@ -15,7 +15,7 @@ class _SSAEndpointParser:
     prefix = "ssa"
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
-        from ssaproxy.client.endpoint import SSAClientEndpoint
+        from ssaproxy.client.endpoint import SSAClientEndpoint  # noqa: PLC0415 - plugin discovery stays cheap
 
         if args:
             raise ValueError("ssa: takes keyword arguments only (ssa:host=example.com:port=443)")
