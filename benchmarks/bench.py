@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import mmap
 import os
 import random
@@ -219,6 +220,27 @@ def _readline(s: ssl.SSLSocket, buf: bytearray, limit: int = 256):
     return line
 
 
+def _sink(s: ssl.SSLSocket, buf: bytearray, sink: bytearray, args: list[bytes]) -> bytes:
+    """SINK n [crc]: read n bytes (first those already in `buf`); the OK line to answer."""
+    n, want_crc = int(args[0]), len(args) > 1
+    got, crc = 0, 0
+    if buf:
+        head = bytes(buf[:n])
+        del buf[: len(head)]
+        got += len(head)
+        if want_crc:
+            crc = zlib.crc32(head, crc)
+    view = memoryview(sink)
+    while got < n:
+        k = s.recv_into(view, min(len(sink), n - got))
+        if k == 0:
+            raise EOFError(f"EOF after {got} of {n} bytes")
+        if want_crc:
+            crc = zlib.crc32(view[:k], crc)
+        got += k
+    return f"OK {got} {crc if want_crc else '-'}\n".encode()
+
+
 def _serve_one(ctx: ssl.SSLContext, raw: socket.socket, stats: _Stats) -> None:
     raw.settimeout(IO_TIMEOUT * 2)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -240,10 +262,8 @@ def _serve_one(ctx: ssl.SSLContext, raw: socket.socket, stats: _Stats) -> None:
         while True:
             line = _readline(s, buf)
             if line is None:  # close_notify (or a bare EOF): answer with ours, then close
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     s.unwrap()
-                except (OSError, ValueError):
-                    pass
                 break
             words = line.split()
             cmd, args = (words[0], words[1:]) if words else (b"", [])
@@ -254,23 +274,7 @@ def _serve_one(ctx: ssl.SSLContext, raw: socket.socket, stats: _Stats) -> None:
             elif cmd == b"STATS":
                 s.sendall((" ".join(f"{k}={v}" for k, v in stats.totals().items()) + "\n").encode())
             elif cmd == b"SINK":  # SINK n [crc]
-                n, want_crc = int(args[0]), len(args) > 1
-                got, crc = 0, 0
-                if buf:
-                    head = bytes(buf[:n])
-                    del buf[: len(head)]
-                    got += len(head)
-                    if want_crc:
-                        crc = zlib.crc32(head, crc)
-                view = memoryview(sink)
-                while got < n:
-                    k = s.recv_into(view, min(len(sink), n - got))
-                    if k == 0:
-                        raise EOFError(f"EOF after {got} of {n} bytes")
-                    if want_crc:
-                        crc = zlib.crc32(view[:k], crc)
-                    got += k
-                s.sendall(f"OK {got} {crc if want_crc else '-'}\n".encode())
+                s.sendall(_sink(s, buf, sink, args))
             elif cmd == b"SOURCE":  # SOURCE n
                 for chunk in pattern_stream(int(args[0])):
                     s.sendall(chunk)
@@ -307,10 +311,8 @@ def run_server(args: argparse.Namespace) -> int:
 
     def stop(*_):
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for pid in children:  # reap them (by PID), so no zombie outlives the server
             for _ in range(50):
                 try:
@@ -403,7 +405,7 @@ class ApiTarget(Target):
     (ssaproxy.socket, IPPROTO_TLS) and connects straight to the server's address."""
 
     def connect(self) -> socket.socket:
-        import ssaproxy
+        import ssaproxy  # noqa: PLC0415 - driver only: --role server (this file) stays stdlib-only
 
         s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
         s.settimeout(IO_TIMEOUT)
@@ -556,10 +558,9 @@ class Proc:
         self.starts += 1
         path = os.path.join(self.workdir, f"{self.name}-{self.starts}.log")
         self.logs.append(path)
-        out = open(path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.workdir)
-        out.close()
+        with open(path, "wb") as out:  # the child has its own copy once Popen returns
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.workdir)
         wait_listening(self.port, self.proc, self.name)
 
     def stop(self) -> int | None:
@@ -630,7 +631,7 @@ class Bench:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        import trustme
+        import trustme  # noqa: PLC0415 - driver only: --role server (this file) stays stdlib-only
 
         ca = trustme.CA()
         leaf = ca.issue_cert(HOSTNAME)
@@ -644,12 +645,11 @@ class Bench:
                 f.write(blob.bytes())
 
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        out = open(os.path.join(self.work, "server.log"), "w")
-        self.server = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--role", "server", "--cert", self.cert_pem,
-             "--key", self.key_pem, "--workers", "2", "--max-seconds", str(int(self.p["budget"] + 60))],
-            stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL, text=True)
-        out.close()
+        with open(os.path.join(self.work, "server.log"), "w") as out:  # the child keeps its own copy
+            self.server = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--role", "server", "--cert", self.cert_pem,
+                 "--key", self.key_pem, "--workers", "2", "--max-seconds", str(int(self.p["budget"] + 60))],
+                stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL, text=True)
         ready = self.server.stdout.readline().split()  # type: ignore[union-attr]
         if not ready or ready[0] != "READY":
             raise RuntimeError(f"TLS server did not start (see {self.work}/server.log)")
@@ -865,10 +865,8 @@ class Bench:
             out["rss1"], out["fd1"] = status_kib(pid), fd_count(pid)
         finally:
             for s in socks:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
             for s in socks:  # every one should now see the server's clean end, relayed as EOF
                 try:
                     s.settimeout(10)
@@ -920,10 +918,10 @@ class Bench:
 
     # ------------------------------------------------------------------ driver
     def versions(self) -> None:
-        import OpenSSL
-        from OpenSSL import SSL
+        import OpenSSL  # noqa: PLC0415 - driver only: --role server (this file) stays stdlib-only
+        from OpenSSL import SSL  # noqa: PLC0415 - driver only: --role server (this file) stays stdlib-only
 
-        import twisted
+        import twisted  # noqa: PLC0415 - driver only: --role server (this file) stays stdlib-only
 
         cpu = "?"
         with open("/proc/cpuinfo") as f:
@@ -1088,10 +1086,8 @@ def run_outer(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), sig)
-                except (ProcessLookupError, ValueError):
-                    pass
             if not pids:
                 break
             time.sleep(1.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -133,8 +134,6 @@ class ApiDaemon:
                 "\nfinally:\n    print(json.dumps(result, default=repr))\n")
         argv = [sys.executable, "-c", body]
         if user is not None:
-            import pwd
-
             entry = pwd.getpwnam(user)
             argv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *argv]
         r = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, cwd="/")

@@ -77,10 +77,9 @@ class Lab:
         return run(["ip", "netns", "exec", ns, *argv], **kw)
 
     def spawn(self, ns: str, argv: Sequence[str], *, log: Path, user: Sequence[str] = ()) -> subprocess.Popen[Any]:
-        f = open(log, "wb")
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *user, *argv], stdout=f, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-        f.close()
+        with open(log, "wb") as f:  # the child has its own copy once Popen returns
+            p = subprocess.Popen(["ip", "netns", "exec", ns, *user, *argv], stdout=f, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
         self.procs.append(p)
         return p
 
@@ -201,4 +200,8 @@ def poll(probe: Callable[[], T], timeout: float = 10) -> T:
 
 
 def wait_events(log: Path, count: int, timeout: float = 15) -> list[str]:
-    return poll(lambda: (lambda e: e if len(e) >= count else [])(log_events(log)), timeout) or log_events(log)
+    def enough() -> list[str]:
+        events = log_events(log)
+        return events if len(events) >= count else []
+
+    return poll(enough, timeout) or log_events(log)

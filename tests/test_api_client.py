@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -59,12 +60,10 @@ result["eof"] = s.recv(10).decode()
 
 
 def socket_af_inet() -> int:
-    import socket
-
     return int(socket.AF_INET)
 
 
-@pytest.mark.parametrize("case,text", [
+@pytest.mark.parametrize(("case", "text"), [
     ("wrong_host", "identity mismatch"),
     ("expired", "certificate has expired"),
     ("self_signed", "self-signed certificate"),

@@ -5,11 +5,15 @@ that connection, and keeps serving everyone else.  Credentials land in the log."
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
@@ -18,7 +22,8 @@ from typing import Optional
 import pytest
 
 from ssaproxy.proto import wire
-from tests.api_harness import ApiDaemon
+from tests.api_harness import ApiDaemon, free_port
+from tests.lab import PEERS, wait_for_text
 from tests.pki import PKI
 
 
@@ -46,7 +51,7 @@ def _hello() -> bytes:
     return wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION})
 
 
-@pytest.mark.parametrize("name,payload,code", [
+@pytest.mark.parametrize(("name", "payload", "code"), [
     ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", errno.EPROTO),
     ("huge length", struct.pack("!IH", 50_000_000, 1), errno.EPROTO),
     ("unknown kind", struct.pack("!IH", 2, 999), errno.EPROTO),
@@ -223,12 +228,6 @@ result["text"] = second.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR).dec
 def test_failed_handshakes_on_a_program_listener_are_forgotten(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
     """A refused client is freed once it leaves: it used to stay in the listener's table, and its
     stream (about 50 KB with OpenSSL's buffers) until the alert's linger timer fired."""
-    import subprocess
-    import sys
-
-    from tests.api_harness import free_port
-    from tests.lab import PEERS, wait_for_text
-
     creds = pki.server("good")
     port = free_port()
     log = tmp_path / "server.log"
@@ -245,10 +244,8 @@ def test_failed_handshakes_on_a_program_listener_are_forgotten(api: ApiDaemon, p
         for _ in range(n):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
                 c.sendall(b"not a TLS client hello\r\n\r\n")
-                try:
+                with contextlib.suppress(OSError):
                     c.recv(100)
-                except OSError:
-                    pass
 
     knock(200)  # warm up allocator pools
     before = rss_kib()
@@ -353,8 +350,6 @@ def test_unread_replies_do_not_grow_the_daemon(api: ApiDaemon) -> None:
 
 
 def test_the_api_socket_path_is_taken_over_only_from_a_dead_daemon(pki: PKI, tmp_path: Path) -> None:
-    import signal
-
     first = ApiDaemon(tmp_path / "first", pki).start()
     second = ApiDaemon(tmp_path / "second", pki)
     second.config.write_text(first.config.read_text())  # the same socket path

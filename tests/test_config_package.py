@@ -67,7 +67,7 @@ def test_values_convert_strings_to_enums() -> None:
     assert policy.min_version is TLSVersion.TLSv1_3 and policy == Policy(min_version=TLSVersion.TLSv1_3)
     route = Route(name="r", destination=ipaddress.ip_network("10.0.0.0/8"), action="reject")  # type: ignore[arg-type]
     assert route.action is Action.REJECT and route.hostname_from is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"'TLSv1\.1' is not a valid TLSVersion"):
         Policy(min_version="TLSv1.1")  # type: ignore[arg-type]
 
 

@@ -24,7 +24,7 @@ certificates = [ { chain = "c.pem", key = "k.pem" } ]
 """
 
 
-@pytest.mark.parametrize("key, line", [
+@pytest.mark.parametrize(("key", "line"), [
     ("policy.min_version", 2),
     ("policy", 1),
     ("policy.absent", 1),  # an absent key: its table's header

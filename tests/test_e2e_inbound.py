@@ -113,7 +113,7 @@ profile = "modern"
     lab.spawn(lab.s, ["haproxy", "-db", "-f", str(hap)], log=d / "haproxy.log")
     poll(lambda: str(BACKENDS["haproxy"]) in lab.ns(lab.s, ["ss", "-Hltn"]).stdout)
     lab.start_daemon(config, d / "daemon.log", ns=lab.s)
-    yield d
+    return d
 
 
 def _curl(lab: Lab, pki: PKI, port: int, *args: str, name: str = "backend.test", path: str = "/hello"):  # type: ignore[no-untyped-def]
@@ -185,7 +185,7 @@ def test_openssl_s_client_sees_the_alert_and_the_good_case_works(lab: Lab, scene
     assert "/never" not in (scene / "http.log").read_text()
 
 
-@pytest.mark.parametrize("name, subject", [("backend.test", "backend.test"), ("a.wild.test", "*.wild.test"),
+@pytest.mark.parametrize(("name", "subject"), [("backend.test", "backend.test"), ("a.wild.test", "*.wild.test"),
                                            ("unknown.test", "backend.test")])
 def test_certificate_is_chosen_by_sni(lab: Lab, scene: Path, pki: PKI, name: str, subject: str) -> None:
     c = pki.client("client_good")
@@ -195,7 +195,7 @@ def test_certificate_is_chosen_by_sni(lab: Lab, scene: Path, pki: PKI, name: str
     assert f"0 s:O = ssaproxy tests, CN = {subject}\n" in r.stdout, r.stdout[:1500]
 
 
-@pytest.mark.parametrize("sigalgs, key", [("ECDSA+SHA256", "ECDSA"), ("RSA-PSS+SHA256:RSA+SHA256", "RSA")])
+@pytest.mark.parametrize(("sigalgs", "key"), [("ECDSA+SHA256", "ECDSA"), ("RSA-PSS+SHA256:RSA+SHA256", "RSA")])
 def test_ecdsa_and_rsa_chains_side_by_side(lab: Lab, scene: Path, pki: PKI, sigalgs: str, key: str) -> None:
     c = pki.client("client_good")
     r = lab.ns(lab.c, ["openssl", "s_client", "-connect", f"{SERVER_V4}:{PORTS['mtls']}", "-servername",

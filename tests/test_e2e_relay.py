@@ -65,13 +65,17 @@ hostname = "backend.test"
     daemon = lab.start_daemon(config, d / "daemon.log")
     # `ip netns exec` execs the command in place, so this PID is twistd's own.
     (d / "daemon.pid").write_text(str(daemon.pid))
-    yield d
+    return d
 
 
 def _reports(scene: Path, name: str, count: int = 1) -> list[dict[str, object]]:
     log = scene / f"{name}.log"
-    lines = poll(lambda: (lambda xs: xs if len(xs) >= count else [])(
-        [x for x in log.read_text().splitlines() if x.startswith("{")]), 10 if count else 0)
+
+    def enough() -> list[str]:
+        reports = [x for x in log.read_text().splitlines() if x.startswith("{")]
+        return reports if len(reports) >= count else []
+
+    lines = poll(enough, 10 if count else 0)
     assert lines or not count, f"fewer than {count} reports from the {name} server"
     return [json.loads(x) for x in lines]
 

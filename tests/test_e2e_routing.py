@@ -69,7 +69,7 @@ hostname = "backend.test"
     lab.ns(lab.c, ["iptables", "-t", "nat", "-I", "SSAPROXY_OUTPUT", "3", "-p", "tcp", "-d", SERVER_V4,
                    "--dport", str(P["unrouted"]), "-j", "REDIRECT", "--to-ports", "15001"])
     lab.start_daemon(config, d / "daemon.log")
-    yield d
+    return d
 
 
 def _event(scene: Path, needle: str) -> str:
@@ -95,7 +95,7 @@ def test_host_header_naming_another_server_fails_verification(lab: Lab, scene: P
     assert "identity mismatch" in _event(scene, "hostname=other.test")
 
 
-@pytest.mark.parametrize("request_head, why", [
+@pytest.mark.parametrize(("request_head", "why"), [
     ("GET / HTTP/1.0\\r\\n\\r\\n", "expected one Host header, found 0"),
     ("HELO example\\r\\n\\r\\n", "not an HTTP/1.x request"),
     ("GET / HTTP/1.1\\r\\nHost: a\\r\\nHost: b\\r\\n\\r\\n", "expected one Host header, found 2"),
@@ -124,7 +124,7 @@ def test_connection_without_route_resets(lab: Lab, scene: Path) -> None:
     assert " no-route: " in _event(scene, f"orig_dst={SERVER_V4}:{P['unrouted']} ")
 
 
-@pytest.mark.parametrize("name, outcome", [("refused", "connect-refused"), ("dropped", "connect-timeout"),
+@pytest.mark.parametrize(("name", "outcome"), [("refused", "connect-refused"), ("dropped", "connect-timeout"),
                                            ("hold", "handshake-timeout")])
 def test_upstream_failures_reset_the_client(lab: Lab, scene: Path, name: str, outcome: str) -> None:
     r = lab.client(SERVER_V4, P[name], "--send", "secret", "--timeout", "10")

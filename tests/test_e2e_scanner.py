@@ -45,7 +45,7 @@ certificates = {certs}
 profile = "{profile}"
 """ for profile, port in PORTS.items()))
     lab.start_daemon(config, d / "daemon.log", ns=lab.s)
-    yield d
+    return d
 
 
 @pytest.mark.parametrize("profile", sorted(PORTS))

@@ -113,7 +113,7 @@ s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
 s.connect(("127.0.0.1", {port}))
 result["connected"] = True
-time.sleep(3)
+time.sleep(1.5)
 n = 0
 try:
     while True:
@@ -131,7 +131,7 @@ result["received"] = n
         t.start()
         assert poll(lambda: f"127.0.0.1:{port}" in subprocess.run(
             ["ss", "-Htn", "state", "established"], capture_output=True, text=True).stdout, 20)
-        time.sleep(1)
+        time.sleep(0.5)
         assert api.proc is not None
         assert stop(api.proc, sig) == _expected_exit(sig)
         t.join(45)

@@ -59,7 +59,7 @@ hostname_from = "http-host"
     _ssaproxy(lab, "iptables", "apply", "--config", str(config), "--uid", "0")
     _ssaproxy(lab, "iptables", "apply", "--config", str(config), "--uid", "0")
     lab.start_daemon(config, d / "daemon.log")
-    yield d
+    return d
 
 
 @pytest.fixture(scope="module")

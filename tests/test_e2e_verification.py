@@ -68,7 +68,7 @@ def scene(lab: Lab, pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Itera
         lab.tls_server("echo", pki.server("good"), port_of(name), d / f"server-{name}.log", extra=extra)
     lab.apply_rules(config)
     lab.start_daemon(config, d / "daemon.log")
-    yield d
+    return d
 
 
 @pytest.mark.parametrize("case", PKI.GOOD_CASES)

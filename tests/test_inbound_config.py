@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
 
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
+from ssaproxy.inbound import InboundFactory
 from ssaproxy.proxyproto import PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, parse_v2, v2_header
 from ssaproxy.tls.load import check_config, load_certificates
+from tests.memtls import Transport
 from tests.pki import PKI
 
 
@@ -46,7 +50,7 @@ def test_key_that_does_not_match_its_certificate_is_refused_at_load(pki: PKI) ->
     assert e.line == 4
 
 
-@pytest.mark.parametrize("extra, key, fragment", [
+@pytest.mark.parametrize(("extra", "key", "fragment"), [
     ('client_auth = "require"\n', "inbound[0].client_ca", "is required"),
     ('allow = ["dns:a.test"]\n', "inbound[0].allow", "needs client_auth"),
     ('client_auth = "request"\nclient_ca = "/nonexistent.pem"\n', "inbound[0].client_ca", "cannot load"),
@@ -100,7 +104,7 @@ def test_route_client_certificate_is_checked(pki: PKI, tmp_path: Path) -> None:
     assert Config.from_toml(route + f'client_key = "{good.key}"\n').outbound.routes[0].client_key == str(good.key)
 
 
-@pytest.mark.parametrize("src, dst", [(("10.77.0.1", 40000), ("10.77.0.2", 8443)),
+@pytest.mark.parametrize(("src", "dst"), [(("10.77.0.1", 40000), ("10.77.0.2", 8443)),
                                       (("fd77::1", 40000), ("fd77::2", 8443)),
                                       (("::ffff:10.0.0.1", 1), ("10.0.0.2", 2))])
 def test_proxy_v2_header_round_trips(src: tuple[str, int], dst: tuple[str, int]) -> None:
@@ -113,17 +117,11 @@ def test_proxy_v2_header_round_trips(src: tuple[str, int], dst: tuple[str, int])
     assert tlvs[PP2_TYPE_AUTHORITY] == b"backend.test" and tlvs[PP2_TYPE_ALPN] == b"h2"  # type: ignore[index]
     assert tlvs[PP2_TYPE_SSL][:5] == b"\x03\x00\x00\x00\x00"  # type: ignore[index]
     assert parse_v2(raw[:20]) is None  # incomplete
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a PROXY v2 PROXY header"):
         parse_v2(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
 
 
 def test_inbound_connections_over_the_limit_are_reset(pki: PKI) -> None:
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import MemoryReactorClock
-
-    from ssaproxy.inbound import InboundFactory
-    from tests.memtls import Transport
-
     config = Config.from_toml(inbound(pki, "max_connections = 1\n"))
     factory = InboundFactory(config.inbound[0], config.policy, MemoryReactorClock())
     transports = [Transport(peer=IPv4Address("TCP", "10.0.0.1", 40000 + n)) for n in range(2)]

@@ -94,7 +94,7 @@ def test_timers_are_disarmed_once_relaying(world: Any) -> None:
     assert not face.near_t.aborted and face.state is State.RELAYING
 
 
-@pytest.mark.parametrize("failure, outcome", [
+@pytest.mark.parametrize(("failure", "outcome"), [
     (error.ConnectionRefusedError(), "connect-refused"),
     (error.TimeoutError(), "connect-timeout"),
     (error.DNSLookupError(), "no-address"),

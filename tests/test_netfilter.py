@@ -18,7 +18,7 @@ IP6T = ["ip6tables", "-w", "-t", "nat"]
 # --------------------------------------------------------------------------- parse_listener
 
 
-@pytest.mark.parametrize("description,expected", [
+@pytest.mark.parametrize(("description", "expected"), [
     ("tcp:15001:interface=127.0.0.1", Listener(family=4, port=15001, interface="127.0.0.1")),
     (r"tcp6:15001:interface=\:\:1", Listener(family=6, port=15001, interface="::1")),
     (r"tcp6:15002:interface=\:\:", Listener(family=6, port=15002, interface="::")),
@@ -39,7 +39,7 @@ def test_parse_listener(description: str, expected: Listener) -> None:
     assert parse_listener(description) == expected
 
 
-@pytest.mark.parametrize("description,expected", [
+@pytest.mark.parametrize(("description", "expected"), [
     # Twisted's tcp positional order is port:interface:backlog (twisted.internet.endpoints._parseTCP),
     # unlike tcp6's port:backlog:interface.
     ("tcp:15001:0.0.0.0", Listener(family=4, port=15001, interface="0.0.0.0")),

@@ -60,7 +60,7 @@ def route_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> O
     return CONFIG.outbound.match(ip, port)
 
 
-@pytest.mark.parametrize("ip, port, first, expected", [
+@pytest.mark.parametrize(("ip", "port", "first", "expected"), [
     (V4, 9999, NOTHING_YET, Decision(step=Step.REFUSE, outcome="no-route")),
     (V4, 23, NOTHING_YET, Decision(step=Step.REFUSE, outcome="rejected")),
     (V4, 23, HELLO, Decision(step=Step.REFUSE, outcome="rejected")),  # reject wins over a ClientHello
@@ -93,7 +93,7 @@ def test_a_client_certificate_travels_with_the_upgrade() -> None:
     assert (d.step, d.client_certificate, d.client_key) == (Step.UPGRADE, "/c.pem", "/k.pem")
 
 
-@pytest.mark.parametrize("host, identity", [
+@pytest.mark.parametrize(("host", "identity"), [
     ("example.com", Identity(dns_name="example.com")),
     ("192.0.2.1", Identity(ip="192.0.2.1")),
     ("2001:db8::5", Identity(ip="2001:db8::5")),

@@ -176,7 +176,7 @@ def req(*headers: str, line: str = "GET / HTTP/1.1") -> bytes:
     return ("\r\n".join([line, *headers]) + "\r\n\r\n").encode("latin-1")
 
 
-@pytest.mark.parametrize("host_header,expected", [
+@pytest.mark.parametrize(("host_header", "expected"), [
     ("example.com", "example.com"),
     ("example.com:8080", "example.com"),
     ("Example.COM", "example.com"),

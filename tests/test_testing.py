@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import pytest
 
 import ssaproxy
+from ssaproxy.proto import wire
 from ssaproxy.testing import FakeDaemon
 
 
@@ -90,11 +91,11 @@ def test_connect_relays_plaintext_on_the_same_fd(fake: FakeDaemon, echo_port: in
 def test_outcomes_become_errnos_and_tls_error(fake: FakeDaemon, echo_port: int) -> None:
     fake.outcomes[("127.0.0.1", echo_port)] = "verify-failed"
     s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match="verify-failed: fake") as e:
         s.connect(("127.0.0.1", echo_port))
     assert e.value.errno == errno.EPROTO
     assert s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR) == b"verify-failed: fake"
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match="verify-failed: fake") as e:  # ENOTCONN carries the failed attempt's text
         s.recv(1)
     assert e.value.errno == errno.ENOTCONN
     del fake.outcomes[("127.0.0.1", echo_port)]
@@ -117,22 +118,22 @@ def test_refused_target_is_ECONNREFUSED(fake: FakeDaemon) -> None:
 def test_wrong_state_calls_and_options(fake: FakeDaemon, echo_port: int) -> None:
     s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
     for number in (ssaproxy.TLS_SESSION_TTL, 999, ssaproxy.TLS_CHOSEN_CIPHER):
-        with pytest.raises(OSError) as e:
+        with pytest.raises(OSError, match=f"IPPROTO_TLS option {number}: ") as e:
             s.setsockopt(ssaproxy.IPPROTO_TLS, number, b"x")
         assert e.value.errno == errno.ENOPROTOOPT
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match="TLS_CHOSEN_CIPHER has a value once connected") as e:
         s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CHOSEN_CIPHER)
     assert e.value.errno == errno.ENOTCONN
     s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ALPN, b"h2")
     assert s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ALPN) == b"h2"  # a round trip to the fake
     s.connect(("127.0.0.1", echo_port))
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match=r"options are set before connect/listen \(connected\)") as e:
         s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ALPN, b"h2")
     assert e.value.errno == errno.EISCONN
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match=r"connect\(\) while connected") as e:
         s.connect(("127.0.0.1", echo_port))
     assert e.value.errno == errno.EISCONN
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match=r"listen\(\) while connected") as e:
         s.listen()
     assert e.value.errno == errno.EINVAL
     s.close()
@@ -162,9 +163,13 @@ def test_a_reset_reaches_the_program_as_ECONNRESET(fake: FakeDaemon) -> None:
     while len(got) < 5:
         got += s.recv(5 - len(got))
     s.sendall(b"!")
-    with pytest.raises(ConnectionResetError):
+
+    def read_to_the_end() -> None:
         while s.recv(100):
             pass
+
+    with pytest.raises(ConnectionResetError):
+        read_to_the_end()
     s.close()
     _stop(listener)
 
@@ -172,12 +177,12 @@ def test_a_reset_reaches_the_program_as_ECONNRESET(fake: FakeDaemon) -> None:
 def test_listen_and_upgrade_are_not_faked(fake: FakeDaemon, echo_port: int) -> None:
     srv = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
     srv.bind(("127.0.0.1", 0))
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match="the fake daemon does not do LISTEN") as e:
         srv.listen()
     assert e.value.errno == errno.EOPNOTSUPP
     srv.close()
     plain = socket.create_connection(("127.0.0.1", echo_port))
-    with pytest.raises(OSError) as e:
+    with pytest.raises(OSError, match="the fake daemon does not do UPGRADE") as e:
         ssaproxy.upgrade(plain)
     assert e.value.errno == errno.EOPNOTSUPP
     plain.close()
@@ -199,8 +204,6 @@ def test_a_malformed_request_is_refused_like_the_daemon_does(fake: FakeDaemon) -
         data = b""
         while chunk := raw.recv(4096):
             data += chunk
-    from ssaproxy.proto import wire
-
     decoder = wire.Decoder()
     decoder.receive_data(data)
     message = decoder.next_message()

@@ -57,7 +57,7 @@ def test_missing_route_client_certificate_is_named_by_the_check() -> None:
     assert (e.key, e.line) == ("outbound.route[0].client_certificate", 4)
 
 
-@pytest.mark.parametrize("line, key", [
+@pytest.mark.parametrize(("line", "key"), [
     ('ciphers = "NOT-A-CIPHER"', "policy.ciphers"),
     ('ciphersuites = "TLS_FAKE_SUITE"', "policy.ciphersuites"),
     ('groups = "P-999"', "policy.groups"),

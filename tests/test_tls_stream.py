@@ -8,10 +8,14 @@ refusal) and the precise endings (close_notify vs truncation).
 
 from __future__ import annotations
 
+import datetime
 from typing import Optional
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
 from ssaproxy.config import Policy
@@ -20,7 +24,7 @@ from ssaproxy.tls.context import client_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import Verifier
 from tests.memtls import TLSServer, Transport
-from tests.pki import PKI
+from tests.pki import PKI, _resign_with_sha1
 
 
 class Sink:
@@ -142,23 +146,14 @@ def test_tcp_end_without_close_notify_is_truncation(pki: PKI) -> None:
 
 
 def test_verifier_needs_exactly_one_identity() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exactly one of hostname or ip is required"):
         Verifier()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exactly one of hostname or ip is required"):
         Verifier(hostname="a.test", ip="10.0.0.1")
 
 
 def _self_issued_sha1() -> crypto.X509:
     """A self-issued CA certificate (subject == issuer, as in a key rollover) signed with SHA-1."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from tests.pki import _resign_with_sha1
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rollover CA")])
     now = datetime.datetime.now(datetime.UTC)

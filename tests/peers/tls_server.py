@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 
+from OpenSSL import SSL
 from pattern import CHUNK, pattern, pattern_stream  # the script's own directory
 
 
@@ -126,8 +127,6 @@ def serve_tls(conn: ssl.SSLSocket, args: argparse.Namespace) -> None:
 
 
 def serve_halfclose(raw: socket.socket, args: argparse.Namespace) -> None:
-    from OpenSSL import SSL
-
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate_chain_file(args.cert)
     ctx.use_privatekey_file(args.key)
