@@ -135,37 +135,42 @@ class Lifecycle:
         return True
 
     # ---- ends, while setting up (EndSink)
-    def side(self, end: End) -> str:
-        return "near" if end is self.near else "far"
+    def side(self, end: End) -> Optional[str]:
+        """Which of our ends this is; None for an end we let go of (or once we are done)."""
+        if self.done:
+            return None
+        return "near" if end is self.near else "far" if end is self.far else None
 
     @fail_closed
     def end_ready(self, end: End) -> None:
-        if self.side(end) == "near":
+        side = self.side(end)
+        if side == "near":
             self.near_ready()
-        else:
+        elif side == "far":
             self.far_ready()
 
     @fail_closed
     def end_data(self, end: End, data: bytes) -> None:
-        if self.side(end) == "near":
+        side = self.side(end)
+        if side == "near":
             self.near_data(data)
-        else:
+        elif side == "far":
             self.far_data(data)
 
     @fail_closed
     def end_eof(self, end: End) -> None:
         side = self.side(end)
-        self.eof[side] = True
+        if side is not None:
+            self.eof[side] = True
         if side == "near":
             self.near_eof()
 
     @fail_closed
     def end_lost(self, end: End, how: How, detail: Optional[str]) -> None:
-        if self.done:
-            return
-        if self.side(end) == "near":
+        side = self.side(end)
+        if side == "near":
             self.near_lost(how, detail)
-        else:
+        elif side == "far":
             self.far_lost(how, detail)
 
     # Hooks for faces; the defaults hold bytes and refuse on loss.
