@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from ssaproxy import sniff
 from ssaproxy.addresses import IPAddress, host_port, normalize, plain_address
-from ssaproxy.config import Config, Route
+from ssaproxy.config import Action, Config, HostnameSource, Route
 from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
@@ -109,7 +109,7 @@ class OutboundConnection(Lifecycle):
             self.refuse("not-redirected", "original destination is this listener")
             return
         self.route = self.config.outbound.match(ip, port)
-        if self.route is not None and self.route.action == "passthrough":
+        if self.route is not None and self.route.action == Action.PASSTHROUGH:
             self.first = FirstBytes(tls=False)  # forwarded as they are, whatever they are: nothing to sniff
         self.act(decide(self.orig, self.route, self.first))
 
@@ -183,7 +183,7 @@ class OutboundConnection(Lifecycle):
                          "incomplete first record from client")
             return False
         self.first = attrs.evolve(self.first, tls=verdict)
-        if verdict or (self.route is not None and self.route.hostname_from != "http-host"):
+        if verdict or (self.route is not None and self.route.hostname_from != HostnameSource.HTTP_HOST):
             self.disarm("sniff")
         if not verdict or self.passthrough:
             return True

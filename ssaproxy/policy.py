@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Optional, Protocol
+from typing import Optional
 
 import attrs
+
+from ssaproxy.config import Action, HostnameSource, Route
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -42,31 +44,6 @@ class Identity:
 
     def __str__(self) -> str:
         return self.dns_name or self.ip or ""
-
-
-class RouteLike(Protocol):
-    """What the decision needs of a configured route (ssaproxy.config.Route)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def action(self) -> str: ...
-
-    @property
-    def tls_port(self) -> Optional[int]: ...
-
-    @property
-    def hostname(self) -> Optional[str]: ...
-
-    @property
-    def hostname_from(self) -> Optional[str]: ...
-
-    @property
-    def client_certificate(self) -> Optional[str]: ...
-
-    @property
-    def client_key(self) -> Optional[str]: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -98,20 +75,19 @@ class Decision:
     client_key: Optional[str] = None
 
 
-def decide(destination: tuple[IPAddress, int], route: Optional[RouteLike], first: FirstBytes = NOTHING_YET,
-           ) -> Decision:
+def decide(destination: tuple[IPAddress, int], route: Optional[Route], first: FirstBytes = NOTHING_YET) -> Decision:
     """The one place that says what a redirected connection becomes."""
     ip, port = destination
     if route is None:
         return Decision(step=Step.REFUSE, outcome="no-route")
-    if route.action == "reject":
+    if route.action == Action.REJECT:
         return Decision(step=Step.REFUSE, outcome="rejected")
-    if first.tls or route.action == "passthrough":
+    if first.tls or route.action == Action.PASSTHROUGH:
         # A program that speaks TLS itself is passed through untouched: never TLS inside TLS.
         return Decision(step=Step.PASSTHROUGH, port=port)
     if route.hostname is not None:
         name: Optional[str] = route.hostname
-    elif route.hostname_from == "address":
+    elif route.hostname_from == HostnameSource.ADDRESS:
         name = str(ip)
     elif first.host is not None:
         name = first.host
