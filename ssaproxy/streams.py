@@ -74,11 +74,22 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST
 _LINGER_OFF = struct.pack("ii", 0, 0)  # close() sends FIN (the default)
 
 
-def _linger(transport: object, value: bytes) -> None:
+# TCP keepalive: a peer that vanished without a FIN or RST (a crashed host, a dropped NAT entry)
+# is noticed after about two idle minutes (60 s, then 6 probes 10 s apart), not never.
+KEEPALIVE = ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60),
+             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6))
+
+
+def _socket(transport: object) -> Optional[socket.socket]:
     handle = getattr(transport, "getHandle", lambda: None)()
-    if isinstance(handle, socket.socket):
+    return handle if isinstance(handle, socket.socket) else None
+
+
+def _linger(transport: object, value: bytes) -> None:
+    sock = _socket(transport)
+    if sock is not None:
         with contextlib.suppress(OSError):
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
 
 
 def reset(transport: object) -> None:
@@ -112,7 +123,8 @@ class End(Protocol):
     From the moment it is connected, the socket is set to close with a reset (SO_LINGER 0);
     only a deliberate clean close (`graceful_close`) turns that off first.  So when the daemon
     dies however it dies (a signal, SIGKILL, the OOM killer), the kernel resets every
-    connection it still held, and no program reads a clean end of a cut stream.
+    connection it still held, and no program reads a clean end of a cut stream.  TCP keepalive
+    is on, so a peer that vanished silently ends its relay too.
     """
 
     sink: Optional[EndSink] = None
@@ -120,6 +132,11 @@ class End(Protocol):
 
     def connectionMade(self) -> None:
         _linger(self.transport, _LINGER_RESET)
+        sock = _socket(self.transport)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP after all (a socketpair): nothing to keep alive
+                for level, option, value in KEEPALIVE:
+                    sock.setsockopt(level, option, value)
 
     @property
     def tcp(self) -> TCPTransport:

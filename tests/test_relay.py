@@ -3,6 +3,8 @@ backpressure wiring, and what was held during setup."""
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Optional
 
 import pytest
@@ -10,7 +12,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 from ssaproxy.relay import Relay
-from ssaproxy.streams import End, How, TCPEnd
+from ssaproxy.streams import KEEPALIVE, End, How, TCPEnd
 from tests.memtls import Transport
 
 
@@ -133,3 +135,20 @@ def test_ends_are_interchangeable() -> None:
     far.dataReceived(b"x")
     assert near.seen == b"x"
     assert isinstance(near, End)
+
+
+def test_connected_ends_reset_on_death_and_keep_alive() -> None:
+    # A real TCP pair: what an end sets on its socket as it connects.
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        t = Transport(sock=server)
+        end = TCPEnd()
+        end.makeConnection(t)
+        assert struct.unpack("ii", server.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 0)
+        for level, option, value in KEEPALIVE:
+            assert server.getsockopt(level, option) == value
+    finally:
+        for s in (listener, client, server):
+            s.close()
