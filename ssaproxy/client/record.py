@@ -13,8 +13,7 @@ import socket
 from typing import Any, Optional
 
 from ssaproxy.client import _io
-from ssaproxy.client.daemon import Control
-from ssaproxy.client.errors import error
+from ssaproxy.client._io import Control, error
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto.connection import Phase
