@@ -47,11 +47,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ssaproxy.client import _io
+from ssaproxy.client._io import ENV_SOCKET as ENV
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
 
-ENV = "SSAPROXY_SOCKET"  # how the library finds a daemon (ssaproxy.client.daemon.socket_path)
 Target = tuple[str, int]
 
 
@@ -155,6 +156,8 @@ class FakeDaemon:
                     sock.sendall(conn.refuse(e.errno, e.text))
                     return
                 if event is c.NEED_DATA:
+                    # Whatever is there, as the daemon reads (not the library's frame-at-a-time
+                    # reads): a refused stream is then closed with nothing unread, so no reset.
                     data, fds = _recv(sock)
                     if fds:
                         conn.receive_fds(fds)
@@ -165,7 +168,7 @@ class FakeDaemon:
                 reply = self._answer(conn, event, settings)
                 if reply is not None:
                     frame, fd = reply
-                    _send(sock, frame, fd)
+                    _io.send_frame(sock, frame, fd)
                     if fd is not None:
                         os.close(fd)
                 if conn.phase == c.Phase.CONNECTING:
@@ -301,11 +304,3 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += [int(x) for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
     return data, fds
-
-
-def _send(sock: socket.socket, frame: bytes, fd: Optional[int]) -> None:
-    if fd is None:
-        sock.sendall(frame)
-        return
-    sock.sendmsg([frame[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
-    sock.sendall(frame[1:])

@@ -15,7 +15,8 @@ from ssaproxy.api.settings import ApiError, Settings, apply, get, policy_ciphers
 from ssaproxy.config import Policy
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
-from ssaproxy.proto.state import State, check
+from ssaproxy.proto.connection import Phase as State
+from ssaproxy.proto.connection import check
 
 
 def test_round_trip_keeps_every_field() -> None:

@@ -35,8 +35,8 @@ from ssaproxy.proto.connection import (
     Value,
     Welcome,
 )
-from ssaproxy.proto.state import OUTCOME_ERRNO as STATE_OUTCOME_ERRNO
-from ssaproxy.proto.state import State
+from ssaproxy.proto.connection import OUTCOME_ERRNO as STATE_OUTCOME_ERRNO
+from ssaproxy.proto.connection import Phase as State
 
 
 def deliver(sender: Connection, receiver: Connection, event: Event, fds: Sequence[int] = ()) -> Event:

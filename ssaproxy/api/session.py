@@ -29,7 +29,7 @@ from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import Identity
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
-from ssaproxy.proto.state import OUTCOME_ERRNO
+from ssaproxy.proto.connection import OUTCOME_ERRNO
 from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls._openssl import session_reused
 from ssaproxy.tls.connection import client_stream, server_stream

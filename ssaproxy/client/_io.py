@@ -1,4 +1,5 @@
-"""Frame I/O for the library: bytes and descriptors between a socket and a Connection.
+"""The library's conversation with the daemon: frame I/O (bytes and descriptors between a
+socket and a Connection), the control connection, and the errors a program sees.
 
 Reads never go past the frame being assembled (`Connection.wanted`).  On the carrier that
 keeps the plaintext after ESTABLISHED in the kernel for the program's own reads; on a
@@ -16,13 +17,27 @@ import errno
 import os
 import select
 import socket
+import sys
 import time
 from typing import Optional
 
+from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
-from ssaproxy.proto.connection import NEED_DATA, Connection, Event
 
 _std = socket.socket
+DEFAULT_SOCKET = "/run/ssaproxy/api.sock"
+ENV_SOCKET = "SSAPROXY_SOCKET"  # where a program (or ssaproxy.testing) points the library
+
+# The OSError subclass Python's own sockets raise for an errno (ConnectionRefusedError for
+# ECONNREFUSED, ...), so that the library's errors look like a kernel socket's.
+_CLASSES: dict[int, type[OSError]] = {
+    errno.ECONNREFUSED: ConnectionRefusedError, errno.ECONNRESET: ConnectionResetError,
+    errno.ECONNABORTED: ConnectionAbortedError, errno.ETIMEDOUT: TimeoutError, errno.EPERM: PermissionError,
+}
+
+
+def error(code: int, text: str) -> OSError:
+    return _CLASSES.get(code, OSError)(code, text)
 
 
 def send_frame(sock: socket.socket, frame: bytes, fd: Optional[int] = None) -> None:
@@ -59,7 +74,7 @@ def _recvmsg(sock: socket.socket, n: int, fds: list[int]) -> bytes:
     return data
 
 
-def next_event(sock: socket.socket, conn: Connection, timeout: Optional[float]) -> Optional[Event]:
+def next_event(sock: socket.socket, conn: c.Connection, timeout: Optional[float]) -> Optional[c.Event]:
     """The connection's next event, reading `sock` as needed for up to `timeout` seconds
     overall (TimeoutError after that; with timeout 0, None when no whole frame is there).
     The end of the stream is fed to the connection, which makes it ConnectionClosed (or a
@@ -68,7 +83,7 @@ def next_event(sock: socket.socket, conn: Connection, timeout: Optional[float]) 
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         event = conn.next_event()
-        if event is not NEED_DATA:
+        if event is not c.NEED_DATA:
             return event
         fds: list[int] = []
         try:
@@ -115,3 +130,64 @@ def close_all(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def socket_path() -> str:
+    """Where the daemon listens: $SSAPROXY_SOCKET, else the default path."""
+    return os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
+
+
+def control_timeout() -> float:
+    """ssaproxy.client.CONTROL_TIMEOUT, read at each request so that a program (or a test)
+    may change it."""
+    return float(getattr(sys.modules["ssaproxy.client"], "CONTROL_TIMEOUT", 30.0))
+
+
+class Control:
+    """One control connection: connected and greeted (HELLO, WELCOME) on construction."""
+
+    def __init__(self, conn: c.Connection) -> None:
+        self.conn = conn
+        path = socket_path()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(control_timeout())
+        try:
+            self.sock.connect(path)
+        except OSError as e:
+            self.sock.close()
+            raise error(e.errno or errno.ECONNREFUSED,
+                        f"the ssaproxy daemon is not reachable at {path}: {e.strerror or e}") from None
+        try:
+            self.request(c.Hello(wire.VERSION))
+        except BaseException:
+            self.close()
+            raise
+
+    def request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
+        """Send `event` (with `fd`), return the daemon's reply; an ERROR reply is raised as
+        its errno.  A Carrier's descriptor is the caller's."""
+        try:
+            frame = self.conn.send(event)
+        except c.LocalProtocolError as e:
+            raise error(e.errno, e.text) from None
+        try:
+            send_frame(self.sock, frame, fd)
+            reply = next_event(self.sock, self.conn, control_timeout())
+        except c.RemoteProtocolError as e:
+            close_all(self.conn.discard_fds())
+            if e.errno == errno.ECONNABORTED:
+                raise error(errno.ECONNABORTED, "the ssaproxy daemon closed the session") from None
+            raise error(errno.EPROTO, f"malformed reply from the ssaproxy daemon: {e.text}") from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise error(errno.ECONNABORTED, "the ssaproxy daemon closed the session") from None
+        if reply is None or isinstance(reply, c.ConnectionClosed):
+            raise error(errno.ECONNABORTED, "the ssaproxy daemon closed the session")
+        if isinstance(reply, c.Error):
+            raise error(reply.errno, reply.text)
+        return reply
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()

@@ -9,7 +9,6 @@ TLS stream reaches the protocol as connectionLost with ConnectionLost, never Con
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket as _stdsocket
 from typing import Any, Optional
 
@@ -20,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssaproxy.client import socket as tls_socket
+from ssaproxy.client.record import family_of
 from ssaproxy.proto import options as o
 
 
@@ -56,12 +56,7 @@ class SSAClientEndpoint:
         self.timeout = timeout
 
     def connect(self, factory: IProtocolFactory) -> "defer.Deferred[Any]":
-        family: int
-        try:
-            family = {4: _stdsocket.AF_INET, 6: _stdsocket.AF_INET6}[ipaddress.ip_address(self.host).version]
-        except ValueError:
-            family = o.AF_HOSTNAME
-        sock = tls_socket(family, _stdsocket.SOCK_STREAM, o.IPPROTO_TLS)
+        sock = tls_socket(family_of(self.host), _stdsocket.SOCK_STREAM, o.IPPROTO_TLS)
         try:
             if self.hostname:
                 sock.setsockopt(o.IPPROTO_TLS, o.TLS_REMOTE_HOSTNAME, self.hostname.encode())

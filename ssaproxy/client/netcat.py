@@ -5,7 +5,6 @@ reset (a truncated stream is never reported as a clean end)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import selectors
 import socket as _stdsocket
@@ -13,18 +12,14 @@ import sys
 from typing import Any, Optional
 
 from ssaproxy.client import socket as tls_socket
+from ssaproxy.client.record import family_of
 from ssaproxy.proto import options as o
 
 
 def run(host: str, port: int, *, hostname: Optional[str] = None, alpn: Optional[str] = None,
         ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
         stdin: int = 0, stdout: int = 1) -> int:
-    family: int
-    try:
-        family = {4: _stdsocket.AF_INET, 6: _stdsocket.AF_INET6}[ipaddress.ip_address(host).version]
-    except ValueError:
-        family = o.AF_HOSTNAME
-    s = tls_socket(family, _stdsocket.SOCK_STREAM, o.IPPROTO_TLS)
+    s = tls_socket(family_of(host), _stdsocket.SOCK_STREAM, o.IPPROTO_TLS)
     try:
         for number, value in ((o.TLS_REMOTE_HOSTNAME, hostname), (o.TLS_ALPN, alpn),
                               (o.TLS_TRUSTED_PEER_CERTIFICATES, ca), (o.TLS_CERTIFICATE_CHAIN, cert),

@@ -13,8 +13,7 @@ import socket
 from typing import Any, Optional
 
 from ssaproxy.client import _io
-from ssaproxy.client.daemon import Control
-from ssaproxy.client.errors import error
+from ssaproxy.client._io import Control, error
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto.connection import Phase
@@ -82,3 +81,11 @@ def target(family: int, address: Any) -> tuple[str, int, int, Optional[str]]:
     if ip.version != want:
         raise error(errno.EAFNOSUPPORT, f"{ip} is not an IPv{want} address")
     return str(ip), port, want, name
+
+
+def family_of(host: str) -> int:
+    """The socket family for connecting to `host`: the IP literal's, else AF_HOSTNAME."""
+    try:
+        return {4: socket.AF_INET, 6: socket.AF_INET6}[ipaddress.ip_address(host).version]
+    except ValueError:
+        return o.AF_HOSTNAME

@@ -20,8 +20,7 @@ import struct
 from typing import Any, Optional
 
 from ssaproxy.client import _io
-from ssaproxy.client.daemon import Control
-from ssaproxy.client.errors import error
+from ssaproxy.client._io import Control, error
 from ssaproxy.client.record import SocketRecord, target
 from ssaproxy.client.values import Value, encode, split_key
 from ssaproxy.proto import connection as c
@@ -359,38 +358,6 @@ class socket(_std):
         elif t.phase == Phase.FAILED:
             raise self._err(errno.ENOTCONN, t.error or "not connected")
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        self._ready_for_data(True)
-        return super().recv(bufsize, flags)
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self._ready_for_data(True)
-        return super().recv_into(buffer, nbytes, flags)
-
-    def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
-        self._ready_for_data(True)
-        return super().recvfrom(bufsize, flags)
-
-    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Any:
-        self._ready_for_data(True)
-        return super().recvfrom_into(buffer, nbytes, flags)
-
-    def recvmsg(self, *args: Any) -> Any:
-        self._ready_for_data(True)
-        return super().recvmsg(*args)
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        self._ready_for_data(False)
-        return super().send(data, flags)
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        self._ready_for_data(False)
-        super().sendall(data, flags)
-
-    def sendmsg(self, *args: Any) -> int:
-        self._ready_for_data(False)
-        return super().sendmsg(*args)
-
     def shutdown(self, how: int) -> None:
         if self._tls.phase == Phase.CONNECTING:
             self._settle(block=True)  # a FIN before the result would read as "the program left"
@@ -410,3 +377,20 @@ class socket(_std):
         _io.close_all(self._tls.conn.discard_fds())
         self._tls.conn.close()
         super()._real_close(_ss)  # type: ignore[misc]
+
+
+def _gated(name: str, reading: bool) -> Any:
+    """The standard socket's data call `name`, after the connect result is settled."""
+    call = getattr(_std, name)
+
+    def gated(self: socket, *args: Any, **kwargs: Any) -> Any:
+        self._ready_for_data(reading)
+        return call(self, *args, **kwargs)
+
+    gated.__name__ = gated.__qualname__ = name
+    return gated
+
+
+for _name, _reading in (("recv", True), ("recv_into", True), ("recvfrom", True), ("recvfrom_into", True),
+                        ("recvmsg", True), ("send", False), ("sendall", False), ("sendmsg", False)):
+    setattr(socket, _name, _gated(_name, _reading))

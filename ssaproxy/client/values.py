@@ -10,7 +10,7 @@ import os
 import struct
 from typing import Any, Optional, Union
 
-from ssaproxy.client.errors import error
+from ssaproxy.client._io import error
 from ssaproxy.proto import options as o
 
 Value = Union[bytes, bytearray, str, int, "os.PathLike[Any]"]

@@ -148,7 +148,6 @@ def check(call: str, phase: Phase) -> Optional[int]:
 
 
 # How a failed connect, upgrade or accepted handshake reaches the program: outcome -> errno.
-# The one table (session.py reaches it through ssaproxy.proto.state).
 OUTCOME_ERRNO: dict[str, int] = {
     "verify-failed": errno.EPROTO,
     "handshake-failed": errno.EPROTO,
@@ -174,7 +173,7 @@ class Connection:
         library's side of an accepted connection begins CONNECTED."""
         self.role = role
         self._phase = phase
-        self._buffer = bytearray()  # the frame being assembled
+        self._decoder = wire.Decoder()  # assembles the frames
         self._broken: Optional[RemoteProtocolError] = None
         self._fds: deque[int] = deque()
         self._owed: Optional[Kind] = None  # the request waiting for its reply
@@ -196,21 +195,8 @@ class Connection:
 
     @property
     def wanted(self) -> int:
-        """How many bytes complete the frame being assembled (at least 1).  A reader that
-        reads no more than this never leaves a whole frame waiting in its buffer while the
-        socket looks empty, and never swallows what follows the frame."""
-        if len(self._buffer) < 4:
-            return 4 - len(self._buffer)
-        try:
-            size = wire.frame_size(bytes(self._buffer[:4]))
-        except wire.ProtocolError:
-            return 1  # next_event() will say so
-        return max(1, size - len(self._buffer))
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete frame held."""
-        return len(self._buffer)
+        """How many bytes complete the frame being assembled: see `wire.Decoder.wanted`."""
+        return self._decoder.wanted
 
     # ---- input
     def receive_data(self, data: bytes) -> None:
@@ -220,7 +206,7 @@ class Connection:
         elif self._eof:
             raise RuntimeError("data after the end of the stream")
         else:
-            self._buffer += data
+            self._decoder.receive_data(data)
 
     def receive_fds(self, fds: Iterable[int]) -> None:
         """Descriptors from SCM_RIGHTS, in arrival order.  They pair with descriptor-carrying
@@ -243,35 +229,22 @@ class Connection:
             raise RemoteProtocolError(self._broken.errno, self._broken.text)
         if self.role == Role.DAEMON and self._owed is not None:
             raise LocalProtocolError(errno.EINVAL, f"reply to {self._owed.name} before reading on")
-        message = self._next_message()
+        try:
+            message = self._decoder.next_message()
+        except wire.ProtocolError as e:
+            self._break(errno.EPROTO, f"malformed message: {e}")
         if message is None:
             if self._eof:
-                if self._buffer:
+                if self._decoder.buffered:
                     self._break(errno.ECONNABORTED, "the peer closed the connection in the middle of a frame")
                 self._phase = Phase.CLOSED
                 return ConnectionClosed()
-            if self.role == Role.DAEMON and self._fds and not self._buffer:
+            if self.role == Role.DAEMON and self._fds and not self._decoder.buffered:
                 # A program sends a descriptor on its request's first byte; with nothing
                 # buffered, no frame can still claim it.
                 self._break(errno.EPROTO, "a file descriptor came with a message that takes none")
             return NEED_DATA
         return self._received(message)
-
-    def _next_message(self) -> Optional[wire.Message]:
-        if len(self._buffer) < 4:
-            return None
-        try:
-            size = wire.frame_size(bytes(self._buffer[:4]))
-        except wire.ProtocolError as e:
-            self._break(errno.EPROTO, f"malformed message: {e}")
-        if len(self._buffer) < size:
-            return None
-        body = bytes(self._buffer[4:size])
-        del self._buffer[:size]
-        try:
-            return wire.decode_body(body)
-        except wire.ProtocolError as e:
-            self._break(errno.EPROTO, f"malformed message: {e}")
 
     def _received(self, m: wire.Message) -> Event:
         peer = Role.DAEMON if self.role == Role.CLIENT else Role.CLIENT

@@ -4,8 +4,9 @@ Standard library only."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union, cast
 
 from ssaproxy.proto import wire
 from ssaproxy.proto.wire import Kind, Tag
@@ -108,74 +109,35 @@ KINDS: dict[type, Kind] = {
     Upgrade: Kind.UPGRADE, Ack: Kind.ACK, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
     Carrier: Kind.CARRIER, Established: Kind.ESTABLISHED, Accepted: Kind.ACCEPTED,
 }
+_CLASSES: dict[Kind, type] = {kind: cls for cls, kind in KINDS.items()}
 
 
-def _addresses(peer: Address, local: Optional[Address], info: Mapping[int, bytes]) -> dict[int, object]:
-    fields: dict[int, object] = {Tag.PEER_HOST: peer[0], Tag.PEER_PORT: peer[1]}
-    if local is not None:
-        fields[Tag.LOCAL_HOST], fields[Tag.LOCAL_PORT] = local
-    for number, raw in info.items():
-        fields[wire.INFO_BASE + number] = raw
-    return fields
+# One rule instead of a converter per message: a field travels in the tag of its own name
+# (`Connect.host` in Tag.HOST), except `fd` (SCM_RIGHTS, not an attribute) and the addresses
+# and info of ESTABLISHED and ACCEPTED, which `_addresses` spells out.
+def _tagged(cls: type) -> list[tuple[str, Tag]]:
+    return [(f.name, Tag[f.name.upper()]) for f in dataclasses.fields(cls) if f.name != "fd"]
 
 
-def fields_of(event: Event) -> dict[int, object]:  # noqa: PLR0911 - one return per case reads best
-    if isinstance(event, Hello):
-        return {Tag.VERSION: event.version}
-    if isinstance(event, SetOption):
-        return {Tag.OPTION: event.option, Tag.VALUE: event.value}
-    if isinstance(event, GetOption):
-        return {Tag.OPTION: event.option}
-    if isinstance(event, Connect):
-        return {Tag.HOST: event.host, Tag.PORT: event.port, Tag.FAMILY: event.family}
-    if isinstance(event, Listen):
-        return {Tag.BACKLOG: event.backlog}
-    if isinstance(event, Upgrade):
-        return {Tag.ROLE: event.role}
-    if isinstance(event, Welcome):
-        return {Tag.VERSION: event.version, Tag.SESSION: event.session}
-    if isinstance(event, Value):
-        return {Tag.VALUE: event.value}
-    if isinstance(event, Error):
-        return {Tag.ERRNO: event.errno, Tag.TEXT: event.text}
+def fields_of(event: Event) -> dict[int, object]:
     if isinstance(event, (Established, Accepted)):
-        return _addresses(event.peer, event.local, event.info)
-    return {}
+        fields: dict[int, object] = {Tag.PEER_HOST: event.peer[0], Tag.PEER_PORT: event.peer[1]}
+        if event.local is not None:
+            fields[Tag.LOCAL_HOST], fields[Tag.LOCAL_PORT] = event.local
+        for number, raw in event.info.items():
+            fields[wire.INFO_BASE + number] = raw
+        return fields
+    return {tag: getattr(event, name) for name, tag in _tagged(type(event))}
 
 
-def event_of(m: wire.Message, fd: Optional[int]) -> Event:  # noqa: PLR0911 - one return per case reads best
-    k = m.kind
-    if k == Kind.HELLO:
-        return Hello(m.int(Tag.VERSION))
-    if k == Kind.SETOPT:
-        return SetOption(m.int(Tag.OPTION), m.raw(Tag.VALUE))
-    if k == Kind.GETOPT:
-        return GetOption(m.int(Tag.OPTION))
-    if k == Kind.CONNECT:
-        return Connect(m.text(Tag.HOST), m.int(Tag.PORT), m.int(Tag.FAMILY))
-    if k == Kind.LISTEN:
-        assert fd is not None
-        return Listen(m.int(Tag.BACKLOG), fd)
-    if k == Kind.UPGRADE:
-        assert fd is not None
-        return Upgrade(m.int(Tag.ROLE), fd)
-    if k == Kind.ACK:
-        return Ack()
-    if k == Kind.WELCOME:
-        return Welcome(m.int(Tag.VERSION), m.int(Tag.SESSION))
-    if k == Kind.OK:
-        return Ok()
-    if k == Kind.VALUE:
-        return Value(m.raw(Tag.VALUE))
-    if k == Kind.ERROR:
-        return Error(m.int(Tag.ERRNO), m.text(Tag.TEXT))
-    if k == Kind.CARRIER:
-        assert fd is not None
-        return Carrier(fd)
-    peer = (m.text(Tag.PEER_HOST), m.int(Tag.PEER_PORT))
-    local = (m.text(Tag.LOCAL_HOST), m.int(Tag.LOCAL_PORT)) if Tag.LOCAL_HOST in m.attrs and Tag.LOCAL_PORT in \
-        m.attrs else None
-    if k == Kind.ESTABLISHED:
-        return Established(peer, local, m.info)
-    assert fd is not None
-    return Accepted(peer, local, m.info, fd)
+def event_of(m: wire.Message, fd: Optional[int]) -> Event:
+    """The event for a frame; `fd` is the descriptor it carries (the connection has checked
+    that one came when the kind takes one)."""
+    cls = _CLASSES[m.kind]
+    carried: dict[str, Any] = {"fd": fd} if wire.carries_fd(m.kind) else {}
+    if cls in (Established, Accepted):
+        peer = (m.text(Tag.PEER_HOST), m.int(Tag.PEER_PORT))
+        local = (m.text(Tag.LOCAL_HOST), m.int(Tag.LOCAL_PORT)) if Tag.LOCAL_HOST in m.attrs and Tag.LOCAL_PORT in \
+            m.attrs else None
+        return cast(Event, cls(peer, local, m.info, **carried))
+    return cast(Event, cls(**{name: m.value(tag) for name, tag in _tagged(cls)}, **carried))

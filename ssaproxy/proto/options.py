@@ -98,8 +98,6 @@ _TABLE = [
     Option(TLS_VERSION_CONN, "TLS_VERSION_CONN", INT, gettable=True, connected_only=True),
 ]
 OPTIONS: dict[int, Option] = {o.number: o for o in _TABLE}
-# Answered by the library from what it already holds (the daemon never sees these requests).
-LOCAL_OPTIONS = frozenset({TLS_ERROR})
 # Reported in ESTABLISHED / ACCEPTED, so that a connected socket answers them without a
 # round trip (its stream carries plaintext from then on).
 INFO_OPTIONS = (TLS_REMOTE_HOSTNAME, TLS_SERVER_NAME, TLS_ALPN, TLS_PEER_IDENTITY, TLS_REQUEST_PEER_AUTH,

@@ -120,11 +120,11 @@ class Message:
     def text(self, tag: Tag) -> str:
         return self.attrs[tag].decode("utf-8")
 
-    def raw(self, tag: builtins.int) -> bytes:
-        return self.attrs[tag]
-
-    def get_text(self, tag: Tag) -> Optional[str]:
-        return self.text(tag) if tag in self.attrs else None
+    def value(self, tag: Tag) -> builtins.int | str | bytes:
+        """The attribute decoded as its tag's type says (int, text or bytes)."""
+        if tag in _INTS:
+            return self.int(tag)
+        return self.text(tag) if tag in _TEXTS else self.attrs[tag]
 
     @property
     def info(self) -> dict[builtins.int, bytes]:
@@ -213,15 +213,12 @@ class Decoder:
             raise ProtocolError("stream already broken")
         if len(self._buffer) < _LEN.size:
             return None
-        (size,) = _LEN.unpack_from(self._buffer)
-        if size > self._max or size < _KIND.size:
-            self._broken = True
-            raise ProtocolError(f"frame length {size} outside 2..{self._max}")
-        if len(self._buffer) < _LEN.size + size:
-            return None
-        body = bytes(self._buffer[_LEN.size:_LEN.size + size])
-        del self._buffer[:_LEN.size + size]
         try:
+            size = _frame_size(self._buffer, self._max)
+            if len(self._buffer) < size:
+                return None
+            body = bytes(self._buffer[_LEN.size:size])
+            del self._buffer[:size]
             return decode_body(body)
         except ProtocolError:
             self._broken = True
@@ -232,16 +229,32 @@ class Decoder:
         """Bytes of an incomplete frame held so far."""
         return len(self._buffer)
 
+    @property
+    def wanted(self) -> int:
+        """How many bytes complete the frame being assembled (at least 1).  A reader that
+        reads no more than this never leaves a whole frame waiting in its buffer while the
+        socket looks empty, and never swallows what follows the frame."""
+        if len(self._buffer) < _LEN.size:
+            return _LEN.size - len(self._buffer)
+        try:
+            return max(1, _frame_size(self._buffer, self._max) - len(self._buffer))
+        except ProtocolError:
+            return 1  # next_message() will say so
+
     def pending(self) -> bytes:
         """Bytes received after the last whole frame (plaintext that followed it)."""
         out, self._buffer = bytes(self._buffer), bytearray()
         return out
 
 
+def _frame_size(header: bytes | bytearray, limit: int) -> int:
+    (size,) = _LEN.unpack_from(header)
+    if size > limit or size < _KIND.size:
+        raise ProtocolError(f"frame length {size} outside 2..{limit}")
+    return _LEN.size + int(size)
+
+
 def frame_size(header: bytes) -> int:
     """The whole frame's size from its first four bytes (for readers that take exactly one
     frame off a socket and leave what follows in the kernel)."""
-    (size,) = _LEN.unpack(header)
-    if size > MAX_FRAME or size < _KIND.size:
-        raise ProtocolError(f"frame length {size} outside 2..{MAX_FRAME}")
-    return _LEN.size + int(size)
+    return _frame_size(header, MAX_FRAME)
