@@ -35,8 +35,6 @@ from ssaproxy.proto.connection import (
     Value,
     Welcome,
 )
-from ssaproxy.proto.connection import OUTCOME_ERRNO as STATE_OUTCOME_ERRNO
-from ssaproxy.proto.connection import Phase as State
 
 
 def deliver(sender: Connection, receiver: Connection, event: Event, fds: Sequence[int] = ()) -> Event:
@@ -190,9 +188,9 @@ def test_wanted_never_reaches_past_the_frame() -> None:
     assert client.next_event() == Value(b"abcdef")
 
 
-def test_the_old_names_still_work() -> None:
-    assert State is Phase and STATE_OUTCOME_ERRNO is OUTCOME_ERRNO
+def test_outcomes_map_to_errnos() -> None:
     assert OUTCOME_ERRNO["refused"] == errno.ECONNREFUSED
+    assert OUTCOME_ERRNO["verify-failed"] == errno.EPROTO
 
 
 def test_secrets_stay_out_of_reprs() -> None:
