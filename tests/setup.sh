@@ -11,6 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq python3-venv iptables iproute2 util-linux openssl curl tcpdump haproxy stunnel4 >/dev/null
 /usr/bin/python3 -m venv .venv
+rm -rf build  # setuptools reuses it: a module deleted since the last build would ship again
 .venv/bin/pip install -q --disable-pip-version-check '.[test,dev]'
 if [ ! -x .tools/sslyze/bin/sslyze ]; then
     /usr/bin/python3 -m venv .tools/sslyze
