@@ -113,6 +113,8 @@ class Lifecycle:
         self._connecting: Optional[defer.Deferred[Any]] = None
         self.bytes_out = 0  # near -> far, once relayed
         self.bytes_in = 0
+        self.idle_timeout: Optional[float] = None  # a relay with no bytes either way this long is reset
+        self._idle: tuple[int, int, float] = (0, 0, 0.0)
 
     # ---- state
     def go(self, state: State) -> None:
@@ -261,9 +263,10 @@ class Lifecycle:
         far, self.far = self.far, None
         self.held["far"].clear()
         self.eof["far"] = False
-        if self.relay is not None:
-            self.relay.detach()
-            self.relay = None
+        rl, self.relay = self.relay, None
+        if rl is not None:
+            rl.detach()
+            self.bytes_out, self.bytes_in = rl.bytes_out, rl.bytes_in  # what crossed before the end
         if self._connecting is not None:
             d, self._connecting = self._connecting, None
             d.cancel()
@@ -280,6 +283,26 @@ class Lifecycle:
         near_held, self.held["near"] = bytes(self.held["near"]), bytearray()
         far_held, self.held["far"] = bytes(self.held["far"]), bytearray()
         rl.start(near_held, self.eof["near"], far_held, self.eof["far"])
+        if self.idle_timeout and not rl.finished:
+            self._idle = (rl.bytes_out, rl.bytes_in, self.reactor.seconds())
+            self._timers["idle"] = self.reactor.callLater(self.idle_timeout / 4, self._idle_check)
+
+    @fail_closed
+    def _idle_check(self) -> None:
+        """Every quarter of the idle timeout: has anything crossed since the last look?  Nothing
+        on the relay's hot path pays for this."""
+        rl, timeout = self.relay, self.idle_timeout
+        if rl is None or rl.finished or self.done or not timeout:
+            return
+        out, in_, since = self._idle
+        now = self.reactor.seconds()
+        if (rl.bytes_out, rl.bytes_in) != (out, in_):
+            self._idle = (rl.bytes_out, rl.bytes_in, now)
+        elif now - since >= timeout:
+            self._timers.pop("idle", None)
+            self.refuse("idle-timeout", f"nothing crossed either way for {timeout:g}s")
+            return
+        self._timers["idle"] = self.reactor.callLater(timeout / 4, self._idle_check)
 
     def _relay_done(self, outcome: str, detail: Optional[str]) -> None:
         self.finish(outcome, detail, reset_near=False)

@@ -154,3 +154,34 @@ def test_ids_count_per_face() -> None:
     a, b = Other(MemoryReactorClock(), set()), Other(MemoryReactorClock(), set())
     assert b.conn_id == a.conn_id + 1
 
+
+
+def test_an_idle_relay_is_reset_and_a_trickle_is_not(world: Any) -> None:
+    face = accepted(world)
+    face.idle_timeout = 8
+    far, far_t = far_connects(face)
+    reactor = world[0]
+    for second in range(1, 37):  # a byte every 6 s: never 8 s without one
+        reactor.advance(1)
+        if second % 6 == 0:
+            far.dataReceived(b".")
+    assert face.state is State.RELAYING and not face.near_t.aborted
+    for _ in range(7):
+        reactor.advance(1)
+    assert not face.near_t.aborted  # 7 s of silence
+    for _ in range(4):  # the check runs every quarter of the timeout: within 10 s, not at once
+        reactor.advance(1)
+    assert face.near_t.aborted and far_t.aborted
+    record = world[2][-1]
+    assert record["outcome"] == "idle-timeout" and record["bytes_in"] == 6
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
+
+
+def test_a_refused_relay_still_reports_what_crossed(world: Any) -> None:
+    face = accepted(world)
+    far, _ = far_connects(face)
+    face.near.dataReceived(b"abc")
+    far.dataReceived(b"defgh")
+    face.shut_down()
+    record = world[2][-1]
+    assert (record["outcome"], record["bytes_out"], record["bytes_in"]) == ("shutdown", 3, 5)
