@@ -15,7 +15,7 @@ import shlex
 import subprocess
 from typing import Sequence
 
-from ssaproxy.config import Config, Listener, Route, parse_listener
+from ssaproxy.config import Config, Listener, parse_listener
 
 __all__ = ["CHAIN", "INBOUND", "Listener", "parse_listener", "chain_rules", "inbound_rules", "rules", "render",
            "restore_script", "apply", "remove"]
@@ -26,12 +26,11 @@ _TOOLS = {4: "iptables", 6: "ip6tables"}
 _MULTIPORT_MAX = 15
 
 
-def _port_groups(route: Route) -> list[list[str]]:
-    if not route.ports:
-        return [[]]
-    ports = [str(p) for p in route.ports]
-    return [["-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX])]
-            for i in range(0, len(ports), _MULTIPORT_MAX)]
+def _multiport(ports: Sequence[int]) -> list[list[str]]:
+    """Matches for `ports`, at most the 15 a multiport match takes in each (none for no ports)."""
+    text = [str(p) for p in ports]
+    return [["-m", "multiport", "--dports", ",".join(text[i:i + _MULTIPORT_MAX])]
+            for i in range(0, len(text), _MULTIPORT_MAX)]
 
 
 OUTBOUND, INBOUND = CHAIN, "SSAPROXY_INBOUND"
@@ -49,11 +48,9 @@ def chain_rules(config: Config, uid: int, family: int) -> list[list[str]]:
     out = [["-m", "owner", "--uid-owner", str(uid), "-j", "RETURN"],
            ["-d", _LOOPBACK[family], "-j", "RETURN"]]
     out += [["-d", str(net), "-j", "RETURN"] for net in config.iptables.exclude_cidrs if net.version == family]
-    ports = [str(p) for p in config.iptables.exclude_ports]
-    out += [["-p", "tcp", "-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX]), "-j", "RETURN"]
-            for i in range(0, len(ports), _MULTIPORT_MAX)]
+    out += [["-p", "tcp", *group, "-j", "RETURN"] for group in _multiport(config.iptables.exclude_ports)]
     for route in routes:
-        for group in _port_groups(route):
+        for group in _multiport(route.ports) or [[]]:  # no ports: every port
             out.append(["-p", "tcp", "-d", str(route.destination), *group,
                         "-m", "comment", "--comment", f"ssaproxy route {route.name}",
                         "-j", "REDIRECT", "--to-ports", str(listener.port)])
@@ -68,12 +65,10 @@ def inbound_rules(config: Config, family: int) -> list[list[str]]:
         return []
     out = [["-s", str(net), "-j", "RETURN"] for net in config.iptables.exclude_cidrs if net.version == family]
     for inbound in listeners:
-        ports = [str(p) for p in inbound.ports]
-        for i in range(0, len(ports), _MULTIPORT_MAX):
+        for group in _multiport(inbound.ports):
             # Only connections addressed to this host: traffic a router or container host merely
             # forwards to some other address on these ports is not ours to take.
-            out.append(["-p", "tcp", "-m", "addrtype", "--dst-type", "LOCAL",
-                        "-m", "multiport", "--dports", ",".join(ports[i:i + _MULTIPORT_MAX]),
+            out.append(["-p", "tcp", "-m", "addrtype", "--dst-type", "LOCAL", *group,
                         "-m", "comment", "--comment", f"ssaproxy inbound {inbound.name}",
                         "-j", "REDIRECT", "--to-ports", str(inbound.listen_port)])
     return out

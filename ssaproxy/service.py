@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import grp
+import os
 import signal
+import socket
+import stat
 from typing import Any
 
 from twisted.application import service, strports
 from twisted.logger import Logger
 
-from ssaproxy.api.server import ApiFactory, prepare_socket_path, secure_socket_path
+from ssaproxy.api.server import ApiFactory
 from ssaproxy.config import Api, Config
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
@@ -100,9 +105,9 @@ class _ApiService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        prepare_socket_path(self.api)
+        _prepare_socket_path(self.api)
         self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
-        secure_socket_path(self.api)
+        _secure_socket_path(self.api)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -110,6 +115,31 @@ class _ApiService(service.Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+def _prepare_socket_path(api: Api) -> None:
+    """Make the socket's directory; remove a stale socket file (nobody answers on it)."""
+    path = api.socket
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: its daemon is gone
+        else:
+            raise OSError(errno.EADDRINUSE, f"another daemon already serves {path}")
+        finally:
+            probe.close()
+
+
+def _secure_socket_path(api: Api) -> None:
+    """Apply the configured mode and group once the socket exists."""
+    if api.group is not None:
+        os.chown(api.socket, -1, grp.getgrnam(api.group).gr_gid)
+    os.chmod(api.socket, api.mode)
 
 
 def make_service(config: Config, reactor: Any) -> service.MultiService:

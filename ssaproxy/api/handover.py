@@ -60,12 +60,10 @@ class DontWaitSocket(socket.socket):
     it never waits."""
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             onoff, seconds = struct.unpack("ii", self.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
             if onoff and seconds:
                 no_linger(self)
-        except OSError:
-            pass
         super().close()
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:

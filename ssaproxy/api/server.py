@@ -15,12 +15,9 @@ a file for a program: certificates and keys come as PEM bytes, sockets as file d
 from __future__ import annotations
 
 import errno
-import grp
 import ipaddress
 import itertools
-import os
 import socket
-import stat
 from typing import Any, Optional
 
 from OpenSSL import SSL
@@ -106,10 +103,6 @@ class Control(Protocol):
     def stopProducing(self) -> None:
         pass
 
-    @property
-    def phase(self) -> c.Phase:
-        return self.conn.phase
-
     def fileDescriptorReceived(self, descriptor: int) -> None:
         if self.closed:
             close_fd(descriptor)
@@ -173,8 +166,7 @@ class Control(Protocol):
             assert self.listener is not None and self.handed  # the connection counts ACCEPTED and ACK
             self.handed.pop(0).close()
             self.listener.acked()
-        elif isinstance(event, c.ConnectionClosed):
-            pass  # connectionLost follows
+        # c.ConnectionClosed: connectionLost follows
 
     def _connect(self, event: c.Connect) -> None:
         host, port, family = event.host, event.port, event.family
@@ -208,13 +200,10 @@ class Control(Protocol):
                 sock.getpeername()
             except OSError:
                 raise ApiError(errno.ENOTCONN, "the socket to upgrade is not connected") from None
-            ctx: Optional[SSL.Context] = None
-            if role == wire.ROLE_SERVER:
-                ctx = self._context(server=True)
-            else:
-                self._context(server=False)
-            session, carrier = self._start("upgrade-server" if ctx is not None else "upgrade-client")
-            session.start_upgrade(carrier, sock, ctx)
+            server = role == wire.ROLE_SERVER
+            ctx = self._context(server=server)
+            session, carrier = self._start("upgrade-server" if server else "upgrade-client")
+            session.start_upgrade(carrier, sock, ctx if server else None)
         finally:
             sock.close()  # the reactor adopted its own duplicate
 
@@ -251,19 +240,21 @@ class Control(Protocol):
     # ---- helpers
     def _start(self, op: str) -> tuple[TLSSession, Carrier]:
         """A session and its carrier, the program's end sent with CARRIER; or ApiError."""
-        assert self.creds is not None
         if len(self.factory.active) >= self.factory.api.max_sessions:
             raise ApiError(errno.EAGAIN, f"the daemon has {self.factory.api.max_sessions} TLS sessions open")
-        session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
-                             limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+        session = self._session(op, self.settings)
         try:
-            carrier, program_end = adopt_carrier(self.factory.reactor, session)
+            carrier, program_end = _adopt_carrier(self.factory.reactor, session)
         except OSError as e:
-            session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
             raise ApiError(errno.EAGAIN if e.errno in (errno.EMFILE, errno.ENFILE) else errno.EIO,
                            f"the daemon cannot make a carrier connection: {e.strerror or e}") from None
         self._hand(program_end, c.Carrier(program_end.fileno()))
         return session, carrier
+
+    def _session(self, op: str, settings: Settings) -> TLSSession:
+        assert self.creds is not None
+        return TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=settings,
+                          limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
 
     def _hand(self, program_end: socket.socket, event: c.Carrier | c.Accepted) -> None:
         """Send `program_end` with its frame; it stays open here until the program has it."""
@@ -282,11 +273,10 @@ class Control(Protocol):
             return
         self.log.warn("api control connection refused: {text} pid={pid} uid={uid}", text=text,
                       pid=self.creds.pid if self.creds else None, uid=self.creds.uid if self.creds else None)
-        if self.transport is not None:
-            self.transport.write(self.conn.refuse(code, text))
         self.closed = True
         self._close_fds()
         if self.transport is not None:
+            self.transport.write(self.conn.refuse(code, text))
             # A paused producer would be resumed instead of disconnected once the buffer
             # drains (Twisted's doWrite): stop producing first, or the connection never ends.
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -348,10 +338,7 @@ class Listener:
     def _stream(self) -> TLSStream:
         check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
         stream = server_stream(self.ctx, check, _AcceptedStream)
-        assert self.control.creds is not None
-        session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=self.settings,
-                             limits=self.factory.limits, creds=self.control.creds, op="accept",
-                             active=self.factory.active)
+        session = self.control._session("accept", self.settings)
         session.on_ready = self._ready
         session.on_end = self.pending.discard
         session.start_accepted(stream, check)
@@ -366,9 +353,8 @@ class Listener:
             session.fail("shutdown", "the program closed its listening socket")
             return
         try:
-            carrier, program_end = adopt_carrier(self.factory.reactor, session)
-        except OSError as e:
-            session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
+            carrier, program_end = _adopt_carrier(self.factory.reactor, session)
+        except OSError:
             return
         info = {tag - wire.INFO_BASE: raw for tag, raw in session.info_attrs.items()}
         self.control._hand(program_end, c.Accepted(session.peer, session.local, info, program_end.fileno()))
@@ -397,26 +383,10 @@ class Listener:
         self.close("daemon stopping")
 
 
-def prepare_socket_path(api: Api) -> None:
-    """Make the socket's directory; remove a stale socket file (nobody answers on it)."""
-    path = api.socket
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale: its daemon is gone
-        else:
-            raise OSError(errno.EADDRINUSE, f"another daemon already serves {path}")
-        finally:
-            probe.close()
-
-
-def secure_socket_path(api: Api) -> None:
-    """Apply the configured mode and group once the socket exists."""
-    if api.group is not None:
-        os.chown(api.socket, -1, grp.getgrnam(api.group).gr_gid)
-    os.chmod(api.socket, api.mode)
+def _adopt_carrier(reactor: Any, session: TLSSession) -> tuple[Carrier, socket.socket]:
+    """`adopt_carrier`, or the session failed as "no-carrier" and the OSError raised."""
+    try:
+        return adopt_carrier(reactor, session)
+    except OSError as e:
+        session.fail("no-carrier", f"cannot make the carrier connection: {e.strerror or e}")
+        raise

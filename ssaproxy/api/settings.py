@@ -22,8 +22,7 @@ from OpenSSL import SSL, crypto
 from ssaproxy.addresses import is_ip_literal
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import CIPHER_FLOOR, load_trust, new_context, select_alpn, strict_checks
-from ssaproxy.tls.verify import verify_callback
+from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, load_trust, new_context, strict_checks
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
@@ -60,22 +59,25 @@ class Settings:
         return tuple(c for c in chosen if c not in self.disabled)
 
 
+def _cipher_list(ciphers: str, ciphersuites: str) -> list[str]:
+    """The cipher names (TLS 1.2 and 1.3) a context with these two lists offers."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_cipher_list(ciphers.encode("ascii"))
+    ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
+    return SSL.Connection(ctx).get_cipher_list()
+
+
 @functools.lru_cache(maxsize=16)
 def policy_ciphers(policy: Policy) -> tuple[str, ...]:
     """Every cipher (TLS 1.2 and 1.3 names) the admin's policy lets through."""
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_cipher_list((policy.ciphers + CIPHER_FLOOR).encode("ascii"))
-    ctx.set_tls13_ciphersuites(policy.ciphersuites.encode("ascii"))
-    return tuple(SSL.Connection(ctx).get_cipher_list())
+    return tuple(_cipher_list(policy.ciphers + CIPHER_FLOOR, policy.ciphersuites))
 
 
 @functools.lru_cache(maxsize=1)
 def _known_ciphers() -> frozenset[str]:
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_cipher_list(b"ALL:COMPLEMENTOFALL:@SECLEVEL=0")
-    ctx.set_tls13_ciphersuites(b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:"
-                               b"TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
-    return frozenset(SSL.Connection(ctx).get_cipher_list())
+    return frozenset(_cipher_list("ALL:COMPLEMENTOFALL:@SECLEVEL=0",
+                                  "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:"
+                                  "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"))
 
 
 def _text(value: bytes, what: str) -> str:
@@ -131,22 +133,28 @@ def _key(value: bytes) -> object:
     return key
 
 
-def _check_pair(settings: Settings) -> None:
+def _check_pair(settings: Settings) -> Settings:
+    """`settings`, if its certificate chain and private key (when both are set) belong together."""
     if settings.chain_pem is None or settings.key_pem is None:
-        return
+        return settings
     leaf = _certificates(settings.chain_pem, "certificate chain")[0]
     key = _key(settings.key_pem)
     public = key.public_key()  # type: ignore[attr-defined]
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if public.public_bytes(*fmt) != leaf.public_key().public_bytes(*fmt):
         raise ApiError(errno.EINVAL, "the private key does not match the certificate chain's first certificate")
+    return settings
+
+
+def _int(value: bytes) -> int:
+    try:
+        return o.unpack_int(value)
+    except ValueError as e:
+        raise ApiError(errno.EINVAL, str(e)) from None
 
 
 def _version(value: bytes) -> str:
-    try:
-        number = o.unpack_int(value)
-    except ValueError as e:
-        raise ApiError(errno.EINVAL, str(e)) from None
+    number = _int(value)
     if number in o.LEGACY_VERSIONS:
         raise ApiError(errno.EPERM, f"{o.LEGACY_VERSIONS[number]} is below the admin's policy (TLS 1.2 at least)")
     if number not in o.VERSION_NAMES:
@@ -156,14 +164,17 @@ def _version(value: bytes) -> str:
 
 def apply(settings: Settings, policy: Policy, number: int, value: bytes) -> Settings:
     """`settings` with option `number` set to `value`, or ApiError."""
+    _option(number, "settable", "not settable")
+    return _SETTERS[number](settings, policy, value)  # every settable option has one (tests/test_api_proto.py)
+
+
+def _option(number: int, can: str, cannot: str) -> o.Option:
+    """Option `number` if it is known, supported and `can` ("settable", "gettable"); else ENOPROTOOPT."""
     option = o.OPTIONS.get(number)
-    if option is None or option.unsupported or not option.settable:
-        why = option.unsupported if option and option.unsupported else "not settable" if option else "unknown option"
+    if option is None or option.unsupported or not getattr(option, can):
+        why = option.unsupported if option and option.unsupported else cannot if option else "unknown option"
         raise ApiError(errno.ENOPROTOOPT, f"option {number}: {why}")
-    setter = _SETTERS.get(number)
-    if setter is None:  # pragma: no cover - every settable option has a setter (tests/test_api_proto.py)
-        raise ApiError(errno.ENOPROTOOPT, f"option {number} is not settable")
-    return setter(settings, policy, value)
+    return option
 
 
 def _set_hostname(settings: Settings, policy: Policy, value: bytes) -> Settings:
@@ -180,16 +191,12 @@ def _set_trust(settings: Settings, policy: Policy, value: bytes) -> Settings:
 
 def _set_chain(settings: Settings, policy: Policy, value: bytes) -> Settings:
     _certificates(value, "certificate chain")
-    new = attrs.evolve(settings, chain_pem=bytes(value))
-    _check_pair(new)
-    return new
+    return _check_pair(attrs.evolve(settings, chain_pem=bytes(value)))
 
 
 def _set_key(settings: Settings, policy: Policy, value: bytes) -> Settings:
     _key(value)
-    new = attrs.evolve(settings, key_pem=bytes(value))
-    _check_pair(new)
-    return new
+    return _check_pair(attrs.evolve(settings, key_pem=bytes(value)))
 
 
 def _set_alpn(settings: Settings, policy: Policy, value: bytes) -> Settings:
@@ -201,9 +208,7 @@ def _set_alpn(settings: Settings, policy: Policy, value: bytes) -> Settings:
 
 def _disable_cipher(settings: Settings, policy: Policy, value: bytes) -> Settings:
     names = _cipher_names(value, policy, must_be_allowed=False)
-    new = attrs.evolve(settings, disabled=settings.disabled | set(names))
-    _check_ciphers_left(new, policy)
-    return new
+    return _check_ciphers_left(attrs.evolve(settings, disabled=settings.disabled | set(names)), policy)
 
 
 def _enable_cipher(settings: Settings, policy: Policy, value: bytes) -> Settings:
@@ -215,16 +220,12 @@ def _enable_cipher(settings: Settings, policy: Policy, value: bytes) -> Settings
 
 
 def _set_ciphers(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    new = attrs.evolve(settings, ciphers=_cipher_names(value, policy, must_be_allowed=True))
-    _check_ciphers_left(new, policy)
-    return new
+    return _check_ciphers_left(attrs.evolve(settings, ciphers=_cipher_names(value, policy, must_be_allowed=True)),
+                               policy)
 
 
 def _set_peer_auth(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    try:
-        flag = o.unpack_int(value)
-    except ValueError as e:
-        raise ApiError(errno.EINVAL, str(e)) from None
+    flag = _int(value)
     if flag not in (0, 1):
         raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH is 0 or 1")
     return attrs.evolve(settings, request_peer_auth=bool(flag))
@@ -247,9 +248,7 @@ def _set_max_version(settings: Settings, policy: Policy, value: bytes) -> Settin
 def _versions(settings: Settings, policy: Policy, low: str, high: str) -> Settings:
     if TLSVersion(low).rank > TLSVersion(high).rank:
         raise ApiError(errno.EINVAL, f"minimum {low} would be above maximum {high}")
-    new = attrs.evolve(settings, min_version=low, max_version=high)
-    _check_ciphers_left(new, policy)
-    return new
+    return _check_ciphers_left(attrs.evolve(settings, min_version=low, max_version=high), policy)
 
 
 _SETTERS: dict[int, Callable[[Settings, Policy, bytes], Settings]] = {
@@ -267,21 +266,20 @@ _SETTERS: dict[int, Callable[[Settings, Policy, bytes], Settings]] = {
 }
 
 
-def _check_ciphers_left(settings: Settings, policy: Policy) -> None:
+def _check_ciphers_left(settings: Settings, policy: Policy) -> Settings:
+    """`settings`, if they leave a cipher for a TLS version they allow."""
     low, high = settings.versions(policy)
     enabled = settings.enabled(policy)
     has13 = any(c.startswith("TLS_") for c in enabled)
     has12 = any(not c.startswith("TLS_") for c in enabled)
     if not ((has13 and high == "TLSv1.3") or (has12 and low == "TLSv1.2")):
         raise ApiError(errno.EINVAL, "no cipher would be left for the allowed TLS versions")
+    return settings
 
 
 def get(settings: Settings, policy: Policy, number: int) -> bytes:
     """A getsockopt answered before the connection exists."""
-    option = o.OPTIONS.get(number)
-    if option is None or option.unsupported or not option.gettable:
-        why = option.unsupported if option and option.unsupported else "not readable" if option else "unknown option"
-        raise ApiError(errno.ENOPROTOOPT, f"option {number}: {why}")
+    option = _option(number, "gettable", "not readable")
     if option.connected_only:
         raise ApiError(errno.ENOTCONN, f"{option.name} has a value once connected")
     low, high = settings.versions(policy)
@@ -300,17 +298,13 @@ def get(settings: Settings, policy: Policy, number: int) -> bytes:
 
 # --------------------------------------------------------------------------- contexts
 
-def _base(settings: Settings, policy: Policy) -> SSL.Context:
+def _base(settings: Settings, policy: Policy, *, server: bool, verify: int) -> SSL.Context:
     low, high = settings.versions(policy)
     enabled = settings.enabled(policy)
     tls12 = [c for c in enabled if not c.startswith("TLS_")]
     tls13 = [c for c in enabled if c.startswith("TLS_")]
-    if not tls13:
-        high = "TLSv1.2"
-    if not tls12:
-        low = "TLSv1.3"
-    ctx = new_context(low, high, ":".join(tls12) if tls12 else None, ":".join(tls13) if tls13 else None,
-                      policy.groups)
+    ctx = new_context(low if tls12 else "TLSv1.3", high if tls13 else "TLSv1.2", ":".join(tls12) or None,
+                      ":".join(tls13) or None, policy.groups, server=server, verify=verify, alpn=settings.alpn)
     if settings.chain_pem is not None and settings.key_pem is not None:
         certs = x509.load_pem_x509_certificates(settings.chain_pem)
         ctx.use_certificate(crypto.X509.from_cryptography(certs[0]))
@@ -321,7 +315,9 @@ def _base(settings: Settings, policy: Policy) -> SSL.Context:
     return ctx
 
 
-def _trust(ctx: SSL.Context, settings: Settings, policy: Policy) -> None:
+def _trust(ctx: SSL.Context, settings: Settings, policy: Policy, *, client_cas: bool = False) -> None:
+    """The program's trust anchors (also named to clients as acceptable CAs, for a server), or
+    the policy's."""
     if settings.trust_pem is None:
         load_trust(ctx, policy.trust_store)
         return
@@ -329,16 +325,15 @@ def _trust(ctx: SSL.Context, settings: Settings, policy: Policy) -> None:
     assert own is not None
     for cert in x509.load_pem_x509_certificates(settings.trust_pem):
         own.add_cert(crypto.X509.from_cryptography(cert))
+        if client_cas:
+            ctx.add_client_ca(crypto.X509.from_cryptography(cert))
     strict_checks(ctx)
 
 
 @functools.lru_cache(maxsize=64)
 def client_context(settings: Settings, policy: Policy) -> SSL.Context:
-    ctx = _base(settings, policy)
+    ctx = _base(settings, policy, server=False, verify=REQUIRE_PEER)
     _trust(ctx, settings, policy)
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
-    if settings.alpn:
-        ctx.set_alpn_protos([p.encode() for p in settings.alpn])
     return ctx
 
 
@@ -346,14 +341,7 @@ def client_context(settings: Settings, policy: Policy) -> SSL.Context:
 def server_context(settings: Settings, policy: Policy) -> SSL.Context:
     if settings.chain_pem is None or settings.key_pem is None:
         raise ApiError(errno.EINVAL, "a TLS server needs TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY first")
-    ctx = _base(settings, policy)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx = _base(settings, policy, server=True, verify=REQUIRE_PEER if settings.request_peer_auth else SSL.VERIFY_NONE)
     if settings.request_peer_auth:
-        _trust(ctx, settings, policy)
-        if settings.trust_pem is not None:
-            for cert in x509.load_pem_x509_certificates(settings.trust_pem):
-                ctx.add_client_ca(crypto.X509.from_cryptography(cert))
-        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
-    if settings.alpn:
-        select_alpn(ctx, settings.alpn)
+        _trust(ctx, settings, policy, client_cas=True)
     return ctx

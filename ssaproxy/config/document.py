@@ -1,8 +1,13 @@
-"""The whole document: `Config`, its named constructors and the embedded default.
+"""The whole document: `Config`, its named constructors and the embedded default, with the
+small tables (`[policy]`, `[api]`, `[iptables]`); `[outbound]` and `[[inbound]]` have modules
+of their own.
 
 Parsing is pure: no OpenSSL, no certificate files, no user database.  The checks that need
 those run afterwards in `ssaproxy.tls.load`; a `Config` keeps its source text (outside
-equality and hashing) so that step can still name the line of the key it refuses.
+equality and hashing) so that step can still name the line of the key it refuses.  That is
+also why `[policy]` only checks the shape of its strings (whether OpenSSL accepts the cipher,
+suite and group strings and whether the trust store loads is decided there), and `[api]` does
+not look its `group` up on this host (a fact of the system, not of the text).
 """
 
 from __future__ import annotations
@@ -13,13 +18,104 @@ from typing import Any, Mapping, Optional
 
 import attrs
 
-from ssaproxy.config.api import Api, parse_api
+from ssaproxy.config.enums import TLS_VERSIONS, TLSVersion
 from ssaproxy.config.inbound import Inbound, parse_inbound
-from ssaproxy.config.iptables import Iptables, parse_iptables
 from ssaproxy.config.outbound import Outbound, parse_outbound
-from ssaproxy.config.policy import Policy, parse_policy
-from ssaproxy.config.reader import Reader, line_of
+from ssaproxy.config.reader import Network, Reader, line_of
 from ssaproxy.errors import ConfigError
+
+# AEAD suites with forward secrecy only; a floor of exclusions is appended in tls.context so an
+# admin's own string can never bring back NULL, anonymous, export or RC4/3DES suites.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+DEFAULT_CIPHERSUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+DEFAULT_GROUPS = "X25519:P-256:P-384"
+
+
+def _version(value: str) -> TLSVersion:
+    return TLSVersion(value)
+
+
+@attrs.frozen(kw_only=True)
+class Policy:
+    """The admin's system-wide TLS policy."""
+
+    min_version: TLSVersion = attrs.field(default=TLSVersion.TLSv1_2, converter=_version)
+    max_version: TLSVersion = attrs.field(default=TLSVersion.TLSv1_3, converter=_version)
+    ciphers: str = DEFAULT_CIPHERS
+    ciphersuites: str = DEFAULT_CIPHERSUITES
+    groups: str = DEFAULT_GROUPS
+    trust_store: Optional[str] = None  # None: the system bundle
+    min_rsa_bits: int = 2048
+
+
+def parse_policy(r: Reader) -> Policy:
+    d = Policy()
+    min_v = TLSVersion(r.one_of("min_version", r.take("min_version", str, d.min_version.value), TLS_VERSIONS))
+    max_v = TLSVersion(r.one_of("max_version", r.take("max_version", str, d.max_version.value), TLS_VERSIONS))
+    r.check("min_version", min_v.rank <= max_v.rank, f"min_version {min_v} is above max_version {max_v}")
+    ciphers: str = r.take("ciphers", str, d.ciphers)
+    suites: str = r.take("ciphersuites", str, d.ciphersuites)
+    groups: str = r.take("groups", str, d.groups)
+    trust: Optional[str] = r.take("trust_store", str, None)
+    if trust is not None:
+        r.check("trust_store", trust != "", "must be a path to a PEM bundle (omit it for the system store)")
+    rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
+    r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
+    r.done()
+    return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
+                  groups=groups, trust_store=trust, min_rsa_bits=rsa)
+
+
+DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"
+
+
+@attrs.frozen(kw_only=True)
+class Api:
+    """The local socket API (docs/api.md): where it listens and who may use it."""
+
+    socket: str = DEFAULT_API_SOCKET
+    mode: int = 0o660  # the socket file's permissions: who may ask the daemon for TLS
+    group: Optional[str] = None  # None: the daemon's own group
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    max_sessions: int = 10000  # control connections at once, and TLS sessions at once
+
+
+def parse_api(r: Reader) -> Api:
+    path: str = r.take("socket", str, DEFAULT_API_SOCKET)
+    r.check("socket", path.startswith("/") and "\x00" not in path and len(path.encode()) < 108,
+            f"must be an absolute path shorter than 108 bytes, got {path!r}")
+    raw_mode: int | str = r.take("mode", (int, str), 0o660, "an octal number (0o660) or a string (\"0660\")")
+    if isinstance(raw_mode, str):
+        r.check("mode", bool(re.fullmatch(r"0?[0-7]{3}", raw_mode)),
+                f"must be an octal mode like \"0660\", got {raw_mode!r}")
+    mode = int(raw_mode, 8) if isinstance(raw_mode, str) else raw_mode
+    r.check("mode", 0 <= mode <= 0o777, f"must be between 0o000 and 0o777, got {mode:#o}")
+    group: Optional[str] = r.take("group", str, None)
+    api = Api(socket=path, mode=mode, group=group, connect_timeout=r.timeout("connect_timeout", 10.0),
+              handshake_timeout=r.timeout("handshake_timeout", 10.0),
+              max_sessions=int(r.positive("max_sessions", r.take("max_sessions", int, 10000), 1_000_000)))
+    r.done()
+    return api
+
+
+@attrs.frozen(kw_only=True)
+class Iptables:
+    """What the generated rules never redirect, besides the daemon's own traffic."""
+
+    exclude_cidrs: tuple[Network, ...] = ()  # out: destinations; in: sources
+    exclude_ports: tuple[int, ...] = ()  # outbound destination ports
+
+
+def parse_iptables(r: Reader) -> Iptables:
+    cidrs: list[Network] = []
+    for text in r.take("exclude_cidrs", list, []):
+        r.check("exclude_cidrs", isinstance(text, str), "must be an array of CIDR strings")
+        cidrs.append(r.network("exclude_cidrs", text))
+    ports = r.ports("exclude_ports", r.take("exclude_ports", list, []))
+    r.done()
+    return Iptables(exclude_cidrs=tuple(cidrs), exclude_ports=ports)
+
 
 DEFAULT_CONFIG_TOML = """\
 # ssaproxy's embedded default: listen on loopback only, the system trust store, TLS 1.2+.
@@ -103,8 +199,7 @@ class Config:
         r = Reader(data, "")
         policy = parse_policy(r.table("policy"))
         has_outbound = "outbound" in r.data
-        inbound = parse_inbound(r.take("inbound", list, [], "an array of tables ([[inbound]])"), "inbound",
-                                policy.max_version)
+        inbound = parse_inbound(r, policy.max_version)
         outbound_table = r.table("outbound")
         if not has_outbound and (inbound or "api" in r.data):
             outbound = Outbound(listen=())  # an inbound-only sidecar or API-only daemon opens no outbound listener

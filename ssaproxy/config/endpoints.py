@@ -39,12 +39,9 @@ class Listener:
 def endpoint_facts(description: str, key: str) -> tuple[str, int, Optional[IPAddress]]:
     """Kind ("tcp" or "tcp6"), port and interface address of a Twisted TCP server endpoint
     string; errors name `key`."""
-    parts = split_endpoint(description)
-    kind = parts[0]
+    kind, positional, keywords = endpoint_fields(description)
     if kind not in ("tcp", "tcp6"):
         raise ConfigError(key, f"needs a tcp or tcp6 endpoint, got {description!r}")
-    positional = [p for p in parts[1:] if "=" not in p]
-    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
     port_text = keywords.get("port") or (positional[0] if positional else "")
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
         raise ConfigError(key, f"no usable port in {description!r}")
@@ -74,21 +71,19 @@ def parse_listener(description: str) -> Listener:
     return Listener(family=family, port=port, interface=str(address) if address is not None else None)
 
 
-def split_endpoint(description: str) -> list[str]:
-    """The colon-separated fields of an endpoint string, backslash escapes resolved."""
+def endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """The kind, positional fields and keyword fields of an endpoint string, backslash escapes
+    resolved."""
     parts: list[str] = []
-    current, i = "", 0
-    while i < len(description):
-        ch = description[i]
-        if ch == "\\" and i + 1 < len(description):
-            current += description[i + 1]
-            i += 2
-            continue
-        if ch == ":":
+    current = ""
+    chars = iter(description)
+    for ch in chars:
+        if ch == "\\":
+            current += next(chars, ch)
+        elif ch == ":":
             parts.append(current)
             current = ""
         else:
             current += ch
-        i += 1
     parts.append(current)
-    return parts
+    return parts[0], [p for p in parts[1:] if "=" not in p], dict(p.split("=", 1) for p in parts[1:] if "=" in p)

@@ -35,17 +35,17 @@ class TLSVersion(enum.StrEnum):
     @property
     def rank(self) -> int:
         """Position in the version order: a higher rank is a newer protocol."""
-        return _RANK[self]
+        return list(TLSVersion).index(self)
 
     @classmethod
     def lowest(cls, *versions: str) -> TLSVersion:
         """The oldest of `versions` (plain strings are accepted and converted)."""
-        return min((cls(v) for v in versions), key=_rank_of)
+        return min((cls(v) for v in versions), key=lambda v: v.rank)
 
     @classmethod
     def highest(cls, *versions: str) -> TLSVersion:
         """The newest of `versions` (plain strings are accepted and converted)."""
-        return max((cls(v) for v in versions), key=_rank_of)
+        return max((cls(v) for v in versions), key=lambda v: v.rank)
 
     @classmethod
     def span(cls, low: str, high: str) -> tuple[TLSVersion, ...]:
@@ -53,12 +53,6 @@ class TLSVersion(enum.StrEnum):
         lo, hi = cls(low).rank, cls(high).rank
         return tuple(v for v in cls if lo <= v.rank <= hi)
 
-
-def _rank_of(version: TLSVersion) -> int:
-    return version.rank
-
-
-_RANK: dict[TLSVersion, int] = {version: index for index, version in enumerate(TLSVersion)}
 
 # The spellings the configuration accepts, as plain strings (error messages show them with repr).
 ACTIONS: tuple[str, ...] = tuple(a.value for a in Action)

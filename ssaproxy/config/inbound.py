@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import attrs
 
-from ssaproxy.config.endpoints import endpoint_facts, split_endpoint
+from ssaproxy.config.endpoints import endpoint_facts, endpoint_fields
 from ssaproxy.config.enums import TLSVersion
 from ssaproxy.config.reader import Reader, toml_type
 from ssaproxy.errors import ConfigError
@@ -62,21 +62,16 @@ class Inbound:
     max_connections: int = 10000
 
 
-def parse_inbound(raw_list: Any, path: str, policy_max: str = "TLSv1.3") -> tuple[Inbound, ...]:
-    if not isinstance(raw_list, list):
-        raise ConfigError(path, f"expected an array of tables ([[inbound]]), got {toml_type(raw_list)}")
+def parse_inbound(r: Reader, policy_max: TLSVersion) -> tuple[Inbound, ...]:
     out: list[Inbound] = []
-    for i, raw in enumerate(raw_list):
-        p = f"{path}[{i}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(p, f"expected a table, got {toml_type(raw)}")
-        inbound = _one(Reader(raw, p), i, TLSVersion(policy_max))
+    for i, table in enumerate(r.tables("inbound", "an array of tables ([[inbound]])")):
+        inbound = _one(table, i, policy_max)
         if inbound.name in {x.name for x in out}:
-            raise ConfigError(f"{p}.name", f"duplicate inbound name {inbound.name!r}")
+            raise ConfigError(table.key("name"), f"duplicate inbound name {inbound.name!r}")
         taken = {port for x in out for port in x.ports}
         if taken & set(inbound.ports):
-            raise ConfigError(f"{p}.ports", f"port(s) {sorted(taken & set(inbound.ports))} already redirected "
-                                            "to an earlier transparent listener")
+            raise ConfigError(table.key("ports"), f"port(s) {sorted(taken & set(inbound.ports))} already "
+                                                  "redirected to an earlier transparent listener")
         out.append(inbound)
     return tuple(out)
 
@@ -118,10 +113,9 @@ def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
         r.check("ports", listen_port not in ports, f"the listener's own port {listen_port} cannot be redirected to it")
     else:
         r.check("ports", not ports, 'only applies with backend = "original"')
-    handshake = r.positive("handshake_timeout", r.take("handshake_timeout", float, 10.0), 300)
-    connect = r.positive("connect_timeout", r.take("connect_timeout", float, 10.0), 300)
-    max_conns: int = r.take("max_connections", int, 10000)
-    r.check("max_connections", 1 <= max_conns <= 1_000_000, f"must be 1-1000000, got {max_conns}")
+    handshake = r.timeout("handshake_timeout", 10.0)
+    connect = r.timeout("connect_timeout", 10.0)
+    max_conns = r.bounded("max_connections", 10000, 1, 1_000_000)
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
@@ -143,12 +137,10 @@ def _backend(r: Reader, value: Optional[str]) -> Backend:
     assert value is not None
     if value == "original":
         return Backend(host=None, port=None)
-    parts = split_endpoint(value)
-    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    positional = [p for p in parts[1:] if "=" not in p]
+    kind, positional, keywords = endpoint_fields(value)
     host = keywords.get("host") or (positional[0] if positional else None)
     port_text = keywords.get("port") or (positional[1] if len(positional) > 1 else "")
-    if parts[0] != "tcp" or not host or not re.fullmatch(r"[0-9]{1,5}", port_text):
+    if kind != "tcp" or not host or not re.fullmatch(r"[0-9]{1,5}", port_text):
         raise ConfigError(r.key("backend"), f'must be "tcp:HOST:PORT" or "original", got {value!r}')
     try:
         ipaddress.ip_address(host)

@@ -6,17 +6,14 @@ reads them (and names these keys if they do not load).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Optional
 
 import attrs
 
 from ssaproxy.config.endpoints import IPAddress, is_valid_hostname, parse_listener
 from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, Action, HostnameSource
-from ssaproxy.config.reader import Reader, toml_type
+from ssaproxy.config.reader import Network, Reader
 from ssaproxy.errors import ConfigError
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _action(value: str) -> Action:
@@ -73,24 +70,16 @@ def parse_outbound(r: Reader) -> Outbound:
     r.check("listen", bool(listen) and all(isinstance(x, str) and x for x in listen),
             "must be a Twisted server endpoint string, or a non-empty array of them")
     listeners = [parse_listener(x) for x in listen]
-    connect_timeout = r.positive("connect_timeout", r.take("connect_timeout", float, d.connect_timeout), 300)
-    handshake_timeout = r.positive("handshake_timeout", r.take("handshake_timeout", float, d.handshake_timeout), 300)
-    sniff_timeout = r.positive("sniff_timeout", r.take("sniff_timeout", float, d.sniff_timeout), 300)
-    max_header: int = r.take("max_header_bytes", int, d.max_header_bytes)
-    r.check("max_header_bytes", 256 <= max_header <= 65536, f"must be 256-65536, got {max_header}")
-    max_conns: int = r.take("max_connections", int, d.max_connections)
-    r.check("max_connections", 1 <= max_conns <= 1_000_000, f"must be 1-1000000, got {max_conns}")
-    raw_routes: list[Any] = r.take("route", list, [], "an array of tables ([[outbound.route]])")
+    connect_timeout = r.timeout("connect_timeout", d.connect_timeout)
+    handshake_timeout = r.timeout("handshake_timeout", d.handshake_timeout)
+    sniff_timeout = r.timeout("sniff_timeout", d.sniff_timeout)
+    max_header = r.bounded("max_header_bytes", d.max_header_bytes, 256, 65536)
+    max_conns = r.bounded("max_connections", d.max_connections, 1, 1_000_000)
     routes: list[Route] = []
-    names: set[str] = set()
-    for i, raw in enumerate(raw_routes):
-        path = r.key(f"route[{i}]")
-        if not isinstance(raw, dict):
-            raise ConfigError(path, f"expected a table, got {toml_type(raw)}")
-        route = parse_route(Reader(raw, path), i)
-        if route.name in names:
-            raise ConfigError(f"{path}.name", f"duplicate route name {route.name!r}")
-        names.add(route.name)
+    for i, table in enumerate(r.tables("route", "an array of tables ([[outbound.route]])")):
+        route = parse_route(table, i)
+        if route.name in {x.name for x in routes}:
+            raise ConfigError(table.key("name"), f"duplicate route name {route.name!r}")
         routes.append(route)
     for family in {route.destination.version for route in routes}:
         r.check("listen", any(x.family == family for x in listeners),
@@ -107,10 +96,7 @@ def parse_route(r: Reader, index: int) -> Route:
     dest_raw: Optional[str] = r.take("destination", str, None)
     r.check("destination", dest_raw is not None, "is required (a CIDR such as 10.0.0.0/8 or ::/0)")
     assert dest_raw is not None
-    try:
-        destination = ipaddress.ip_network(dest_raw, strict=True)
-    except ValueError as e:
-        raise ConfigError(r.key("destination"), f"not a CIDR network: {e}") from None
+    destination = r.network("destination", dest_raw)
     ports_raw: Optional[list[Any]] = r.take("ports", list, None)
     if ports_raw is not None:
         r.check("ports", bool(ports_raw), "must list at least one port (omit the key for every port)")

@@ -7,12 +7,14 @@ into a line of the source text, so the parsers never carry line numbers around.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Any, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Iterator, Mapping, Optional, Sequence, TypeVar
 
 from ssaproxy.errors import ConfigError
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
@@ -73,6 +75,21 @@ class Reader:
         self.check(name, 0 < value <= limit, f"must be greater than 0 and at most {limit:g}, got {value:g}")
         return value
 
+    def timeout(self, name: str, default: float) -> float:
+        """Seconds: greater than 0, at most 300."""
+        return self.positive(name, self.take(name, float, default), 300)
+
+    def bounded(self, name: str, default: int, low: int, high: int) -> int:
+        value: int = self.take(name, int, default)
+        self.check(name, low <= value <= high, f"must be {low}-{high}, got {value}")
+        return value
+
+    def network(self, name: str, text: str) -> Network:
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError as e:
+            raise ConfigError(self.key(name), f"not a CIDR network: {e}") from None
+
     def port(self, name: str, value: int) -> int:
         self.check(name, 1 <= value <= 65535, f"port must be 1-65535, got {value}")
         return value
@@ -82,6 +99,14 @@ class Reader:
         self.check(name, all(isinstance(p, int) and not isinstance(p, bool) for p in raw),
                    "must be an array of integers")
         return tuple(self.port(name, p) for p in raw)
+
+    def tables(self, name: str, what: str) -> Iterator[Reader]:
+        """A Reader for each table of the array of tables `name` (keys `name[i]`), in order."""
+        for i, raw in enumerate(self.take(name, list, [], what)):
+            path = self.key(f"{name}[{i}]")
+            if not isinstance(raw, dict):
+                raise ConfigError(path, f"expected a table, got {toml_type(raw)}")
+            yield Reader(raw, path)
 
     def done(self) -> None:
         for name in self.data:

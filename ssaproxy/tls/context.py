@@ -30,41 +30,22 @@ CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1
 _VERSIONS: dict[str, int] = {TLSVersion.TLSv1_2: SSL.TLS1_2_VERSION, TLSVersion.TLSv1_3: SSL.TLS1_3_VERSION}
 
 
-def _scratch() -> SSL.Context:
-    return SSL.Context(SSL.TLS_METHOD)
+REQUIRE_PEER = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
 
-def _set_groups(ctx: SSL.Context, groups: str) -> None:
+def set_groups(ctx: SSL.Context, groups: str) -> None:
     if not set_groups_list(ctx, groups):
         raise ValueError(f"unknown group in {groups!r}")
 
 
-def check_ciphers(value: str) -> None:
-    ctx = _scratch()
-    ctx.set_cipher_list((value + CIPHER_FLOOR).encode("ascii"))
-    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
-    if not SSL.Connection(ctx).get_cipher_list():
-        raise ValueError("no TLS 1.2 cipher left after ssaproxy's floor of exclusions")
-
-
-def check_ciphersuites(value: str) -> None:
-    if not value:
-        raise ValueError("empty")
-    _scratch().set_tls13_ciphersuites(value.encode("ascii"))
-
-
-def check_groups(value: str) -> None:
-    _set_groups(_scratch(), value)
-
-
-def check_trust_store(path: str) -> None:
-    _scratch().load_verify_locations(path)
-
-
-def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optional[str],
-                groups: str) -> SSL.Context:
+def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optional[str], groups: str, *,
+                server: bool = False, verify: int = SSL.VERIFY_NONE, alpn: Sequence[str] = ()) -> SSL.Context:
     """A context with the versions, suites (the floor always appended to TLS 1.2's; None
-    leaves that list out) and groups given, and the options every ssaproxy context has."""
+    leaves that list out) and groups given, and the options every ssaproxy context has.
+
+    A server context has no session cache: a resumed session would skip our
+    client-certificate checks (the verify callback is not called again).  It picks from
+    `alpn`; a client offers `alpn`.  A `verify` mode other than none installs our callback."""
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(_VERSIONS[low])
     ctx.set_max_proto_version(_VERSIONS[high])
@@ -72,23 +53,36 @@ def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optio
         ctx.set_cipher_list((ciphers + CIPHER_FLOOR).encode("ascii"))
     if ciphersuites is not None:
         ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
-    _set_groups(ctx, groups)
+    set_groups(ctx, groups)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if server:
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        if alpn:
+            select_alpn(ctx, alpn)
+    elif alpn:
+        ctx.set_alpn_protos([p.encode() for p in alpn])
+    if verify != SSL.VERIFY_NONE:
+        ctx.set_verify(verify, verify_callback)
     return ctx
+
+
+def use_identity(ctx: SSL.Context, chain: str, key: str) -> None:
+    """Present the certificate chain in PEM file `chain` with the private key in `key`."""
+    ctx.use_certificate_chain_file(chain)
+    ctx.use_privatekey_file(key)
+    ctx.check_privatekey()
 
 
 @functools.lru_cache(maxsize=64)
 def client_context(policy: Policy, certificate: Optional[str] = None, key: Optional[str] = None) -> SSL.Context:
     """The context for connections ssaproxy originates to a verified TLS server, presenting
     `certificate` (a PEM chain) with `key` when a route gives a client identity."""
-    ctx = new_context(policy.min_version, policy.max_version, policy.ciphers, policy.ciphersuites, policy.groups)
+    ctx = new_context(policy.min_version, policy.max_version, policy.ciphers, policy.ciphersuites, policy.groups,
+                      verify=REQUIRE_PEER)
     load_trust(ctx, policy.trust_store)
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)
     if certificate is not None and key is not None:
-        ctx.use_certificate_chain_file(certificate)
-        ctx.use_privatekey_file(key)
-        ctx.check_privatekey()
+        use_identity(ctx, certificate, key)
     return ctx
 
 
@@ -108,10 +102,6 @@ def strict_checks(ctx: SSL.Context) -> None:
     assert store is not None
     store.set_flags(x509_strict_flags())
     ctx.set_verify_depth(8)
-
-
-__all__ = ["client_context", "new_context", "load_trust", "strict_checks", "check_ciphers", "check_ciphersuites",
-           "check_groups", "check_trust_store"]
 
 
 def select_alpn(ctx: SSL.Context, wanted: Sequence[str]) -> None:

@@ -20,7 +20,7 @@ from OpenSSL import SSL
 
 from ssaproxy.config import Config, Inbound, Policy
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.context import check_ciphers, check_ciphersuites, check_groups, check_trust_store
+from ssaproxy.tls.context import CIPHER_FLOOR, set_groups
 
 
 @attrs.frozen(kw_only=True)
@@ -101,18 +101,36 @@ def load_certificate(chain: str, key: str, chain_key: str = "chain", key_key: st
 
 
 def _check_policy(policy: Policy) -> None:
-    _openssl_judges("policy.ciphers", policy.ciphers, check_ciphers)
-    _openssl_judges("policy.ciphersuites", policy.ciphersuites, check_ciphersuites)
-    _openssl_judges("policy.groups", policy.groups, check_groups)
+    _openssl_judges("policy.ciphers", policy.ciphers, _check_ciphers)
+    _openssl_judges("policy.ciphersuites", policy.ciphersuites, _check_ciphersuites)
+    _openssl_judges("policy.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None:
-        _openssl_judges("policy.trust_store", policy.trust_store, check_trust_store)
+        _openssl_judges("policy.trust_store", policy.trust_store, _check_trust_store)
+
+
+def _check_ciphers(value: str) -> None:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_cipher_list((value + CIPHER_FLOOR).encode("ascii"))
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    if not SSL.Connection(ctx).get_cipher_list():
+        raise ValueError("no TLS 1.2 cipher left after ssaproxy's floor of exclusions")
+
+
+def _check_ciphersuites(value: str) -> None:
+    if not value:
+        raise ValueError("empty")
+    SSL.Context(SSL.TLS_METHOD).set_tls13_ciphersuites(value.encode("ascii"))
+
+
+def _check_trust_store(path: str) -> None:
+    SSL.Context(SSL.TLS_METHOD).load_verify_locations(path)
 
 
 def _check_inbound(inbound: Inbound, path: str) -> None:
     load_certificates(inbound, path)
     if inbound.client_ca is not None:
         try:
-            check_trust_store(inbound.client_ca)
+            _check_trust_store(inbound.client_ca)
         except Exception as e:  # OpenSSL decides what a usable CA file is
             raise ConfigError(f"{path}.client_ca", f"cannot load {inbound.client_ca!r}: {e}") from None
 

@@ -6,8 +6,8 @@ what the client supports.  The first group's context answers the handshake; its 
 moves the connection to the group whose names match the requested server name (exact, or a
 one-label wildcard), or leaves it on the first group.  Every group context carries the same
 verification settings, because OpenSSL keeps the verify mode of the context the connection
-started with.  Session resumption is off: a resumed session would skip our client-certificate
-checks (the callback is not called again), and `ClientCheck.accept` would then refuse it.
+started with.  Session resumption is off (`new_context(server=True)`): a resumed session would
+skip our client-certificate checks, and `ClientCheck.accept` would then refuse it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from OpenSSL import SSL
 
 from ssaproxy.config import PROFILE_MIN_VERSION, Inbound, Policy, TLSVersion
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.context import new_context, select_alpn, strict_checks
+from ssaproxy.tls.context import REQUIRE_PEER, new_context, strict_checks, use_identity
 from ssaproxy.tls.load import LoadedCertificate, load_certificates
-from ssaproxy.tls.verify import verify_callback
 
 
 def versions(inbound: Inbound, policy: Policy) -> tuple[TLSVersion, TLSVersion]:
@@ -64,21 +63,17 @@ def _matches(pattern: str, name: str) -> bool:
 
 def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertificate]) -> SSL.Context:
     low, high = versions(inbound, policy)
-    ctx = new_context(low, high, policy.ciphers, policy.ciphersuites, policy.groups)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    for cert in certs:  # one per key type; OpenSSL chooses by what the client can use
-        ctx.use_certificate_chain_file(cert.chain)
-        ctx.use_privatekey_file(cert.key)
-        ctx.check_privatekey()
+    verify = SSL.VERIFY_NONE
     if inbound.client_auth != "none":
+        # An allow-list needs an identity.
+        verify = REQUIRE_PEER if inbound.client_auth == "require" or inbound.allow else SSL.VERIFY_PEER
+    ctx = new_context(low, high, policy.ciphers, policy.ciphersuites, policy.groups, server=True, verify=verify,
+                      alpn=inbound.alpn)
+    for cert in certs:  # one per key type; OpenSSL chooses by what the client can use
+        use_identity(ctx, cert.chain, cert.key)
+    if verify != SSL.VERIFY_NONE:
         assert inbound.client_ca is not None
         ctx.load_verify_locations(inbound.client_ca)
         ctx.load_client_ca(inbound.client_ca.encode())
         strict_checks(ctx)
-        mode = SSL.VERIFY_PEER
-        if inbound.client_auth == "require" or inbound.allow:  # an allow-list needs an identity
-            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode, verify_callback)
-    if inbound.alpn:
-        select_alpn(ctx, inbound.alpn)
     return ctx
