@@ -68,6 +68,7 @@ class InboundConnection(Lifecycle):
     def __init__(self, factory: InboundFactory, stream: InboundStream, check: ClientCheck) -> None:
         super().__init__(factory.reactor, factory.active)
         self.inbound = factory.inbound
+        self.idle_timeout = self.inbound.idle_timeout or None
         self.near = self.stream = stream
         stream.sink = self
         self.check = check
@@ -78,12 +79,12 @@ class InboundConnection(Lifecycle):
 
     # ---- the TLS client
     def accepted(self) -> None:
-        if not self.admit(self.inbound.max_connections):
-            return
         t = self.stream.tcp
         peer, here = t.getPeer(), t.getHost()
         self.peer = (plain_address(peer.host), peer.port)
         self.local = (plain_address(here.host), here.port)
+        if not self.admit(self.inbound.max_connections):
+            return
         if self.inbound.backend.original:
             try:
                 ip, port = original_destination(t.getHandle())  # type: ignore[arg-type]

@@ -63,7 +63,7 @@ class ClientEnd(TCPEnd):
 class OutboundConnection(Lifecycle):
     log = Logger()
     kind = "conn"
-    log_format = ("conn {conn_id} {outcome}: orig_dst={orig_dst} route={route} action={action} "
+    log_format = ("conn {conn_id} {outcome}: client={client} orig_dst={orig_dst} route={route} action={action} "
                   "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} "
                   "bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
 
@@ -71,6 +71,7 @@ class OutboundConnection(Lifecycle):
         super().__init__(factory.reactor, factory.active)
         self.factory = factory
         self.config = factory.config
+        self.idle_timeout = self.config.outbound.idle_timeout or None
         self.near = near
         near.sink = self
         self.route: Optional[Route] = None
@@ -83,13 +84,16 @@ class OutboundConnection(Lifecycle):
         self.verify_error: Optional[str] = None
         self._upstream_tuple: Optional[_FourTuple] = None
         self._accepted_tuple: Optional[_FourTuple] = None
+        self.client: Optional[str] = None  # the program's address, as the listener saw it
 
     # ---- accepted
     def near_ready(self) -> None:
-        if not self.admit(self.config.outbound.max_connections):
-            return
         near = self.near
         assert near is not None
+        peer = near.tcp.getPeer()
+        self.client = host_port(plain_address(getattr(peer, "host", "")), getattr(peer, "port", 0))
+        if not self.admit(self.config.outbound.max_connections):
+            return
         try:
             ip, port = original_destination(near.tcp.getHandle())  # type: ignore[arg-type]
         except OSError as e:
@@ -97,7 +101,6 @@ class OutboundConnection(Lifecycle):
             return
         ip = normalize(ip)
         self.orig = (ip, port)
-        peer = near.tcp.getPeer()
         key = (plain_address(getattr(peer, "host", "")), getattr(peer, "port", 0), str(ip), port)
         if key in self.factory.upstream_tuples:
             self.own_traffic()
@@ -286,6 +289,7 @@ class OutboundConnection(Lifecycle):
         route = self.route
         return {
             **super().record(outcome, detail),
+            "client": self.client,
             "orig_dst": host_port(str(self.orig[0]), self.orig[1]) if self.orig else None,
             "route": route.name if route else None,
             "action": "passthrough" if self.passthrough else (route.action if route else None),

@@ -434,6 +434,12 @@ OTHER_ERRORS = [
     ("connect-timeout-too-long",
      '[outbound]\nconnect_timeout = 301  # HERE\n',
      "outbound.connect_timeout", "at most 300"),
+    ("idle-timeout-negative",
+     '[outbound]\nidle_timeout = -1  # HERE\n',
+     "outbound.idle_timeout", "must be 0 (off) up to 604800 seconds, got -1"),
+    ("idle-timeout-nan",
+     '[outbound]\nidle_timeout = nan  # HERE\n',
+     "outbound.idle_timeout", "must be 0 (off) up to 604800 seconds"),
     ("timeout-nan",
      '[outbound]\nconnect_timeout = nan  # HERE\n',
      "outbound.connect_timeout", "must be greater than 0"),
@@ -811,3 +817,9 @@ def test_api_table_defaults_and_the_embedded_default_serves_it() -> None:
 def test_api_table_errors_name_key_and_line(body: str, key: str, message: str) -> None:
     e = config_error(f"[policy]\n\n[api]\n{body}\n")
     assert e.key == key and e.line == 4 and message in e.message, str(e)
+
+
+def test_idle_timeouts_default_to_an_hour_and_zero_turns_them_off() -> None:
+    assert Config.default().outbound.idle_timeout == 3600
+    config = Config.from_toml('[outbound]\nidle_timeout = 0\n')
+    assert config.outbound.idle_timeout == 0

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
 
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-from ssaproxy.inbound import InboundFactory
+from ssaproxy.inbound import InboundConnection, InboundFactory
 from ssaproxy.proxyproto import PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, parse_v2, v2_header
 from ssaproxy.tls.load import check_config, load_certificates
 from tests.memtls import Transport
@@ -121,7 +122,9 @@ def test_proxy_v2_header_round_trips(src: tuple[str, int], dst: tuple[str, int])
         parse_v2(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
 
 
-def test_inbound_connections_over_the_limit_are_reset(pki: PKI) -> None:
+def test_inbound_connections_over_the_limit_are_reset(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[dict[str, object]] = []
+    monkeypatch.setattr(InboundConnection, "log", Logger(observer=events.append))
     config = Config.from_toml(inbound(pki, "max_connections = 1\n"))
     factory = InboundFactory(config.inbound[0], config.policy, MemoryReactorClock())
     transports = [Transport(peer=IPv4Address("TCP", "10.0.0.1", 40000 + n)) for n in range(2)]
@@ -129,6 +132,7 @@ def test_inbound_connections_over_the_limit_are_reset(pki: PKI) -> None:
         factory.buildProtocol(None).makeConnection(t)
     assert [t.aborted for t in transports] == [False, True]
     assert len(factory.active) == 1
+    assert events[-1]["outcome"] == "overload" and events[-1]["peer"] == "10.0.0.1:40001"  # who was refused
 
 
 def test_proxy_v2_anonymous_client_is_not_marked_verified() -> None:
@@ -136,3 +140,12 @@ def test_proxy_v2_anonymous_client_is_not_marked_verified() -> None:
     parsed = parse_v2(raw)
     assert parsed is not None
     assert parsed["tlvs"][PP2_TYPE_SSL][:5] == b"\x01\x00\x00\x00\x01"  # TLS, no certificate; verify != 0
+
+
+def test_idle_timeout_per_listener(pki: PKI) -> None:
+    (i,) = Config.from_toml(inbound(pki)).inbound
+    assert i.idle_timeout == 3600
+    (i,) = Config.from_toml(inbound(pki, "idle_timeout = 90\n")).inbound
+    assert i.idle_timeout == 90
+    e = error(inbound(pki, "idle_timeout = 700000\n"))
+    assert e.key == "inbound[0].idle_timeout" and e.line == 5, (e.key, e.line)

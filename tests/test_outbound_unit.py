@@ -311,3 +311,4 @@ def test_connections_over_the_limit_are_reset(events: list[dict[str, Any]]) -> N
         transports.append(t)
     assert [t.aborted for t in transports] == [False, False, True]
     assert events[-1]["outcome"] == "overload" and len(factory.active) == 2
+    assert events[-1]["client"] == "127.0.0.1:40002"  # who was refused

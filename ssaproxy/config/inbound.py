@@ -60,6 +60,7 @@ class Inbound:
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
     max_connections: int = 10000
+    idle_timeout: float = 3600.0  # a relay with no bytes either way this long is reset; 0: never
 
 
 def parse_inbound(r: Reader, policy_max: TLSVersion) -> tuple[Inbound, ...]:
@@ -116,10 +117,11 @@ def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
     handshake = r.timeout("handshake_timeout", 10.0)
     connect = r.timeout("connect_timeout", 10.0)
     max_conns = r.bounded("max_connections", 10000, 1, 1_000_000)
+    idle = r.idle("idle_timeout", 3600.0)
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
-                   handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns,
+                   handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns, idle_timeout=idle,
                    listen_port=listen_port, families=families)
 
 

@@ -54,6 +54,7 @@ class Outbound:
     sniff_timeout: float = 5.0
     max_header_bytes: int = 8192
     max_connections: int = 10000
+    idle_timeout: float = 3600.0  # a relay with no bytes either way this long is reset; 0: never
     routes: tuple[Route, ...] = ()
 
     def match(self, ip: IPAddress, port: int) -> Optional[Route]:
@@ -75,6 +76,7 @@ def parse_outbound(r: Reader) -> Outbound:
     sniff_timeout = r.timeout("sniff_timeout", d.sniff_timeout)
     max_header = r.bounded("max_header_bytes", d.max_header_bytes, 256, 65536)
     max_conns = r.bounded("max_connections", d.max_connections, 1, 1_000_000)
+    idle = r.idle("idle_timeout", d.idle_timeout)
     routes: list[Route] = []
     for i, table in enumerate(r.tables("route", "an array of tables ([[outbound.route]])")):
         route = parse_route(table, i)
@@ -87,7 +89,7 @@ def parse_outbound(r: Reader) -> Outbound:
                 "(REDIRECT delivers them to the loopback address of their own family)")
     r.done()
     return Outbound(listen=listen, connect_timeout=connect_timeout, handshake_timeout=handshake_timeout,
-                    max_connections=max_conns,
+                    max_connections=max_conns, idle_timeout=idle,
                     sniff_timeout=sniff_timeout, max_header_bytes=max_header, routes=tuple(routes))
 
 

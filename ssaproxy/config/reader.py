@@ -79,6 +79,12 @@ class Reader:
         """Seconds: greater than 0, at most 300."""
         return self.positive(name, self.take(name, float, default), 300)
 
+    def idle(self, name: str, default: float) -> float:
+        """Seconds of silence before a relay is reset: 0 (never) up to a week."""
+        value: float = self.take(name, float, default)
+        self.check(name, 0 <= value <= 604800, f"must be 0 (off) up to 604800 seconds, got {value:g}")
+        return value
+
     def bounded(self, name: str, default: int, low: int, high: int) -> int:
         value: int = self.take(name, int, default)
         self.check(name, low <= value <= high, f"must be {low}-{high}, got {value}")

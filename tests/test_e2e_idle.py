@@ -1,0 +1,73 @@
+"""Scenario: relays whose peers fall silent end, with a reset, after the listener's idle timeout.
+
+A real daemon on loopback terminates TLS in front of a plaintext echo backend, with
+`idle_timeout = 1`.  A TLS client (Python's ssl) that keeps talking more often than that is
+served; one that falls silent is reset, the backend sees a reset too, and the log says
+`idle-timeout` with the bytes that crossed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.api_harness import free_port
+from tests.lab import PEERS, _twistd, poll, stop, wait_for_text
+from tests.pki import PKI
+
+
+@pytest.fixture
+def front(pki: PKI, tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    good = pki.server("good")
+    port, backend_port = free_port(), free_port()
+    backend_log = tmp_path / "backend.log"
+    with backend_log.open("wb") as out:
+        backend = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1", str(backend_port), "echo"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    config = tmp_path / "ssaproxy.toml"
+    config.write_text(f'[[inbound]]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
+                      f'backend = "tcp:127.0.0.1:{backend_port}"\nidle_timeout = 1\n'
+                      f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_text(backend_log, "READY", backend, 15)
+        wait_for_text(log, "ssaproxy started", daemon, 20)
+        yield port, log, backend_log
+    finally:
+        stop(daemon)
+        stop(backend)
+
+
+def _client(pki: PKI, port: int) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cadata=pki.root_pem.read_text())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(sock, server_hostname="backend.test", suppress_ragged_eofs=False)
+
+
+def test_a_chatty_client_is_served_and_a_silent_one_is_reset(pki: PKI, front: tuple[int, Path, Path]) -> None:
+    port, log, backend_log = front
+    with _client(pki, port) as s:
+        for n in range(6):  # 6 round trips 0.4 s apart: 2.4 s in all, never 1 s of silence
+            s.sendall(b"ping%d" % n)
+            assert s.recv(100) == b"ping%d" % n
+            time.sleep(0.4)
+        started = time.monotonic()
+        with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
+            s.recv(100)  # silence: the daemon resets us between 1 and 1.25 s (+ scheduling)
+        assert time.monotonic() - started < 5
+    event = poll(lambda: [e for e in log.read_text().splitlines() if " idle-timeout: " in e])
+    assert event and "bytes_in=30" in event[-1] and "bytes_out=30" in event[-1], log.read_text()[-2000:]
+    backend: list[dict[str, Any]] = poll(lambda: [json.loads(x) for x in backend_log.read_text().splitlines()
+                                                  if x.startswith("{")])
+    assert backend and "error" in backend[-1], backend  # the backend saw a reset, not a FIN
