@@ -296,7 +296,7 @@ class Lifecycle:
             return
         out, in_, since = self._idle
         now = self.reactor.seconds()
-        if (rl.bytes_out, rl.bytes_in) != (out, in_):
+        if rl.draining or (rl.bytes_out, rl.bytes_in) != (out, in_):  # draining has a bound of its own
             self._idle = (rl.bytes_out, rl.bytes_in, now)
         elif now - since >= timeout:
             self._timers.pop("idle", None)

@@ -8,8 +8,10 @@ It adds to a naive port-forwarder the three things a TLS proxy owes its users:
   `shutdown_write` (close_notify or FIN), while the other direction keeps flowing;
 * honest endings: only a clean end on the far side (close_notify, then FIN) ends the near side
   with a FIN.  A far side that resets, or stops without close_notify (truncation), makes us
-  reset the near side, so a program sees an error, never a silently truncated stream.  A near
-  side that goes away uncleanly makes us reset the far side.
+  reset the near side, so a program sees an error, never a silently truncated stream — but
+  only once the near side has taken every byte that arrived before the failure (bounded by
+  DRAIN_TIMEOUT), so a slow reader loses nothing that was received.  A near side that goes
+  away uncleanly makes us reset the far side.
 
 The splice is symmetric in its mechanics; the two ends differ only in whose ending names the
 outcome: `near` is the side the connection was made for (the redirected program, the program's
@@ -18,11 +20,13 @@ carrier, the inbound TLS client), `far` the side we opened for it.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from ssaproxy.streams import End, How, TCPTransport, graceful_close
+from ssaproxy.streams import End, How, TCPTransport, graceful_close, unsent
 
 Done = Callable[[str, Optional[str]], None]
+DRAIN_TIMEOUT = 10.0  # seconds a slow reader gets to take what arrived before its peer failed
+_DRAIN_POLL = 0.02
 
 
 class _PauseOnly:
@@ -62,6 +66,8 @@ class Relay:
         self.bytes_in = 0  # far -> near
         self.eof: dict[End, bool] = {near: False, far: False}
         self.finished = False
+        self.draining = False  # the far side failed; the near side is taking what is queued
+        self._failure: tuple[str, Optional[str]] = ("reset", None)
 
     def start(self, near_held: bytes = b"", near_eof: bool = False,
               far_held: bytes = b"", far_eof: bool = False) -> None:
@@ -88,6 +94,8 @@ class Relay:
         pass
 
     def end_data(self, end: End, data: bytes) -> None:
+        if self.draining:
+            return  # the far side is gone: nowhere to send it
         if end is self.near:
             self.bytes_out += len(data)
         else:
@@ -95,7 +103,7 @@ class Relay:
         self._other(end).write(data)
 
     def end_eof(self, end: End) -> None:
-        if self.finished or self.eof[end]:
+        if self.finished or self.draining or self.eof[end]:
             return
         self.eof[end] = True
         other = self._other(end)
@@ -115,7 +123,9 @@ class Relay:
             return
         other = self._other(end)
         self._unregister()
-        if end is self.far and how == How.CLEAN:
+        if end is self.near and self.draining:
+            self._finish(*self._failure)  # the program left while taking the rest
+        elif end is self.far and how == How.CLEAN:
             # Orderly end of the far side: whatever the near side still sends has nowhere to go.
             other.close()
             self._finish("closed", None)
@@ -125,8 +135,33 @@ class Relay:
             other.abort()
             self._finish("client-reset", detail or "connection closed before both directions ended")
         else:
-            other.abort()
-            self._finish(str(how), detail)
+            self._drain_then_reset(str(how), detail)
+
+    def _drain_then_reset(self, outcome: str, detail: Optional[str]) -> None:
+        """The far side failed: reset the near side once it has every byte queued for it."""
+        near = self.near
+        reactor: Any = getattr(near.transport, "reactor", None)
+        if reactor is None or not near.connected or unsent(near.transport) == 0:
+            near.abort()
+            self._finish(outcome, detail)
+            return
+        self.draining = True
+        self._failure = (outcome, detail)
+        near.tcp.pauseProducing()  # what the program still sends has nowhere to go
+        deadline = reactor.seconds() + DRAIN_TIMEOUT
+
+        def check() -> None:
+            if self.finished:
+                return
+            left = unsent(near.transport) if near.connected else 0
+            if left and reactor.seconds() < deadline:
+                reactor.callLater(_DRAIN_POLL, check)
+                return
+            self.bytes_in -= left  # the record counts what the program was sent
+            near.abort()
+            self._finish(outcome, detail)
+
+        reactor.callLater(_DRAIN_POLL, check)
 
     # ---- endings
     def _unregister(self) -> None:

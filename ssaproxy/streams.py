@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import socket
 import struct
+import termios
 from typing import Any, Optional, cast
 from typing import Protocol as TypingProtocol
 
@@ -90,6 +92,21 @@ def _linger(transport: object, value: bytes) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+
+
+def unsent(transport: object) -> int:
+    """Bytes written to a connection that the peer's kernel has not acknowledged yet: what
+    Twisted still buffers plus the socket's send queue (SIOCOUTQ).  Once it is 0, a reset no
+    longer destroys anything: the peer reads every byte, then ECONNRESET."""
+    # Twisted keeps no public count of its write buffer; these are FileDescriptor's own fields
+    # (tests/test_relay.py notices if they change).
+    n = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
+    n += getattr(transport, "_tempDataLen", 0)
+    sock = _socket(transport)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return n
 
 
 def reset(transport: object) -> None:

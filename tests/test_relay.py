@@ -9,10 +9,11 @@ from typing import Optional
 
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from ssaproxy.relay import Relay
-from ssaproxy.streams import KEEPALIVE, End, How, TCPEnd
+from ssaproxy.relay import DRAIN_TIMEOUT, Relay
+from ssaproxy.streams import KEEPALIVE, End, How, TCPEnd, unsent
 from tests.memtls import Transport
 
 
@@ -149,6 +150,72 @@ def test_connected_ends_reset_on_death_and_keep_alive() -> None:
         assert struct.unpack("ii", server.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 0)
         for level, option, value in KEEPALIVE:
             assert server.getsockopt(level, option) == value
+    finally:
+        for s in (listener, client, server):
+            s.close()
+
+
+class Pending(Transport):
+    """A transport whose write buffer we control, on a clock, as Twisted's TCP transports are."""
+
+    def __init__(self, reactor: Clock) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self._tempDataLen = 0
+
+
+def drained_ends() -> tuple[Ends, Clock, Pending]:
+    clock = Clock()
+    e = Ends()
+    pending = Pending(clock)
+    e.near = TCPEnd()
+    e.near.makeConnection(pending)
+    e.relay = Relay(e.near, e.far, e.done)
+    e.relay.start()
+    return e, clock, pending
+
+
+def test_after_a_far_failure_the_near_side_gets_what_is_queued_then_the_reset() -> None:
+    e, clock, pending = drained_ends()
+    e.far.dataReceived(b"x" * 1000)
+    pending._tempDataLen = 1000  # still in the write buffer
+    e.far.connectionLost(Failure(ConnectionLost("peer reset")))
+    assert not pending.aborted and e.outcome is None and e.relay.draining
+    e.near.dataReceived(b"late")  # the program's bytes have nowhere to go now
+    assert e.far_t.value() == b""
+    clock.advance(1)
+    assert not pending.aborted
+    pending._tempDataLen = 0  # taken
+    clock.advance(0.05)
+    assert pending.aborted and e.outcome is not None and e.outcome[0] == "reset"
+    assert e.relay.bytes_in == 1000
+
+
+def test_a_reader_that_never_takes_the_rest_is_reset_after_the_drain_timeout() -> None:
+    e, clock, pending = drained_ends()
+    e.far.dataReceived(b"x" * 1000)
+    pending._tempDataLen = 400
+    e.far.connectionLost(Failure(ConnectionLost("peer reset")))
+    clock.advance(DRAIN_TIMEOUT + 1)
+    assert pending.aborted and e.outcome is not None and e.outcome[0] == "reset"
+    assert e.relay.bytes_in == 600  # the record counts what the program was sent
+
+
+def test_unsent_counts_the_kernel_send_queue() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        server.setblocking(False)
+        sent = 0
+        for _ in range(1000):  # bounded: until the kernel takes no more
+            try:
+                sent += server.send(b"y" * 65536)
+            except BlockingIOError:
+                break
+        assert unsent(Transport(sock=server)) > 0
+        assert unsent(Transport(sock=client)) == 0
     finally:
         for s in (listener, client, server):
             s.close()
