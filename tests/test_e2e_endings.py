@@ -3,6 +3,8 @@
 A real daemon on loopback terminates TLS in front of a plaintext backend (tests/peers/backend.py).
 - With `idle_timeout = 1`, a client that keeps talking more often than that is served; one that
   falls silent is reset, the backend sees a reset too, and the log says `idle-timeout`.
+- A client that trickles its handshake a byte at a time is reset at `handshake_timeout`, and
+  the backend never hears of it: progress, not activity, is what keeps a connection.
 - A backend that sends a large response and then resets: a slow-reading client still gets every
   byte the daemon received before the reset, then the reset (never a clean end), and the log's
   byte count is what the client was sent.
@@ -40,7 +42,7 @@ def front(pki: PKI, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
                                    stdout=out, stderr=subprocess.STDOUT)
     config = tmp_path / "ssaproxy.toml"
     config.write_text(f'[[inbound]]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
-                      f'backend = "tcp:127.0.0.1:{backend_port}"\nidle_timeout = 1\n'
+                      f'backend = "tcp:127.0.0.1:{backend_port}"\nidle_timeout = 1\nhandshake_timeout = 2\n'
                       f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
@@ -105,3 +107,27 @@ def test_a_slow_reader_gets_every_byte_before_the_reset(pki: PKI, front: tuple[i
     # reach the daemon (megabytes, with the client reading slowly) reached the client.
     relayed = int(re.search(r" bytes_out=(\d+) ", event[-1]).group(1))  # type: ignore[union-attr]
     assert received == relayed > 1_000_000, (received, relayed)
+
+
+def test_a_trickling_handshake_is_cut_at_the_handshake_timeout(pki: PKI, front: tuple[int, Path, Path]) -> None:
+    port, log, backend_log = front
+    out = ssl.MemoryBIO()
+    hello = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname="backend.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    client_hello = out.read()
+    started = time.monotonic()
+
+    def trickle(s: socket.socket) -> None:
+        for byte in client_hello:  # one byte every 0.1 s: always active, never done
+            s.send(bytes([byte]))
+            time.sleep(0.1)
+        s.recv(1)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s, \
+            pytest.raises((ConnectionResetError, BrokenPipeError)):
+        trickle(s)
+    assert time.monotonic() - started < 6
+    event = poll(lambda: [e for e in log.read_text().splitlines() if " handshake-timeout: " in e])
+    assert event, log.read_text()[-2000:]
+    assert "READY" in backend_log.read_text() and "{" not in backend_log.read_text()  # never connected
