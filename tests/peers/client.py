@@ -87,7 +87,14 @@ def _send(s: socket.socket, args: argparse.Namespace) -> None:
         s.close()
         raise _Done("sent-reset")
     if args.shutdown:
-        s.shutdown(socket.SHUT_WR)
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            # Linux answers ENOTCONN when a reset already ended the connection (a FIN never
+            # does that): report it as the reset it is.
+            if e.errno == errno.ENOTCONN:
+                raise ConnectionResetError(errno.ECONNRESET, "reset before our shutdown") from e
+            raise
 
 
 def _read(s: socket.socket, args: argparse.Namespace, got: _Received) -> str:
