@@ -6,7 +6,7 @@ Programs use the client library from here (standard library only):
     s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 """
 
-from ssaproxy.client import (  # noqa: F401 - the library's public names
+from ssaproxy.client import (
     DEFAULT_SOCKET,
     TLS_UPGRADE_CLIENT,
     TLS_UPGRADE_SERVER,
@@ -17,6 +17,11 @@ from ssaproxy.client import (  # noqa: F401 - the library's public names
     uninstall,
     upgrade,
 )
-from ssaproxy.proto.options import *  # noqa: F401,F403 - IPPROTO_TLS, TLS_* options, AF_HOSTNAME, ...
+from ssaproxy.proto import options
+from ssaproxy.proto.options import *  # noqa: F403 - IPPROTO_TLS, TLS_* options, AF_HOSTNAME, ...
 
 __version__ = "0.1.0"
+
+__all__ = ["DEFAULT_SOCKET", "TLS_UPGRADE_CLIENT", "TLS_UPGRADE_SERVER", "Context", "install", "socket",
+           "socket_path", "uninstall", "upgrade"]
+__all__ += options.__all__

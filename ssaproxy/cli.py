@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-from ssaproxy import netfilter
+from ssaproxy import __version__, netfilter
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.load import read_config
 
@@ -27,7 +27,11 @@ def _uid(value: Optional[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="ssaproxy", description="TLS as a system service.")
+    parser = argparse.ArgumentParser(
+        prog="ssaproxy", description="TLS as a system service: the companion command of the ssaproxy daemon "
+        "(`twistd ssaproxy`), which upgrades redirected plaintext connections to verified TLS, terminates "
+        "TLS in front of local services, and serves TLS sockets to programs (docs/api.md).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.python import usage
 
+from ssaproxy import __version__
 from ssaproxy.errors import ConfigError
 from ssaproxy.service import make_service
 from ssaproxy.tls.load import read_config
@@ -12,7 +13,7 @@ from ssaproxy.tls.load import read_config
 
 class Options(usage.Options):
     synopsis = "[--config FILE]"
-    longdesc = ("Run the ssaproxy daemon.  Without --config it runs on the embedded default "
+    longdesc = (f"Run the ssaproxy {__version__} daemon.  Without --config it runs on the embedded default "
                 "(loopback listener, system trust store, TLS 1.2+).")
     optParameters = [["config", "c", None, "TOML configuration file"]]
 

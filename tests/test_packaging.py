@@ -20,7 +20,19 @@ def test_wheel_ships_the_plugin_without_shadowing_twisted(tmp_path: Path) -> Non
     # An __init__.py here would replace Twisted's own package and break every other plugin.
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert {"ssaproxy/tls/verify.py", "ssaproxy/outbound.py", "ssaproxy/proto/wire.py", "ssaproxy/api/server.py",
-            "ssaproxy/client/__init__.py", "twisted/plugins/ssaproxy_endpoint.py"} <= names
+            "ssaproxy/client/__init__.py", "twisted/plugins/ssaproxy_endpoint.py", "ssaproxy/py.typed"} <= names
+
+
+def test_a_users_type_checker_sees_the_library(tmp_path: Path) -> None:
+    program = tmp_path / "client.py"
+    program.write_text("import socket\n\nimport ssaproxy\n\n"
+                       "s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)\n"
+                       "s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_REMOTE_HOSTNAME, b'example.com')\n"
+                       "version: int = ssaproxy.TLS1_3_VERSION\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(program)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_twistd_finds_the_plugin_outside_the_source_tree(tmp_path: Path) -> None:
