@@ -54,7 +54,11 @@ _LEGAL: dict[State, frozenset[State]] = {
 
 
 def connect_outcome(reason: Failure) -> str:
-    """One vocabulary for a far end that could not be reached."""
+    """One vocabulary for a far end that could not be reached.  Out of file descriptors for the
+    far end's socket (Twisted's ConnectBindError carries the errno) is the daemon's overload, not
+    the peer's fault."""
+    if getattr(reason.value, "osError", None) in (errno.EMFILE, errno.ENFILE):
+        return "overload"
     if reason.check(error.ConnectionRefusedError):
         return "connect-refused"
     if reason.check(error.TimeoutError):

@@ -10,11 +10,12 @@ import socket
 import stat
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.logger import Logger
 
 from ssaproxy.api.server import ApiFactory
-from ssaproxy.config import Api, Config
+from ssaproxy.capacity import Capacity, Listener, Overload
+from ssaproxy.config import Api, Config, ListenAddress
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls.context import client_context
@@ -151,16 +152,20 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
             client_context(config.policy, route.client_certificate, route.client_key)
 
     top = service.MultiService()
+    overload = Overload(reactor)
+    Capacity(config, overload).setServiceParent(top)  # first: the fd limit is raised before anything listens
     factories: list[Any] = []
     if config.outbound.listen:
         factory = OutboundFactory(config, reactor)
         factories.append(factory)
         for description in config.outbound.listen:
-            strports.service(description, factory, reactor=reactor).setServiceParent(top)
+            address = ListenAddress.parse(description, "outbound.listen")
+            Listener(address, factory, reactor, overload).setServiceParent(top)
     for inbound in config.inbound:
         inbound_factory = InboundFactory(inbound, config.policy, reactor)  # builds its TLS contexts now
         factories.append(inbound_factory)
-        strports.service(inbound.listen, inbound_factory, reactor=reactor).setServiceParent(top)
+        address = ListenAddress.parse(inbound.listen, f"inbound.{inbound.name}.listen")
+        Listener(address, inbound_factory, reactor, overload).setServiceParent(top)
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor)
         factories.append(api_factory)

@@ -101,6 +101,8 @@ def test_timers_are_disarmed_once_relaying(world: Any) -> None:
     (error.NoRouteError(), "unreachable"),
     (error.ConnectError(osError=113), "unreachable"),
     (error.ConnectError("something else"), "connect-failed"),
+    (error.ConnectBindError(24, "Too many open files"), "overload"),  # EMFILE: socket() failed
+    (error.ConnectBindError(23, "Too many open files in system"), "overload"),  # ENFILE
 ])
 def test_one_vocabulary_for_unreachable_peers(world: Any, failure: Exception, outcome: str) -> None:
     assert connect_outcome(Failure(failure)) == outcome

@@ -22,7 +22,7 @@ from ssaproxy.config.document import (
     Iptables,
     Policy,
 )
-from ssaproxy.config.endpoints import IPAddress, Listener, is_valid_hostname, parse_listener
+from ssaproxy.config.endpoints import IPAddress, ListenAddress, Listener, is_valid_hostname, parse_listener
 from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, TLS_VERSIONS, Action, HostnameSource, TLSVersion
 from ssaproxy.config.inbound import CLIENT_AUTH, PROFILE_MIN_VERSION, Backend, Certificate, Inbound
 from ssaproxy.config.outbound import Outbound, Route
@@ -30,6 +30,6 @@ from ssaproxy.config.outbound import Outbound, Route
 __all__ = [
     "ACTIONS", "CLIENT_AUTH", "DEFAULT_API_SOCKET", "DEFAULT_CIPHERS", "DEFAULT_CIPHERSUITES", "DEFAULT_CONFIG_TOML",
     "DEFAULT_GROUPS", "DEFAULT_SOURCE", "HOSTNAME_SOURCES", "PROFILE_MIN_VERSION", "TLS_VERSIONS", "Action", "Api",
-    "Backend", "Certificate", "Config", "HostnameSource", "IPAddress", "Inbound", "Iptables", "Listener", "Outbound",
-    "Policy", "Route", "TLSVersion", "is_valid_hostname", "parse_listener",
+    "Backend", "Certificate", "Config", "HostnameSource", "IPAddress", "Inbound", "Iptables", "ListenAddress",
+    "Listener", "Outbound", "Policy", "Route", "TLSVersion", "is_valid_hostname", "parse_listener",
 ]

@@ -51,12 +51,41 @@ def endpoint_facts(description: str, key: str) -> tuple[str, int, Optional[IPAdd
     if set(keywords) - {"port", "interface", "backlog"} or len(positional) > 3:
         raise ConfigError(key, f"cannot parse {description!r} (IPv6 addresses need their colons escaped: "
                                "interface=\\:\\:1)")
+    listen_backlog(description, key)
     if interface is None:
         return kind, int(port_text), None
     try:
         return kind, int(port_text), ipaddress.ip_address(interface)
     except ValueError:
         raise ConfigError(key, f"interface {interface!r} in {description!r} is not an IP address") from None
+
+
+def listen_backlog(description: str, key: str) -> Optional[int]:
+    """The listen queue length the admin wrote in a listener's endpoint string (None: not given,
+    the daemon uses the kernel's somaxconn)."""
+    kind, positional, keywords = endpoint_fields(description)
+    slot = 2 if kind == "tcp" else 1  # tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG:INTERFACE
+    text = keywords.get("backlog") or (positional[slot] if len(positional) > slot else None)
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,7}", text) or not 0 < int(text) <= 1_000_000:
+        raise ConfigError(key, f"backlog {text!r} in {description!r} must be a positive integer")
+    return int(text)
+
+
+@attrs.frozen(kw_only=True)
+class ListenAddress:
+    """Where a TCP listener binds, and its queue: what Twisted's tcp/tcp6 server endpoints take."""
+
+    port: int
+    interface: str  # "" (every IPv4 address), "::" (every address, IPv4 and IPv6), or an address
+    backlog: Optional[int]
+
+    @classmethod
+    def parse(cls, description: str, key: str) -> ListenAddress:
+        kind, port, address = endpoint_facts(description, key)
+        interface = str(address) if address is not None else "::" if kind == "tcp6" else ""
+        return cls(port=port, interface=interface, backlog=listen_backlog(description, key))
 
 
 def parse_listener(description: str) -> Listener:

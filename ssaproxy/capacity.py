@@ -1,0 +1,232 @@
+"""Capacity that matches the limits: listen queues as long as the kernel allows, an open files
+limit raised to what the caps need (or a warning that it cannot be), and running out of file
+descriptors handled as an overload.
+
+Theory of operation (fd exhaustion).  Twisted's `tcp.Port` already keeps one spare descriptor
+for EMFILE, but spends it on closing each waiting connection with a FIN (a client reads that as
+an empty, complete answer), logs one line per connection, and on ENFILE, or without its spare,
+leaves the listener readable: the reactor calls accept again at once, a busy loop while the
+clients hang.  Here every TCP listener's socket is a `_Socket` whose accept, on EMFILE or ENFILE,
+hands the queue to the daemon's one `Overload`: it spends the spare descriptor it holds
+(`kernel.FdReserve`) to accept and reset (SO_LINGER 0) each waiting connection, takes the spare
+back, counts, and writes one line per burst.  Then the accept reports EAGAIN, so Twisted's loop
+ends quietly.  Without a spare (something else took the slot) the listener pauses briefly
+instead of spinning; its queue waits.  A connection that was accepted but whose far end cannot
+get a socket is refused as `overload` by the lifecycle (`connect_outcome`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any, Callable, Optional
+
+import attrs
+from twisted.application import service
+from twisted.internet import tcp
+from twisted.logger import Logger
+
+from ssaproxy import kernel
+from ssaproxy.config import Config, ListenAddress
+
+FD_PER_CONNECTION = 2  # the near end and the far end
+FD_RESERVE = 64  # listeners, log files, stdio, the spare, DNS and trust store reads
+REPORT_WINDOW = 1.0  # seconds: one log line per burst of resets, at most one a second
+PAUSE = 0.1  # seconds a listener rests when there is no spare descriptor to reset with
+RESET_BATCH = 1000  # waiting connections reset per accept call (the reactor serves others in between)
+
+
+@attrs.frozen(kw_only=True)
+class FdBudget:
+    """What the connection caps cost in file descriptors."""
+
+    caps: tuple[tuple[str, int], ...]  # (config key, cap)
+    reserve: int = FD_RESERVE
+
+    @classmethod
+    def from_config(cls, config: Config) -> FdBudget:
+        caps: list[tuple[str, int]] = []
+        if config.outbound.listen:
+            caps.append(("outbound.max_connections", config.outbound.max_connections))
+        caps += [(f"inbound.{i.name}.max_connections", i.max_connections) for i in config.inbound]
+        if config.api is not None:
+            caps.append(("api.max_sessions", config.api.max_sessions))
+        return cls(caps=tuple(caps))
+
+    @property
+    def needed(self) -> int:
+        return FD_PER_CONNECTION * sum(cap for _, cap in self.caps) + self.reserve
+
+    def shortfall(self, limit: int) -> Optional[str]:
+        """Why `limit` descriptors cannot carry every cap at once (None: they can)."""
+        if self.needed <= limit:
+            return None
+        caps = ", ".join(f"{key}={cap}" for key, cap in self.caps)
+        room = max(0, (limit - self.reserve) // FD_PER_CONNECTION)
+        return (f"the connection caps ({caps}) need {self.needed} file descriptors ({FD_PER_CONNECTION} per "
+                f"connection plus {self.reserve} in reserve) but the open files limit is {limit}: beyond about "
+                f"{room} connections at once new ones are reset (raise LimitNOFILE or lower the caps)")
+
+
+class Overload:
+    """The daemon's spare descriptor and its account of connections reset for lack of one."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.reserve = kernel.FdReserve()
+        self.reset = 0
+        self.paused = 0
+        self.causes: set[str] = set()
+        self.listeners: set[int] = set()
+        self._report: Any = None
+
+    def start(self) -> None:
+        self.reserve.acquire()
+
+    def stop(self) -> None:
+        if self._report is not None and self._report.active():
+            self._report.cancel()
+            self.report()
+        self.reserve.release()
+
+    def exhausted(self, listener: socket.socket, port: int, err: int) -> bool:
+        """`listener`'s accept failed for lack of descriptors: reset what waits.  False if there
+        was no spare to do it with (the caller pauses the listener)."""
+        count = kernel.reset_waiting(listener, self.reserve, RESET_BATCH)
+        if count is None:
+            self.paused += 1
+        else:
+            self.reset += count
+        self.causes.add(errno.errorcode.get(err, str(err)))
+        self.listeners.add(port)
+        if self._report is None:
+            self._report = self.reactor.callLater(REPORT_WINDOW, self.report)
+        return count is not None
+
+    def report(self) -> None:
+        self._report = None
+        self.log.warn("listeners {listeners} overload: out of file descriptors ({cause}), {count} waiting "
+                      "connections reset and {paused} pauses without a spare descriptor in {window}s; "
+                      "open files limit {limit}",
+                      outcome="overload", listeners=",".join(map(str, sorted(self.listeners))),
+                      cause="/".join(sorted(self.causes)), count=self.reset, paused=self.paused,
+                      window=REPORT_WINDOW, limit=kernel.open_files_limit())
+        self.reset = self.paused = 0
+        self.causes.clear()
+        self.listeners.clear()
+
+
+class _Socket(socket.socket):
+    """A listening socket whose accept, out of descriptors, has the waiting connections reset
+    and then reports that nothing is left to accept."""
+
+    exhausted: Optional[Callable[[int], None]] = None
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().accept()
+        except OSError as e:
+            if e.errno not in kernel.FD_EXHAUSTED or self.exhausted is None:
+                raise
+            self.exhausted(e.errno)
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from None
+
+
+class Port(tcp.Port):
+    """Twisted's TCP port, with fd exhaustion handled as an overload (see the module docstring)."""
+
+    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload) -> None:
+        backlog = address.backlog or kernel.somaxconn()
+        super().__init__(address.port, factory, backlog, address.interface, reactor)
+        self.clock: Any = reactor
+        self.overload = overload
+        self._resume: Any = None
+
+    def createInternetSocket(self) -> socket.socket:
+        plain = super().createInternetSocket()
+        sock = _Socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        sock.setblocking(False)
+        sock.exhausted = self._exhausted
+        return sock
+
+    def _exhausted(self, err: int) -> None:
+        if not self.overload.exhausted(self.socket, self._realPortNumber or 0, err) and self._resume is None:
+            self.stopReading()
+            self._resume = self.clock.callLater(PAUSE, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self.connected and not self.disconnecting:
+            self.overload.reserve.acquire()
+            self.startReading()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        super().connectionLost(reason)
+
+
+class Listener(service.Service):
+    """One TCP listener (what `strports.service` gives for a tcp/tcp6 endpoint string, with our
+    port): it listens in privilegedStartService, before twistd drops privileges."""
+
+    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload) -> None:
+        self.address = address
+        self.factory = factory
+        self.reactor = reactor
+        self.overload = overload
+        self.port: Optional[Port] = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None:
+            self.port = Port(self.address, self.factory, self.reactor, self.overload)
+            self.port.startListening()
+
+    def startService(self) -> None:
+        super().startService()
+        self.privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+class Capacity(service.Service):
+    """First to start: raise the open files limit, hold the spare descriptor, and say whether the
+    connection caps fit in the limit."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, overload: Overload) -> None:
+        self.budget = FdBudget.from_config(config)
+        self.overload = overload
+        self.raised = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.raised:
+            return
+        self.raised = True
+        before, after, hard = kernel.raise_open_files_limit()
+        self.log.info("open files limit: {before} -> {after} (hard limit {hard}); listen backlog {backlog} "
+                      "unless a listener sets one", before=before, after=after, hard=hard,
+                      backlog=kernel.somaxconn())
+        problem = self.budget.shortfall(after)
+        if problem is not None:
+            self.log.warn("{problem}", problem=problem, needed=self.budget.needed, limit=after)
+        self.overload.start()
+
+    def startService(self) -> None:
+        super().startService()
+        self.privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.overload.stop()
+        return None
