@@ -62,8 +62,9 @@ class ApiDaemon:
         self.proc: Optional[subprocess.Popen[Any]] = None
         self.procs: list[subprocess.Popen[Any]] = []
 
-    def start(self) -> "ApiDaemon":
-        self.proc = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(self.config)],
+    def start(self, prefix: Sequence[str] = ()) -> "ApiDaemon":
+        """`prefix`: a command to run twistd under (`prlimit --nofile=256:256 --`, say)."""
+        self.proc = subprocess.Popen([*prefix, _twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(self.config)],
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=self.directory)
         wait_for_text(self.log, "ssaproxy started", self.proc, 20)
         return self

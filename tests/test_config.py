@@ -812,6 +812,15 @@ def test_api_table_defaults_and_the_embedded_default_serves_it() -> None:
     ('group = "no-such-group-here"', "api.group", "no such group"),
     ("handshake_timeout = 0", "api.handshake_timeout", "greater than 0"),
     ("max_sessions = true", "api.max_sessions", "expected an integer"),
+    ("hello_timeout = 0", "api.hello_timeout", "greater than 0"),
+    ("frame_timeout = 301", "api.frame_timeout", "at most 300"),
+    ("idle_timeout = -1", "api.idle_timeout", "greater than 0"),
+    ("session_idle_timeout = -1", "api.session_idle_timeout", "0 (never)"),
+    ("max_controls = 0", "api.max_controls", "must be 1-"),
+    ("max_controls_per_uid = 0", "api.max_controls_per_uid", "must be 1-"),
+    ("max_sessions_per_uid = 1.5", "api.max_sessions_per_uid", "expected an integer"),
+    ("max_fds_in_flight_per_uid = 0", "api.max_fds_in_flight_per_uid", "must be 1-"),
+    ("max_buffer_per_uid = 1024", "api.max_buffer_per_uid", "must be 1048580-"),
     ("sockets = 1", "api.sockets", "unknown key"),
 ])
 def test_api_table_errors_name_key_and_line(body: str, key: str, message: str) -> None:

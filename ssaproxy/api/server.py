@@ -10,13 +10,26 @@ its bound, listening TCP socket; this connection then delivers ACCEPTED frames, 
 carrier, and takes one ACK per ACCEPTED).  Anything malformed or out of order gets an ERROR
 frame and the connection is closed; other programs are not affected.  The daemon never opens
 a file for a program: certificates and keys come as PEM bytes, sockets as file descriptors.
+
+Fair shares: the socket may be open to every local user, so nothing a program does may hold
+the daemon's descriptors or memory for long or beyond its user's share.  Deadlines: HELLO
+within `hello_timeout`, each request's bytes within `frame_timeout` of its first byte, and a
+control connection with nothing going on (no request being read; a listener's is exempt) is
+closed after `idle_timeout`.  Shares (`quota.Ledger`, by SO_PEERCRED uid): a control
+connection is taken in connectionMade and given back in connectionLost; a session is taken
+in `_session` and given back by the session's end (`TLSSession.on_finish`, exactly once); the
+descriptors in flight and the bytes buffered are this connection's current charge, set again
+after each input (`_recharge`) and set to zero in connectionLost.  Every refusal is logged
+with who it refused (pid, uid, gid, executable) and why.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import itertools
+import resource
 import socket
 from typing import Any, Optional
 
@@ -30,6 +43,7 @@ from zope.interface import implementer
 from ssaproxy.addresses import host_port
 from ssaproxy.api.carrier import Carrier
 from ssaproxy.api.handover import Acceptor, close_fd, no_linger, take
+from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
 from ssaproxy.api.session import Creds, Limits, TLSSession, adopt_carrier
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
 from ssaproxy.config import Api, Policy, is_valid_hostname
@@ -42,20 +56,39 @@ from ssaproxy.tls.verify import ClientCheck
 
 _MIN_UNACKED, _MAX_UNACKED = 16, 128  # accepted connections delivered, not yet taken: BACKLOG within these
 _MAX_HANDSHAKES = 256  # per listener: TLS handshakes in progress
-_MAX_LISTENERS = 128  # each has an accept thread
 _control_ids = itertools.count(1)
+_UNSET = -2
+
+
+def caps_of(api: Api) -> Caps:
+    R = Resource
+    return Caps(total={R.CONTROLS: api.max_controls, R.SESSIONS: api.max_sessions, R.FDS: api.max_fds_in_flight,
+                       R.BUFFER: api.max_buffer},
+                per_uid={R.CONTROLS: api.max_controls_per_uid, R.SESSIONS: api.max_sessions_per_uid,
+                         R.FDS: api.max_fds_in_flight_per_uid, R.BUFFER: api.max_buffer_per_uid})
+
+
+def fd_limit() -> Optional[int]:
+    """The daemon's soft RLIMIT_NOFILE (None: unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 class ApiFactory(Factory):
     noisy = False
+    log = Logger()
 
-    def __init__(self, api: Api, policy: Policy, reactor: Any) -> None:
+    def __init__(self, api: Api, policy: Policy, reactor: Any, nofile: Optional[int] = _UNSET) -> None:
         self.api = api
         self.policy = policy
         self.reactor = reactor
-        self.limits = Limits(api.connect_timeout, api.handshake_timeout)
+        self.limits = Limits(api.connect_timeout, api.handshake_timeout, api.session_idle_timeout)
         self.active: set[Any] = set()  # TLS sessions and listeners, for shutdown
-        self.controls = 0
+        caps, why = fit_to_fd_budget(caps_of(api), fd_limit() if nofile == _UNSET else nofile)
+        if why is not None:
+            self.log.warn("api limits lowered to fit the descriptor budget: {detail}", detail=why)
+        self.caps = caps
+        self.ledger = Ledger(caps)  # what each uid holds
 
     def buildProtocol(self, addr: Any) -> "Control":
         return Control(self)
@@ -79,20 +112,30 @@ class Control(Protocol):
         self.closed = False
         self.paused = False
         self.control_id = next(_control_ids) & 0x7FFFFFFF
+        self.uid = -1
+        self.counted = False  # holds one of its uid's control connections
+        self.charged = {Resource.FDS: 0, Resource.BUFFER: 0}  # its part of its uid's ledger now
+        self.timers: dict[str, Any] = {}  # hello, frame, idle
 
     # ---- Twisted events
     def connectionMade(self) -> None:
-        self.factory.controls += 1
-        if self.factory.controls > self.factory.api.max_sessions:
-            self._refuse(errno.EAGAIN, f"more than {self.factory.api.max_sessions} API connections")
-            return
         assert self.transport is not None
-        self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]
+        self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]  # before any refusal
+        self.uid = self.creds.uid
+        why = self.factory.ledger.take(self.uid, Resource.CONTROLS)
+        if why is not None:
+            self._refuse(errno.EAGAIN, f"too many API connections: {why}", "limit-controls")
+            return
+        self.counted = True
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        api = self.factory.api
+        self._arm("hello", api.hello_timeout, f"no HELLO within {api.hello_timeout:g}s of connecting")
 
     def pauseProducing(self) -> None:
         self.paused = True
         self.transport.stopReading()  # type: ignore[union-attr]
+        if not self.closed:
+            self._deadlines()  # no frame deadline while we do not read
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -111,6 +154,8 @@ class Control(Protocol):
             self.conn.receive_fds([descriptor])
         except c.RemoteProtocolError as e:
             self._refuse(e.errno, e.text)
+            return
+        self._recharge()
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
@@ -125,23 +170,80 @@ class Control(Protocol):
                 return
             if event is c.NEED_DATA:
                 break
+            self._disarm("idle")  # a request: re-armed below, from now
             self._handle(event)
+        self._settle()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
-        self.factory.controls -= 1
+        self._disarm()
         self._close_fds()
         for sock in self.handed:
             sock.close()
         self.handed = []
         if self.listener is not None:
             self.listener.close("program closed its listening socket")
+        ledger = self.factory.ledger
+        for res, held in self.charged.items():  # all closed above: its charge is zero now
+            ledger.charge(self.uid, res, -held)
+            self.charged[res] = 0
+        if self.counted:
+            self.counted = False
+            ledger.give(self.uid, Resource.CONTROLS)
+
+    # ---- deadlines and shares
+    def _settle(self) -> None:
+        """After input: charge what is held now, and set the deadlines that apply now."""
+        if not self.closed and self._recharge():
+            self._deadlines()
+
+    def _deadlines(self) -> None:
+        api = self.factory.api
+        if self.conn.buffered and not self.paused:  # a request is arriving (a paused one waits for us)
+            self._disarm("idle")
+            if "frame" not in self.timers:
+                self._arm("frame", api.frame_timeout, f"a request took longer than {api.frame_timeout:g}s to arrive")
+            return
+        self._disarm("frame")
+        if self.conn.phase is c.Phase.FRESH or self.listener is not None:
+            self._disarm("idle")  # the HELLO deadline runs; a listener waits for its clients
+        elif "idle" not in self.timers:
+            self._arm("idle", api.idle_timeout, f"idle for {api.idle_timeout:g}s")
+
+    def _recharge(self) -> bool:
+        """Charge this connection's descriptors in flight and buffered bytes to its uid;
+        refused (False) if that is over a share."""
+        ledger = self.factory.ledger
+        for res, now in ((Resource.FDS, self.conn.fds_held + len(self.handed)), (Resource.BUFFER, self.conn.buffered)):
+            why = ledger.charge(self.uid, res, now - self.charged[res])
+            self.charged[res] = now
+            if why is not None:
+                self._refuse(errno.EAGAIN, f"too many {res.value}: {why}", "limit-" + res.name.lower())
+                return False
+        return True
+
+    def _arm(self, name: str, seconds: float, text: str) -> None:
+        self._disarm(name)
+        self.timers[name] = self.factory.reactor.callLater(seconds, self._expired, name, text)
+
+    def _disarm(self, *names: str) -> None:
+        for name in names or tuple(self.timers):
+            timer = self.timers.pop(name, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+
+    def _expired(self, name: str, text: str) -> None:
+        self.timers.pop(name, None)
+        self._refuse(errno.ETIMEDOUT, text, f"{name}-timeout")
 
     # ---- events (the connection has checked phase, order, descriptors and version)
     def _handle(self, event: c.Event) -> None:
         try:
             self._dispatch(event)  # owns an event's fd from here on: take() and close on every path
         except ApiError as e:
+            if e.code == errno.EAGAIN:
+                self.log.warn("api request refused (limit): {detail} conn_id={conn_id} pid={pid} uid={uid} gid={gid} "
+                              "exe={exe}", detail=e.text, conn_id=self.control_id, **self._who())
             if self.conn.awaiting is not None:
                 self._reply(c.Error(e.code, e.text))
             else:  # the request was answered already (CARRIER went): nothing left to say but goodbye
@@ -150,6 +252,7 @@ class Control(Protocol):
     def _dispatch(self, event: c.Event) -> None:
         policy = self.factory.policy
         if isinstance(event, c.Hello):
+            self._disarm("hello")
             self._reply(c.Welcome(wire.VERSION, self.control_id))
         elif isinstance(event, c.SetOption):
             self.settings = apply(self.settings, policy, event.option, event.value)
@@ -214,8 +317,9 @@ class Control(Protocol):
                 raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
-            if sum(isinstance(x, Listener) for x in self.factory.active) >= _MAX_LISTENERS:
-                raise ApiError(errno.EAGAIN, f"the daemon serves {_MAX_LISTENERS} listening sockets already")
+            listeners = self.factory.caps.listeners
+            if sum(isinstance(x, Listener) for x in self.factory.active) >= listeners:
+                raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
             ctx = self._context(server=True)
             backlog = max(_MIN_UNACKED, min(event.backlog, _MAX_UNACKED))
         except BaseException:
@@ -240,8 +344,9 @@ class Control(Protocol):
     # ---- helpers
     def _start(self, op: str) -> tuple[TLSSession, Carrier]:
         """A session and its carrier, the program's end sent with CARRIER; or ApiError."""
-        if len(self.factory.active) >= self.factory.api.max_sessions:
-            raise ApiError(errno.EAGAIN, f"the daemon has {self.factory.api.max_sessions} TLS sessions open")
+        why = self.factory.ledger.over(self.uid, Resource.FDS, 1)
+        if why is not None:
+            raise ApiError(errno.EAGAIN, f"too many descriptors in flight: {why}")
         session = self._session(op, self.settings)
         try:
             carrier, program_end = _adopt_carrier(self.factory.reactor, session)
@@ -252,9 +357,20 @@ class Control(Protocol):
         return session, carrier
 
     def _session(self, op: str, settings: Settings) -> TLSSession:
+        """A session, holding one of its uid's sessions until it ends; ApiError(EAGAIN) if none is left."""
         assert self.creds is not None
-        return TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=settings,
-                          limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+        ledger = self.factory.ledger
+        why = ledger.take(self.uid, Resource.SESSIONS)
+        if why is not None:
+            raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
+        try:
+            session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=settings,
+                                 limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+        except BaseException:
+            ledger.give(self.uid, Resource.SESSIONS)
+            raise
+        session.on_finish = functools.partial(ledger.give, self.uid, Resource.SESSIONS)
+        return session
 
     def _hand(self, program_end: socket.socket, event: c.Carrier | c.Accepted) -> None:
         """Send `program_end` with its frame; it stays open here until the program has it."""
@@ -268,12 +384,16 @@ class Control(Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(self.conn.send(event))
 
-    def _refuse(self, code: int, text: str) -> None:
+    def _who(self) -> dict[str, object]:
+        return self.creds.fields() if self.creds is not None else {"pid": None, "uid": None, "gid": None, "exe": None}
+
+    def _refuse(self, code: int, text: str, outcome: str = "protocol-error") -> None:
         if self.closed:
             return
-        self.log.warn("api control connection refused: {text} pid={pid} uid={uid}", text=text,
-                      pid=self.creds.pid if self.creds else None, uid=self.creds.uid if self.creds else None)
+        self.log.warn("api control connection refused ({outcome}): {detail} conn_id={conn_id} pid={pid} uid={uid} "
+                      "gid={gid} exe={exe}", outcome=outcome, detail=text, conn_id=self.control_id, **self._who())
         self.closed = True
+        self._disarm()
         self._close_fds()
         if self.transport is not None:
             self.transport.write(self.conn.refuse(code, text))
@@ -323,14 +443,17 @@ class Listener:
     def accepted(self, conn: socket.socket) -> None:
         """In the reactor thread: one connection from the acceptor (a file nobody else holds)."""
         try:
-            if (self.closed or len(self.pending) >= _MAX_HANDSHAKES
-                    or len(self.factory.active) >= self.factory.api.max_sessions):
+            if self.closed or len(self.pending) >= _MAX_HANDSHAKES:
                 return  # closed below: the client sees its connection end at once
+            why = self.factory.ledger.over(self.control.uid, Resource.SESSIONS, 1)
+            if why is not None:
+                self._refused(f"a connection for the program's listener: too many TLS sessions: {why}")
+                return
             conn.setblocking(False)
             no_linger(conn)  # inherited from the program's listening socket: close() must not wait
             self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, OneShotFactory(
                 self._stream()))
-        except OSError as e:
+        except (OSError, ApiError) as e:
             self.control.log.warn("api listener: cannot take a connection: {e}", e=e)
         finally:
             conn.close()  # the reactor holds its own duplicate
@@ -352,16 +475,26 @@ class Listener:
         if self.closed or self.control.closed:
             session.fail("shutdown", "the program closed its listening socket")
             return
+        why = self.factory.ledger.over(self.control.uid, Resource.FDS, 1)
+        if why is not None:  # the program is not taking its connections (no ACKs)
+            self._refused(f"an accepted connection: too many descriptors in flight: {why}")
+            session.fail("overload", why)
+            return
         try:
             carrier, program_end = _adopt_carrier(self.factory.reactor, session)
         except OSError:
             return
         info = {tag - wire.INFO_BASE: raw for tag, raw in session.info_attrs.items()}
         self.control._hand(program_end, c.Accepted(session.peer, session.local, info, program_end.fileno()))
+        self.control._recharge()  # within the share: checked above
         session.splice(carrier)
         self.unacked += 1
         if self.unacked >= self.backlog:
             self.acceptor.pause(True)
+
+    def _refused(self, detail: str) -> None:
+        self.control.log.warn("api listener refused {detail} conn_id={conn_id} pid={pid} uid={uid} gid={gid} exe={exe}",
+                              detail=detail, conn_id=self.control.control_id, **self.control._who())
 
     def acked(self) -> None:
         self.unacked -= 1

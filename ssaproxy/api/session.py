@@ -41,9 +41,10 @@ __all__ = ["Creds", "Limits", "TLSSession", "adopt_carrier", "info"]
 
 
 class Limits:
-    def __init__(self, connect_timeout: float, handshake_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, handshake_timeout: float, idle_timeout: float = 0.0) -> None:
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout  # a relay with no bytes either way this long is reset; 0: never
 
 
 def adopt_carrier(reactor: Any, owner: TLSSession) -> tuple[Carrier, socket.socket]:
@@ -141,6 +142,8 @@ class TLSSession(Lifecycle):
         self._info: dict[int, bytes] = {}
         self.on_ready: Optional[Callable[[TLSSession], None]] = None  # accept: the listener hands it over
         self.on_end: Optional[Callable[[TLSSession], None]] = None  # accept: the listener forgets it
+        self.on_finish: Optional[Callable[[], None]] = None  # once, at the end: the uid's session slot back
+        self.idle_timeout = limits.idle_timeout or None
 
     # ---- starting
     def start_connect(self, carrier: Carrier, host: str, port: int, family: int) -> None:
@@ -300,6 +303,9 @@ class TLSSession(Lifecycle):
 
     def ended(self, outcome: str, detail: Optional[str]) -> None:
         on_end, self.on_end, self.on_ready = self.on_end, None, None
+        on_finish, self.on_finish = self.on_finish, None
+        if on_finish is not None:
+            on_finish()
         if on_end is not None:
             on_end(self)
         super().ended(outcome, detail)

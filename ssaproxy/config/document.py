@@ -67,6 +67,7 @@ def parse_policy(r: Reader) -> Policy:
 
 
 DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"
+LARGEST_FRAME = (1 << 20) + 4  # the API's largest frame (docs/api.md): a buffer cap must hold one
 
 
 @attrs.frozen(kw_only=True)
@@ -78,7 +79,19 @@ class Api:
     group: Optional[str] = None  # None: the daemon's own group
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
-    max_sessions: int = 10000  # control connections at once, and TLS sessions at once
+    max_sessions: int = 10000  # TLS sessions at once, all users together
+    # Fair shares (docs/api.md, "Limits"): deadlines, and caps per local user (SO_PEERCRED uid).
+    hello_timeout: float = 5.0  # from connecting to a whole HELLO
+    frame_timeout: float = 5.0  # from a request's first byte to its last
+    idle_timeout: float = 60.0  # a control connection with nothing going on (listeners exempt)
+    session_idle_timeout: float = 0.0  # a relayed session with no bytes either way; 0: never
+    max_controls: int = 1024  # control connections at once, all users together
+    max_controls_per_uid: int = 64
+    max_sessions_per_uid: int = 256
+    max_fds_in_flight: int = 1024  # descriptors received or sent and not yet paired or taken
+    max_fds_in_flight_per_uid: int = 64
+    max_buffer: int = 64 << 20  # bytes of requests not yet whole, all users together
+    max_buffer_per_uid: int = 2 << 20  # at least one largest frame (1 MiB + 4)
 
 
 def parse_api(r: Reader) -> Api:
@@ -94,9 +107,26 @@ def parse_api(r: Reader) -> Api:
     group: Optional[str] = r.take("group", str, None)
     api = Api(socket=path, mode=mode, group=group, connect_timeout=r.timeout("connect_timeout", 10.0),
               handshake_timeout=r.timeout("handshake_timeout", 10.0),
-              max_sessions=int(r.positive("max_sessions", r.take("max_sessions", int, 10000), 1_000_000)))
+              max_sessions=r.bounded("max_sessions", 10000, 1, 1_000_000),
+              hello_timeout=r.timeout("hello_timeout", 5.0), frame_timeout=r.timeout("frame_timeout", 5.0),
+              idle_timeout=r.positive("idle_timeout", r.take("idle_timeout", float, 60.0), 86400),
+              session_idle_timeout=_off_or_positive(r, "session_idle_timeout", 0.0, 86400),
+              max_controls=r.bounded("max_controls", 1024, 1, 1_000_000),
+              max_controls_per_uid=r.bounded("max_controls_per_uid", 64, 1, 1_000_000),
+              max_sessions_per_uid=r.bounded("max_sessions_per_uid", 256, 1, 1_000_000),
+              max_fds_in_flight=r.bounded("max_fds_in_flight", 1024, 1, 1_000_000),
+              max_fds_in_flight_per_uid=r.bounded("max_fds_in_flight_per_uid", 64, 1, 1_000_000),
+              max_buffer=r.bounded("max_buffer", 64 << 20, LARGEST_FRAME, 1 << 40),
+              max_buffer_per_uid=r.bounded("max_buffer_per_uid", 2 << 20, LARGEST_FRAME, 1 << 40))
     r.done()
     return api
+
+
+def _off_or_positive(r: Reader, name: str, default: float, limit: float) -> float:
+    """Seconds, or 0 for never."""
+    value: float = r.take(name, float, default)
+    r.check(name, 0 <= value <= limit, f"must be 0 (never) or seconds up to {limit:g}, got {value:g}")
+    return value
 
 
 @attrs.frozen(kw_only=True)

@@ -198,6 +198,16 @@ class Connection:
         """How many bytes complete the frame being assembled: see `wire.Decoder.wanted`."""
         return self._decoder.wanted
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken out as events (a partial frame, or frames waiting)."""
+        return self._decoder.buffered
+
+    @property
+    def fds_held(self) -> int:
+        """Descriptors received and not yet handed out with an event."""
+        return len(self._fds)
+
     # ---- input
     def receive_data(self, data: bytes) -> None:
         """Bytes from the peer; b"" is the end of its stream."""
