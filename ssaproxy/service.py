@@ -106,6 +106,7 @@ class _ApiService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
         _prepare_socket_path(self.api)
         self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
         _secure_socket_path(self.api)

@@ -84,7 +84,15 @@ class ApiFactory(Factory):
         self.reactor = reactor
         self.limits = Limits(api.connect_timeout, api.handshake_timeout, api.session_idle_timeout)
         self.active: set[Any] = set()  # TLS sessions and listeners, for shutdown
-        caps, why = fit_to_fd_budget(caps_of(api), fd_limit() if nofile == _UNSET else nofile)
+        self.caps = caps_of(api)
+        self.ledger = Ledger(self.caps)  # what each uid holds
+        if nofile != _UNSET:
+            self.fit(nofile)
+
+    def fit(self, nofile: Optional[int] = _UNSET) -> None:
+        """Fit the caps to the descriptor budget as it is now: called again when the API starts
+        listening, after the daemon has raised its open files limit."""
+        caps, why = fit_to_fd_budget(caps_of(self.api), fd_limit() if nofile == _UNSET else nofile)
         if why is not None:
             self.log.warn("api limits lowered to fit the descriptor budget: {detail}", detail=why)
         self.caps = caps
