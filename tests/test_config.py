@@ -832,3 +832,24 @@ def test_idle_timeouts_default_to_an_hour_and_zero_turns_them_off() -> None:
     assert Config.default().outbound.idle_timeout == 3600
     config = Config.from_toml('[outbound]\nidle_timeout = 0\n')
     assert config.outbound.idle_timeout == 0
+
+
+def test_daemon_and_admin_tables() -> None:
+    plain = Config.from_toml("")
+    assert (plain.daemon.user, plain.daemon.drain_timeout, plain.daemon.watch_interval, plain.admin) == (
+        None, 30.0, 5.0, None)
+    c = Config.from_toml('[daemon]\nuser = "ssaproxy"\ngroup = "ssaproxy"\ndrain_timeout = 0\n[admin]\n')
+    assert (c.daemon.user, c.daemon.group, c.daemon.drain_timeout) == ("ssaproxy", "ssaproxy", 0.0)
+    assert c.admin is not None and c.admin.listen == "tcp:9901:interface=127.0.0.1"
+
+
+@pytest.mark.parametrize(("text", "key", "message"), [
+    ('[daemon]\ngroup = "x"  # HERE\n', "daemon.group", "only applies with user"),
+    ('[daemon]\nuser = "a b"  # HERE\n', "daemon.user", "must be a user or group name or number"),
+    ('[daemon]\ndrain_timeout = -1  # HERE\n', "daemon.drain_timeout", "must be 0 (never) or seconds up to 3600"),
+    ('[admin]\nlisten = "unix:/x"  # HERE\n', "admin.listen", "needs a tcp or tcp6 endpoint"),
+    ('[admin]\nport = 9901  # HERE\n', "admin.port", "unknown key"),
+])
+def test_daemon_and_admin_errors_name_key_and_line(text: str, key: str, message: str) -> None:
+    e = config_error(text)
+    assert (e.key, e.line) == (key, marked_line(text)) and message in e.message, e

@@ -7,18 +7,21 @@ the text names on this system (OpenSSL strings, certificate files, the API's gro
 
 Modules: `reader` (the strict reader, line numbers), `enums`, `endpoints` (endpoint strings,
 DNS names), `outbound` and `inbound` (one parser per table), and `document` (`Config`, the
-embedded default, and the small tables: `[policy]`, `[api]`, `[iptables]`).
+embedded default, and the small tables: `[policy]`, `[api]`, `[iptables]`, `[daemon]`, `[admin]`).
 """
 
 from ssaproxy.config.document import (
+    DEFAULT_ADMIN_LISTEN,
     DEFAULT_API_SOCKET,
     DEFAULT_CIPHERS,
     DEFAULT_CIPHERSUITES,
     DEFAULT_CONFIG_TOML,
     DEFAULT_GROUPS,
     DEFAULT_SOURCE,
+    Admin,
     Api,
     Config,
+    Daemon,
     Iptables,
     Policy,
 )
@@ -28,8 +31,9 @@ from ssaproxy.config.inbound import CLIENT_AUTH, PROFILE_MIN_VERSION, Backend, C
 from ssaproxy.config.outbound import Outbound, Route
 
 __all__ = [
-    "ACTIONS", "CLIENT_AUTH", "DEFAULT_API_SOCKET", "DEFAULT_CIPHERS", "DEFAULT_CIPHERSUITES", "DEFAULT_CONFIG_TOML",
-    "DEFAULT_GROUPS", "DEFAULT_SOURCE", "HOSTNAME_SOURCES", "PROFILE_MIN_VERSION", "TLS_VERSIONS", "Action", "Api",
-    "Backend", "Certificate", "Config", "HostnameSource", "IPAddress", "Inbound", "Iptables", "ListenAddress",
-    "Listener", "Outbound", "Policy", "Route", "TLSVersion", "is_valid_hostname", "parse_listener",
+    "ACTIONS", "CLIENT_AUTH", "DEFAULT_ADMIN_LISTEN", "DEFAULT_API_SOCKET", "DEFAULT_CIPHERS",
+    "DEFAULT_CIPHERSUITES", "DEFAULT_CONFIG_TOML", "DEFAULT_GROUPS", "DEFAULT_SOURCE", "HOSTNAME_SOURCES",
+    "PROFILE_MIN_VERSION", "TLS_VERSIONS", "Action", "Admin", "Api", "Backend", "Certificate", "Config", "Daemon",
+    "HostnameSource", "IPAddress", "Inbound", "Iptables", "ListenAddress", "Listener", "Outbound", "Policy",
+    "Route", "TLSVersion", "is_valid_hostname", "parse_listener",
 ]

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 
 import attrs
 
+from ssaproxy.config.endpoints import ListenAddress
 from ssaproxy.config.enums import TLS_VERSIONS, TLSVersion
 from ssaproxy.config.inbound import Inbound, parse_inbound
 from ssaproxy.config.outbound import Outbound, parse_outbound
@@ -147,6 +148,49 @@ def parse_iptables(r: Reader) -> Iptables:
     return Iptables(exclude_cidrs=tuple(cidrs), exclude_ports=ports)
 
 
+@attrs.frozen(kw_only=True)
+class Daemon:
+    """How the daemon process runs: as whom, how it stops, how often it looks at its files."""
+
+    user: Optional[str] = None  # after binding as root, drop to this user for good (None: stay)
+    group: Optional[str] = None  # and this group (None: the user's primary group)
+    drain_timeout: float = 30.0  # SIGTERM: seconds live connections get to finish; the rest are reset
+    watch_interval: float = 5.0  # seconds between looks at certificate files for changes (0: never)
+
+
+def parse_daemon(r: Reader) -> Daemon:
+    d = Daemon()
+    user: Optional[str] = r.take("user", str, None)
+    group: Optional[str] = r.take("group", str, None)
+    for name, value in (("user", user), ("group", group)):
+        if value is not None:
+            r.check(name, re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", value) is not None,
+                    f"must be a user or group name or number, got {value!r}")
+    r.check("group", group is None or user is not None, "only applies with user (the identity to drop to)")
+    daemon = Daemon(user=user, group=group,
+                    drain_timeout=_off_or_positive(r, "drain_timeout", d.drain_timeout, 3600),
+                    watch_interval=_off_or_positive(r, "watch_interval", d.watch_interval, 3600))
+    r.done()
+    return daemon
+
+
+DEFAULT_ADMIN_LISTEN = "tcp:9901:interface=127.0.0.1"
+
+
+@attrs.frozen(kw_only=True)
+class Admin:
+    """The admin endpoint: metrics, health, readiness and status over HTTP (off without [admin])."""
+
+    listen: str = DEFAULT_ADMIN_LISTEN
+
+
+def parse_admin(r: Reader) -> Admin:
+    listen: str = r.take("listen", str, DEFAULT_ADMIN_LISTEN)
+    ListenAddress.parse(listen, r.key("listen"))  # a TCP listener Twisted can make, or a ConfigError naming it
+    r.done()
+    return Admin(listen=listen)
+
+
 DEFAULT_CONFIG_TOML = """\
 # ssaproxy's embedded default: listen on loopback only, the system trust store, TLS 1.2+.
 # Plain HTTP redirected to the listener is upgraded to verified HTTPS on port 443, using the
@@ -189,6 +233,8 @@ class Config:
     iptables: Iptables = Iptables()
     inbound: tuple[Inbound, ...] = ()
     api: Optional[Api] = None  # None: no [api] table, no local socket API
+    daemon: Daemon = Daemon()
+    admin: Optional[Admin] = None  # None: no [admin] table, no admin endpoint
     source: str = DEFAULT_SOURCE
     # The TOML text this value was parsed from (None: built from a mapping), for line numbers.
     _text: Optional[str] = attrs.field(default=None, eq=False, hash=False, repr=False)
@@ -237,8 +283,11 @@ class Config:
             outbound = parse_outbound(outbound_table)
         iptables = parse_iptables(r.table("iptables"))
         api = parse_api(r.table("api")) if "api" in r.data else None
+        daemon = parse_daemon(r.table("daemon"))
+        admin = parse_admin(r.table("admin")) if "admin" in r.data else None
         r.done()
-        return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, api=api, source=source)
+        return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, api=api, daemon=daemon,
+                   admin=admin, source=source)
 
     def line_of(self, key: str) -> Optional[int]:
         """The line of a dotted key path in the source text (None without one)."""
