@@ -7,7 +7,8 @@ else lives here once: the state and its legal transitions, the setup buffers of 
 (bounded: beyond them the end stops being read), named timers, the far end's connect with its
 cancellation and its failure -> outcome mapping, the splice into a `Relay`, the refusal that
 resets, the daemon's shutdown, the limit on live connections, and the one log record at the
-end.  Per-connection metrics, drain and limits hook in here.
+end.  Per-connection metrics, drain and limits hook in here: `ssaproxy.metrics` hears of each
+connection's start, its far connect and handshakes, a verification failure, and its record.
 
 Fail closed: an exception inside any event handler resets both ends and is logged as
 `internal-error` (left to Twisted, an exception in dataReceived closes with a FIN, which a
@@ -26,8 +27,10 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ssaproxy import metrics
 from ssaproxy.relay import Relay
 from ssaproxy.streams import End, How, OneShotFactory
+from ssaproxy.tls.stream import TLSStream
 
 SETUP_BUFFER = 65536  # bytes held from one end while the other is being set up
 
@@ -119,6 +122,10 @@ class Lifecycle:
         self.bytes_in = 0
         self.idle_timeout: Optional[float] = None  # a relay with no bytes either way this long is reset
         self._idle: tuple[int, int, float] = (0, 0, 0.0)
+        self._connect_started: Optional[float] = None  # for the metrics' connect and handshake times
+        self._far_connected: Optional[float] = None
+        self._verify_counted = False
+        metrics.started(self.kind)
 
     # ---- state
     def go(self, state: State) -> None:
@@ -150,6 +157,11 @@ class Lifecycle:
     @fail_closed
     def end_ready(self, end: End) -> None:
         side = self.side(end)
+        if side is not None and isinstance(end, TLSStream):
+            # A TLS end is ready once its handshake (and our verification) passed.
+            since = self.started if side == "near" else self._far_connected
+            if since is not None:
+                metrics.handshaken(self.kind, side, self.reactor.seconds() - since)
         if side == "near":
             self.near_ready()
         elif side == "far":
@@ -174,6 +186,8 @@ class Lifecycle:
     @fail_closed
     def end_lost(self, end: End, how: How, detail: Optional[str]) -> None:
         side = self.side(end)
+        if side is not None and how is How.VERIFY_FAILED:
+            self._count_verify_failure(detail)
         if side == "near":
             self.near_lost(how, detail)
         elif side == "far":
@@ -238,6 +252,7 @@ class Lifecycle:
         self.go(State.CONNECTING)
         end.sink = self
         self.far = end
+        self._connect_started, self._far_connected = self.reactor.seconds(), None
         d = endpoint.connect(OneShotFactory(end))
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(end,), errbackArgs=(end,))
@@ -247,6 +262,9 @@ class Lifecycle:
         if end is not self.far:
             end.abort()
             return
+        self._far_connected = now = self.reactor.seconds()
+        if self._connect_started is not None:
+            metrics.connected(self.kind, now - self._connect_started)
         self.far_connected()
 
     def far_connected(self) -> None:
@@ -345,8 +363,19 @@ class Lifecycle:
     def ended(self, outcome: str, detail: Optional[str]) -> None:
         """The face's one log record (and whatever else it owes at the end)."""
         fields = self.record(outcome, detail)
-        emit = self.log.info if self.quiet(outcome) else self.log.warn
+        quiet = self.quiet(outcome)
+        emit = self.log.info if quiet else self.log.warn
         emit(self.log_format, **fields)
+        # A refused TLS client may still be reading our alert: its failure is on the stream.
+        failure = getattr(self.near, "failure", None)
+        if failure is not None and failure[0] is How.VERIFY_FAILED:
+            self._count_verify_failure(failure[1])
+        metrics.ended(self.kind, fields, near_to_far=self.bytes_out, far_to_near=self.bytes_in, quiet=quiet)
+
+    def _count_verify_failure(self, detail: Optional[str]) -> None:
+        if not self._verify_counted:
+            self._verify_counted = True
+            metrics.verify_failed(self.kind, detail)
 
     log_format: ClassVar[str] = "{kind} {conn_id} {outcome}: detail={detail}"
 

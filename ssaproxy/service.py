@@ -8,16 +8,19 @@ import os
 import signal
 import socket
 import stat
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.logger import Logger
 
+from ssaproxy.admin.status import StatusSource
+from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
+from ssaproxy.state import DaemonState
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
 
@@ -144,7 +147,7 @@ def _secure_socket_path(api: Api) -> None:
     os.chmod(api.socket, api.mode)
 
 
-def make_service(config: Config, reactor: Any) -> service.MultiService:
+def make_service(config: Config, reactor: Any, *, state: Optional[DaemonState] = None) -> service.MultiService:
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
@@ -174,4 +177,8 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     _ResetOnStop(factories).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
     _Announce(config).setServiceParent(top)
+    if config.admin is not None:  # last: it is ready once everything before it has started
+        source = StatusSource(config=config, state=state or DaemonState(), services=list(top), factories=factories,
+                              reactor=reactor)
+        AdminService(config.admin.listen, source, reactor, overload).setServiceParent(top)
     return top
