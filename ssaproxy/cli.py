@@ -48,7 +48,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     conn.add_argument("--ca", help="PEM file of trust anchors for this connection (instead of the policy's)")
     conn.add_argument("--cert", help="client certificate chain (PEM file)")
     conn.add_argument("--key", help="client private key (PEM file)")
+    status = sub.add_parser("status", help="listeners, live connections and last failures, from the admin endpoint")
+    status.add_argument("--admin", help="the admin endpoint's base URL (default: http://127.0.0.1:9901)")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        from ssaproxy.admin.show import run as show  # noqa: PLC0415 - the daemon's imports stay out of a client's start
+
+        return show(args.admin)
     if args.command == "connect":
         from ssaproxy.client.netcat import run  # noqa: PLC0415 - the daemon's imports stay out of a client's start
 
