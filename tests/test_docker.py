@@ -100,6 +100,8 @@ def test_init_and_healthcheck_commands_in_a_network_namespace(lab: Lab, pki: PKI
     assert lab.ns(lab.s, health, check=False).returncode == 1  # nothing listening yet
     lab.start_daemon(config, tmp_path / "daemon.log", ns=lab.s)
     assert poll(lambda: lab.ns(lab.s, health, check=False).returncode == 0)
+    ready = [sys.executable, str(DOCKER / "healthcheck.py"), "--ready", str(config)]
+    assert poll(lambda: lab.ns(lab.s, ready, check=False).returncode == 0)  # GET /readyz on the admin endpoint
     lab.ns(lab.s, [sys.executable, "-m", "ssaproxy.cli", "iptables", "remove"], cwd=REPO)
 
 

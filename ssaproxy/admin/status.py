@@ -94,8 +94,7 @@ class StatusSource:
         unbound = [f"{r['face']} {r['name']} ({r['address']})" for r in self.listeners() if not r["bound"]]
         if unbound or not self.state.listeners_bound:
             return "listeners not bound: " + (", ".join(unbound) or "still starting")
-        now = self.reactor.seconds()
-        expired = [c for c in metrics.certificates() if c.seconds_left(now) <= 0]
+        expired = [c for c in metrics.certificates() if c.seconds_left() <= 0]  # wall-clock time, as notAfter
         if expired:
             return "certificate expired or unreadable: " + ", ".join(f"{c.scope} {c.name} {c.file}" for c in expired)
         return None
