@@ -21,7 +21,7 @@ from ssaproxy.addresses import host_port, ip_version, plain_address
 from ssaproxy.config import Inbound, Policy
 from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
-from ssaproxy.streams import How, TCPEnd
+from ssaproxy.streams import How, TCPEnd, guarded
 from ssaproxy.tls.connection import server_stream
 from ssaproxy.tls.context import negotiated_alpn
 from ssaproxy.tls.server import server_context
@@ -34,6 +34,7 @@ class InboundStream(TLSStream):
 
     owner: Optional[InboundConnection] = None
 
+    @guarded
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.owner is not None:

@@ -257,6 +257,7 @@ class Lifecycle:
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(end,), errbackArgs=(end,))
 
+    @fail_closed
     def _connected(self, _: Any, end: End) -> None:
         self._connecting = None
         if end is not self.far:
@@ -270,6 +271,7 @@ class Lifecycle:
     def far_connected(self) -> None:
         """TCP is up (a TLS far end now handshakes)."""
 
+    @fail_closed
     def _connect_failed(self, reason: Failure, end: End) -> None:
         self._connecting = None
         if end is not self.far or self.state is not State.CONNECTING or reason.check(defer.CancelledError):
@@ -285,6 +287,7 @@ class Lifecycle:
         far, self.far = self.far, None
         self.held["far"].clear()
         self.eof["far"] = False
+        self.disarm("idle")
         rl, self.relay = self.relay, None
         if rl is not None:
             rl.detach()
@@ -307,7 +310,12 @@ class Lifecycle:
         rl.start(near_held, self.eof["near"], far_held, self.eof["far"])
         if self.idle_timeout and not rl.finished:
             self._idle = (rl.bytes_out, rl.bytes_in, self.reactor.seconds())
-            self._timers["idle"] = self.reactor.callLater(self.idle_timeout / 4, self._idle_check)
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        assert self.idle_timeout
+        self.disarm("idle")  # a second relay (outbound, after a late ClientHello) replaces the first's
+        self._timers["idle"] = self.reactor.callLater(self.idle_timeout / 4, self._idle_check)
 
     @fail_closed
     def _idle_check(self) -> None:
@@ -324,7 +332,7 @@ class Lifecycle:
             self._timers.pop("idle", None)
             self.refuse("idle-timeout", f"nothing crossed either way for {timeout:g}s")
             return
-        self._timers["idle"] = self.reactor.callLater(timeout / 4, self._idle_check)
+        self._arm_idle()
 
     def _relay_done(self, outcome: str, detail: Optional[str]) -> None:
         self.finish(outcome, detail, reset_near=False)

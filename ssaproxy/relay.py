@@ -68,6 +68,7 @@ class Relay:
         self.finished = False
         self.draining = False  # the far side failed; the near side is taking what is queued
         self._failure: tuple[str, Optional[str]] = ("reset", None)
+        self._drain_call: Any = None
 
     def start(self, near_held: bytes = b"", near_eof: bool = False,
               far_held: bytes = b"", far_eof: bool = False) -> None:
@@ -155,21 +156,27 @@ class Relay:
                 return
             left = unsent(near.transport) if near.connected else 0
             if left and reactor.seconds() < deadline:
-                reactor.callLater(_DRAIN_POLL, check)
+                self._drain_call = reactor.callLater(_DRAIN_POLL, check)
                 return
             self.bytes_in -= left  # the record counts what the program was sent
             near.abort()
             self._finish(outcome, detail)
 
-        reactor.callLater(_DRAIN_POLL, check)
+        self._drain_call = reactor.callLater(_DRAIN_POLL, check)
 
     # ---- endings
     def _unregister(self) -> None:
         _unregister(self.near)
         _unregister(self.far)
 
+    def _stop_draining(self) -> None:
+        call, self._drain_call = self._drain_call, None
+        if call is not None and call.active():
+            call.cancel()
+
     def detach(self) -> None:
         """Stop splicing without ending either side (the owner ends them itself)."""
+        self._stop_draining()
         self._unregister()
         self.finished = True
         self._done = _ignore
@@ -179,6 +186,7 @@ class Relay:
 
     def _finish(self, outcome: str, detail: Optional[str]) -> None:
         self.finished = True
+        self._stop_draining()
         done, self._done = self._done, _ignore
         # Break the reference cycles (owner -> relay -> ends -> relay) so a finished connection
         # is freed by reference counting, not at the next full garbage collection.

@@ -16,14 +16,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import functools
 import socket
 import struct
 import termios
-from typing import Any, Optional, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error, interfaces
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -134,6 +136,35 @@ class EndSink(TypingProtocol):
     def end_lost(self, end: "End", how: How, detail: Optional[str]) -> None: ...
 
 
+C = TypeVar("C", bound=Callable[..., None])
+_log = Logger()
+
+
+def guarded(method: C) -> C:
+    """A Twisted callback of a stream end that must never let an exception reach Twisted.
+
+    Twisted answers an exception in a protocol callback by closing the connection in order:
+    shutdown(), a FIN, which a program reads as a clean end even with SO_LINGER 0 set.  Here the
+    end is reset instead, and its sink hears of it as a reset, so the other side is reset too.
+    """
+
+    @functools.wraps(method)
+    def run(self: End, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception:  # noqa: BLE001 - fail closed, whatever went wrong
+            _log.failure("stream end: internal error in {method}", method=method.__name__)
+            self._aborting = True
+            if self.transport is not None and self.connected:
+                reset(self.transport)
+            sink, self.sink = self.sink, None
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    sink.end_lost(self, How.RESET, f"internal error in {method.__name__}")
+
+    return run  # type: ignore[return-value]
+
+
 class End(Protocol):
     """One stream end on a TCP transport.
 
@@ -149,6 +180,13 @@ class End(Protocol):
 
     def connectionMade(self) -> None:
         _linger(self.transport, _LINGER_RESET)
+        # Twisted's own orderly close calls shutdown() before close(), which sends a FIN whatever
+        # SO_LINGER says; without it, a close Twisted makes on its own is a reset, and our clean
+        # closes (graceful_close, which turns linger off first) still end with a FIN.
+        # (tests/test_relay.py notices if Twisted renames the attribute.)
+        transport: Any = self.transport
+        if hasattr(transport, "_shouldShutdown"):
+            transport._shouldShutdown = False
         sock = _socket(self.transport)
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP after all (a socketpair): nothing to keep alive
@@ -202,11 +240,13 @@ class OneShotFactory(Factory):
 class TCPEnd(End):
     """Bytes as they are, with half-close both ways."""
 
+    @guarded
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.sink is not None:
             self.sink.end_ready(self)
 
+    @guarded
     def dataReceived(self, data: bytes) -> None:
         if self.sink is not None:
             self.sink.end_data(self, data)
@@ -220,6 +260,7 @@ class TCPEnd(End):
     def close(self) -> None:
         graceful_close(self.transport)
 
+    @guarded
     def readConnectionLost(self) -> None:
         if self.sink is not None:
             self.sink.end_eof(self)
@@ -227,6 +268,7 @@ class TCPEnd(End):
     def writeConnectionLost(self) -> None:
         pass
 
+    @guarded
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         sink, self.sink = self.sink, None

@@ -187,3 +187,18 @@ def test_a_refused_relay_still_reports_what_crossed(world: Any) -> None:
     face.shut_down()
     record = world[2][-1]
     assert (record["outcome"], record["bytes_out"], record["bytes_in"]) == ("shutdown", 3, 5)
+
+
+def test_a_second_relay_replaces_the_idle_timer(world: Any) -> None:
+    face = accepted(world)
+    face.idle_timeout = 8
+    far_connects(face)
+    face.abandon_far()  # as outbound does after a late ClientHello
+    face.state = State.CONNECTING
+    face.far = TCPEnd()
+    face.far.sink = face
+    face.far.makeConnection(Transport())
+    idle = [c for c in world[0].getDelayedCalls() if c.active() and "_idle_check" in repr(c.func)]
+    assert len(idle) == 1
+    face.shut_down()
+    assert not [c for c in world[0].getDelayedCalls() if c.active()]

@@ -219,3 +219,27 @@ def test_unsent_counts_the_kernel_send_queue() -> None:
     finally:
         for s in (listener, client, server):
             s.close()
+
+
+def test_an_exception_in_a_sink_resets_the_end_and_tells_the_other_side() -> None:
+    # Left to Twisted, the exception would close the connection in order: a FIN.
+    class Broken:
+        lost: Optional[tuple[How, Optional[str]]] = None
+
+        def end_data(self, end: End, data: bytes) -> None:
+            raise RuntimeError("a bug")
+
+        def end_lost(self, end: End, how: How, detail: Optional[str]) -> None:
+            self.lost = (how, detail)
+
+    end, t, sink = TCPEnd(), Transport(), Broken()
+    end.makeConnection(t)
+    end.sink = sink  # type: ignore[assignment]
+    end.dataReceived(b"x")
+    assert t.aborted and sink.lost == (How.RESET, "internal error in dataReceived")
+
+
+def test_twisted_still_has_the_orderly_shutdown_switch_we_turn_off() -> None:
+    from twisted.internet import tcp  # noqa: PLC0415 - the one Twisted detail this test pins
+
+    assert hasattr(tcp.Connection, "_shouldShutdown")

@@ -20,7 +20,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.streams import End, How, graceful_close, reset, tcp
+from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp
 from ssaproxy.tls.verify import PeerCheck
 
 _READ = 65536
@@ -47,11 +47,13 @@ class TLSStream(End):
         self.sent_close = False  # close_notify sent
         self._failed: Optional[tuple[How, Optional[str]]] = None
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._tcp_eof = False
         self._close_after_pending = False
         self._linger: Any = None
 
     # ---- Twisted events
+    @guarded
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.server:
@@ -60,6 +62,7 @@ class TLSStream(End):
             self.tls.set_connect_state()
             self._handshake()
 
+    @guarded
     def dataReceived(self, data: bytes) -> None:
         if self._failed or self._aborting:
             return
@@ -70,12 +73,13 @@ class TLSStream(End):
                 return
         self._read_plaintext()
         if self._pending and not self._failed:
-            pending, self._pending = self._pending, []
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
             for chunk in pending:
                 self.write(chunk)
             if self._close_after_pending and not self._pending:
                 self.shutdown_write()
 
+    @guarded
     def readConnectionLost(self) -> None:
         self._tcp_eof = True
         if self._failed:
@@ -97,6 +101,7 @@ class TLSStream(End):
     def writeConnectionLost(self) -> None:
         pass
 
+    @guarded
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         linger, self._linger = self._linger, None
@@ -130,7 +135,7 @@ class TLSStream(End):
         if self._failed or self._aborting or self.sent_close:
             return
         if not self.handshake_done or self._pending:
-            self._pending.append(data)
+            self._hold(data)
             return
         view = memoryview(data)
         try:
@@ -138,16 +143,23 @@ class TLSStream(End):
                 n = self.tls.send(view[:_READ])
                 view = view[n:]
         except SSL.WantReadError:
-            # OpenSSL wants to read first (it should not, with renegotiation off); hold the rest,
-            # but never without bound.
-            self._pending.append(bytes(view))
-            if sum(map(len, self._pending)) > _PENDING_MAX:
-                self._fail(How.RESET, "TLS layer stalled with too much unsent data")
-                return
+            # OpenSSL wants to read first (it should not, with renegotiation off): hold the rest.
+            self._hold(bytes(view))
         except SSL.Error as e:
             self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
             return
-        self._flush()
+        try:
+            self._flush()
+        except SSL.Error as e:
+            self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
+
+    def _hold(self, data: bytes) -> None:
+        """Plaintext that cannot be encrypted yet: held, but never without bound (it is not in
+        the TCP transport's buffer, so backpressure does not see it)."""
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > _PENDING_MAX:
+            self._fail(How.RESET, "TLS layer stalled with too much unsent data")
 
     def shutdown_write(self) -> None:
         if self.sent_close or self._failed or self._aborting:
