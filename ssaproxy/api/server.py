@@ -247,7 +247,16 @@ class Control(Protocol):
     # ---- events (the connection has checked phase, order, descriptors and version)
     def _handle(self, event: c.Event) -> None:
         try:
-            self._dispatch(event)  # owns an event's fd from here on: take() and close on every path
+            try:
+                self._dispatch(event)  # owns an event's fd from here on: take() and close on every path
+            except OSError as e:  # the system said no (descriptors run out, say): the program gets an errno
+                code = errno.EAGAIN if e.errno in (errno.EMFILE, errno.ENFILE) else errno.EIO
+                raise ApiError(code, f"the daemon cannot do that now: {e.strerror or e}") from None
+            except ApiError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a bug is an error for this program, not a dead daemon
+                self.log.failure("api control connection {conn_id}: internal error", conn_id=self.control_id)
+                raise ApiError(errno.EIO, f"internal error: {type(e).__name__}") from None
         except ApiError as e:
             if e.code == errno.EAGAIN:
                 self.log.warn("api request refused (limit): {detail} conn_id={conn_id} pid={pid} uid={uid} gid={gid} "
@@ -445,8 +454,12 @@ class Listener:
         self.pending: set[TLSSession] = set()
         self.closed = False
         self.acceptor = Acceptor(self.factory.reactor, sock, self.accepted)
+        try:
+            self.acceptor.start()  # first: if its thread cannot start, nothing was counted
+        except RuntimeError:  # no thread to be had: the socket is ours to close
+            sock.close()
+            raise
         self.factory.active.add(self)
-        self.acceptor.start()
 
     def accepted(self, conn: socket.socket) -> None:
         """In the reactor thread: one connection from the acceptor (a file nobody else holds)."""
@@ -459,14 +472,19 @@ class Listener:
                 return
             conn.setblocking(False)
             no_linger(conn)  # inherited from the program's listening socket: close() must not wait
-            self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, OneShotFactory(
-                self._stream()))
+            stream = self._stream()
+            try:
+                self.factory.reactor.adoptStreamConnection(conn.fileno(), conn.family, OneShotFactory(stream))
+            except OSError as e:  # its session must not hold a slot until the handshake deadline
+                if stream.session is not None:
+                    stream.session.fail("overload", f"cannot take the connection: {e.strerror or e}")
+                raise
         except (OSError, ApiError) as e:
             self.control.log.warn("api listener: cannot take a connection: {e}", e=e)
         finally:
             conn.close()  # the reactor holds its own duplicate
 
-    def _stream(self) -> TLSStream:
+    def _stream(self) -> _AcceptedStream:
         check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
         stream = server_stream(self.ctx, check, _AcceptedStream)
         session = self.control._session("accept", self.settings)

@@ -178,7 +178,12 @@ class TLSSession(Lifecycle):
             stream = server_stream(server_ctx, check, TLSStream)
             self.check = check
         self._handshaking(stream)
-        adopt_connection(self.reactor, sock, OneShotFactory(stream))
+        try:
+            adopt_connection(self.reactor, sock, OneShotFactory(stream))
+        except OSError as e:  # no descriptor left for it, say: the program hears it on its carrier
+            self.fail("overload" if e.errno in (errno.EMFILE, errno.ENFILE) else "reset",
+                      f"cannot take over the socket: {e.strerror or e}")
+            return
         self._note_addresses()
 
     def start_accepted(self, stream: TLSStream, check: ClientCheck) -> None:
