@@ -158,3 +158,48 @@ def reset_waiting(listener: socket.socket, reserve: FdReserve, limit: int) -> Op
     finally:
         reserve.acquire()
     return count
+
+
+# ---- readiness: systemd's notification protocol (sd_notify(3))
+
+
+class Notifier:
+    """The service manager's NOTIFY_SOCKET: one datagram per state change (`READY=1`,
+    `STOPPING=1`), the whole protocol, so no library is needed.
+
+    The socket is connected once, as root at start: the permission to send is checked at
+    connect, so a daemon that has since dropped to its own user can still tell the manager it
+    is stopping.  Without NOTIFY_SOCKET (not under systemd's Type=notify) it does nothing.
+    """
+
+    def __init__(self, environ: Optional[dict[str, str]] = None) -> None:
+        env = os.environ if environ is None else environ
+        self.address = env.get("NOTIFY_SOCKET", "")
+        self.sock: Optional[socket.socket] = None
+
+    def open(self) -> None:
+        if not self.address or self.sock is not None:
+            return
+        address = self.address
+        if address.startswith("@"):
+            address = "\0" + address[1:]  # the abstract namespace
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        os.environ.pop("NOTIFY_SOCKET", None)  # meant for this process, not for anything it might run
+
+    def send(self, *assignments: str) -> bool:
+        """Send `KEY=VALUE` lines as one datagram; False if there is no manager to tell."""
+        if self.sock is None:
+            return False
+        self.sock.send("\n".join(assignments).encode())
+        return True
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()

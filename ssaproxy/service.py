@@ -18,8 +18,11 @@ from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
+from ssaproxy.errors import ConfigError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
+from ssaproxy.privileges import Identity
+from ssaproxy.process import Process
 from ssaproxy.state import DaemonState
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
@@ -98,21 +101,37 @@ class _Signals(service.Service):
 
 
 class _ApiService(service.Service):
-    """The Unix socket of the local socket API.  listenUNIX sets the mode right after bind;
-    in between, the umask's mode applies (with the usual 022, only the owner may connect)."""
+    """The Unix socket of the local socket API.  It is made in privilegedStartService, like the
+    TCP listeners, so a daemon that drops to its own user has it already; `owner` (that user)
+    gets the socket and its directory, so it can remove the socket at stop.  listenUNIX sets
+    the mode right after bind; in between, the umask's mode applies (with the usual 022, only
+    the owner may connect)."""
 
-    def __init__(self, api: Api, factory: ApiFactory, reactor: Any) -> None:
+    def __init__(self, api: Api, factory: ApiFactory, reactor: Any, owner: Optional[Identity] = None) -> None:
         self.api = api
         self.factory = factory
         self.reactor = reactor
+        self.owner = owner
         self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
+        created = _prepare_socket_path(self.api)
+        if self.owner is not None:
+            try:
+                _claim_directory(self.api, self.owner, created)
+            except ConfigError as e:
+                log.critical("{problem}: not starting", problem=e)
+                raise SystemExit(1) from None
+        self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
+        _secure_socket_path(self.api, self.owner)
 
     def startService(self) -> None:
         super().startService()
-        self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
-        _prepare_socket_path(self.api)
-        self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
-        _secure_socket_path(self.api)
+        self.privilegedStartService()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -122,10 +141,13 @@ class _ApiService(service.Service):
         return None
 
 
-def _prepare_socket_path(api: Api) -> None:
-    """Make the socket's directory; remove a stale socket file (nobody answers on it)."""
+def _prepare_socket_path(api: Api) -> bool:
+    """Make the socket's directory; remove a stale socket file (nobody answers on it).
+    True if the directory was made here."""
     path = api.socket
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    directory = os.path.dirname(path) or "."
+    created = not os.path.isdir(directory)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
@@ -138,16 +160,45 @@ def _prepare_socket_path(api: Api) -> None:
             raise OSError(errno.EADDRINUSE, f"another daemon already serves {path}")
         finally:
             probe.close()
+    return created
 
 
-def _secure_socket_path(api: Api) -> None:
-    """Apply the configured mode and group once the socket exists."""
-    if api.group is not None:
-        os.chown(api.socket, -1, grp.getgrnam(api.group).gr_gid)
+def _claim_directory(api: Api, owner: Identity, created: bool) -> None:
+    """Give the socket's directory to the daemon's user, who must remove the socket at stop.
+
+    Only a directory of the daemon's own is taken: one made just now, or an empty one (what
+    systemd's RuntimeDirectory= gives a unit that starts as root).  A shared directory (/run,
+    /tmp) is never changed: there the socket could not be removed, so the daemon refuses.
+    """
+    directory = os.path.dirname(api.socket) or "."
+    info = os.stat(directory)
+    if (info.st_uid, info.st_gid) == (owner.uid, owner.gid):
+        return
+    if created or not os.listdir(directory):
+        os.chown(directory, owner.uid, owner.gid)
+        return
+    if info.st_uid != owner.uid:
+        raise ConfigError("api.socket", f"{directory} belongs to uid {info.st_uid}, and the daemon's user "
+                          f"{owner.name} could not remove the socket from it at stop: give the socket a "
+                          "directory of its own (the daemon makes it, or takes it over while it is empty)")
+
+
+def _secure_socket_path(api: Api, owner: Optional[Identity] = None) -> None:
+    """Apply the configured mode and group once the socket exists (the mode first: changing
+    the mode of a file root no longer owns would take another capability, CAP_FOWNER)."""
     os.chmod(api.socket, api.mode)
+    gid = grp.getgrnam(api.group).gr_gid if api.group is not None else -1
+    if owner is not None:
+        os.chown(api.socket, owner.uid, owner.gid if gid == -1 else gid)
+    elif gid != -1:
+        os.chown(api.socket, -1, gid)
 
 
-def make_service(config: Config, reactor: Any, *, state: Optional[DaemonState] = None) -> service.MultiService:
+def make_service(config: Config, reactor: Any, identity: Optional[Identity] = None, by_twistd: bool = False, *,
+                 state: Optional[DaemonState] = None) -> service.MultiService:
+    """`identity`: whom the daemon runs as once everything is bound (ssaproxy.process.Process);
+    `by_twistd`: twistd --uid makes that switch, not the daemon; `state`: what the admin
+    endpoint reports (readiness)."""
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
@@ -173,12 +224,16 @@ def make_service(config: Config, reactor: Any, *, state: Optional[DaemonState] =
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor)
         factories.append(api_factory)
-        _ApiService(config.api, api_factory, reactor).setServiceParent(top)
+        _ApiService(config.api, api_factory, reactor, identity).setServiceParent(top)
     _ResetOnStop(factories).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
-    _Announce(config).setServiceParent(top)
-    if config.admin is not None:  # last: it is ready once everything before it has started
+    if config.admin is not None:  # after the other listeners: it is ready once they have started
         source = StatusSource(config=config, state=state or DaemonState(), services=list(top), factories=factories,
                               reactor=reactor)
         AdminService(config.admin.listen, source, reactor, overload).setServiceParent(top)
+    # After every service that binds or loads something (the drop comes once they have), and
+    # before the announcement (a daemon that refuses to run never says it started).
+    read_later = (("policy.trust_store", config.policy.trust_store),) if config.policy.trust_store else ()
+    Process(identity, by_twistd, read_later=read_later).setServiceParent(top)
+    _Announce(config).setServiceParent(top)
     return top

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any, Optional
+
 from twisted.application import service
 from twisted.python import usage
 
 from ssaproxy import __version__
 from ssaproxy.errors import ConfigError
+from ssaproxy.privileges import Identity, PrivilegeError
 from ssaproxy.service import make_service
 from ssaproxy.tls.load import read_config
 
@@ -20,11 +24,34 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config = read_config(self["config"])
-        except ConfigError as e:
+            self.identity, self.by_twistd = self._identity()
+        except (ConfigError, PrivilegeError) as e:
             raise usage.UsageError(f"bad configuration {self['config'] or ''}: {e}") from None
+
+    def _identity(self) -> tuple[Optional[Identity], bool]:
+        """Whom the daemon becomes after binding, and whether twistd makes the switch.
+
+        `[daemon] user` is the recommended way (the daemon drops, checks, and owns its API
+        socket); `twistd --uid/--gid` works too, and is then only checked.  Both at once would
+        be two answers to one question, so that is refused, like a switch only root can make.
+        """
+        twistd: Any = getattr(self, "parent", None)
+        uid = twistd.get("uid") if twistd is not None else None
+        gid = twistd.get("gid") if twistd is not None else None
+        daemon = self.config.daemon
+        if daemon.user is not None:
+            if uid is not None or gid is not None:
+                raise ConfigError("daemon.user", "twistd --uid/--gid says the same thing: use one of them")
+            identity = Identity.resolve(daemon.user, daemon.group)
+            if os.geteuid() != 0 and not identity.is_current():
+                raise ConfigError("daemon.user", f"becoming {identity.name} needs root (running as uid {os.geteuid()})")
+            return identity, False
+        if uid is not None:
+            return Identity.of_ids(uid, gid), True
+        return None, False
 
 
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor  # noqa: PLC0415 - the reactor twistd installed, at run time only
 
-    return make_service(options.config, reactor)
+    return make_service(options.config, reactor, options.identity, options.by_twistd)

@@ -13,6 +13,8 @@ apt-get install -y -qq python3-venv iptables iproute2 util-linux openssl curl tc
 /usr/bin/python3 -m venv .venv
 rm -rf build  # setuptools reuses it: a module deleted since the last build would ship again
 .venv/bin/pip install -q --disable-pip-version-check '.[test,dev]'
+# Twisted's plugin cache, written now: twistd run as another user cannot write it (README).
+.venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 if [ ! -x .tools/sslyze/bin/sslyze ]; then
     /usr/bin/python3 -m venv .tools/sslyze
     .tools/sslyze/bin/pip install -q --disable-pip-version-check sslyze
