@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import errno
 import grp
 import os
 import signal
 import socket
 import stat
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from twisted.application import service
+from twisted.internet import error
 from twisted.logger import Logger
 
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
+from ssaproxy.errors import StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls.context import client_context
@@ -107,9 +109,14 @@ class _ApiService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
-        _prepare_socket_path(self.api)
-        self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
-        _secure_socket_path(self.api)
+        try:
+            _prepare_socket_path(self.api)
+            self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
+            _secure_socket_path(self.api)
+        except error.CannotListenError as e:
+            raise StartupError("api.socket", f"cannot listen on {self.api.socket}: {_os_text(e.socketError)}") from None
+        except OSError as e:
+            raise StartupError("api.socket", f"{e.filename or self.api.socket}: {_os_text(e)}") from None
 
     def stopService(self) -> Any:
         super().stopService()
@@ -119,20 +126,32 @@ class _ApiService(service.Service):
         return None
 
 
+def _os_text(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.strerror or os.strerror(e.errno)
+    return str(e)
+
+
 def _prepare_socket_path(api: Api) -> None:
-    """Make the socket's directory; remove a stale socket file (nobody answers on it)."""
+    """Make the socket's directory; remove a stale socket file (nobody answers on it).  Errors
+    are `StartupError`s in words; OSErrors carry the path they are about."""
     path = api.socket
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        # bind() would say EACCES about the socket; the directory is what needs fixing
+        raise StartupError("api.socket", f"cannot create {path}: directory {directory} is not writable "
+                                         f"by uid {os.geteuid()}")
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+            raise StartupError("api.socket", f"{path} exists and is not a socket (remove it or choose another path)")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # stale: its daemon is gone
         else:
-            raise OSError(errno.EADDRINUSE, f"another daemon already serves {path}")
+            raise StartupError("api.socket", f"{path} is in use: another daemon already serves it")
         finally:
             probe.close()
 
@@ -144,6 +163,42 @@ def _secure_socket_path(api: Api) -> None:
     os.chmod(api.socket, api.mode)
 
 
+EXIT_REFUSED = 2  # what `ssaproxy check-config` returns for a configuration it refuses
+
+
+def refuse_to_start(problem: object, *, logging: bool = True) -> NoReturn:
+    """End the process with one line instead of twistd's traceback: the line goes to the log and
+    to the real stderr (twistd -n sends sys.stderr into the log), and the exit code is 2.
+    `logging=False` while twistd parses options: its log has not begun, and an event logged then
+    is written to stderr once more when the process ends."""
+    line = f"ssaproxy: cannot start: {problem}"
+    if logging:
+        log.critical("{line}", line=line, outcome="startup-failed")
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(line + "\n")
+        stream.flush()
+    raise SystemExit(EXIT_REFUSED)
+
+
+class _Startup(service.MultiService):
+    """The daemon's top service: a `StartupError` from any child (a port in use, an API socket
+    another daemon serves) ends the start with one line and exit 2.  twistd calls both start
+    methods outside the reactor, and its own handler prints the whole traceback and exits 1."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            refuse_to_start(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            refuse_to_start(e)
+
+
 def make_service(config: Config, reactor: Any) -> service.MultiService:
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
@@ -152,7 +207,7 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
         if route.client_certificate:
             client_context(config.policy, route.client_certificate, route.client_key)
 
-    top = service.MultiService()
+    top = _Startup()
     overload = Overload(reactor)
     Capacity(config, overload).setServiceParent(top)  # first: the fd limit is raised before anything listens
     factories: list[Any] = []
@@ -161,12 +216,12 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
         factories.append(factory)
         for description in config.outbound.listen:
             address = ListenAddress.parse(description, "outbound.listen")
-            Listener(address, factory, reactor, overload).setServiceParent(top)
+            Listener(address, factory, reactor, overload, "outbound.listen").setServiceParent(top)
     for inbound in config.inbound:
         inbound_factory = InboundFactory(inbound, config.policy, reactor)  # builds its TLS contexts now
         factories.append(inbound_factory)
         address = ListenAddress.parse(inbound.listen, f"inbound.{inbound.name}.listen")
-        Listener(address, inbound_factory, reactor, overload).setServiceParent(top)
+        Listener(address, inbound_factory, reactor, overload, f"inbound.{inbound.name}.listen").setServiceParent(top)
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor)
         factories.append(api_factory)
