@@ -24,11 +24,12 @@ from typing import Any, Callable, Optional
 
 import attrs
 from twisted.application import service
-from twisted.internet import tcp
+from twisted.internet import error, tcp
 from twisted.logger import Logger
 
 from ssaproxy import kernel
 from ssaproxy.config import Config, ListenAddress
+from ssaproxy.errors import StartupError
 
 FD_PER_CONNECTION = 2  # the near end and the far end
 FD_RESERVE = 64  # listeners, log files, stdio, the spare, DNS and trust store reads
@@ -172,10 +173,13 @@ class Port(tcp.Port):
 
 class Listener(service.Service):
     """One TCP listener (what `strports.service` gives for a tcp/tcp6 endpoint string, with our
-    port): it listens in privilegedStartService, before twistd drops privileges."""
+    port): it listens in privilegedStartService, before twistd drops privileges.  `what` names
+    it (the config key) in the one line a failed bind becomes (`StartupError`)."""
 
-    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload) -> None:
+    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload,
+                 what: str = "listener") -> None:
         self.address = address
+        self.what = what
         self.factory = factory
         self.reactor = reactor
         self.overload = overload
@@ -184,8 +188,13 @@ class Listener(service.Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is None:
-            self.port = Port(self.address, self.factory, self.reactor, self.overload)
-            self.port.startListening()
+            port = Port(self.address, self.factory, self.reactor, self.overload)
+            try:
+                port.startListening()
+            except error.CannotListenError as e:
+                raise StartupError(self.what, f"cannot listen on {listen_text(self.address)}: "
+                                              f"{_reason(e.socketError)}") from None
+            self.port = port
 
     def startService(self) -> None:
         super().startService()
@@ -195,6 +204,25 @@ class Listener(service.Service):
         super().stopService()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
+
+
+def listen_text(address: ListenAddress) -> str:
+    """host:port as a person writes it ([::1]:443, *:443 for every address)."""
+    host = address.interface
+    if host in ("", "::"):
+        host = "*" if host == "::" else "0.0.0.0"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{address.port}"
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None:
+        text = os.strerror(e.errno)
+        if e.errno == errno.EACCES:
+            text += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return text
+    return str(e)
 
 
 class Capacity(service.Service):

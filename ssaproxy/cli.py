@@ -9,8 +9,9 @@ import sys
 from typing import Optional, Sequence
 
 from ssaproxy import __version__, netfilter
+from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.load import read_config
+from ssaproxy.tls.load import check_config, check_config_as, read_config
 
 
 def _uid(value: Optional[str]) -> int:
@@ -26,30 +27,83 @@ def _uid(value: Optional[str]) -> int:
         raise SystemExit(f"ssaproxy: no such user {value!r}") from None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+EXIT_OK, EXIT_WARNING, EXIT_REFUSED = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, for `main` and for the man page (tools/manpage.py renders it)."""
     parser = argparse.ArgumentParser(
         prog="ssaproxy", description="TLS as a system service: the companion command of the ssaproxy daemon "
         "(`twistd ssaproxy`), which upgrades redirected plaintext connections to verified TLS, terminates "
-        "TLS in front of local services, and serves TLS sockets to programs (docs/api.md).")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file")
-    ipt = sub.add_parser("iptables", help="the nat rules for transparent outbound mode")
-    ipt.add_argument("action", choices=["print", "apply", "remove"])
-    ipt.add_argument("--config", help="configuration file (default: the embedded default)")
-    ipt.add_argument("--uid", help="user (name or number) the daemon runs as; its own connections are "
-                                   "excluded from the redirect (required for print and apply)")
-    conn = sub.add_parser("connect", help="stdin/stdout over a verified TLS connection made by the daemon")
-    conn.add_argument("host", help="host name (resolved by the daemon) or IP address")
-    conn.add_argument("port", type=int)
-    conn.add_argument("--hostname", help="the name the certificate must prove (default: HOST)")
-    conn.add_argument("--alpn", help="comma-separated ALPN protocols to offer")
-    conn.add_argument("--ca", help="PEM file of trust anchors for this connection (instead of the policy's)")
-    conn.add_argument("--cert", help="client certificate chain (PEM file)")
-    conn.add_argument("--key", help="client private key (PEM file)")
-    status = sub.add_parser("status", help="listeners, live connections and last failures, from the admin endpoint")
-    status.add_argument("--admin", help="the admin endpoint's base URL (default: http://127.0.0.1:9901)")
+        "TLS in front of local services, and serves TLS sockets to programs (docs/api.md).",
+        epilog="The daemon itself runs as `twistd -n ssaproxy --config FILE` (`twistd ssaproxy --help`).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file as the daemon would",
+        description="Check FILE as the daemon would at start: the TOML, every key and value, listeners that "
+        "would collide (the same port on overlapping addresses), and every certificate, key and trust store "
+        "it names (readable, loadable, matching).  Exit status: 0 the daemon would run it; 1 it is valid but "
+        "would do nothing (a warning on stderr: no routes, no [[inbound]], no [api]); 2 the daemon would "
+        "refuse it (one line on stderr: FILE: key.path (line N): what is wrong).")
+    check.add_argument("file", metavar="FILE", help="the TOML configuration file to check")
+    check.add_argument("--as-user", metavar="USER",
+                       help="check that the files it names are readable by USER (name or number), the user "
+                            "the daemon runs as: the checks run in a child process that has become USER "
+                            "(needs root)")
+    ipt = sub.add_parser(
+        "iptables", help="the nat rules for transparent outbound mode",
+        description="Show, install or remove the iptables/ip6tables nat rules that redirect plaintext "
+        "connections to the outbound listener (chain SSAPROXY_OUTPUT from OUTPUT) and to transparent "
+        "inbound listeners (SSAPROXY_INBOUND from PREROUTING).")
+    ipt.add_argument("action", choices=["print", "apply", "remove"], metavar="ACTION",
+                     help="print: show the rules (iptables-restore format); apply: install them, replacing "
+                          "ssaproxy's chains; remove: delete ssaproxy's chains and jumps from both families")
+    ipt.add_argument("--config", metavar="FILE", help="configuration file (default: the embedded default)")
+    ipt.add_argument("--uid", metavar="USER", help="user (name or number) the daemon runs as; its own "
+                                                   "connections are excluded from the redirect (required for "
+                                                   "print and apply)")
+    conn = sub.add_parser(
+        "connect", help="stdin/stdout over a verified TLS connection made by the daemon",
+        description="Relay stdin and stdout over a TLS connection that the daemon makes and verifies under its "
+        "policy, through the local socket API (the socket in $SSAPROXY_SOCKET, or /run/ssaproxy/api.sock).")
+    conn.add_argument("host", metavar="HOST", help="host name (resolved by the daemon) or IP address")
+    conn.add_argument("port", metavar="PORT", type=int, help="TCP port")
+    conn.add_argument("--hostname", metavar="NAME", help="the name the certificate must prove (default: HOST)")
+    conn.add_argument("--alpn", metavar="LIST", help="comma-separated ALPN protocols to offer")
+    conn.add_argument("--ca", metavar="FILE",
+                      help="PEM file of trust anchors for this connection (instead of the policy's)")
+    conn.add_argument("--cert", metavar="FILE", help="client certificate chain (PEM file)")
+    conn.add_argument("--key", metavar="FILE", help="client private key (PEM file)")
+    status = sub.add_parser(
+        "status", help="listeners, live connections and last failures, from the admin endpoint",
+        description="Print the daemon's listeners, its live connections (face, age, bytes) and its last "
+        "failures with their reasons, from the admin endpoint's /status ([admin] in the configuration).  "
+        "Exit status 1, with one line on stderr, when the endpoint cannot be reached.")
+    status.add_argument("--admin", metavar="URL",
+                        help="the admin endpoint's base URL (default: http://127.0.0.1:9901)")
+    return parser
+
+
+def _check(path: str, as_user: Optional[str]) -> int:
+    config = Config.from_file(path)
+    if as_user is not None:
+        check_config_as(config, as_user)
+    else:
+        check_config(config)
+    idle = config.idle_reason()
+    if idle is not None:
+        print(f"ssaproxy: {path}: warning: {idle}", file=sys.stderr)
+        return EXIT_WARNING
+    who = f", readable by {as_user}" if as_user is not None else ""
+    print(f"{path}: OK ({len(config.outbound.routes)} routes, {len(config.inbound)} inbound, "
+          f"api {'on' if config.api is not None else 'off'}{who})")
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "status":
         from ssaproxy.admin.show import run as show  # noqa: PLC0415 - the daemon's imports stay out of a client's start
@@ -62,9 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    key=args.key)
     try:
         if args.command == "check-config":
-            config = read_config(args.file)
-            print(f"{args.file}: OK ({len(config.outbound.routes)} routes)")
-            return 0
+            return _check(args.file, args.as_user)
         config = read_config(args.config)
         if args.action == "print":
             sys.stdout.write(netfilter.render(netfilter.rules(config, _uid(args.uid))))
@@ -76,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         source = getattr(args, "file", None) or getattr(args, "config", None) or "<embedded default>"
         print(f"ssaproxy: {source}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except subprocess.CalledProcessError as e:
         print(f"ssaproxy: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}", file=sys.stderr)
         return 1

@@ -55,3 +55,17 @@ class VerificationFailed(PeerError):
         if self.depth is not None:
             parts.append(f"depth={self.depth}")
         return " ".join(parts)
+
+
+class StartupError(SsaproxyError):
+    """The daemon cannot start: a listener or path it needs is unusable.  `what` names the
+    config key or path (``outbound.listen``, ``api.socket``), `reason` says why in words; the
+    daemon prints the one line and exits 2 instead of a traceback, like `check-config`."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.reason}"

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import grp
 import os
 import signal
 import socket
 import stat
-from typing import Any, Optional
+import sys
+from typing import Any, NoReturn, Optional
 
 from twisted.application import service
+from twisted.internet import error
 from twisted.logger import Logger
 
 from ssaproxy.admin.status import StatusSource
@@ -18,7 +19,7 @@ from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
-from ssaproxy.errors import ConfigError
+from ssaproxy.errors import StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.privileges import Identity
@@ -119,19 +120,20 @@ class _ApiService(service.Service):
         if self.port is not None:
             return
         self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
-        created = _prepare_socket_path(self.api)
-        if self.owner is not None:
-            try:
+        try:
+            created = _prepare_socket_path(self.api)
+            if self.owner is not None:
                 _claim_directory(self.api, self.owner, created)
-            except ConfigError as e:
-                log.critical("{problem}: not starting", problem=e)
-                raise SystemExit(1) from None
-        self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
-        _secure_socket_path(self.api, self.owner)
+            self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
+            _secure_socket_path(self.api, self.owner)
+        except error.CannotListenError as e:
+            raise StartupError("api.socket", f"cannot listen on {self.api.socket}: {_os_text(e.socketError)}") from None
+        except OSError as e:
+            raise StartupError("api.socket", f"{e.filename or self.api.socket}: {_os_text(e)}") from None
 
     def startService(self) -> None:
         super().startService()
-        self.privilegedStartService()
+        self.privilegedStartService()  # started without twistd (tests): nothing was privileged-started
 
     def stopService(self) -> Any:
         super().stopService()
@@ -141,23 +143,34 @@ class _ApiService(service.Service):
         return None
 
 
+def _os_text(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.strerror or os.strerror(e.errno)
+    return str(e)
+
+
 def _prepare_socket_path(api: Api) -> bool:
-    """Make the socket's directory; remove a stale socket file (nobody answers on it).
-    True if the directory was made here."""
+    """Make the socket's directory; remove a stale socket file (nobody answers on it).  True if
+    the directory was made here.  Errors are `StartupError`s in words; OSErrors carry the path
+    they are about."""
     path = api.socket
     directory = os.path.dirname(path) or "."
     created = not os.path.isdir(directory)
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        # bind() would say EACCES about the socket; the directory is what needs fixing
+        raise StartupError("api.socket", f"cannot create {path}: directory {directory} is not writable "
+                                         f"by uid {os.geteuid()}")
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+            raise StartupError("api.socket", f"{path} exists and is not a socket (remove it or choose another path)")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # stale: its daemon is gone
         else:
-            raise OSError(errno.EADDRINUSE, f"another daemon already serves {path}")
+            raise StartupError("api.socket", f"{path} is in use: another daemon already serves it")
         finally:
             probe.close()
     return created
@@ -178,7 +191,7 @@ def _claim_directory(api: Api, owner: Identity, created: bool) -> None:
         os.chown(directory, owner.uid, owner.gid)
         return
     if info.st_uid != owner.uid:
-        raise ConfigError("api.socket", f"{directory} belongs to uid {info.st_uid}, and the daemon's user "
+        raise StartupError("api.socket", f"{directory} belongs to uid {info.st_uid}, and the daemon's user "
                           f"{owner.name} could not remove the socket from it at stop: give the socket a "
                           "directory of its own (the daemon makes it, or takes it over while it is empty)")
 
@@ -194,6 +207,42 @@ def _secure_socket_path(api: Api, owner: Optional[Identity] = None) -> None:
         os.chown(api.socket, -1, gid)
 
 
+EXIT_REFUSED = 2  # what `ssaproxy check-config` returns for a configuration it refuses
+
+
+def refuse_to_start(problem: object, *, logging: bool = True) -> NoReturn:
+    """End the process with one line instead of twistd's traceback: the line goes to the log and
+    to the real stderr (twistd -n sends sys.stderr into the log), and the exit code is 2.
+    `logging=False` while twistd parses options: its log has not begun, and an event logged then
+    is written to stderr once more when the process ends."""
+    line = f"ssaproxy: cannot start: {problem}"
+    if logging:
+        log.critical("{line}", line=line, outcome="startup-failed")
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(line + "\n")
+        stream.flush()
+    raise SystemExit(EXIT_REFUSED)
+
+
+class _Startup(service.MultiService):
+    """The daemon's top service: a `StartupError` from any child (a port in use, an API socket
+    another daemon serves) ends the start with one line and exit 2.  twistd calls both start
+    methods outside the reactor, and its own handler prints the whole traceback and exits 1."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            refuse_to_start(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            refuse_to_start(e)
+
+
 def make_service(config: Config, reactor: Any, identity: Optional[Identity] = None, by_twistd: bool = False, *,
                  state: Optional[DaemonState] = None) -> service.MultiService:
     """`identity`: whom the daemon runs as once everything is bound (ssaproxy.process.Process);
@@ -206,7 +255,7 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         if route.client_certificate:
             client_context(config.policy, route.client_certificate, route.client_key)
 
-    top = service.MultiService()
+    top = _Startup()
     overload = Overload(reactor)
     Capacity(config, overload).setServiceParent(top)  # first: the fd limit is raised before anything listens
     factories: list[Any] = []
@@ -215,12 +264,12 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         factories.append(factory)
         for description in config.outbound.listen:
             address = ListenAddress.parse(description, "outbound.listen")
-            Listener(address, factory, reactor, overload).setServiceParent(top)
+            Listener(address, factory, reactor, overload, "outbound.listen").setServiceParent(top)
     for inbound in config.inbound:
         inbound_factory = InboundFactory(inbound, config.policy, reactor)  # builds its TLS contexts now
         factories.append(inbound_factory)
         address = ListenAddress.parse(inbound.listen, f"inbound.{inbound.name}.listen")
-        Listener(address, inbound_factory, reactor, overload).setServiceParent(top)
+        Listener(address, inbound_factory, reactor, overload, f"inbound.{inbound.name}.listen").setServiceParent(top)
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor)
         factories.append(api_factory)

@@ -412,7 +412,7 @@ OTHER_ERRORS = [
      "policy.groups", "OpenSSL refused 'X25519:P-999'"),
     ("trust-store-missing",
      '[policy]\ntrust_store = "/nonexistent/ssaproxy/root.pem"  # HERE\n',
-     "policy.trust_store", "OpenSSL refused '/nonexistent/ssaproxy/root.pem'"),
+     "policy.trust_store", "cannot load '/nonexistent/ssaproxy/root.pem': No such file or directory"),
     ("trust-store-empty",
      '[policy]\ntrust_store = ""  # HERE\n',
      "policy.trust_store", "must be a path"),
@@ -526,7 +526,7 @@ def test_trust_store_that_is_not_pem_is_refused(tmp_path: Path) -> None:
     junk.write_text("this is not a certificate\n")
     err = config_error(f"[policy]\ntrust_store = '{junk}'\n")
     assert err.key == "policy.trust_store"
-    assert "OpenSSL refused" in err.message
+    assert err.message == f"cannot load '{junk}': no certificate found"
     assert err.line == 2
 
 
@@ -697,7 +697,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path, capsys: pytest.Capture
     path.write_text(two_routes(SECOND_DEFAULT))
     assert cli.main(["check-config", str(path)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == f"{path}: OK (2 routes)\n"
+    assert captured.out == f"{path}: OK (2 routes, 0 inbound, api off)\n"
     assert captured.err == ""
 
 

@@ -85,7 +85,7 @@ class AdminService(service.MultiService):
         self.source = source
         site = _QuietSite(AdminResource(source), timeout=IDLE_TIMEOUT)
         site.displayTracebacks = False
-        self.listener = Listener(ListenAddress.parse(listen, "admin.listen"), site, reactor, overload)
+        self.listener = Listener(ListenAddress.parse(listen, "admin.listen"), site, reactor, overload, "admin.listen")
         self.listener.setServiceParent(self)
         metrics.set_certificates(certs.configured(source.config))
 

@@ -51,7 +51,8 @@ from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
 from ssaproxy.streams import OneShotFactory
 from ssaproxy.tls.connection import server_stream
-from ssaproxy.tls.stream import TLSStream, ssl_text
+from ssaproxy.tls.reasons import ssl_text
+from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
 _MIN_UNACKED, _MAX_UNACKED = 16, 128  # accepted connections delivered, not yet taken: BACKLOG within these

@@ -12,13 +12,14 @@ not look its `group` up on this host (a fact of the system, not of the text).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from typing import Any, Mapping, Optional
 
 import attrs
 
-from ssaproxy.config.endpoints import ListenAddress
+from ssaproxy.config.endpoints import IPAddress, ListenAddress
 from ssaproxy.config.enums import TLS_VERSIONS, TLSVersion
 from ssaproxy.config.inbound import Inbound, parse_inbound
 from ssaproxy.config.outbound import Outbound, parse_outbound
@@ -191,6 +192,35 @@ def parse_admin(r: Reader) -> Admin:
     return Admin(listen=listen)
 
 
+def _no_shared_ports(outbound: Outbound, inbound: tuple[Inbound, ...], admin: Optional[Admin]) -> None:
+    """Refuse two listeners the kernel would not let bind together: the same port on the same
+    address, or on addresses that overlap (0.0.0.0 takes every IPv4 address; [::] takes every
+    address of both families, IPv4 too, as Linux binds it by default).  The later one is named."""
+    listeners = [("outbound.listen", text) for text in outbound.listen]
+    listeners += [(f"inbound[{i}].listen", x.listen) for i, x in enumerate(inbound)]
+    if admin is not None:
+        listeners.append(("admin.listen", admin.listen))
+    seen: list[tuple[str, str, ListenAddress]] = []
+    for key, text in listeners:
+        address = ListenAddress.parse(text, key)
+        for other_key, other_text, other in seen:
+            if other.port == address.port and _overlap(other.interface, address.interface):
+                raise ConfigError(key, f"{text!r} and {other_key} {other_text!r} both listen on port "
+                                       f"{address.port} (overlapping addresses): the daemon could bind only one")
+        seen.append((key, text, address))
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether binds on interface `a` and `b` (ListenAddress.interface) collide on one port."""
+    x = ipaddress.ip_address(a or "0.0.0.0")
+    y = ipaddress.ip_address(b or "0.0.0.0")
+    return x == y or _covers(x, y) or _covers(y, x)
+
+
+def _covers(wide: IPAddress, other: IPAddress) -> bool:
+    return wide.is_unspecified and (wide.version == 6 or other.version == 4)
+
+
 DEFAULT_CONFIG_TOML = """\
 # ssaproxy's embedded default: listen on loopback only, the system trust store, TLS 1.2+.
 # Plain HTTP redirected to the listener is upgraded to verified HTTPS on port 443, using the
@@ -286,8 +316,21 @@ class Config:
         daemon = parse_daemon(r.table("daemon"))
         admin = parse_admin(r.table("admin")) if "admin" in r.data else None
         r.done()
+        _no_shared_ports(outbound, inbound, admin)
         return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, api=api, daemon=daemon,
                    admin=admin, source=source)
+
+    def idle_reason(self) -> Optional[str]:
+        """Why this configuration, though valid, would have the daemon do nothing useful (None:
+        it does something).  `ssaproxy check-config` warns; the daemon runs it anyway."""
+        if self.inbound or self.api is not None:
+            return None
+        if not self.outbound.listen:
+            return "no outbound listener, no [[inbound]] and no [api]: the daemon would serve nothing"
+        if not self.outbound.routes:
+            return ("no [[outbound.route]], no [[inbound]] and no [api]: every redirected connection would be "
+                    "reset (no-route)")
+        return None
 
     def line_of(self, key: str) -> Optional[int]:
         """The line of a dotted key path in the source text (None without one)."""

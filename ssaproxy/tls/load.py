@@ -12,15 +12,20 @@ goes through `read_config` (or `check_config` on a value it parsed itself).
 from __future__ import annotations
 
 import grp
+import json
+import os
+import pwd
 from typing import Callable, Optional
 
 import attrs
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from ssaproxy.config import Config, Inbound, Policy
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import CIPHER_FLOOR, set_groups
+from ssaproxy.tls.reasons import os_reason, ssl_text
 
 
 @attrs.frozen(kw_only=True)
@@ -72,32 +77,60 @@ def load_certificates(inbound: Inbound, path: Optional[str] = None) -> tuple[Loa
 def load_certificate(chain: str, key: str, chain_key: str = "chain", key_key: str = "key") -> LoadedCertificate:
     """Read a PEM chain and its private key and check that they belong together; errors name
     `chain_key` or `key_key`."""
+    _readable(chain_key, chain)
+    _readable(key_key, key)
     ctx = SSL.Context(SSL.TLS_METHOD)
     try:
         ctx.use_certificate_chain_file(chain)
     except Exception as e:  # OpenSSL decides what a usable chain file is
-        raise ConfigError(chain_key, f"cannot load {chain!r}: {_why(e)}") from None
+        raise ConfigError(chain_key, f"cannot load {chain!r}: {ssl_text(e, chain)}") from None
     try:
         ctx.use_privatekey_file(key)
     except Exception as e:
-        raise ConfigError(key_key, f"cannot load {key!r}: {_why(e)}") from None
-    try:
-        ctx.check_privatekey()
-    except SSL.Error:
-        raise ConfigError(key_key, f"{key!r} is not the private key of the certificate in {chain!r}") from None
+        raise ConfigError(key_key, f"cannot load {key!r}: {ssl_text(e, key)}") from None
+    mismatch = _mismatch(chain, key)
+    if mismatch is not None:
+        raise ConfigError(key_key, f"{key!r} is not the private key of the certificate in {chain!r}: {mismatch}")
     try:
         with open(chain, "rb") as f:
             leaf = x509.load_pem_x509_certificate(f.read())
     except (OSError, ValueError) as e:  # OpenSSL read it a moment ago; it changed under us
-        raise ConfigError(chain_key, f"cannot load {chain!r}: {_why(e)}") from None
+        raise ConfigError(chain_key, f"cannot load {chain!r}: {ssl_text(e, chain)}") from None
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         names = ()
-    key_type = type(leaf.public_key()).__name__.replace("PublicKey", "").replace("_", "")
-    return LoadedCertificate(chain=chain, key=key, names=names,
-                             key_type="EC" if "EllipticCurve" in key_type else key_type)
+    return LoadedCertificate(chain=chain, key=key, names=names, key_type=_kind(leaf.public_key()))
+
+
+def _mismatch(chain: str, key: str) -> Optional[str]:
+    """Why `key` is not the private key of `chain`'s leaf (None: it is).  OpenSSL keeps keys of
+    different types in different slots and says only "no certificate assigned", so the public
+    halves are compared here, in OpenSSL's words for a mismatch."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.use_certificate_chain_file(chain)
+    ctx.use_privatekey_file(key)
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        pass
+    else:
+        return None
+    try:
+        with open(chain, "rb") as f:
+            leaf = x509.load_pem_x509_certificate(f.read())
+        with open(key, "rb") as f:
+            private = serialization.load_pem_private_key(f.read(), password=None)
+    except (OSError, ValueError, TypeError):
+        return "key values mismatch"
+    have, want = _kind(private.public_key()), _kind(leaf.public_key())
+    return "key values mismatch" if have == want else f"key values mismatch (an {have} key, an {want} certificate)"
+
+
+def _kind(public_key: object) -> str:
+    name = type(public_key).__name__.replace("PublicKey", "").replace("_", "")
+    return "EC" if "EllipticCurve" in name else name
 
 
 def _check_policy(policy: Policy) -> None:
@@ -105,7 +138,7 @@ def _check_policy(policy: Policy) -> None:
     _openssl_judges("policy.ciphersuites", policy.ciphersuites, _check_ciphersuites)
     _openssl_judges("policy.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None:
-        _openssl_judges("policy.trust_store", policy.trust_store, _check_trust_store)
+        _check_trust_store("policy.trust_store", policy.trust_store)
 
 
 def _check_ciphers(value: str) -> None:
@@ -122,27 +155,71 @@ def _check_ciphersuites(value: str) -> None:
     SSL.Context(SSL.TLS_METHOD).set_tls13_ciphersuites(value.encode("ascii"))
 
 
-def _check_trust_store(path: str) -> None:
-    SSL.Context(SSL.TLS_METHOD).load_verify_locations(path)
+def _check_trust_store(key: str, path: str) -> None:
+    _readable(key, path)
+    try:
+        SSL.Context(SSL.TLS_METHOD).load_verify_locations(path)
+    except Exception as e:  # OpenSSL decides what a usable CA file is
+        raise ConfigError(key, f"cannot load {path!r}: {ssl_text(e, path)}") from None
 
 
 def _check_inbound(inbound: Inbound, path: str) -> None:
     load_certificates(inbound, path)
     if inbound.client_ca is not None:
-        try:
-            _check_trust_store(inbound.client_ca)
-        except Exception as e:  # OpenSSL decides what a usable CA file is
-            raise ConfigError(f"{path}.client_ca", f"cannot load {inbound.client_ca!r}: {e}") from None
+        _check_trust_store(f"{path}.client_ca", inbound.client_ca)
 
 
 def _openssl_judges(key: str, value: str, check: Callable[[str], None]) -> None:
     try:
         check(value)
     except Exception as e:  # OpenSSL's own parser is the judge of these strings.
-        raise ConfigError(key, f"OpenSSL refused {value!r}: {e}") from None
+        raise ConfigError(key, f"OpenSSL refused {value!r}: {ssl_text(e)}") from None
 
 
-def _why(e: Exception) -> str:
-    if isinstance(e, OSError):
-        return e.strerror or str(e)
-    return str(e) or type(e).__name__
+def _readable(key: str, path: str) -> None:
+    """Refuse a file this process cannot read, in the OS's words ("Permission denied", "No such
+    file or directory", "Is a directory"): OpenSSL would say "no such file" or "no start line"."""
+    why = os_reason(path)
+    if why is not None:
+        raise ConfigError(key, f"cannot load {path!r}: {why}")
+
+
+def check_config_as(config: Config, user: str) -> None:
+    """`check_config` as `user` would run it: in a forked child that takes the user's uid, gid
+    and supplementary groups, so that the kernel's own permission checks (ACLs, capabilities,
+    every directory on the way) decide, not a guess from mode bits.  Needs root (or `user` being
+    the caller); the child's first `ConfigError` comes back through a pipe."""
+    try:
+        entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+    except KeyError:
+        raise ConfigError("", f"no such user {user!r}") from None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the user for good, check, report, exit without cleanup
+        os.close(read_end)
+        status = 0
+        try:
+            os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            check_config(config)
+            report: dict[str, object] = {}
+        except ConfigError as e:
+            report = {"key": e.key, "message": e.message, "line": e.line}
+        except OSError as e:
+            report = {"key": "", "message": f"cannot become {entry.pw_name!r}: {e.strerror}", "line": None}
+        except BaseException as e:  # noqa: BLE001 - whatever happens, the parent hears of it
+            report = {"key": "", "message": f"check as {entry.pw_name!r} failed: {e!r}", "line": None}
+            status = 1
+        try:
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        raw = pipe.read()
+    os.waitpid(pid, 0)
+    report = json.loads(raw) if raw else {"key": "", "message": f"check as {entry.pw_name!r} died", "line": None}
+    if report:
+        line = report.get("line")
+        raise ConfigError(str(report["key"]), str(report["message"]), line if isinstance(line, int) else None)

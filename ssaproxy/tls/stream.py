@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp
+from ssaproxy.tls.reasons import ssl_text
 from ssaproxy.tls.verify import PeerCheck
 
 _READ = 65536
@@ -267,12 +268,3 @@ class TLSStream(End):
         if self.connected and self.transport is not None:
             reset(self.transport)
 
-
-def ssl_text(e: Exception) -> str:
-    """OpenSSL's reasons from an SSL.Error (or any exception whose text will do)."""
-    if isinstance(e, SSL.SysCallError):
-        return str(e.args[1]) if len(e.args) > 1 else str(e)
-    try:
-        return "; ".join(item[2] for item in e.args[0]) or str(e)
-    except (IndexError, TypeError):
-        return str(e)
