@@ -18,6 +18,7 @@ from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
+from ssaproxy.reload import Reloader
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
 
@@ -65,9 +66,10 @@ class _Signals(service.Service):
     """Signals whose default action would end the process: an orderly stop instead (the
     connections still open are reset by `_ResetOnStop`, the API socket is removed).  Even
     without this, a daemon killed outright resets what it held: every relayed socket closes
-    with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams)."""
+    with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams).  SIGHUP reloads
+    instead (ssaproxy.reload)."""
 
-    STOP = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+    STOP = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
@@ -107,9 +109,8 @@ class _ApiService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
-        _prepare_socket_path(self.api)
-        self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
-        _secure_socket_path(self.api)
+        if self.port is None:  # a reload hands over a socket it already bound
+            self.port = _listen_api(self.api, self.factory, self.reactor)
 
     def stopService(self) -> Any:
         super().stopService()
@@ -117,6 +118,13 @@ class _ApiService(service.Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+def _listen_api(api: Api, factory: ApiFactory, reactor: Any) -> Any:
+    _prepare_socket_path(api)
+    port = reactor.listenUNIX(api.socket, factory, mode=api.mode, backlog=128)
+    _secure_socket_path(api)
+    return port
 
 
 def _prepare_socket_path(api: Api) -> None:
@@ -174,4 +182,8 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     _ResetOnStop(factories).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
     _Announce(config).setServiceParent(top)
+    Reloader(config, reactor, top=top, overload=overload, factories=factories,
+             api_service=lambda api, factory: _ApiService(api, factory, reactor),
+             listen_api=lambda api, factory: _listen_api(api, factory, reactor),
+             secure_api=_secure_socket_path).setServiceParent(top)
     return top
