@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pwd
+import signal
 import subprocess
 import sys
 from typing import Optional, Sequence
@@ -24,6 +26,35 @@ def _uid(value: Optional[str]) -> int:
         return pwd.getpwnam(value).pw_uid
     except KeyError:
         raise SystemExit(f"ssaproxy: no such user {value!r}") from None
+
+
+def _reload(pidfile: Optional[str], pid: Optional[int]) -> int:
+    """Send SIGHUP to the daemon; it reloads its config file and logs one line on the outcome."""
+    if pid is None:
+        path = pidfile or "twistd.pid"  # twistd's own default
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError) as e:
+            print(f"ssaproxy: cannot read a pid from {path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return 1
+    try:  # a stale pid file could name some other program, which SIGHUP would kill
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"ssaproxy" not in f.read():
+                print(f"ssaproxy: process {pid} is not an ssaproxy daemon", file=sys.stderr)
+                return 1
+    except FileNotFoundError:
+        print(f"ssaproxy: no process {pid}", file=sys.stderr)
+        return 1
+    except OSError:
+        pass  # no /proc: trust the caller
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"ssaproxy: cannot signal process {pid}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"ssaproxy: sent SIGHUP to {pid}; its log says whether the new configuration was applied")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -48,7 +79,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     conn.add_argument("--ca", help="PEM file of trust anchors for this connection (instead of the policy's)")
     conn.add_argument("--cert", help="client certificate chain (PEM file)")
     conn.add_argument("--key", help="client private key (PEM file)")
+    rel = sub.add_parser("reload", help="make the running daemon reload its config file (SIGHUP)")
+    which = rel.add_mutually_exclusive_group()
+    which.add_argument("--pidfile", help="the daemon's pid file (default: twistd.pid, twistd's default)")
+    which.add_argument("--pid", type=int, help="the daemon's process id")
     args = parser.parse_args(argv)
+    if args.command == "reload":
+        return _reload(args.pidfile, args.pid)
     if args.command == "connect":
         from ssaproxy.client.netcat import run  # noqa: PLC0415 - the daemon's imports stay out of a client's start
 
