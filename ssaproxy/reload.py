@@ -210,6 +210,10 @@ class Reloader(service.Service):
             self.log.error("reload refused ({reason}): {detail}; still serving the previous configuration",
                            reason=reason, detail=str(e), outcome="reload-refused")
             return False
+        except Exception:  # a bug: said loudly, and the watcher and the serving generation go on
+            self.log.failure("reload refused ({reason}): internal error; still serving the previous configuration",
+                             reason=reason, outcome="reload-refused")
+            return False
         old = self.config
         summary = self._commit(plan)
         self.reloads += 1
@@ -258,7 +262,7 @@ class Reloader(service.Service):
                      outbound=self._outbound_factory())
         try:
             self._bind(plan)
-        except Refused:
+        except BaseException:
             self._unbind(plan)
             raise
         return plan
