@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pwd
+import signal
 import subprocess
 import sys
 from typing import Optional, Sequence
@@ -83,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status 1, with one line on stderr, when the endpoint cannot be reached.")
     status.add_argument("--admin", metavar="URL",
                         help="the admin endpoint's base URL (default: http://127.0.0.1:9901)")
+    rel = sub.add_parser(
+        "reload", help="make the running daemon reload its configuration file (SIGHUP)",
+        description="Send SIGHUP to the running daemon, after checking that the process is an ssaproxy "
+        "daemon.  The daemon re-reads the configuration file it was started with and applies it to new "
+        "connections, or refuses it whole (one line in its log) and keeps serving the old one; live "
+        "connections are never touched.")
+    which = rel.add_mutually_exclusive_group()
+    which.add_argument("--pidfile", metavar="PATH",
+                       help="the daemon's pid file (default: twistd.pid, twistd's default)")
+    which.add_argument("--pid", metavar="PID", type=int, help="the daemon's process id")
     return parser
 
 
@@ -102,9 +114,40 @@ def _check(path: str, as_user: Optional[str]) -> int:
     return EXIT_OK
 
 
+def _reload(pidfile: Optional[str], pid: Optional[int]) -> int:
+    """Send SIGHUP to the daemon; it reloads its config file and logs one line on the outcome."""
+    if pid is None:
+        path = pidfile or "twistd.pid"  # twistd's own default
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError) as e:
+            print(f"ssaproxy: cannot read a pid from {path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+            return 1
+    try:  # a stale pid file could name some other program, which SIGHUP would kill
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"ssaproxy" not in f.read():
+                print(f"ssaproxy: process {pid} is not an ssaproxy daemon", file=sys.stderr)
+                return 1
+    except FileNotFoundError:
+        print(f"ssaproxy: no process {pid}", file=sys.stderr)
+        return 1
+    except OSError:
+        pass  # no /proc: trust the caller
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"ssaproxy: cannot signal process {pid}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"ssaproxy: sent SIGHUP to {pid}; its log says whether the new configuration was applied")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "reload":
+        return _reload(args.pidfile, args.pid)
     if args.command == "status":
         from ssaproxy.admin.show import run as show  # noqa: PLC0415 - the daemon's imports stay out of a client's start
 

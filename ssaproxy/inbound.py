@@ -10,7 +10,7 @@ connection's original port.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
@@ -28,6 +28,9 @@ from ssaproxy.tls.server import server_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
 
 class InboundStream(TLSStream):
     """The accepted TCP connection's protocol: server-side TLS that tells its owner it exists."""
@@ -44,11 +47,13 @@ class InboundStream(TLSStream):
 class InboundFactory(Factory):
     noisy = False
 
-    def __init__(self, inbound: Inbound, policy: Policy, reactor: Any) -> None:
+    def __init__(self, inbound: Inbound, policy: Policy, reactor: Any, context: Optional["SSL.Context"] = None) -> None:
         self.inbound = inbound
         self.policy = policy
         self.reactor = reactor
-        self.context = server_context(inbound, policy)
+        # A reload passes a context it built from the files as they are now (the cache is keyed
+        # by paths, which a rotated certificate keeps).
+        self.context = context if context is not None else server_context(inbound, policy)
         self.active: set[InboundConnection] = set()
 
     def buildProtocol(self, addr: Any) -> InboundStream:

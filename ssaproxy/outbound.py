@@ -12,7 +12,7 @@ bytes are still classified on the way through.  The rest is the shared lifecycle
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from ssaproxy import sniff
 from ssaproxy.addresses import IPAddress, host_port, normalize, plain_address
-from ssaproxy.config import Action, Config, HostnameSource, Route
+from ssaproxy.config import Action, Config, HostnameSource, Policy, Route
 from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
@@ -30,14 +30,22 @@ from ssaproxy.tls.connection import client_stream
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.stream import TLSStream
 
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
 _FourTuple = tuple[str, int, str, int]
+# (policy, client certificate, client key) -> the context for an upgrade's upstream TLS
+ClientContexts = Callable[[Policy, Optional[str], Optional[str]], "SSL.Context"]
 
 
 class OutboundFactory(Factory):
     noisy = False
 
     def __init__(self, config: Config, reactor: Any) -> None:
+        # A reload (ssaproxy.reload) replaces both for new connections; each connection keeps
+        # the pair it was accepted with.
         self.config = config
+        self.client_context: ClientContexts = client_context
         self.reactor = reactor
         self.active: set[OutboundConnection] = set()
         # Our own upstream traffic redirected back to us (the daemon's uid is not excluded from
@@ -71,6 +79,7 @@ class OutboundConnection(Lifecycle):
         super().__init__(factory.reactor, factory.active)
         self.factory = factory
         self.config = factory.config
+        self.client_context = factory.client_context
         self.idle_timeout = self.config.outbound.idle_timeout or None
         self.near = near
         near.sink = self
@@ -133,7 +142,7 @@ class OutboundConnection(Lifecycle):
             self.disarm("sniff")
             self.hostname = str(decision.identity)
             policy = self.config.policy
-            ctx = client_context(policy, decision.client_certificate, decision.client_key)
+            ctx = self.client_context(policy, decision.client_certificate, decision.client_key)
             self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits), decision.port)
 
     def _connect(self, end: End, port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import signal
@@ -14,6 +15,8 @@ from twisted.application import service
 from twisted.internet import error
 from twisted.logger import Logger
 
+from ssaproxy import metrics
+from ssaproxy.admin import certs
 from ssaproxy.admin.status import StatusSource
 from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
@@ -24,6 +27,7 @@ from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.privileges import Identity
 from ssaproxy.process import Process
+from ssaproxy.reload import Reloader
 from ssaproxy.state import DaemonState
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
@@ -72,9 +76,10 @@ class _Signals(service.Service):
     """Signals whose default action would end the process: an orderly stop instead (the
     connections still open are reset by `_ResetOnStop`, the API socket is removed).  Even
     without this, a daemon killed outright resets what it held: every relayed socket closes
-    with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams)."""
+    with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams).  SIGHUP reloads
+    instead (ssaproxy.reload)."""
 
-    STOP = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+    STOP = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
@@ -120,20 +125,13 @@ class _ApiService(service.Service):
         if self.port is not None:
             return
         self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
-        try:
-            created = _prepare_socket_path(self.api)
-            if self.owner is not None:
-                _claim_directory(self.api, self.owner, created)
-            self.port = self.reactor.listenUNIX(self.api.socket, self.factory, mode=self.api.mode, backlog=128)
-            _secure_socket_path(self.api, self.owner)
-        except error.CannotListenError as e:
-            raise StartupError("api.socket", f"cannot listen on {self.api.socket}: {_os_text(e.socketError)}") from None
-        except OSError as e:
-            raise StartupError("api.socket", f"{e.filename or self.api.socket}: {_os_text(e)}") from None
+        self.port = _listen_api(self.api, self.factory, self.reactor, self.owner)
 
     def startService(self) -> None:
         super().startService()
-        self.privilegedStartService()  # started without twistd (tests): nothing was privileged-started
+        # Started without twistd (tests), nothing was privileged-started; a reload hands over a
+        # socket it already bound.
+        self.privilegedStartService()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -147,6 +145,22 @@ def _os_text(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno is not None:
         return e.strerror or os.strerror(e.errno)
     return str(e)
+
+
+def _listen_api(api: Api, factory: ApiFactory, reactor: Any, owner: Optional[Identity] = None) -> Any:
+    """The API's listening socket, made and secured (`owner`: the user the daemon drops to), or
+    a `StartupError` in words."""
+    try:
+        created = _prepare_socket_path(api)
+        if owner is not None:
+            _claim_directory(api, owner, created)
+        port = reactor.listenUNIX(api.socket, factory, mode=api.mode, backlog=128)
+        _secure_socket_path(api, owner)
+    except error.CannotListenError as e:
+        raise StartupError("api.socket", f"cannot listen on {api.socket}: {_os_text(e.socketError)}") from None
+    except OSError as e:
+        raise StartupError("api.socket", f"{e.filename or api.socket}: {_os_text(e)}") from None
+    return port
 
 
 def _prepare_socket_path(api: Api) -> bool:
@@ -276,8 +290,9 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         _ApiService(config.api, api_factory, reactor, identity).setServiceParent(top)
     _ResetOnStop(factories).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
+    source: Optional[StatusSource] = None
     if config.admin is not None:  # after the other listeners: it is ready once they have started
-        source = StatusSource(config=config, state=state or DaemonState(), services=list(top), factories=factories,
+        source = StatusSource(config=config, state=state or DaemonState(), services=top, factories=factories,
                               reactor=reactor)
         AdminService(config.admin.listen, source, reactor, overload).setServiceParent(top)
     # After every service that binds or loads something (the drop comes once they have), and
@@ -285,4 +300,19 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     read_later = (("policy.trust_store", config.policy.trust_store),) if config.policy.trust_store else ()
     Process(identity, by_twistd, read_later=read_later).setServiceParent(top)
     _Announce(config).setServiceParent(top)
+    Reloader(config, reactor, top=top, overload=overload, factories=factories,
+             api_service=lambda api, factory: _ApiService(api, factory, reactor, identity),
+             listen_api=lambda api, factory: _listen_api(api, factory, reactor, identity),
+             secure_api=_secure_socket_path, on_reload=functools.partial(_reloaded, source)).setServiceParent(top)
     return top
+
+
+def _reloaded(source: Optional[StatusSource], config: Optional[Config]) -> None:
+    """What follows a reload outside the serving path: the metrics and the admin endpoint's view."""
+    if config is None:
+        metrics.reload_failed()
+        return
+    metrics.reload_succeeded()
+    metrics.set_certificates(certs.configured(config))
+    if source is not None:
+        source.config = config

@@ -107,6 +107,7 @@ _CASES: dict[str, _Case] = {
     "good_wildcard": _Case(hostname="a.wild.test", san=("*.wild.test",)),
     "good_rsa2048": _Case(key="rsa2048"),
     "good_localhost": _Case(hostname="localhost", san=("localhost",)),  # for the API tests (daemon resolves)
+    "good_renewed": _Case(),  # "good" renewed: the same name and key, a new certificate (reload tests)
     # Bad: refused, each for the one reason its name gives.
     "expired": _Case(valid_from=-31, valid_until=-1),
     "not_yet_valid": _Case(valid_from=1, valid_until=31),

@@ -67,8 +67,8 @@ class StatusSource:
                  reactor: Any) -> None:
         self.config = config
         self.state = state
-        self.services = list(services)
-        self.factories = list(factories)
+        self.services = services  # the live service tree and factory list: a reload adds to them
+        self.factories = factories
         self.reactor = reactor
         self.started = reactor.seconds()
 
