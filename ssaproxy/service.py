@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import stat
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -16,8 +16,10 @@ from twisted.logger import Logger
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
+from ssaproxy.drain import Drain
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
+from ssaproxy.state import DaemonState
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
 
@@ -42,28 +44,9 @@ class _Announce(service.Service):
                  min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
 
 
-class _ResetOnStop(service.Service):
-    """At shutdown, reset the connections still being relayed.
-
-    Left alone, the reactor would close them with a FIN, which a legacy program reads as a
-    complete response; a RST tells it the truth.  (This service stops just before the
-    listeners; both stop synchronously within one reactor turn, so no connection is accepted
-    in between.)
-    """
-
-    def __init__(self, factories: list[Any]) -> None:
-        self.factories = factories
-
-    def stopService(self) -> None:
-        super().stopService()
-        for factory in self.factories:
-            for conn in list(factory.active):
-                conn.shut_down()
-
-
 class _Signals(service.Service):
     """Signals whose default action would end the process: an orderly stop instead (the
-    connections still open are reset by `_ResetOnStop`, the API socket is removed).  Even
+    connections still open drain, then are reset: `ssaproxy.drain`; the API socket is removed).  Even
     without this, a daemon killed outright resets what it held: every relayed socket closes
     with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams)."""
 
@@ -144,7 +127,9 @@ def _secure_socket_path(api: Api) -> None:
     os.chmod(api.socket, api.mode)
 
 
-def make_service(config: Config, reactor: Any) -> service.MultiService:
+def make_service(config: Config, reactor: Any, state: Optional[DaemonState] = None) -> service.MultiService:
+    """`state`: the daemon's live state (ssaproxy.state), shared with whoever reports it."""
+    state = state if state is not None else DaemonState()
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
@@ -155,23 +140,23 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     top = service.MultiService()
     overload = Overload(reactor)
     Capacity(config, overload).setServiceParent(top)  # first: the fd limit is raised before anything listens
-    factories: list[Any] = []
+    faces: list[tuple[str, Any]] = []  # (face, factory): whose live connections drain at the stop
     if config.outbound.listen:
         factory = OutboundFactory(config, reactor)
-        factories.append(factory)
+        faces.append(("outbound", factory))
         for description in config.outbound.listen:
             address = ListenAddress.parse(description, "outbound.listen")
             Listener(address, factory, reactor, overload).setServiceParent(top)
     for inbound in config.inbound:
         inbound_factory = InboundFactory(inbound, config.policy, reactor)  # builds its TLS contexts now
-        factories.append(inbound_factory)
+        faces.append(("inbound", inbound_factory))
         address = ListenAddress.parse(inbound.listen, f"inbound.{inbound.name}.listen")
         Listener(address, inbound_factory, reactor, overload).setServiceParent(top)
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor)
-        factories.append(api_factory)
+        faces.append(("api", api_factory))
         _ApiService(config.api, api_factory, reactor).setServiceParent(top)
-    _ResetOnStop(factories).setServiceParent(top)
+    Drain(faces, config.daemon.drain_timeout, reactor, state).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
     _Announce(config).setServiceParent(top)
     return top

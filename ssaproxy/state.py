@@ -1,0 +1,22 @@
+"""What the running daemon is doing now, for whoever reports on it.
+
+Kept apart from the services that change it and the endpoints that read it, and free of
+Twisted, so that anything (the admin endpoint's /readyz, a test, a metric) can depend on it
+without depending on the machinery that drives it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define(kw_only=True)
+class DaemonState:
+    """The daemon's live state: one instance per daemon, shared by reference (so, unlike the
+    config values, mutable)."""
+
+    # True from the moment a stop begins: listeners are closed and live connections are being
+    # given `[daemon] drain_timeout` to finish.  It never turns back: the daemon is on its way
+    # out.  A readiness probe answers "not ready" from then on, while a liveness probe should
+    # still pass, or the orchestrator kills the process and cuts the drain short.
+    draining: bool = False
