@@ -121,6 +121,10 @@ class Drain(service.Service):
         """Reset what is left (a clean end of a cut stream would be a lie), then end."""
         if self.ended:
             return
+        # Streams that ended cleanly before the cut but still hold bytes: a FIN from the final
+        # disconnect would cut them short, so reset them.  (Not those the cut itself closes
+        # gracefully below: an API session's ERROR frame, then FIN, is the whole answer.)
+        unflushed = self.flushing()
         for _, conn in self.live():
             self.seen.add(conn)
             self.reset += 1
@@ -128,7 +132,7 @@ class Drain(service.Service):
         for _, factory in self.faces:
             for other in list(factory.active):
                 other.shut_down()  # what is not a connection: the API's program listeners
-        for transport in self.flushing():
+        for transport in unflushed:
             self.unflushed += 1
             reset(transport)
         self._end(why)

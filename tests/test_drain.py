@@ -101,3 +101,41 @@ def test_a_second_signal_cuts_the_drain_short_and_the_handlers_are_put_back() ->
     reactor.run_from_thread()
     assert d.called and all(_outcomes(conns)) and drain.reset == 2
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+class Flushing:
+    """A transport closing cleanly with bytes still in its buffer."""
+
+    disconnecting = True
+    aborted = False
+
+    def getHandle(self) -> None:
+        return None
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_a_clean_close_still_flushing_is_waited_for_and_reset_at_the_timeout() -> None:
+    reactor, _, conns, drain, _ = _setup(1, n=0)
+    closing = Flushing()
+    reactor.addWriter(closing)  # type: ignore[arg-type]
+    d = drain.stopService()
+    assert isinstance(d, defer.Deferred)
+    reactor.advance(0.5)
+    assert not d.called  # the reactor's final disconnect would FIN it mid-stream
+    reactor.pump([0.1] * 6)
+    assert d.called and closing.aborted and drain.unflushed == 1
+
+
+def test_the_drain_ends_once_the_last_clean_close_has_flushed() -> None:
+    reactor, _, _, drain, _ = _setup(30, n=0)
+    closing = Flushing()
+    reactor.addWriter(closing)  # type: ignore[arg-type]
+    d = drain.stopService()
+    assert isinstance(d, defer.Deferred)
+    reactor.advance(POLL)
+    assert not d.called
+    reactor.removeWriter(closing)  # type: ignore[arg-type]
+    reactor.advance(POLL)
+    assert d.called and not closing.aborted and drain.unflushed == 0

@@ -152,7 +152,8 @@ def test_sigterm_resets_inbound_connections_on_both_sides(lab: Lab, pki: PKI, tm
     """A backend must not take a half-sent upload, cut by the daemon's exit, for a complete one."""
     good = pki.server("good")
     config = tmp_path / "ssaproxy.toml"
-    config.write_text(f'[[inbound]]\nlisten = "tcp:24443:interface={SERVER_V4}"\nbackend = "tcp:127.0.0.1:24080"\n'
+    config.write_text(f'[daemon]\ndrain_timeout = 0\n'  # reset at once (the drain: tests/test_e2e_drain.py)
+                      f'[[inbound]]\nlisten = "tcp:24443:interface={SERVER_V4}"\nbackend = "tcp:127.0.0.1:24080"\n'
                       f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
     lab.backend("echo", 24080, tmp_path / "echo.log")
     log = tmp_path / "daemon.log"
