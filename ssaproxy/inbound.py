@@ -46,6 +46,7 @@ class InboundStream(TLSStream):
 
 class InboundFactory(Factory):
     noisy = False
+    face = "inbound"  # for the drain's counts
 
     def __init__(self, inbound: Inbound, policy: Policy, reactor: Any, context: Optional["SSL.Context"] = None) -> None:
         self.inbound = inbound

@@ -40,6 +40,7 @@ ClientContexts = Callable[[Policy, Optional[str], Optional[str]], "SSL.Context"]
 
 class OutboundFactory(Factory):
     noisy = False
+    face = "outbound"  # for the drain's counts
 
     def __init__(self, config: Config, reactor: Any) -> None:
         # A reload (ssaproxy.reload) replaces both for new connections; each connection keeps

@@ -434,6 +434,7 @@ class _Draining:
     """Live connections of a factory that no longer accepts: the stop reset still reaches them."""
 
     active: set[Any]
+    face: str = "removed"
 
 
 def _swap_factory(holder: Any, factory: Any) -> None:

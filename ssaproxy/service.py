@@ -22,6 +22,7 @@ from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import Capacity, Listener, Overload
 from ssaproxy.config import Api, Config, ListenAddress
+from ssaproxy.drain import Drain
 from ssaproxy.errors import StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import OutboundFactory
@@ -53,29 +54,10 @@ class _Announce(service.Service):
                  min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
 
 
-class _ResetOnStop(service.Service):
-    """At shutdown, reset the connections still being relayed.
-
-    Left alone, the reactor would close them with a FIN, which a legacy program reads as a
-    complete response; a RST tells it the truth.  (This service stops just before the
-    listeners; both stop synchronously within one reactor turn, so no connection is accepted
-    in between.)
-    """
-
-    def __init__(self, factories: list[Any]) -> None:
-        self.factories = factories
-
-    def stopService(self) -> None:
-        super().stopService()
-        for factory in self.factories:
-            for conn in list(factory.active):
-                conn.shut_down()
-
-
 class _Signals(service.Service):
     """Signals whose default action would end the process: an orderly stop instead (the
-    connections still open are reset by `_ResetOnStop`, the API socket is removed).  Even
-    without this, a daemon killed outright resets what it held: every relayed socket closes
+    connections still open drain, then are reset: `ssaproxy.drain`; the API socket is
+    removed).  Even without this, a daemon killed outright resets what it held: every relayed socket closes
     with SO_LINGER 0 unless it is being closed cleanly (ssaproxy.streams).  SIGHUP reloads
     instead (ssaproxy.reload)."""
 
@@ -95,7 +77,7 @@ class _Signals(service.Service):
         self.reactor.callFromThread(self._stop, signal.Signals(signum).name)
 
     def _stop(self, name: str) -> None:
-        log.warn("{signal} received: stopping (open connections are reset)", signal=name)
+        log.warn("{signal} received: stopping as for SIGTERM (live connections drain, then are reset)", signal=name)
         if self.reactor.running:
             self.reactor.stop()
 
@@ -260,8 +242,9 @@ class _Startup(service.MultiService):
 def make_service(config: Config, reactor: Any, identity: Optional[Identity] = None, by_twistd: bool = False, *,
                  state: Optional[DaemonState] = None) -> service.MultiService:
     """`identity`: whom the daemon runs as once everything is bound (ssaproxy.process.Process);
-    `by_twistd`: twistd --uid makes that switch, not the daemon; `state`: what the admin
-    endpoint reports (readiness)."""
+    `by_twistd`: twistd --uid makes that switch, not the daemon; `state`: the daemon's live state
+    (ssaproxy.state: draining, listeners bound), shared with whoever reports it."""
+    state = state if state is not None else DaemonState()
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
@@ -272,6 +255,8 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     top = _Startup()
     overload = Overload(reactor)
     Capacity(config, overload).setServiceParent(top)  # first: the fd limit is raised before anything listens
+    # Every factory with live connections, by reference: the drain at the stop and the reload
+    # (which adds to it, and keeps retired ones until their connections end) share it.
     factories: list[Any] = []
     if config.outbound.listen:
         factory = OutboundFactory(config, reactor)
@@ -288,11 +273,11 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         api_factory = ApiFactory(config.api, config.policy, reactor)
         factories.append(api_factory)
         _ApiService(config.api, api_factory, reactor, identity).setServiceParent(top)
-    _ResetOnStop(factories).setServiceParent(top)
+    Drain(factories, config.daemon.drain_timeout, reactor, state).setServiceParent(top)
     _Signals(reactor).setServiceParent(top)
     source: Optional[StatusSource] = None
     if config.admin is not None:  # after the other listeners: it is ready once they have started
-        source = StatusSource(config=config, state=state or DaemonState(), services=top, factories=factories,
+        source = StatusSource(config=config, state=state, services=top, factories=factories,
                               reactor=reactor)
         AdminService(config.admin.listen, source, reactor, overload).setServiceParent(top)
     # After every service that binds or loads something (the drop comes once they have), and

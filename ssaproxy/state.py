@@ -1,8 +1,9 @@
-"""What the daemon as a whole is doing, for the parts that must agree on it (readiness, drain).
+"""What the running daemon is doing now, for the parts that must agree on it (readiness, drain).
 
-Mutable on purpose, and tiny: one object made by the service wiring and handed to whoever
-needs to read or flip a flag.  The admin endpoint's /readyz reads it; the listeners' wiring sets
-`listeners_bound`; the drain on SIGTERM sets `draining`.
+Mutable on purpose, and tiny: one object made by the service wiring and handed by reference to
+whoever reads or flips a flag.  Kept apart from the services that change it and the endpoints
+that read it, and free of Twisted, so that anything (the admin endpoint's /readyz, a test, a
+metric) can depend on it without depending on the machinery that drives it.
 """
 
 from __future__ import annotations
@@ -12,5 +13,12 @@ import attrs
 
 @attrs.define(kw_only=True)
 class DaemonState:
-    draining: bool = False  # stopping gracefully: no longer ready for new connections
+    """The daemon's live state: one instance per daemon, shared by reference (so, unlike the
+    config values, mutable)."""
+
+    # True from the moment a stop begins: listeners are closed and live connections are being
+    # given `[daemon] drain_timeout` to finish.  It never turns back: the daemon is on its way
+    # out.  A readiness probe answers "not ready" from then on, while a liveness probe should
+    # still pass, or the orchestrator kills the process and cuts the drain short.
+    draining: bool = False
     listeners_bound: bool = False  # every configured listener (and the API socket) is listening

@@ -325,8 +325,9 @@ except OSError as e:
 
 
 def test_daemon_stopped_while_a_program_waits(pki: PKI, tmp_path: Path) -> None:
-    daemon = ApiDaemon(tmp_path / "d", pki, extra="").start()
-    # handshake_timeout 3 in the harness config; the daemon is stopped well before it.
+    # handshake_timeout 3 in the harness config; the daemon is stopped well before it, without a
+    # drain (with one, the handshake would be let run to its own timeout: tests/test_e2e_drain.py).
+    daemon = ApiDaemon(tmp_path / "d", pki, extra="[daemon]\ndrain_timeout = 0\n").start()
     hold = daemon.tls_server("hold", None)
     out = tmp_path / "program.out"
     code = f"""

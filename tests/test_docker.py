@@ -68,6 +68,9 @@ def test_kubernetes_pod_parses_and_matches_the_example_config() -> None:
     (init,) = spec["initContainers"]
     assert init["command"][0] == "/usr/local/lib/ssaproxy/init.sh"
     assert init["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    # SIGTERM drains: the kubelet must wait longer than that before its SIGKILL.
+    assert spec["terminationGracePeriodSeconds"] > Config.from_toml(kinds["ConfigMap"]["data"]["ssaproxy.toml"]
+                                                                    ).daemon.drain_timeout
     sidecar = next(c for c in spec["containers"] if c["name"] == "ssaproxy")
     assert sidecar["securityContext"]["runAsUser"] == 10001 and sidecar["securityContext"]["runAsNonRoot"]
 

@@ -3,8 +3,9 @@
 `twistd -n ssaproxy` with no --config runs on the embedded default (loopback only, both
 families, system
 trust store: the lab's private CA is not trusted, so verification fails closed); SIGTERM and
-SIGINT stop it cleanly, resetting connections still in flight; a broken config stops it
-before it starts, naming the key and line.
+SIGINT stop it cleanly, with `drain_timeout = 0` resetting connections still in flight at once
+(tests/test_e2e_drain.py: the drain); a broken config stops it before it starts, naming the key
+and line.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def test_embedded_default_listens_on_loopback_and_trusts_only_the_system_store(
     assert "Main loop terminated." in log.read_text()
 
 
-def _one_route(config: Path, pki: PKI, port: int) -> None:
-    config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n'
+def _one_route(config: Path, pki: PKI, port: int, daemon: str = "") -> None:
+    config.write_text(f'{daemon}[policy]\ntrust_store = "{pki.root_pem}"\n'
                       '[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
                       f'[[outbound.route]]\ndestination = "{SERVER_V4}/32"\nports = [{port}]\n'
                       'hostname = "backend.test"\n')
@@ -71,7 +72,7 @@ def _clear_rules(lab: Lab) -> None:
 def test_signal_stops_cleanly_and_resets_live_connections(lab: Lab, pki: PKI, tmp_path: Path, sig: int) -> None:
     config = tmp_path / "ssaproxy.toml"
     port = 24000 + sig
-    _one_route(config, pki, port)
+    _one_route(config, pki, port, "[daemon]\ndrain_timeout = 0\n")
     lab.tls_server("echo", pki.server("good"), port, tmp_path / "echo.log")
     lab.apply_rules(config)
     log = tmp_path / "daemon.log"
@@ -89,6 +90,7 @@ def test_signal_stops_cleanly_and_resets_live_connections(lab: Lab, pki: PKI, tm
         text = log.read_text()
         assert "Main loop terminated." in text and "Traceback" not in text
         assert any(" shutdown: " in e for e in log_events(log))
+        assert "drain ended (drain_timeout is 0)" in text and "0 connections finished, 1 reset" in text
     finally:
         _clear_rules(lab)
         stop(client)
@@ -150,7 +152,8 @@ def test_sigterm_resets_inbound_connections_on_both_sides(lab: Lab, pki: PKI, tm
     """A backend must not take a half-sent upload, cut by the daemon's exit, for a complete one."""
     good = pki.server("good")
     config = tmp_path / "ssaproxy.toml"
-    config.write_text(f'[[inbound]]\nlisten = "tcp:24443:interface={SERVER_V4}"\nbackend = "tcp:127.0.0.1:24080"\n'
+    config.write_text(f'[daemon]\ndrain_timeout = 0\n'  # reset at once (the drain: tests/test_e2e_drain.py)
+                      f'[[inbound]]\nlisten = "tcp:24443:interface={SERVER_V4}"\nbackend = "tcp:127.0.0.1:24080"\n'
                       f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
     lab.backend("echo", 24080, tmp_path / "echo.log")
     log = tmp_path / "daemon.log"

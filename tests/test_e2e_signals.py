@@ -2,7 +2,8 @@
 
 Whatever ends the daemon, a program in the middle of a stream must read a reset, never a clean
 end of a cut stream: signals whose default action is to terminate are handled as an orderly
-stop that resets what is open, and a daemon killed outright (SIGKILL, the OOM killer) leaves
+stop that resets what is open (here with `[daemon] drain_timeout = 0`: tests/test_e2e_drain.py
+has the drain), and a daemon killed outright (SIGKILL, the OOM killer) leaves
 the kernel to reset every relayed socket, which is set to close with SO_LINGER 0 unless it is
 being closed cleanly.  Covered on all three faces: outbound (a redirected legacy client),
 inbound (a TLS client, and the backend behind it) and the local socket API.  SIGHUP is the
@@ -42,7 +43,7 @@ def _expected_exit(sig: int) -> int:
 def test_outbound_client_reads_a_reset(lab: Lab, pki: PKI, tmp_path: Path, sig: int) -> None:
     port = 24600 + sig
     config = tmp_path / "ssaproxy.toml"
-    config.write_text(f'[policy]\ntrust_store = "{pki.root_pem}"\n'
+    config.write_text(f'[daemon]\ndrain_timeout = 0\n[policy]\ntrust_store = "{pki.root_pem}"\n'
                       '[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
                       f'[[outbound.route]]\ndestination = "{SERVER_V4}/32"\nports = [{port}]\n'
                       'hostname = "backend.test"\n')
@@ -104,7 +105,7 @@ def test_inbound_client_and_backend_read_a_reset_when_the_daemon_is_killed(lab: 
 
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGKILL], ids=lambda s: signal.Signals(s).name)
 def test_api_program_reads_a_reset(pki: PKI, tmp_path: Path, sig: int) -> None:
-    api = ApiDaemon(tmp_path / "api", pki).start()
+    api = ApiDaemon(tmp_path / "api", pki, extra="[daemon]\ndrain_timeout = 0\n").start()
     try:
         port = api.tls_server("source", pki.server("good"), "--bytes", str(TOTAL))
         found: dict[str, Any] = {}

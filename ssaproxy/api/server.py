@@ -77,6 +77,7 @@ def fd_limit() -> Optional[int]:
 
 class ApiFactory(Factory):
     noisy = False
+    face = "api"  # for the drain's counts
     log = Logger()
 
     def __init__(self, api: Api, policy: Policy, reactor: Any, nofile: Optional[int] = _UNSET) -> None:
@@ -87,6 +88,7 @@ class ApiFactory(Factory):
         self.active: set[Any] = set()  # TLS sessions and listeners, for shutdown
         self.caps = caps_of(api)
         self.ledger = Ledger(self.caps)  # what each uid holds
+        self.accepting = True  # False once the daemon drains: no new sessions or listeners
         if nofile != _UNSET:
             self.fit(nofile)
 
@@ -101,6 +103,19 @@ class ApiFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> "Control":
         return Control(self)
+
+    def stop_accepting(self) -> None:
+        """The daemon drains (ssaproxy.drain): sessions already open go on; programs' listening
+        sockets stop being accepted on, and new CONNECT, UPGRADE and LISTEN requests get
+        ESHUTDOWN, so the drain ends as soon as the sessions in flight do."""
+        self.accepting = False
+        for x in list(self.active):
+            if isinstance(x, Listener):
+                x.stop_accepting()
+
+    def check_accepting(self) -> None:
+        if not self.accepting:
+            raise ApiError(errno.ESHUTDOWN, "the daemon is stopping: no new TLS sessions")
 
 
 @implementer(interfaces.IFileDescriptorReceiver, interfaces.IPushProducer)
@@ -335,6 +350,7 @@ class Control(Protocol):
                 raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
+            self.factory.check_accepting()
             listeners = self.factory.caps.listeners
             if sum(isinstance(x, Listener) for x in self.factory.active) >= listeners:
                 raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
@@ -362,6 +378,7 @@ class Control(Protocol):
     # ---- helpers
     def _start(self, op: str) -> tuple[TLSSession, Carrier]:
         """A session and its carrier, the program's end sent with CARRIER; or ApiError."""
+        self.factory.check_accepting()
         why = self.factory.ledger.over(self.uid, Resource.FDS, 1)
         if why is not None:
             raise ApiError(errno.EAGAIN, f"too many descriptors in flight: {why}")
@@ -527,6 +544,11 @@ class Listener:
         self.unacked -= 1
         if self.unacked < self.backlog and not self.closed:
             self.acceptor.pause(False)
+
+    def stop_accepting(self) -> None:
+        """The daemon drains: take no more connections from the program's socket; handshakes
+        under way finish and are handed over as usual."""
+        self.acceptor.stop()
 
     def close(self, why: str) -> None:
         if self.closed:
