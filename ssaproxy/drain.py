@@ -65,6 +65,7 @@ class Drain(service.Service):
         self.started = 0.0
         self.ended = False
         self._done: Optional[defer.Deferred[None]] = None
+        self._waiters: list[defer.Deferred[None]] = []
         self._timers: dict[str, Any] = {}
         self._saved: dict[int, Any] = {}
 
@@ -157,6 +158,19 @@ class Drain(service.Service):
         done, self._done = self._done, None
         if done is not None:
             done.callback(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_ended(self) -> defer.Deferred[None]:
+        """Fires once the drain has ended (at once if none is running): the admin endpoint
+        stays up until then, so liveness holds while readiness says draining."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._done is None:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
 
     # ---- a second signal
     def _hold_signals(self) -> None:

@@ -273,13 +273,16 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         api_factory = ApiFactory(config.api, config.policy, reactor)
         factories.append(api_factory)
         _ApiService(config.api, api_factory, reactor, identity).setServiceParent(top)
-    Drain(factories, config.daemon.drain_timeout, reactor, state).setServiceParent(top)
-    _Signals(reactor).setServiceParent(top)
+    drain = Drain(factories, config.daemon.drain_timeout, reactor, state)
     source: Optional[StatusSource] = None
     if config.admin is not None:  # after the other listeners: it is ready once they have started
         source = StatusSource(config=config, state=state, services=top, factories=factories,
                               reactor=reactor)
-        AdminService(config.admin.listen, source, reactor, overload).setServiceParent(top)
+        # Before the drain in the list: services stop in reverse order, so the drain has begun
+        # when the admin endpoint is told to stop, and it waits for the drain's end.
+        AdminService(config.admin.listen, source, reactor, overload, until=drain.when_ended).setServiceParent(top)
+    drain.setServiceParent(top)
+    _Signals(reactor).setServiceParent(top)
     # After every service that binds or loads something (the drop comes once they have), and
     # before the announcement (a daemon that refuses to run never says it started).
     read_later = (("policy.trust_store", config.policy.trust_store),) if config.policy.trust_store else ()

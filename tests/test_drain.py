@@ -14,6 +14,8 @@ from ssaproxy.state import DaemonState
 
 
 class Face:
+    face = "outbound"
+
     def __init__(self) -> None:
         self.active: set[Any] = set()
         self.accepting = True
@@ -46,7 +48,7 @@ def _setup(timeout: float, n: int = 2) -> tuple[Reactor, Face, list[Conn], Drain
     conns = [Conn(reactor, face.active) for _ in range(n)]
     face.active.update(conns)
     state = DaemonState()
-    drain = Drain([("outbound", face)], timeout, reactor, state)
+    drain = Drain([face], timeout, reactor, state)
     drain.startService()
     return reactor, face, conns, drain, state
 
@@ -139,3 +141,15 @@ def test_the_drain_ends_once_the_last_clean_close_has_flushed() -> None:
     reactor.removeWriter(closing)  # type: ignore[arg-type]
     reactor.advance(POLL)
     assert d.called and not closing.aborted and drain.unflushed == 0
+
+
+def test_a_factory_added_later_drains_too() -> None:
+    # The drain reads the daemon's live list of factories: a reload adds to it.
+    reactor = Reactor()
+    factories: list[Any] = []
+    drain = Drain(factories, 5, reactor, DaemonState())
+    late = Face()
+    factories.append(late)
+    conn = Conn(reactor, late.active)
+    late.active.add(conn)
+    assert drain.live() == [("outbound", conn)]

@@ -32,8 +32,8 @@ BULK = 100_000_000
 
 
 class Front:
-    def __init__(self, port: int, log: Path, daemon: subprocess.Popen[bytes]) -> None:
-        self.port, self.log, self.daemon = port, log, daemon
+    def __init__(self, port: int, log: Path, daemon: subprocess.Popen[bytes], admin: int) -> None:
+        self.port, self.log, self.daemon, self.admin = port, log, daemon, admin
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -48,13 +48,14 @@ class Front:
 def front(pki: PKI, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Front]:
     mode, drain_timeout = request.param
     good = pki.server("good")
-    port, backend_port = free_port(), free_port()
+    port, backend_port, admin = free_port(), free_port(), free_port()
     backend_log = tmp_path / "backend.log"
     with backend_log.open("wb") as out:
         backend = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1", str(backend_port), mode,
                                     "--bytes", str(BULK)], stdout=out, stderr=subprocess.STDOUT)
     config = tmp_path / "ssaproxy.toml"
     config.write_text(f"[daemon]\ndrain_timeout = {drain_timeout}\n"
+                      f'[admin]\nlisten = "tcp:{admin}:interface=127.0.0.1"\n'
                       f'[[inbound]]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
                       f'backend = "tcp:127.0.0.1:{backend_port}"\n'
                       f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
@@ -65,7 +66,7 @@ def front(pki: PKI, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     try:
         wait_for_text(backend_log, "READY", backend, 15)
         wait_for_text(log, "ssaproxy started", daemon, 20)
-        yield Front(port, log, daemon)
+        yield Front(port, log, daemon, admin)
     finally:
         stop(daemon, signal.SIGKILL)
         stop(backend)
@@ -168,3 +169,22 @@ def test_drain_timeout_zero_resets_at_once(pki: PKI, front: Front) -> None:
     assert front.daemon.wait(15) == -signal.SIGTERM
     end = front.wait_log("drain ended")
     assert "(drain_timeout is 0)" in end and "0 connections finished, 1 reset" in end, end
+
+
+def _http_status(port: int, path: str) -> int:
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                        f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=10)
+    return int(r.stdout or 0)
+
+
+@pytest.mark.parametrize("front", [("echo", 60)], indirect=True)
+def test_while_draining_the_daemon_is_alive_but_not_ready(pki: PKI, front: Front) -> None:
+    assert (_http_status(front.admin, "/healthz"), _http_status(front.admin, "/readyz")) == (200, 200)
+    with _echoing(pki, front) as s:
+        front.daemon.send_signal(signal.SIGTERM)
+        front.wait_log("stopping: no longer accepting")
+        # Liveness holds (an orchestrator must not kill a draining daemon); readiness does not.
+        assert (_http_status(front.admin, "/healthz"), _http_status(front.admin, "/readyz")) == (200, 503)
+        front.daemon.send_signal(signal.SIGTERM)
+        assert _reset_within(s, 0) < 5
+    assert front.daemon.wait(15) == -signal.SIGTERM

@@ -9,9 +9,10 @@ would drown the connection records.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.application import service
+from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
 from ssaproxy import metrics
@@ -77,12 +78,16 @@ class _QuietSite(server.Site):
 
 
 class AdminService(service.MultiService):
-    """The admin listener (bound before privileges drop, like the others).  Added last, so when
-    it starts every other listener has started: that is when the daemon becomes ready."""
+    """The admin listener (bound before privileges drop, like the others).  Added after the
+    other listeners, so when it starts every other listener has started: that is when the
+    daemon becomes ready.  At the stop it stays up until `until()` fires (the drain's end):
+    /healthz keeps answering while /readyz says the daemon is draining."""
 
-    def __init__(self, listen: str, source: StatusSource, reactor: Any, overload: Overload) -> None:
+    def __init__(self, listen: str, source: StatusSource, reactor: Any, overload: Overload,
+                 until: Optional[Callable[[], Deferred[None]]] = None) -> None:
         super().__init__()
         self.source = source
+        self.until = until
         site = _QuietSite(AdminResource(source), timeout=IDLE_TIMEOUT)
         site.displayTracebacks = False
         self.listener = Listener(ListenAddress.parse(listen, "admin.listen"), site, reactor, overload, "admin.listen")
@@ -94,5 +99,13 @@ class AdminService(service.MultiService):
         self.source.state.listeners_bound = all(row["bound"] for row in self.source.listeners())
 
     def stopService(self) -> Any:
+        if self.until is None:
+            self.source.state.listeners_bound = False
+            return super().stopService()
+        d = self.until()
+        d.addCallback(lambda _: self._stop_now())
+        return d
+
+    def _stop_now(self) -> Any:
         self.source.state.listeners_bound = False
         return super().stopService()
