@@ -136,6 +136,11 @@ class Relay:
             other.abort()
             self._finish("client-reset", detail or "connection closed before both directions ended")
         else:
+            if how == How.TRUNCATED and self.eof[self.near]:
+                # Common with servers that never answer close_notify (nginx on keep-alive
+                # connections).  Still a reset: a program that half-closed may be reading a
+                # response whose end only the peer's close_notify could have proved.
+                detail = f"{detail or 'no close_notify'} (after the program had closed its side)"
             self._drain_then_reset(str(how), detail)
 
     def _drain_then_reset(self, outcome: str, detail: Optional[str]) -> None:

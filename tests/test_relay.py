@@ -243,3 +243,11 @@ def test_twisted_still_has_the_orderly_shutdown_switch_we_turn_off() -> None:
     from twisted.internet import tcp  # noqa: PLC0415 - the one Twisted detail this test pins
 
     assert hasattr(tcp.Connection, "_shouldShutdown")
+
+
+def test_a_truncation_after_the_program_closed_is_still_a_reset_and_says_so(ends: Ends) -> None:
+    ends.near.readConnectionLost()  # the program is done sending
+    ends.relay.end_lost(ends.far, How.TRUNCATED, "connection closed without close_notify")
+    assert ends.near_t.aborted
+    assert ends.outcome == (
+        "truncated", "connection closed without close_notify (after the program had closed its side)")
