@@ -131,3 +131,18 @@ def test_a_trickling_handshake_is_cut_at_the_handshake_timeout(pki: PKI, front: 
     event = poll(lambda: [e for e in log.read_text().splitlines() if " handshake-timeout: " in e])
     assert event, log.read_text()[-2000:]
     assert "READY" in backend_log.read_text() and "{" not in backend_log.read_text()  # never connected
+
+
+def test_a_bad_record_after_the_handshake_gets_an_alert_not_a_bare_reset(pki: PKI,
+                                                                          front: tuple[int, Path, Path]) -> None:
+    port, log, _ = front
+    with _client(pki, port) as s:
+        s.sendall(b"ping")
+        assert s.recv(100) == b"ping"
+        # A record that cannot be decrypted (TLS 1.3 application data, wrong tag), bypassing TLS.
+        socket.socket.sendall(s, b"\x17\x03\x03\x00\x20" + bytes(32))
+        with pytest.raises(ssl.SSLError) as info:
+            s.recv(100)
+    assert "ALERT" in str(info.value) or "alert" in str(info.value), info.value  # told why, not just reset
+    event = poll(lambda: [e for e in log.read_text().splitlines() if "inbound 1 " in e])
+    assert event and " client-reset: " in event[-1], log.read_text()[-2000:]

@@ -221,7 +221,9 @@ class TLSStream(End):
                 if self._tcp_eof:
                     self._fail(How.TRUNCATED, "connection closed without close_notify")
                 else:
-                    self._fail(How.RESET, f"TLS error: {ssl_text(e)}")
+                    # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
+                    # place): its alert goes out before the end, as after a failed handshake.
+                    self._fail(How.RESET, f"TLS error: {ssl_text(e)}", alert=True)
                 return
             if self.sink is not None:
                 self.sink.end_data(self, data)
