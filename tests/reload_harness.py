@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from typing import Any, Optional
 from cryptography import x509
 
 from tests.api_harness import free_port
-from tests.lab import PEERS, _twistd, poll, stop, wait_for_text
+from tests.lab import PEERS, poll, stop
+from tests.loopback import certificates, spawn_backend, spawn_daemon, tls_client, wait_started
 from tests.pki import PKI, ServerCreds
 
 sys.path.insert(0, str(PEERS))
@@ -54,7 +54,7 @@ class Front:
     def listener(self, name: str, port: int) -> str:
         return (f'[[inbound]]\nname = "{name}"\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
                 f'backend = "tcp:127.0.0.1:{self.backend_port}"\n'
-                f'certificates = [ {{ chain = "{self.chain}", key = "{self.key}" }} ]\n')
+                f"{certificates(self.chain, self.key)}\n")
 
     def write_config(self, *listeners: tuple[str, int], extra: str = "") -> None:
         text = f"[daemon]\nwatch_interval = {self.watch_interval}\n" + extra
@@ -65,14 +65,9 @@ class Front:
 
     def start(self, *listeners: tuple[str, int]) -> Front:
         self.write_config(*listeners)
-        with self.backend_log.open("wb") as out:
-            self.backend = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1",
-                                             str(self.backend_port), "echo"], stdout=out, stderr=subprocess.STDOUT)
-        with self.log.open("wb") as out:
-            self.daemon = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(self.config)],
-                                           stdout=out, stderr=subprocess.STDOUT)
-        wait_for_text(self.backend_log, "READY", self.backend, 15)
-        wait_for_text(self.log, "ssaproxy started", self.daemon, 20)
+        self.backend = spawn_backend(self.backend_port, "echo", self.backend_log)
+        self.daemon = spawn_daemon(self.config, self.log)
+        wait_started(self.backend, self.backend_log, self.daemon, self.log)
         return self
 
     def stop(self) -> None:
@@ -91,9 +86,7 @@ class Front:
         assert poll(lambda: self.count(text) >= times, timeout), self.log.read_text(errors="replace")[-3000:]
 
     def connect(self, port: int) -> ssl.SSLSocket:
-        ctx = ssl.create_default_context(cadata=self.pki.root_pem.read_text())
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        return ctx.wrap_socket(sock, server_hostname="backend.test", suppress_ragged_eofs=False)
+        return tls_client(self.pki, port)
 
 
 def serial(s: ssl.SSLSocket) -> int:

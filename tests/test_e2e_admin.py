@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -22,36 +21,27 @@ from typing import Iterator
 import pytest
 
 from tests.api_harness import free_port
-from tests.lab import PEERS, REPO, _twistd, poll, stop, wait_for_text
+from tests.lab import REPO, poll
+from tests.loopback import LoopbackDaemon, tls_client
 from tests.pki import PKI
+
+CONFIG = """[admin]
+listen = "tcp:{admin_port}:interface=127.0.0.1"
+
+[[inbound]]
+name = "web"
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:127.0.0.1:{backend_port}"
+{certificates}
+"""
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PKI, int, str, Path]]:
     tmp = tmp_path_factory.mktemp("admin")
     pki = PKI(tmp / "pki")
-    good = pki.server("good")
-    port, backend_port, admin_port = free_port(), free_port(), free_port()
-    backend_log = tmp / "backend.log"
-    with backend_log.open("wb") as out:
-        backend = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1", str(backend_port), "echo"],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    config = tmp / "ssaproxy.toml"
-    config.write_text(f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n\n'
-                      f'[[inbound]]\nname = "web"\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
-                      f'backend = "tcp:127.0.0.1:{backend_port}"\n'
-                      f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
-    log = tmp / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_text(backend_log, "READY", backend, 15)
-        wait_for_text(log, "ssaproxy started", proc, 20)
-        yield pki, port, f"http://127.0.0.1:{admin_port}", log
-    finally:
-        stop(proc)
-        stop(backend)
+    with LoopbackDaemon(pki, tmp, CONFIG, mode="echo") as d:
+        yield pki, d.port, f"http://127.0.0.1:{d.admin_port}", d.log
 
 
 def curl(url: str, *args: str) -> tuple[int, str]:
@@ -71,18 +61,12 @@ def sample(text: str, metric: str, **labels: str) -> float:
     return 0.0
 
 
-def _client(pki: PKI, port: int) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context(cadata=pki.root_pem.read_text())
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx.wrap_socket(sock, server_hostname="backend.test")
-
-
 def test_metrics_health_status_and_the_status_command(daemon: tuple[PKI, int, str, Path]) -> None:
     pki, port, admin, log = daemon
     assert curl(admin + "/healthz") == (200, "ok\n")
     assert curl(admin + "/readyz") == (200, "ready\n")
     for n in range(2):  # two whole connections
-        with _client(pki, port) as s:
+        with tls_client(pki, port, suppress_ragged_eofs=True) as s:
             s.sendall(b"ping%d" % n)
             assert s.recv(100) == b"ping%d" % n
             s.unwrap()
@@ -90,7 +74,7 @@ def test_metrics_health_status_and_the_status_command(daemon: tuple[PKI, int, st
         raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
         raw.recv(100)
     assert poll(lambda: "handshake-failed" in log.read_text(), 10)
-    still = _client(pki, port)
+    still = tls_client(pki, port, suppress_ragged_eofs=True)
     try:
         still.sendall(b"x" * 1000)
         assert len(still.recv(2000)) > 0

@@ -11,83 +11,47 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import ssl
 import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from ssaproxy.kernel import somaxconn
 from tests.api_harness import free_port
-from tests.lab import PEERS, _twistd, poll, stop, wait_for_text
+from tests.lab import poll
+from tests.loopback import LoopbackDaemon
 from tests.pki import PKI
 
 FD_LIMIT = 96
 BACKLOG = 37
 
 
-class Scene:
-    def __init__(self, directory: Path, pki: PKI, port: int, quiet_port: int) -> None:
-        self.directory = directory
-        self.log = directory / "daemon.log"
-        self.port = port
-        self.quiet_port = quiet_port
-        self.context = ssl.create_default_context(cafile=str(pki.root_pem))
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def tls(self, timeout: float = 3) -> ssl.SSLSocket:
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        try:
-            return self.context.wrap_socket(raw, server_hostname="backend.test")
-        except BaseException:
-            raw.close()
-            raise
-
-
 def _limit_fds() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
-@pytest.fixture(scope="module")
-def scene(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
-    d = tmp_path_factory.mktemp("capacity")
-    port, quiet_port, backend_port = free_port(), free_port(), free_port()
-    good = pki.server("good")
-    certs = f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]'
-    config = d / "ssaproxy.toml"
-    config.write_text(f"""
+CONFIG = """
 [[inbound]]
 name = "cap"
 listen = "tcp:{port}:interface=127.0.0.1"
 backend = "tcp:127.0.0.1:{backend_port}"
-{certs}
+{certificates}
 handshake_timeout = 30
 
 [[inbound]]
 name = "queue"
-listen = "tcp:{quiet_port}:interface=127.0.0.1:backlog={BACKLOG}"
+listen = "tcp:{quiet_port}:interface=127.0.0.1:backlog={backlog}"
 backend = "tcp:127.0.0.1:{backend_port}"
-{certs}
-""")
-    procs: list[subprocess.Popen[Any]] = []
-    try:
-        backend_log = d / "backend.log"
-        procs.append(subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1", str(backend_port),
-                                       "echo"], stdout=backend_log.open("ab"), stderr=subprocess.STDOUT))
-        wait_for_text(backend_log, "READY", procs[-1], 15)
-        s = Scene(d, pki, port, quiet_port)
-        procs.append(subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)],
-                                      stdout=s.log.open("ab"), stderr=subprocess.STDOUT, preexec_fn=_limit_fds))  # noqa: PLW1509 - no threads yet
-        wait_for_text(s.log, "ssaproxy started", procs[-1], 20)
-        yield s
-    finally:
-        for p in reversed(procs):
-            stop(p)
+{certificates}
+"""
+
+
+@pytest.fixture(scope="module")
+def scene(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackDaemon]:
+    with LoopbackDaemon(pki, tmp_path_factory.mktemp("capacity"), CONFIG, mode="echo", preexec_fn=_limit_fds,
+                        quiet_port=free_port(), backlog=BACKLOG) as d:
+        yield d
 
 
 TCP_ESTABLISHED, TCP_CLOSE, TCP_CLOSE_WAIT = 1, 7, 8  # linux/tcp_states.h
@@ -101,7 +65,7 @@ def _state(sock: socket.socket) -> str:
     return {TCP_ESTABLISHED: "held", TCP_CLOSE: "reset", TCP_CLOSE_WAIT: "fin"}.get(state, f"state-{state}")
 
 
-def _ping(s: Scene, held: list[socket.socket]) -> str:
+def _ping(s: LoopbackDaemon, held: list[socket.socket]) -> str:
     """One TLS client: "ok" if its bytes came back, else how the daemon ended it."""
     try:
         raw = socket.create_connection(("127.0.0.1", s.port), timeout=3)
@@ -122,8 +86,8 @@ def _ping(s: Scene, held: list[socket.socket]) -> str:
     return _state(t) if ended else "hang"
 
 
-def _round_trip(s: Scene, payload: bytes) -> bytes:
-    with s.tls() as t:
+def _round_trip(s: LoopbackDaemon, payload: bytes) -> bytes:
+    with s.connect(timeout=3, suppress_ragged_eofs=True) as t:
         t.sendall(payload)
         got = b""
         deadline = time.monotonic() + 5
@@ -135,18 +99,18 @@ def _round_trip(s: Scene, payload: bytes) -> bytes:
         return got
 
 
-def _overload_lines(s: Scene) -> list[str]:
+def _overload_lines(s: LoopbackDaemon) -> list[str]:
     return [x for x in s.text().splitlines() if " overload: out of file descriptors" in x]
 
 
-def test_the_limit_is_what_the_daemon_got_and_it_says_so(scene: Scene) -> None:
+def test_the_limit_is_what_the_daemon_got_and_it_says_so(scene: LoopbackDaemon) -> None:
     assert f"open files limit: {FD_LIMIT} -> {FD_LIMIT} (hard limit {FD_LIMIT})" in scene.text()
     # 2 x (10000 + 10000) + reserve does not fit in 96: a warning naming the caps and the budget
     assert "inbound.cap.max_connections=10000, inbound.queue.max_connections=10000" in scene.text()
     assert f"the open files limit is {FD_LIMIT}" in scene.text()
 
 
-def test_out_of_descriptors_clients_are_reset_then_served_again(scene: Scene) -> None:
+def test_out_of_descriptors_clients_are_reset_then_served_again(scene: LoopbackDaemon) -> None:
     payload = os.urandom(100_000)
     assert _round_trip(scene, payload) == payload  # served normally before
     before = len(_overload_lines(scene))
@@ -188,14 +152,14 @@ def test_out_of_descriptors_clients_are_reset_then_served_again(scene: Scene) ->
     assert served == payload
 
 
-def _try_round_trip(s: Scene, payload: bytes) -> bytes:
+def _try_round_trip(s: LoopbackDaemon, payload: bytes) -> bytes:
     try:
         return _round_trip(s, payload)
     except OSError:
         return b""
 
 
-def _relays_until_reset(s: Scene, held: list[socket.socket]) -> list[str]:
+def _relays_until_reset(s: LoopbackDaemon, held: list[socket.socket]) -> list[str]:
     outcomes: list[str] = []
     for _ in range(FD_LIMIT):
         outcomes.append(_ping(s, held))
@@ -204,7 +168,7 @@ def _relays_until_reset(s: Scene, held: list[socket.socket]) -> list[str]:
     return outcomes
 
 
-def test_relays_up_to_the_limit_then_resets(scene: Scene) -> None:
+def test_relays_up_to_the_limit_then_resets(scene: LoopbackDaemon) -> None:
     """Relays cost two descriptors each (the client's and the backend's): opened one by one,
     each is relayed or reset, whether accept runs out or the backend's socket does.  One idle
     connection more or less decides which, so both are tried; the backend's socket running out
@@ -224,7 +188,7 @@ def test_relays_up_to_the_limit_then_resets(scene: Scene) -> None:
     assert len(_connect_overloads(scene)) > records, scene.text()[-3000:]
 
 
-def _connect_overloads(s: Scene) -> list[str]:
+def _connect_overloads(s: LoopbackDaemon) -> list[str]:
     return [x for x in s.text().splitlines() if " overload: " in x and "InboundConnection" in x
             and "Too many open files" in x]
 
@@ -236,6 +200,6 @@ def _listen_queue(port: int) -> tuple[int, int]:
     return int(fields[1]), int(fields[2])
 
 
-def test_listen_backlog_is_the_admins_or_somaxconn(scene: Scene) -> None:
-    assert _listen_queue(scene.quiet_port)[1] == BACKLOG
+def test_listen_backlog_is_the_admins_or_somaxconn(scene: LoopbackDaemon) -> None:
+    assert _listen_queue(scene.values["quiet_port"])[1] == BACKLOG
     assert _listen_queue(scene.port)[1] == somaxconn()

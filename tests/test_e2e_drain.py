@@ -16,66 +16,37 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.api_harness import free_port
-from tests.lab import PEERS, _twistd, poll, stop, wait_for_text
+from tests.lab import poll
+from tests.loopback import LoopbackDaemon
 from tests.peers.pattern import pattern_digest
 from tests.pki import PKI
 
 BULK = 100_000_000
 
 
-class Front:
-    def __init__(self, port: int, log: Path, daemon: subprocess.Popen[bytes], admin: int) -> None:
-        self.port, self.log, self.daemon, self.admin = port, log, daemon, admin
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 10) -> str:
-        found = poll(lambda: [x for x in self.text().splitlines() if text in x], timeout)
-        assert found, self.text()[-3000:]
-        return found[-1]
+CONFIG = """[daemon]
+drain_timeout = {drain_timeout}
+[admin]
+listen = "tcp:{admin_port}:interface=127.0.0.1"
+[[inbound]]
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:127.0.0.1:{backend_port}"
+{certificates}
+"""
 
 
 @pytest.fixture
-def front(pki: PKI, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Front]:
+def front(pki: PKI, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LoopbackDaemon]:
     mode, drain_timeout = request.param
-    good = pki.server("good")
-    port, backend_port, admin = free_port(), free_port(), free_port()
-    backend_log = tmp_path / "backend.log"
-    with backend_log.open("wb") as out:
-        backend = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1", str(backend_port), mode,
-                                    "--bytes", str(BULK)], stdout=out, stderr=subprocess.STDOUT)
-    config = tmp_path / "ssaproxy.toml"
-    config.write_text(f"[daemon]\ndrain_timeout = {drain_timeout}\n"
-                      f'[admin]\nlisten = "tcp:{admin}:interface=127.0.0.1"\n'
-                      f'[[inbound]]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
-                      f'backend = "tcp:127.0.0.1:{backend_port}"\n'
-                      f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        daemon = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_text(backend_log, "READY", backend, 15)
-        wait_for_text(log, "ssaproxy started", daemon, 20)
-        yield Front(port, log, daemon, admin)
-    finally:
-        stop(daemon, signal.SIGKILL)
-        stop(backend)
-
-
-def _client(pki: PKI, port: int) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context(cadata=pki.root_pem.read_text())
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-    return ctx.wrap_socket(sock, server_hostname="backend.test", suppress_ragged_eofs=False)
+    with LoopbackDaemon(pki, tmp_path, CONFIG, mode=mode, backend_args=("--bytes", str(BULK)),
+                        stop_signal=signal.SIGKILL, drain_timeout=drain_timeout) as d:
+        yield d
 
 
 def _refused(port: int) -> bool:
@@ -86,8 +57,8 @@ def _refused(port: int) -> bool:
     return False
 
 
-def _echoing(pki: PKI, front: Front) -> ssl.SSLSocket:
-    s = _client(pki, front.port)
+def _echoing(front: LoopbackDaemon) -> ssl.SSLSocket:
+    s = front.connect(timeout=20)
     s.sendall(b"still here")
     assert s.recv(100) == b"still here"
     return s
@@ -103,9 +74,9 @@ def _reset_within(s: ssl.SSLSocket, seconds: float) -> float:
 
 
 @pytest.mark.parametrize("front", [("source", 30)], indirect=True)
-def test_a_transfer_in_flight_completes_and_new_connections_are_refused(pki: PKI, front: Front) -> None:
+def test_a_transfer_in_flight_completes_and_new_connections_are_refused(front: LoopbackDaemon) -> None:
     h, received = hashlib.sha256(), 0
-    with _client(pki, front.port) as s:
+    with front.connect(timeout=20) as s:
         while received < 5_000_000:  # the transfer is under way
             data = s.recv(65536)
             h.update(data)
@@ -132,8 +103,8 @@ def test_a_transfer_in_flight_completes_and_new_connections_are_refused(pki: PKI
 
 
 @pytest.mark.parametrize("front", [("echo", 1)], indirect=True)
-def test_a_connection_that_outlives_the_drain_timeout_is_reset(pki: PKI, front: Front) -> None:
-    with _echoing(pki, front) as s:
+def test_a_connection_that_outlives_the_drain_timeout_is_reset(front: LoopbackDaemon) -> None:
+    with _echoing(front) as s:
         front.daemon.send_signal(signal.SIGTERM)
         took = _reset_within(s, 1)
     assert 0.8 < took < 5, took
@@ -145,8 +116,8 @@ def test_a_connection_that_outlives_the_drain_timeout_is_reset(pki: PKI, front: 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
 @pytest.mark.parametrize("front", [("echo", 60)], indirect=True)
-def test_a_second_signal_ends_the_drain_at_once(pki: PKI, front: Front, second: int) -> None:
-    with _echoing(pki, front) as s, _echoing(pki, front) as other:
+def test_a_second_signal_ends_the_drain_at_once(front: LoopbackDaemon, second: int) -> None:
+    with _echoing(front) as s, _echoing(front) as other:
         front.daemon.send_signal(signal.SIGTERM)
         front.wait_log("stopping: no longer accepting")
         time.sleep(0.5)
@@ -162,8 +133,8 @@ def test_a_second_signal_ends_the_drain_at_once(pki: PKI, front: Front, second: 
 
 
 @pytest.mark.parametrize("front", [("echo", 0)], indirect=True)
-def test_drain_timeout_zero_resets_at_once(pki: PKI, front: Front) -> None:
-    with _echoing(pki, front) as s:
+def test_drain_timeout_zero_resets_at_once(front: LoopbackDaemon) -> None:
+    with _echoing(front) as s:
         front.daemon.send_signal(signal.SIGTERM)
         assert _reset_within(s, 0) < 3
     assert front.daemon.wait(15) == -signal.SIGTERM
@@ -178,13 +149,13 @@ def _http_status(port: int, path: str) -> int:
 
 
 @pytest.mark.parametrize("front", [("echo", 60)], indirect=True)
-def test_while_draining_the_daemon_is_alive_but_not_ready(pki: PKI, front: Front) -> None:
-    assert (_http_status(front.admin, "/healthz"), _http_status(front.admin, "/readyz")) == (200, 200)
-    with _echoing(pki, front) as s:
+def test_while_draining_the_daemon_is_alive_but_not_ready(front: LoopbackDaemon) -> None:
+    assert (_http_status(front.admin_port, "/healthz"), _http_status(front.admin_port, "/readyz")) == (200, 200)
+    with _echoing(front) as s:
         front.daemon.send_signal(signal.SIGTERM)
         front.wait_log("stopping: no longer accepting")
         # Liveness holds (an orchestrator must not kill a draining daemon); readiness does not.
-        assert (_http_status(front.admin, "/healthz"), _http_status(front.admin, "/readyz")) == (200, 503)
+        assert (_http_status(front.admin_port, "/healthz"), _http_status(front.admin_port, "/readyz")) == (200, 503)
         front.daemon.send_signal(signal.SIGTERM)
         assert _reset_within(s, 0) < 5
     assert front.daemon.wait(15) == -signal.SIGTERM

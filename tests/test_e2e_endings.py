@@ -16,56 +16,38 @@ import json
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.api_harness import free_port
-from tests.lab import PEERS, _twistd, poll, stop, wait_for_text
+from tests.lab import poll
+from tests.loopback import LoopbackDaemon, tls_client
 from tests.pki import PKI
 
 TOTAL = 6_000_000
 
 
+CONFIG = """[[inbound]]
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:127.0.0.1:{backend_port}"
+idle_timeout = 1
+handshake_timeout = 2
+{certificates}
+"""
+
+
 @pytest.fixture(params=["echo"])
 def front(pki: PKI, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, Path]]:
-    good = pki.server("good")
-    port, backend_port = free_port(), free_port()
-    backend_log = tmp_path / "backend.log"
-    mode = ["reset", "--bytes", str(TOTAL)] if request.param == "reset" else [request.param]
-    with backend_log.open("wb") as out:
-        backend = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), "127.0.0.1", str(backend_port), *mode],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    config = tmp_path / "ssaproxy.toml"
-    config.write_text(f'[[inbound]]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
-                      f'backend = "tcp:127.0.0.1:{backend_port}"\nidle_timeout = 1\nhandshake_timeout = 2\n'
-                      f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\n')
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        daemon = subprocess.Popen([_twistd(), "-n", "--pidfile=", "ssaproxy", "--config", str(config)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_text(backend_log, "READY", backend, 15)
-        wait_for_text(log, "ssaproxy started", daemon, 20)
-        yield port, log, backend_log
-    finally:
-        stop(daemon)
-        stop(backend)
-
-
-def _client(pki: PKI, port: int) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context(cadata=pki.root_pem.read_text())
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx.wrap_socket(sock, server_hostname="backend.test", suppress_ragged_eofs=False)
+    extra = ("--bytes", str(TOTAL)) if request.param == "reset" else ()
+    with LoopbackDaemon(pki, tmp_path, CONFIG, mode=request.param, backend_args=extra) as d:
+        yield d.port, d.log, d.backend_log
 
 
 def test_a_chatty_client_is_served_and_a_silent_one_is_reset(pki: PKI, front: tuple[int, Path, Path]) -> None:
     port, log, backend_log = front
-    with _client(pki, port) as s:
+    with tls_client(pki, port) as s:
         for n in range(6):  # 6 round trips 0.4 s apart: 2.4 s in all, never 1 s of silence
             s.sendall(b"ping%d" % n)
             assert s.recv(100) == b"ping%d" % n
@@ -85,7 +67,7 @@ def test_a_chatty_client_is_served_and_a_silent_one_is_reset(pki: PKI, front: tu
 def test_a_slow_reader_gets_every_byte_before_the_reset(pki: PKI, front: tuple[int, Path, Path]) -> None:
     port, log, backend_log = front
     received, error = 0, None
-    with _client(pki, port) as s:
+    with tls_client(pki, port) as s:
         s.settimeout(20)
         deadline = time.monotonic() + 30
         try:
@@ -136,7 +118,7 @@ def test_a_trickling_handshake_is_cut_at_the_handshake_timeout(pki: PKI, front: 
 def test_a_bad_record_after_the_handshake_gets_an_alert_not_a_bare_reset(pki: PKI,
                                                                           front: tuple[int, Path, Path]) -> None:
     port, log, _ = front
-    with _client(pki, port) as s:
+    with tls_client(pki, port) as s:
         s.sendall(b"ping")
         assert s.recv(100) == b"ping"
         # A record that cannot be decrypted (TLS 1.3 application data, wrong tag), bypassing TLS.
