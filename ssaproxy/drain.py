@@ -44,7 +44,11 @@ from ssaproxy.state import DaemonState
 from ssaproxy.streams import reset
 
 POLL = 0.05  # seconds between looks at what is still open, while draining
-CUT_SHORT_BY = (signal.SIGTERM, signal.SIGINT)
+# During the drain the stop signals cut it short (the services that handle HUP, USR1, USR2 and
+# QUIT have stopped already, and their default action would kill the daemon mid-drain); a HUP
+# (a reload, a logrotate habit) is ignored with a line in the log.
+CUT_SHORT_BY = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+IGNORED_DURING = (signal.SIGHUP,)
 
 
 class Drain(service.Service):
@@ -174,12 +178,12 @@ class Drain(service.Service):
 
     # ---- a second signal
     def _hold_signals(self) -> None:
-        for signum in CUT_SHORT_BY:
+        for signum in (*CUT_SHORT_BY, *IGNORED_DURING):
             try:
                 previous = signal.getsignal(signum)
                 if previous is signal.SIG_IGN:
                     continue  # ignored by whoever started us: leave it so
-                signal.signal(signum, self._signalled)
+                signal.signal(signum, self._signalled if signum in CUT_SHORT_BY else self._ignored)
             except ValueError:  # not the main thread (a test's reactor): no signals to take over
                 return
             self._saved[signum] = previous
@@ -188,6 +192,10 @@ class Drain(service.Service):
         for signum, previous in self._saved.items():
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._saved.clear()
+
+    def _ignored(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.log.warn, "{signal} ignored: the daemon is stopping (draining)",
+                                    signal=signal.Signals(signum).name)
 
     def _signalled(self, signum: int, frame: Any) -> None:
         # In a signal handler: only hand over to the reactor's thread.

@@ -34,6 +34,7 @@ reloaded when the second file lands, without a refusal every interval meanwhile.
 
 from __future__ import annotations
 
+import grp
 import os
 import signal
 from typing import Any, Callable, Optional, Protocol
@@ -50,7 +51,7 @@ from ssaproxy.api import settings as api_settings
 from ssaproxy.api.server import ApiFactory
 from ssaproxy.capacity import FdBudget, Listener, Overload, Port
 from ssaproxy.config import DEFAULT_SOURCE, Api, Config, Inbound, ListenAddress
-from ssaproxy.errors import ConfigError
+from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import ClientContexts, OutboundFactory
 from ssaproxy.tls.context import client_context
@@ -221,7 +222,13 @@ class Reloader(service.Service):
             self.on_reload(None)
             return False
         old = self.config
-        summary = self._commit(plan)
+        try:
+            summary = self._commit(plan)
+        except Exception:  # noqa: BLE001 - never into the watcher's loop, which would stop it
+            self.log.failure("reload ({reason}) failed while being applied: the daemon serves a mix of both; "
+                             "restart it", reason=reason, outcome="reload-failed")
+            self.on_reload(None)
+            return False
         self.on_reload(plan.config)
         self.reloads += 1
         self.log.info("reloaded ({reason}): config={source} {summary}", reason=reason,
@@ -304,11 +311,19 @@ class Reloader(service.Service):
             return
         if old_api is not None and old_api.api == api and self.config.policy == plan.config.policy:
             return  # kept as it is
+        if api.group is not None and os.geteuid() != 0:
+            # After the privilege drop, chown to a group is allowed only for one of ours.
+            gid = _group_id(api.group)
+            if gid is None or gid not in (os.getegid(), *os.getgroups()):
+                raise Refused(f"api.group: the daemon's user cannot give the socket to group {api.group!r}: "
+                              "restart to apply it")
         plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor)
         plan.api_factory.fit()
         if old_api is None or old_api.api.socket != api.socket:
             try:
                 plan.api_port = self.listen_api(api, plan.api_factory)
+            except StartupError as e:
+                raise Refused(str(e)) from None
             except (OSError, CannotListenError) as e:
                 why = getattr(e, "socketError", None) or e
                 raise Refused(f"api.socket {api.socket}: cannot listen: {why}") from None
@@ -410,9 +425,10 @@ class Reloader(service.Service):
             assert host is not None
             return "kept"
         if host is not None:
+            # The new generation carries the old one's sessions (the same set: no placeholder
+            # needed), its users' shares and, for control connections made before, the drain.
             self.factories.remove(host.factory)
-            self.factories.append(_Draining(host.factory.active))
-            plan.api_factory.active = host.factory.active
+            host.factory.succeeded_by(plan.api_factory)
         self.factories.append(plan.api_factory)
         if plan.api_port is None:  # same path: the listening socket takes the new factory
             assert host is not None
@@ -457,3 +473,10 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     if old.admin != new.admin:
         keys.append("admin")
     return keys
+
+
+def _group_id(name: str) -> Optional[int]:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return int(name) if name.isdigit() else None

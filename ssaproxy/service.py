@@ -137,7 +137,11 @@ def _listen_api(api: Api, factory: ApiFactory, reactor: Any, owner: Optional[Ide
         if owner is not None:
             _claim_directory(api, owner, created)
         port = reactor.listenUNIX(api.socket, factory, mode=api.mode, backlog=128)
-        _secure_socket_path(api, owner)
+        try:
+            _secure_socket_path(api, owner)
+        except OSError:
+            port.stopListening()  # a socket nobody may use right is no socket at all
+            raise
     except error.CannotListenError as e:
         raise StartupError("api.socket", f"cannot listen on {api.socket}: {_os_text(e.socketError)}") from None
     except OSError as e:
@@ -287,20 +291,24 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     # before the announcement (a daemon that refuses to run never says it started).
     read_later = (("policy.trust_store", config.policy.trust_store),) if config.policy.trust_store else ()
     Process(identity, by_twistd, read_later=read_later).setServiceParent(top)
-    _Announce(config).setServiceParent(top)
+    # Before the announcement: once the log says "started", a SIGHUP reloads.
     Reloader(config, reactor, top=top, overload=overload, factories=factories,
              api_service=lambda api, factory: _ApiService(api, factory, reactor, identity),
              listen_api=lambda api, factory: _listen_api(api, factory, reactor, identity),
-             secure_api=_secure_socket_path, on_reload=functools.partial(_reloaded, source)).setServiceParent(top)
+             secure_api=_secure_socket_path,
+             on_reload=functools.partial(_reloaded, source, drain)).setServiceParent(top)
+    _Announce(config).setServiceParent(top)
     return top
 
 
-def _reloaded(source: Optional[StatusSource], config: Optional[Config]) -> None:
-    """What follows a reload outside the serving path: the metrics and the admin endpoint's view."""
+def _reloaded(source: Optional[StatusSource], drain: Drain, config: Optional[Config]) -> None:
+    """What follows a reload outside the serving path: the metrics, the admin endpoint's view,
+    and the drain's timeout (the next stop uses the new one)."""
     if config is None:
         metrics.reload_failed()
         return
     metrics.reload_succeeded()
+    drain.timeout = config.daemon.drain_timeout
     metrics.set_certificates(certs.configured(config))
     if source is not None:
         source.config = config

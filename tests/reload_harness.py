@@ -65,6 +65,10 @@ class Front:
 
     def start(self, *listeners: tuple[str, int]) -> Front:
         self.write_config(*listeners)
+        return self.start_as_written()
+
+    def start_as_written(self) -> Front:
+        """Start with the config file as it is (a test may write its own)."""
         self.backend = spawn_backend(self.backend_port, "echo", self.backend_log)
         self.daemon = spawn_daemon(self.config, self.log)
         wait_started(self.backend, self.backend_log, self.daemon, self.log)

@@ -67,6 +67,8 @@ class Hostile:
     it until the test closes its stdin."""
 
     def __init__(self, api: ApiDaemon, code: str) -> None:
+        self.api = api
+        self.fds_before = _fds(api)
         entry = pwd.getpwnam("nobody")
         body = PRELUDE + textwrap.dedent(code) + "\nsys.stdin.read()\n"
         self.proc = subprocess.Popen(
@@ -89,6 +91,9 @@ class Hostile:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
         self.proc.wait(10)
+        # The daemon hears of the program's exit a moment later: until it has, the program's
+        # share is still counted, and the next test (same daemon) would start short of it.
+        poll(lambda: _fds(self.api) <= self.fds_before, 10)
 
 
 @pytest.fixture(scope="module")

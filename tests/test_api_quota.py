@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from errno import ESHUTDOWN
+
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
 from ssaproxy.api.quota import Caps, Ledger, Resource, fair, fit_to_fd_budget
-from ssaproxy.api.server import caps_of
-from ssaproxy.config import Api
+from ssaproxy.api.server import ApiFactory, caps_of
+from ssaproxy.api.settings import ApiError
+from ssaproxy.config import Api, Config
 
 R = Resource
 
@@ -53,3 +57,18 @@ def test_caps_fit_half_of_the_descriptor_limit_and_say_so() -> None:
     assert lowered.fds_worst_case <= 128
     assert all(lowered.per_uid[r] <= max(1, lowered.total[r] // 2) for r in R)
     assert lowered.total[R.BUFFER] == caps.total[R.BUFFER]  # memory, not descriptors
+
+
+def test_a_reloaded_api_generation_carries_sessions_shares_and_the_drain() -> None:
+    api = Config.from_toml('[api]\nsocket = "/tmp/x.sock"\n').api
+    assert api is not None
+    old = ApiFactory(api, Config.from_toml("").policy, MemoryReactorClock())
+    new = ApiFactory(api, Config.from_toml("").policy, MemoryReactorClock())
+    session = object()
+    old.active.add(session)
+    old.succeeded_by(new)
+    assert session in new.active and new.ledger is old.ledger  # one count of sessions and shares
+    new.stop_accepting()  # the drain reaches the newest generation only ...
+    with pytest.raises(ApiError) as info:
+        old.check_accepting()  # ... and control connections made before still see it
+    assert info.value.code == ESHUTDOWN

@@ -84,6 +84,7 @@ class ApiFactory(Factory):
         self.caps = caps_of(api)
         self.ledger = Ledger(self.caps)  # what each uid holds
         self.accepting = True  # False once the daemon drains: no new sessions or listeners
+        self.successor: Optional[ApiFactory] = None  # a reload's new generation (control connections keep theirs)
         if nofile != _UNSET:
             self.fit(nofile)
 
@@ -108,9 +109,20 @@ class ApiFactory(Factory):
             if isinstance(x, Listener):
                 x.stop_accepting()
 
+    def succeeded_by(self, new: ApiFactory) -> None:
+        """A reload replaces this generation: its live sessions, its users' shares and its
+        accepting state go on in `new` (control connections made before keep this factory)."""
+        new.active = self.active
+        self.ledger.caps = new.caps
+        new.ledger = self.ledger
+        self.successor = new
+
     def check_accepting(self) -> None:
-        if not self.accepting:
-            raise ApiError(errno.ESHUTDOWN, "the daemon is stopping: no new TLS sessions")
+        factory: Optional[ApiFactory] = self
+        while factory is not None:  # a drain stops the newest generation
+            if not factory.accepting:
+                raise ApiError(errno.ESHUTDOWN, "the daemon is stopping: no new TLS sessions")
+            factory = factory.successor
 
 
 @implementer(interfaces.IFileDescriptorReceiver, interfaces.IPushProducer)
