@@ -15,9 +15,8 @@ from typing import Optional
 
 import attrs
 
+from ssaproxy.addresses import IPAddress
 from ssaproxy.config import Action, HostnameSource, Route
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Step(enum.StrEnum):

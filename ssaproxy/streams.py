@@ -179,7 +179,6 @@ class End(Protocol):
     _aborting = False
 
     def connectionMade(self) -> None:
-        _linger(self.transport, _LINGER_RESET)
         # Twisted's own orderly close calls shutdown() before close(), which sends a FIN whatever
         # SO_LINGER says; without it, a close Twisted makes on its own is a reset, and our clean
         # closes (graceful_close, which turns linger off first) still end with a FIN.
@@ -187,9 +186,10 @@ class End(Protocol):
         transport: Any = self.transport
         if hasattr(transport, "_shouldShutdown"):
             transport._shouldShutdown = False
-        sock = _socket(self.transport)
+        sock = _socket(transport)
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP after all (a socketpair): nothing to keep alive
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 for level, option, value in KEEPALIVE:
                     sock.setsockopt(level, option, value)
 

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq python3-venv iptables iproute2 util-linux openssl curl tcpdump haproxy stunnel4 >/dev/null
+apt-get install -y -qq python3-venv man-db iptables iproute2 util-linux openssl curl tcpdump haproxy stunnel4 >/dev/null
 /usr/bin/python3 -m venv .venv
 rm -rf build  # setuptools reuses it: a module deleted since the last build would ship again
 .venv/bin/pip install -q --disable-pip-version-check '.[test,dev]'

@@ -134,7 +134,6 @@ class TLSSession(Lifecycle):
         self.limits = limits
         self.creds = creds
         self.op = op  # connect | upgrade-client | upgrade-server | accept
-        self.session_id = self.conn_id
         self.check: Optional[PeerCheck] = None
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -318,7 +317,7 @@ class TLSSession(Lifecycle):
     def record(self, outcome: str, detail: Optional[str]) -> dict[str, object]:
         check = self.check
         return {
-            **super().record(outcome, detail), "session": self.session_id, "op": self.op,
+            **super().record(outcome, detail), "session": self.conn_id, "op": self.op,
             "target": self.target or None, "peer": host_port(*self.peer) if self.peer[0] else None,
             "hostname": self.settings.hostname,
             "verified": check.verified if check is not None and (check.presented or isinstance(check, Verifier))
