@@ -23,6 +23,7 @@ from ssaproxy.addresses import is_ip_literal
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
 from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, load_trust, new_context, strict_checks
+from ssaproxy.tls.paths import PathValidator
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
@@ -319,15 +320,16 @@ def _trust(ctx: SSL.Context, settings: Settings, policy: Policy, *, client_cas: 
     """The program's trust anchors (also named to clients as acceptable CAs, for a server), or
     the policy's."""
     if settings.trust_pem is None:
-        load_trust(ctx, policy.trust_store)
+        load_trust(ctx, policy.trust_store, strict=not policy.insecure_allow_non_rfc5280_chains)
         return
     own = ctx.get_cert_store()  # replaces the policy's anchors for this socket (docs/api.md)
     assert own is not None
-    for cert in x509.load_pem_x509_certificates(settings.trust_pem):
+    anchors = x509.load_pem_x509_certificates(settings.trust_pem)
+    for cert in anchors:
         own.add_cert(crypto.X509.from_cryptography(cert))
         if client_cas:
             ctx.add_client_ca(crypto.X509.from_cryptography(cert))
-    strict_checks(ctx)
+    strict_checks(ctx, PathValidator(anchors))  # a program's own anchors: always strict
 
 
 @functools.lru_cache(maxsize=64)

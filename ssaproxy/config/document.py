@@ -48,6 +48,10 @@ class Policy:
     groups: str = DEFAULT_GROUPS
     trust_store: Optional[str] = None  # None: the system bundle
     min_rsa_bits: int = 2048
+    # Waive strict RFC 5280 (a leaf without authorityKeyIdentifier, a CA whose basicConstraints is
+    # not critical or that lacks keyUsage) for chains to `trust_store`: for a private CA that
+    # predates it.  Logged at start-up and on every connection where it made a difference.
+    insecure_allow_non_rfc5280_chains: bool = False
 
 
 def parse_policy(r: Reader) -> Policy:
@@ -63,9 +67,10 @@ def parse_policy(r: Reader) -> Policy:
         r.check("trust_store", trust != "", "must be a path to a PEM bundle (omit it for the system store)")
     rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
     r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
+    lax: bool = r.take("insecure_allow_non_rfc5280_chains", bool, False)
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
-                  groups=groups, trust_store=trust, min_rsa_bits=rsa)
+                  groups=groups, trust_store=trust, min_rsa_bits=rsa, insecure_allow_non_rfc5280_chains=lax)
 
 
 DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"

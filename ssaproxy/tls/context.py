@@ -15,13 +15,15 @@ below 2048 bits or SHA-1 certificate signatures.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Sequence
 
 from OpenSSL import SSL
 
 from ssaproxy.config import Policy, TLSVersion
 from ssaproxy.tls._openssl import set_groups_list, x509_strict_flags
-from ssaproxy.tls.verify import verify_callback
+from ssaproxy.tls.paths import PathValidator
+from ssaproxy.tls.verify import install, verify_callback
 
 CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:!kRSA:@SECLEVEL=2"
 
@@ -80,28 +82,34 @@ def client_context(policy: Policy, certificate: Optional[str] = None, key: Optio
     `certificate` (a PEM chain) with `key` when a route gives a client identity."""
     ctx = new_context(policy.min_version, policy.max_version, policy.ciphers, policy.ciphersuites, policy.groups,
                       verify=REQUIRE_PEER)
-    load_trust(ctx, policy.trust_store)
+    load_trust(ctx, policy.trust_store, strict=not policy.insecure_allow_non_rfc5280_chains)
     if certificate is not None and key is not None:
         use_identity(ctx, certificate, key)
     return ctx
 
 
-def load_trust(ctx: SSL.Context, trust_store: Optional[str]) -> None:
-    """The admin's trust anchors (None: the system's), then strict checking."""
-    if trust_store:
+def load_trust(ctx: SSL.Context, trust_store: Optional[str], *, strict: bool = True) -> None:
+    """The admin's trust anchors (None: the system's; a directory: hashed), for OpenSSL and,
+    read once here, for cryptography's verifier beside it; then strict checking."""
+    if trust_store and os.path.isdir(trust_store):
+        ctx.load_verify_locations(None, trust_store)
+    elif trust_store:
         ctx.load_verify_locations(trust_store)
     else:
         ctx.set_default_verify_paths()
-    strict_checks(ctx)
+    strict_checks(ctx, PathValidator.from_location(trust_store or None, strict=strict))
 
 
-def strict_checks(ctx: SSL.Context) -> None:
-    """Strict RFC 5280 checks; no partial chains, no trust in intermediates from the store
-    alone; chains of at most 8."""
+def strict_checks(ctx: SSL.Context, validator: PathValidator) -> None:
+    """Strict RFC 5280 checks (unless `validator` was built to waive them); no partial chains,
+    no trust in intermediates from the store alone; chains of at most 8; `validator` as the
+    second judge of every chain."""
     store = ctx.get_cert_store()
     assert store is not None
-    store.set_flags(x509_strict_flags())
+    if validator.strict:
+        store.set_flags(x509_strict_flags())
     ctx.set_verify_depth(8)
+    install(ctx, validator)
 
 
 def select_alpn(ctx: SSL.Context, wanted: Sequence[str]) -> None:

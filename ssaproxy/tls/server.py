@@ -13,6 +13,7 @@ skip our client-certificate checks, and `ClientCheck.accept` would then refuse i
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 from OpenSSL import SSL
 
@@ -20,6 +21,7 @@ from ssaproxy.config import PROFILE_MIN_VERSION, Inbound, Policy, TLSVersion
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import REQUIRE_PEER, new_context, strict_checks, use_identity
 from ssaproxy.tls.load import LoadedCertificate, load_certificates
+from ssaproxy.tls.paths import PathValidator
 
 
 def versions(inbound: Inbound, policy: Policy) -> tuple[TLSVersion, TLSVersion]:
@@ -36,7 +38,10 @@ def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
     groups: dict[tuple[str, ...], list[LoadedCertificate]] = {}
     for cert in load_certificates(inbound):
         groups.setdefault(cert.names, []).append(cert)
-    contexts = [(names, _group_context(inbound, policy, certs)) for names, certs in groups.items()]
+    validator = None  # the client CA, read once for every group's context
+    if inbound.client_auth != "none" and inbound.client_ca is not None:
+        validator = PathValidator.from_location(inbound.client_ca, strict=not inbound.insecure_allow_non_rfc5280_chains)
+    contexts = [(names, _group_context(inbound, policy, certs, validator)) for names, certs in groups.items()]
     default = contexts[0][1]
 
     def pick(conn: SSL.Connection) -> None:
@@ -61,7 +66,8 @@ def _matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertificate]) -> SSL.Context:
+def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertificate],
+                   validator: Optional[PathValidator]) -> SSL.Context:
     low, high = versions(inbound, policy)
     verify = SSL.VERIFY_NONE
     if inbound.client_auth != "none":
@@ -72,8 +78,8 @@ def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertifica
     for cert in certs:  # one per key type; OpenSSL chooses by what the client can use
         use_identity(ctx, cert.chain, cert.key)
     if verify != SSL.VERIFY_NONE:
-        assert inbound.client_ca is not None
+        assert inbound.client_ca is not None and validator is not None
         ctx.load_verify_locations(inbound.client_ca)
         ctx.load_client_ca(inbound.client_ca.encode())
-        strict_checks(ctx)
+        strict_checks(ctx, validator)
     return ctx

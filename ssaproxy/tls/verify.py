@@ -8,11 +8,20 @@ signature hash) and, at depth 0, the identity check through service-identity.  A
 anywhere is a rejection.  The per-connection `Verifier` records the outcome, and the relay
 additionally refuses a finished handshake whose verifier did not pass the leaf (so a callback
 that was somehow never called cannot mean "accepted").
+
+After OpenSSL and our checks passed the leaf, the chain OpenSSL built goes through a second,
+independent verifier: cryptography's (`tls/paths.py`), installed per `SSL.Context` with
+`install` when the context's trust store is loaded.  The stricter of the two decides, so every
+refusal OpenSSL already made keeps its words, and what only cryptography catches (name
+constraints against wildcard SANs, its profile of EKU, key usage and extensions) is refused
+with its own "path validation refused the chain" reason.  A context that verifies peers but
+has no validator installed refuses every peer.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from typing import Optional
 
 from cryptography import x509
@@ -22,11 +31,25 @@ from OpenSSL import SSL, crypto
 from service_identity import CertificateError as IdentityUnusable
 from service_identity import VerificationError as IdentityError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+from twisted.logger import Logger
 
 from ssaproxy.errors import VerificationFailed
 from ssaproxy.tls._openssl import verify_error_string
+from ssaproxy.tls.paths import Outcome, PathValidator
 
 _WEAK_HASHES = (hashes.MD5, hashes.SHA1)
+_VALIDATORS: "weakref.WeakKeyDictionary[SSL.Context, PathValidator]" = weakref.WeakKeyDictionary()
+_log = Logger(namespace="ssaproxy.tls.verify")
+
+
+def install(ctx: SSL.Context, validator: PathValidator) -> None:
+    """Make `validator` (cryptography's verifier over the same anchors OpenSSL loaded into
+    `ctx`) the second judge of every chain verified under `ctx`."""
+    _VALIDATORS[ctx] = validator
+
+
+def validator_of(ctx: SSL.Context) -> Optional[PathValidator]:
+    return _VALIDATORS.get(ctx)
 
 
 class PeerCheck:
@@ -39,6 +62,9 @@ class PeerCheck:
         self.leaf_passed = False
         self._anchor_depth: Optional[int] = None  # OpenSSL reports the trust anchor first
         self.presented = False  # the peer sent a certificate (chain)
+        self.validator: Optional[PathValidator] = None  # set by verify_callback from the context
+        self.waived: Optional[str] = None  # the strict RFC 5280 refusal an insecure setting overrode
+        self._path: list[x509.Certificate] = []  # OpenSSL's chain as reported, anchor first
 
     @property
     def verified(self) -> bool:
@@ -59,6 +85,7 @@ class PeerCheck:
         if self._anchor_depth is None:
             self._anchor_depth = depth
         c = cert.to_cryptography()
+        self._path.append(c)
         anchor = depth == self._anchor_depth and c.issuer == c.subject
         problem = _key_problem(c, self.min_rsa_bits) or (None if anchor else _signature_problem(c))
         if problem:
@@ -70,8 +97,34 @@ class PeerCheck:
                 self.fail(VerificationFailed(f"identity check failed: {type(e).__name__}: {e}", depth=0))
             if self.error is not None:
                 return False
+            self._second_opinion()
+            if self.error is not None:
+                return False
             self.leaf_passed = True
         return True
+
+    def _second_opinion(self) -> None:
+        """cryptography's verdict on the chain OpenSSL built (leaf first)."""
+        if self.validator is None:
+            self.fail(VerificationFailed("certificate verify failed: no path validator for this context", depth=0))
+            return
+        try:
+            outcome = self._validate_path(self.validator, self._path[::-1])
+        except Exception as e:  # noqa: BLE001 - any surprise is a rejection
+            outcome = Outcome(error=f"{type(e).__name__}: {e}")
+        if outcome.error is not None:
+            self.fail(VerificationFailed(f"certificate verify failed: path validation refused the chain: "
+                                         f"{outcome.error}", depth=0))
+        elif outcome.waived is not None:
+            self.waived = outcome.waived
+            _log.warn("insecure_allow_non_rfc5280_chains accepted a chain for {peer} that strict RFC 5280 "
+                      "refuses: {waived}", peer=self.describe(), waived=outcome.waived)
+
+    def describe(self) -> str:
+        return "a client" if not self._path else self._path[-1].subject.rfc4514_string()
+
+    def _validate_path(self, validator: PathValidator, chain: list[x509.Certificate]) -> Outcome:
+        raise NotImplementedError
 
     def accept(self, conn: SSL.Connection) -> bool:
         """After a finished handshake: may this connection carry data?"""
@@ -100,6 +153,14 @@ class Verifier(PeerCheck):
     def identity(self) -> str:
         return self.hostname if self.hostname is not None else str(self.ip)
 
+    def describe(self) -> str:
+        return self.identity
+
+    def _validate_path(self, validator: PathValidator, chain: list[x509.Certificate]) -> Outcome:
+        if self.ip is not None:
+            return validator.check_server(chain, ip=str(self.ip))
+        return validator.check_server(chain, hostname=self.hostname)
+
     def _check_leaf(self, cert: x509.Certificate) -> None:
         try:
             if self.ip is not None:
@@ -124,6 +185,9 @@ class ClientCheck(PeerCheck):
         self.allow = frozenset(_normal_identity(a) for a in allow)
         self.required = required
         self.identities: tuple[str, ...] = ()  # "dns:…", "uri:…" of the presented leaf
+
+    def _validate_path(self, validator: PathValidator, chain: list[x509.Certificate]) -> Outcome:
+        return validator.check_client(chain)
 
     def _check_leaf(self, cert: x509.Certificate) -> None:
         self.identities = san_identities(cert)
@@ -166,6 +230,8 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, code: int, depth: i
         verifier = conn.get_app_data()
         if not isinstance(verifier, PeerCheck):
             return False
+        if verifier.validator is None:
+            verifier.validator = validator_of(conn.get_context())
         return verifier.check(cert, code, depth, ok)
     except Exception as e:  # noqa: BLE001 - fail closed on anything unexpected
         try:

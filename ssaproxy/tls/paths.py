@@ -1,0 +1,226 @@
+"""Path validation by cryptography's own X.509 verifier, beside OpenSSL's.
+
+Theory of operation: OpenSSL builds and checks every chain first (tls/verify.py); once it and
+our own checks accepted the leaf, the same chain goes through `cryptography.x509.verification`
+too, and a refusal by either is a refusal.  The second verifier exists because OpenSSL (with
+service-identity's name check after it) gets some things wrong that cryptography's verifier
+gets right, name constraints against wildcard SANs above all: an intermediate forbidden to issue
+for bar.example.com that issues *.example.com passes OpenSSL for bar.example.com.
+
+One `PathValidator` belongs to one `SSL.Context`: its anchors are read once, when the context is
+built (a reload builds new contexts, so new validators with empty caches), never per
+handshake.  Its results are cached per exact chain (SHA-256 of every certificate, in order),
+the name asked for and the kind of check; an acceptance is kept until the earliest notAfter in
+the chain, a refusal for a minute, at most `cache_size` entries (least recently used go first).
+
+Strict RFC 5280 is the default: a leaf without an authorityKeyIdentifier, a CA certificate
+whose basicConstraints is not critical or that lacks keyUsage are refused (OpenSSL's
+X509_STRICT flag refuses the same).  The trust anchors themselves are exempt from the
+extension profile (RFC 5280 6.1.1 makes an anchor a name and a key; several long-lived roots
+in the system bundle have non-critical basicConstraints).  `strict=False` (the
+`insecure_allow_non_rfc5280_chains` settings) relaxes exactly these and reports, per check,
+the strict reason it waived, so the caller can log each connection where it made a difference.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import ipaddress
+import os
+import re
+import ssl
+import time
+import warnings
+from typing import Callable, Iterable, Optional, Sequence
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import verification as cv
+
+MAX_DEPTH = 8  # as OpenSSL's verify depth (tls/context.py)
+REFUSAL_TTL = 60.0  # seconds a refusal stays cached
+_HASHED = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")  # c_rehash names of certificates (CRLs are .rN)
+_ENCOUNTERED = re.compile(r" \(encountered processing <Certificate\(subject=<Name\((.*?)\)>, \.\.\.\)>\)")
+
+
+@attrs.frozen
+class Outcome:
+    """A verdict: `error` None means accepted; `waived` is the strict RFC 5280 refusal that the
+    insecure setting overrode (None: it made no difference)."""
+
+    error: Optional[str] = None
+    waived: Optional[str] = None
+
+
+def load_anchors(location: Optional[str]) -> list[x509.Certificate]:
+    """The certificates in a PEM file, in a hashed CA directory (c_rehash names), or, for None,
+    in the system's default locations as OpenSSL finds them (SSL_CERT_FILE / SSL_CERT_DIR
+    honoured).  A block that cryptography cannot parse is skipped: OpenSSL reads the same
+    files, and a refusal of the chain follows if it mattered."""
+    if location is None:
+        paths = ssl.get_default_verify_paths()
+        cafile = os.environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
+        capath = os.environ.get(paths.openssl_capath_env) or paths.openssl_capath
+        return _dedupe([*_read_file(cafile, missing_ok=True), *_read_dir(capath)])
+    if os.path.isdir(location):
+        return _dedupe(_read_dir(location))
+    return _dedupe(_read_file(location))
+
+
+def _read_dir(path: Optional[str]) -> list[x509.Certificate]:
+    if not path or not os.path.isdir(path):
+        return []
+    out: list[x509.Certificate] = []
+    for name in sorted(os.listdir(path)):
+        if _HASHED.match(name):
+            out.extend(_read_file(os.path.join(path, name), missing_ok=True))
+    return out
+
+
+def _read_file(path: Optional[str], *, missing_ok: bool = False) -> list[x509.Certificate]:
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        if missing_ok:
+            return []
+        raise
+    out = []
+    for block in re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.S):
+        try:
+            with warnings.catch_warnings():  # e.g. a root with a negative serial number
+                warnings.simplefilter("ignore")
+                out.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            continue
+    return out
+
+
+def _dedupe(certs: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    seen: dict[bytes, x509.Certificate] = {}
+    for c in certs:
+        seen.setdefault(c.fingerprint(hashes.SHA256()), c)
+    return list(seen.values())
+
+
+class PathValidator:
+    """cryptography's verifier over one trust store, with a bounded result cache."""
+
+    def __init__(self, anchors: Sequence[x509.Certificate], *, strict: bool = True, cache_size: int = 4096,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.strict = strict
+        self.anchor_count = len(anchors)
+        self._store = cv.Store(list(anchors)) if anchors else None
+        self._anchors = frozenset(c.fingerprint(hashes.SHA256()) for c in anchors)
+        self._clock = clock
+        self._cache: collections.OrderedDict[tuple[object, ...], tuple[float, Outcome]] = collections.OrderedDict()
+        self.cache_size = cache_size
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def from_location(cls, location: Optional[str], *, strict: bool = True) -> PathValidator:
+        return cls(load_anchors(location), strict=strict)
+
+    def check_server(self, chain: Sequence[x509.Certificate], *, hostname: Optional[str] = None,
+                     ip: Optional[str] = None) -> Outcome:
+        """May `chain` (leaf first, then what else OpenSSL put on the path) serve `hostname` or
+        `ip`?"""
+        subject: cv.Subject = (x509.IPAddress(ipaddress.ip_address(ip)) if ip is not None
+                               else x509.DNSName(hostname or ""))
+        return self._cached(("server", hostname, ip), chain, lambda b: b.build_server_verifier(subject))
+
+    def check_client(self, chain: Sequence[x509.Certificate]) -> Outcome:
+        """May `chain` authenticate a TLS client (clientAuth)?"""
+        return self._cached(("client",), chain, lambda b: b.build_client_verifier())
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    # ---- internals
+    def _cached(self, what: tuple[object, ...], chain: Sequence[x509.Certificate],
+                build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier]) -> Outcome:
+        if not chain:
+            return Outcome(error="no certificate to validate")
+        key = (*what, tuple(c.fingerprint(hashes.SHA256()) for c in chain))
+        now = self._clock()
+        hit = self._cache.get(key)
+        if hit is not None and now < hit[0]:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return hit[1]
+        self.misses += 1
+        outcome = self._validate(chain, build, now)
+        expires = min(c.not_valid_after_utc.timestamp() for c in chain)
+        if outcome.error is not None:
+            expires = min(expires, now + REFUSAL_TTL)
+        self._cache[key] = (expires, outcome)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return outcome
+
+    def _validate(self, chain: Sequence[x509.Certificate],
+                  build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier], now: float) -> Outcome:
+        strict_error = self._run(chain, build, now, strict=True)
+        if strict_error is None or self.strict:
+            return Outcome(error=strict_error)
+        relaxed_error = self._run(chain, build, now, strict=False)
+        return Outcome(error=relaxed_error, waived=None if relaxed_error is not None else strict_error)
+
+    def _run(self, chain: Sequence[x509.Certificate],
+             build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier], now: float, *,
+             strict: bool) -> Optional[str]:
+        if self._store is None:
+            return "the trust store holds no certificate cryptography can read"
+        try:
+            when = datetime.datetime.fromtimestamp(now, datetime.UTC)
+            ca, ee = self._policies(strict)
+            builder = (cv.PolicyBuilder().store(self._store).time(when).max_chain_depth(MAX_DEPTH)
+                       .extension_policies(ca_policy=ca, ee_policy=ee))
+            build(builder).verify(chain[0], list(chain[1:]))
+        except Exception as e:  # noqa: BLE001 - any exception is a refusal
+            return _reason(e)
+        return None
+
+    def _policies(self, strict: bool) -> tuple[cv.ExtensionPolicy, cv.ExtensionPolicy]:
+        anchors = self._anchors
+
+        def is_anchor(cert: x509.Certificate) -> bool:
+            return cert.fingerprint(hashes.SHA256()) in anchors
+
+        def basic_constraints(policy: cv.Policy, cert: x509.Certificate, value: x509.BasicConstraints) -> None:
+            if not value.ca:
+                raise ValueError("basicConstraints.cA must be asserted in a CA certificate")
+            critical = cert.extensions.get_extension_for_class(x509.BasicConstraints).critical
+            if strict and not critical and not is_anchor(cert):
+                raise ValueError("basicConstraints must be critical in a CA certificate (RFC 5280 4.2.1.9)")
+
+        def key_usage(policy: cv.Policy, cert: x509.Certificate, value: Optional[x509.KeyUsage]) -> None:
+            if value is None:
+                if strict and not is_anchor(cert):
+                    raise ValueError("a CA certificate without keyUsage (RFC 5280 4.2.1.3)")
+                return
+            if not value.key_cert_sign:
+                raise ValueError("a CA certificate whose keyUsage lacks keyCertSign")
+
+        ca = (cv.ExtensionPolicy.webpki_defaults_ca()
+              .require_present(x509.BasicConstraints, cv.Criticality.AGNOSTIC, basic_constraints)
+              .may_be_present(x509.KeyUsage, cv.Criticality.AGNOSTIC, key_usage))
+        ee = cv.ExtensionPolicy.webpki_defaults_ee()
+        if not strict:
+            ee = ee.may_be_present(x509.AuthorityKeyIdentifier, cv.Criticality.AGNOSTIC, None)
+        return ca, ee
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    text = text.removeprefix("validation failed: ")
+    text = _ENCOUNTERED.sub(lambda m: f" (at {m.group(1)})", text)
+    if "2.5.29.35" in text and "missing" in text:
+        text += " [no authorityKeyIdentifier: strict RFC 5280]"
+    return text if isinstance(e, cv.VerificationError) else f"{type(e).__name__}: {text}"
