@@ -38,10 +38,14 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import verification as cv
+from OpenSSL import crypto
+
+from ssaproxy.tls._openssl import x509_strict_flags
 
 MAX_DEPTH = 8  # as OpenSSL's verify depth (tls/context.py)
 REFUSAL_TTL = 60.0  # seconds a refusal stays cached
 _HASHED = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")  # c_rehash names of certificates (CRLs are .rN)
+_ALGORITHM = re.compile(r"AlgorithmIdentifier \{.*\}")
 _ENCOUNTERED = re.compile(r" \(encountered processing <Certificate\(subject=<Name\((.*?)\)>, \.\.\.\)>\)")
 
 
@@ -115,6 +119,12 @@ class PathValidator:
         self.strict = strict
         self.anchor_count = len(anchors)
         self._store = cv.Store(list(anchors)) if anchors else None
+        self._strict_openssl: Optional[crypto.X509Store] = None  # to tell when the waiver mattered
+        if not strict:
+            self._strict_openssl = crypto.X509Store()
+            for anchor in anchors:
+                self._strict_openssl.add_cert(crypto.X509.from_cryptography(anchor))
+            self._strict_openssl.set_flags(x509_strict_flags())
         self._anchors = frozenset(c.fingerprint(hashes.SHA256()) for c in anchors)
         self._clock = clock
         self._cache: collections.OrderedDict[tuple[object, ...], tuple[float, Outcome]] = collections.OrderedDict()
@@ -132,18 +142,18 @@ class PathValidator:
         `ip`?"""
         subject: cv.Subject = (x509.IPAddress(ipaddress.ip_address(ip)) if ip is not None
                                else x509.DNSName(hostname or ""))
-        return self._cached(("server", hostname, ip), chain, lambda b: b.build_server_verifier(subject))
+        return self._cached(("server", hostname, ip), chain, lambda b: b.build_server_verifier(subject), client=False)
 
     def check_client(self, chain: Sequence[x509.Certificate]) -> Outcome:
         """May `chain` authenticate a TLS client (clientAuth)?"""
-        return self._cached(("client",), chain, lambda b: b.build_client_verifier())
+        return self._cached(("client",), chain, lambda b: b.build_client_verifier(), client=True)
 
     def clear(self) -> None:
         self._cache.clear()
 
     # ---- internals
     def _cached(self, what: tuple[object, ...], chain: Sequence[x509.Certificate],
-                build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier]) -> Outcome:
+                build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier], *, client: bool) -> Outcome:
         if not chain:
             return Outcome(error="no certificate to validate")
         key = (*what, tuple(c.fingerprint(hashes.SHA256()) for c in chain))
@@ -154,7 +164,7 @@ class PathValidator:
             self.hits += 1
             return hit[1]
         self.misses += 1
-        outcome = self._validate(chain, build, now)
+        outcome = self._validate(chain, build, now, client)
         expires = min(c.not_valid_after_utc.timestamp() for c in chain)
         if outcome.error is not None:
             expires = min(expires, now + REFUSAL_TTL)
@@ -165,21 +175,24 @@ class PathValidator:
         return outcome
 
     def _validate(self, chain: Sequence[x509.Certificate],
-                  build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier], now: float) -> Outcome:
-        strict_error = self._run(chain, build, now, strict=True)
-        if strict_error is None or self.strict:
+                  build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier], now: float,
+                  client: bool) -> Outcome:
+        strict_error = self._run(chain, build, now, strict=True, client=client)
+        if self.strict:
             return Outcome(error=strict_error)
-        relaxed_error = self._run(chain, build, now, strict=False)
+        if strict_error is None:  # OpenSSL ran without X509_STRICT: would it have refused?
+            return Outcome(waived=self._openssl_strict_refusal(chain))
+        relaxed_error = self._run(chain, build, now, strict=False, client=client)
         return Outcome(error=relaxed_error, waived=None if relaxed_error is not None else strict_error)
 
     def _run(self, chain: Sequence[x509.Certificate],
              build: Callable[[cv.PolicyBuilder], cv.ServerVerifier | cv.ClientVerifier], now: float, *,
-             strict: bool) -> Optional[str]:
+             strict: bool, client: bool) -> Optional[str]:
         if self._store is None:
             return "the trust store holds no certificate cryptography can read"
         try:
             when = datetime.datetime.fromtimestamp(now, datetime.UTC)
-            ca, ee = self._policies(strict)
+            ca, ee = self._policies(strict, client)
             builder = (cv.PolicyBuilder().store(self._store).time(when).max_chain_depth(MAX_DEPTH)
                        .extension_policies(ca_policy=ca, ee_policy=ee))
             build(builder).verify(chain[0], list(chain[1:]))
@@ -187,7 +200,19 @@ class PathValidator:
             return _reason(e)
         return None
 
-    def _policies(self, strict: bool) -> tuple[cv.ExtensionPolicy, cv.ExtensionPolicy]:
+    def _openssl_strict_refusal(self, chain: Sequence[x509.Certificate]) -> Optional[str]:
+        if self._strict_openssl is None:
+            return None
+        try:
+            certs = [crypto.X509.from_cryptography(c) for c in chain]
+            crypto.X509StoreContext(self._strict_openssl, certs[0], certs[1:]).verify_certificate()
+        except crypto.X509StoreContextError as e:
+            return f"OpenSSL X509_STRICT: {e}"
+        except Exception:  # noqa: BLE001 - no verdict: nothing to report
+            return None
+        return None
+
+    def _policies(self, strict: bool, client: bool) -> tuple[cv.ExtensionPolicy, cv.ExtensionPolicy]:
         anchors = self._anchors
 
         def is_anchor(cert: x509.Certificate) -> bool:
@@ -214,12 +239,21 @@ class PathValidator:
         ee = cv.ExtensionPolicy.webpki_defaults_ee()
         if not strict:
             ee = ee.may_be_present(x509.AuthorityKeyIdentifier, cv.Criticality.AGNOSTIC, None)
+            if client:  # a client certificate of an old private CA: its subject only
+                ee = ee.may_be_present(x509.SubjectAlternativeName, cv.Criticality.AGNOSTIC, None)
         return ca, ee
+
+
+def _algorithm_name(debug: str) -> str:
+    """The algorithm of a Rust debug dump of an AlgorithmIdentifier: an OID or a name."""
+    found = re.search(r"oid: ([0-9]+(?:\.[0-9]+)+)", debug) or re.search(r"params: ([A-Za-z0-9]+)", debug)
+    return found.group(1) if found else "unknown"
 
 
 def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
-    text = text.removeprefix("validation failed: ")
+    text = text.removeprefix("validation failed: ").replace("Python extension validator failed: ValueError: ", "")
+    text = _ALGORITHM.sub(lambda m: _algorithm_name(m.group(0)), text)
     text = _ENCOUNTERED.sub(lambda m: f" (at {m.group(1)})", text)
     if "2.5.29.35" in text and "missing" in text:
         text += " [no authorityKeyIdentifier: strict RFC 5280]"

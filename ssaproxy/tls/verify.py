@@ -63,6 +63,7 @@ class PeerCheck:
         self._anchor_depth: Optional[int] = None  # OpenSSL reports the trust anchor first
         self.presented = False  # the peer sent a certificate (chain)
         self.validator: Optional[PathValidator] = None  # set by verify_callback from the context
+        self.store: Optional[crypto.X509Store] = None  # OpenSSL's store of the same context
         self.waived: Optional[str] = None  # the strict RFC 5280 refusal an insecure setting overrode
         self._path: list[x509.Certificate] = []  # OpenSSL's chain as reported, anchor first
 
@@ -87,7 +88,8 @@ class PeerCheck:
         c = cert.to_cryptography()
         self._path.append(c)
         anchor = depth == self._anchor_depth and c.issuer == c.subject
-        problem = _key_problem(c, self.min_rsa_bits) or (None if anchor else _signature_problem(c))
+        problem = (_key_problem(c, self.min_rsa_bits) or (None if anchor else _signature_problem(c))
+                   or (_usage_problem(c) if depth == 0 else None))
         if problem:
             return self.fail(VerificationFailed(problem, depth=depth))
         if depth == 0:
@@ -113,6 +115,12 @@ class PeerCheck:
         except Exception as e:  # noqa: BLE001 - any surprise is a rejection
             outcome = Outcome(error=f"{type(e).__name__}: {e}")
         if outcome.error is not None:
+            # OpenSSL reports name-constraint and policy violations only after this last call for
+            # the leaf: where it refuses the chain too, its words are the reason.
+            later = _openssl_verdict(self.store, self._path[::-1])
+            if later is not None:
+                self.fail(VerificationFailed(_openssl_reason(later[0]), code=later[0], depth=later[1]))
+                return
             self.fail(VerificationFailed(f"certificate verify failed: path validation refused the chain: "
                                          f"{outcome.error}", depth=0))
         elif outcome.waived is not None:
@@ -231,7 +239,8 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, code: int, depth: i
         if not isinstance(verifier, PeerCheck):
             return False
         if verifier.validator is None:
-            verifier.validator = validator_of(conn.get_context())
+            ctx = conn.get_context()
+            verifier.validator, verifier.store = validator_of(ctx), ctx.get_cert_store()
         return verifier.check(cert, code, depth, ok)
     except Exception as e:  # noqa: BLE001 - fail closed on anything unexpected
         try:
@@ -243,6 +252,22 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, code: int, depth: i
         return False
 
 
+def _openssl_verdict(store: Optional[crypto.X509Store], chain: list[x509.Certificate]) -> Optional[tuple[int, int]]:
+    """OpenSSL's own refusal of `chain` (leaf first) under `store`, as (code, depth); None if it
+    accepts (or cannot say)."""
+    if store is None or not chain:
+        return None
+    try:
+        certs = [crypto.X509.from_cryptography(c) for c in chain]
+        crypto.X509StoreContext(store, certs[0], certs[1:]).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        errors = list(e.errors)
+        return (int(errors[0]), int(errors[1])) if len(errors) >= 2 else None
+    except Exception:  # noqa: BLE001 - no second word from OpenSSL; cryptography's stands
+        return None
+    return None
+
+
 def _key_problem(cert: x509.Certificate, min_rsa_bits: int) -> Optional[str]:
     key = cert.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < min_rsa_bits:
@@ -252,6 +277,19 @@ def _key_problem(cert: x509.Certificate, min_rsa_bits: int) -> Optional[str]:
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256:
         return f"EC key on {key.curve.name} is below 256 bits"
     return None
+
+
+def _usage_problem(leaf: x509.Certificate) -> Optional[str]:
+    """Every suite ssaproxy allows has forward secrecy, so a peer's key always signs the
+    handshake: a keyUsage without digitalSignature forbids exactly that use (OpenSSL's purpose
+    check also lets keyEncipherment or keyAgreement pass)."""
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if usage.digital_signature:
+        return None
+    return "certificate keyUsage lacks digitalSignature (the key signs the handshake)"
 
 
 def _signature_problem(cert: x509.Certificate) -> Optional[str]:
