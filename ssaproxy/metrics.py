@@ -67,7 +67,8 @@ _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("weak", ("key of", "dsa keys", "ec key on", "signed with", "too weak", "unsupported signature algorithm")),
     ("untrusted", ("self-signed", "self signed", "local issuer", "issuer certificate", "invalid ca",
                    "path length", "unsupported certificate purpose", "subtree", "name constraint",
-                   "signature failure", "untrusted", "unable to verify", "not trusted", "chain too long")),
+                   "signature failure", "untrusted", "unable to verify", "not trusted", "chain too long",
+                   "path validation")),
 )
 
 
