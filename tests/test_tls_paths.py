@@ -1,0 +1,173 @@
+"""tls/paths.py (cryptography's verifier, its anchors and its cache) and how it is wired:
+one validator per context, read once; the strictness setting and its config errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from OpenSSL import SSL
+
+from ssaproxy.config import Config, Policy
+from ssaproxy.config.document import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
+from ssaproxy.errors import ConfigError
+from ssaproxy.service import insecure_rfc5280
+from ssaproxy.tls.context import REQUIRE_PEER, client_context, new_context
+from ssaproxy.tls.load import check_config
+from ssaproxy.tls.paths import REFUSAL_TTL, PathValidator, load_anchors
+from ssaproxy.tls.verify import Verifier, validator_of
+from tests.pathcorpus import Case, Cert, Corpus
+from tests.test_path_corpus import _presenting, _pump, run
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    return Corpus(tmp_path_factory.mktemp("paths"))
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _chain(corpus: Corpus, **leaf: object) -> list[x509.Certificate]:
+    built = corpus.build(Case(name="c", expect="ok", leaf=Cert(**leaf)))  # type: ignore[arg-type]
+    return [built.leaf, *built.intermediates]
+
+
+def test_results_are_cached_per_chain_name_and_kind_until_the_earliest_not_after(corpus: Corpus) -> None:
+    chain = _chain(corpus)
+    clock = Clock(chain[0].not_valid_before_utc.timestamp() + 3600)
+    v = PathValidator(load_anchors(str(corpus.default_root_pem)), clock=clock)
+    assert v.check_server(chain, hostname="a.test").error is None
+    assert v.check_server(chain, hostname="a.test").error is None
+    assert (v.hits, v.misses) == (1, 1)
+    assert v.check_server(chain, hostname="b.test").error is not None  # another name: its own entry
+    assert v.check_client(chain).error is not None  # another kind (serverAuth only): its own entry
+    assert v.misses == 3
+    earliest = min(c.not_valid_after_utc.timestamp() for c in chain)
+    clock.now = earliest + 1  # past the earliest notAfter, the acceptance is not reused
+    outcome = v.check_server(chain, hostname="a.test")
+    assert v.misses == 4 and outcome.error is not None and "not valid" in outcome.error
+
+
+def test_refusals_are_cached_for_a_minute_and_the_cache_is_bounded(corpus: Corpus) -> None:
+    chain = _chain(corpus)
+    clock = Clock(chain[0].not_valid_before_utc.timestamp() + 3600)
+    v = PathValidator(load_anchors(str(corpus.default_root_pem)), clock=clock, cache_size=2)
+    v.check_server(chain, hostname="x.test")
+    v.check_server(chain, hostname="x.test")
+    assert v.hits == 1
+    clock.now += REFUSAL_TTL
+    v.check_server(chain, hostname="x.test")
+    assert v.misses == 2
+    for name in ("a.test", "b.test", "c.test"):
+        v.check_server(chain, hostname=name)
+    assert len(v._cache) == 2  # least recently used went first
+
+
+def test_a_different_chain_is_a_different_entry(corpus: Corpus) -> None:
+    v = PathValidator(load_anchors(str(corpus.default_root_pem)))
+    one, other = _chain(corpus), _chain(corpus)  # same names and keys, new serial numbers
+    assert v.check_server(one, hostname="a.test").error is None
+    assert v.check_server(other, hostname="a.test").error is None
+    assert (v.hits, v.misses) == (0, 2)
+
+
+def test_anchors_from_a_file_a_hashed_directory_and_the_system(corpus: Corpus, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    root = x509.load_pem_x509_certificate(corpus.default_root_pem.read_bytes())
+    junk = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(junk + corpus.default_root_pem.read_bytes() + corpus.default_root_pem.read_bytes())
+    assert load_anchors(str(bundle)) == [root]  # the unreadable block skipped, the duplicate once
+    hashed = tmp_path / "hashed"
+    hashed.mkdir()
+    shutil.copy(corpus.default_root_pem, hashed / "root.pem")
+    subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
+    (hashed / "README").write_text("not a certificate")
+    assert load_anchors(str(hashed)) == [root]
+    monkeypatch.setenv("SSL_CERT_FILE", str(corpus.default_root_pem))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "nowhere"))
+    assert load_anchors(None) == [root]
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.delenv("SSL_CERT_DIR")
+    system = load_anchors(None)
+    assert len(system) > 50 or not os.path.exists("/etc/ssl/certs/ca-certificates.crt")
+
+
+def test_a_hashed_directory_as_trust_store_verifies(corpus: Corpus, tmp_path: Path) -> None:
+    shutil.copy(corpus.default_root_pem, tmp_path / "root.pem")
+    subprocess.run(["openssl", "rehash", str(tmp_path)], check=True, capture_output=True)
+    case = Case(name="hashed", expect="ok")
+    built = corpus.build(case)
+    object.__setattr__(built, "trust", tmp_path)
+    ok, reason, _ = run(case, built)
+    assert ok, reason
+
+
+def test_anchors_are_read_once_per_context_and_anew_on_reload(corpus: Corpus) -> None:
+    policy = Policy(trust_store=str(corpus.default_root_pem))
+    ctx = client_context(policy)
+    assert client_context(policy) is ctx and validator_of(ctx) is validator_of(ctx)
+    fresh = client_context.__wrapped__(policy)  # what a reload builds
+    assert validator_of(fresh) is not None and validator_of(fresh) is not validator_of(ctx)
+    strict = validator_of(ctx)
+    lax = validator_of(client_context(Policy(trust_store=str(corpus.default_root_pem),
+                                             insecure_allow_non_rfc5280_chains=True)))
+    assert strict is not None and strict.strict and lax is not None and not lax.strict
+
+
+def test_a_verifying_context_without_a_validator_refuses(corpus: Corpus) -> None:
+    built = corpus.build(Case(name="novalidator", expect="ok"))
+    ctx = new_context("TLSv1.2", "TLSv1.3", DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS,
+                      verify=REQUIRE_PEER)
+    ctx.load_verify_locations(str(built.trust))  # OpenSSL's anchors, but nobody installed a PathValidator
+    check = Verifier(hostname="a.test")
+    client = SSL.Connection(ctx, None)
+    client.set_app_data(check)
+    client.set_connect_state()
+    server = SSL.Connection(_presenting(built, server=True), None)
+    server.set_accept_state()
+    _pump(client, server)
+    assert not check.verified and "no path validator" in str(check.error)
+
+
+@pytest.mark.parametrize(("text", "key", "message"), [
+    ('[policy]\ninsecure_allow_non_rfc5280_chains = "yes"\n', "policy.insecure_allow_non_rfc5280_chains",
+     "expected true or false"),
+    ('[[inbound]]\nlisten = "tcp:8443"\nbackend = "tcp:127.0.0.1:80"\n'
+     'certificates = [ { chain = "/c.pem", key = "/k.pem" } ]\ninsecure_allow_non_rfc5280_chains = true\n',
+     "inbound[0].insecure_allow_non_rfc5280_chains", "only applies with client_auth"),
+])
+def test_config_errors_name_the_key_and_line(text: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_config(Config.from_toml(text))
+    assert info.value.key == key and message in info.value.message, info.value
+    assert info.value.line == text.splitlines().index(next(x for x in text.splitlines()
+                                                           if x.startswith("insecure"))) + 1
+
+
+def test_the_waiver_is_named_at_start_up(corpus: Corpus) -> None:
+    root = corpus.default_root_pem
+    text = (f'[policy]\ninsecure_allow_non_rfc5280_chains = true\ntrust_store = "{root}"\n'
+            f'[[inbound]]\nname = "mtls"\nlisten = "tcp:8443"\nbackend = "tcp:127.0.0.1:80"\n'
+            f'certificates = [ {{ chain = "/c.pem", key = "/k.pem" }} ]\nclient_auth = "require"\n'
+            f'client_ca = "{root}"\ninsecure_allow_non_rfc5280_chains = true\n')
+    config = Config.from_toml(text)
+    assert insecure_rfc5280(config) == [f"policy.trust_store ({root})", f"inbound.mtls.client_ca ({root})"]
+    assert insecure_rfc5280(Config.from_toml("")) == []
+
+
+def test_a_fingerprint_names_the_chain_exactly(corpus: Corpus) -> None:
+    chain = _chain(corpus)
+    assert chain[0].fingerprint(hashes.SHA256()) != chain[1].fingerprint(hashes.SHA256())
+    assert chain[0].public_bytes(serialization.Encoding.DER)  # DER is what the digest covers
