@@ -171,3 +171,17 @@ def test_a_fingerprint_names_the_chain_exactly(corpus: Corpus) -> None:
     chain = _chain(corpus)
     assert chain[0].fingerprint(hashes.SHA256()) != chain[1].fingerprint(hashes.SHA256())
     assert chain[0].public_bytes(serialization.Encoding.DER)  # DER is what the digest covers
+
+
+def test_check_config_takes_a_hashed_directory_and_refuses_an_empty_one(corpus: Corpus, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as info:
+        check_config(Config.from_toml(f'[policy]\ntrust_store = "{empty}"\n'))
+    assert info.value.key == "policy.trust_store" and "openssl rehash" in info.value.message
+    assert info.value.line == 2
+    hashed = tmp_path / "hashed"
+    hashed.mkdir()
+    shutil.copy(corpus.default_root_pem, hashed / "root.pem")
+    subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
+    check_config(Config.from_toml(f'[policy]\ntrust_store = "{hashed}"\n'))

@@ -46,7 +46,7 @@ class Policy:
     ciphers: str = DEFAULT_CIPHERS
     ciphersuites: str = DEFAULT_CIPHERSUITES
     groups: str = DEFAULT_GROUPS
-    trust_store: Optional[str] = None  # None: the system bundle
+    trust_store: Optional[str] = None  # None: the system bundle; a PEM file or a hashed directory
     min_rsa_bits: int = 2048
     # Waive strict RFC 5280 (a leaf without authorityKeyIdentifier, a CA whose basicConstraints is
     # not critical or that lacks keyUsage) for chains to `trust_store`: for a private CA that
@@ -64,7 +64,8 @@ def parse_policy(r: Reader) -> Policy:
     groups: str = r.take("groups", str, d.groups)
     trust: Optional[str] = r.take("trust_store", str, None)
     if trust is not None:
-        r.check("trust_store", trust != "", "must be a path to a PEM bundle (omit it for the system store)")
+        r.check("trust_store", trust != "",
+                "must be a path to a PEM bundle or a hashed directory (omit it for the system store)")
     rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
     r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
     lax: bool = r.take("insecure_allow_non_rfc5280_chains", bool, False)

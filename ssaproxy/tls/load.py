@@ -25,6 +25,7 @@ from OpenSSL import SSL
 from ssaproxy.config import Config, Inbound, Policy
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import CIPHER_FLOOR, set_groups
+from ssaproxy.tls.paths import load_anchors
 from ssaproxy.tls.reasons import os_reason, ssl_text
 
 
@@ -156,6 +157,14 @@ def _check_ciphersuites(value: str) -> None:
 
 
 def _check_trust_store(key: str, path: str) -> None:
+    if os.path.isdir(path):  # a hashed directory (openssl rehash): both verifiers read the same files
+        try:
+            anchors = load_anchors(path)
+        except OSError as e:
+            raise ConfigError(key, f"cannot load {path!r}: {e.strerror or e}") from None
+        if not anchors:
+            raise ConfigError(key, f"no hashed certificates in {path!r} (run `openssl rehash {path}`)")
+        return
     _readable(key, path)
     try:
         SSL.Context(SSL.TLS_METHOD).load_verify_locations(path)
