@@ -11,7 +11,8 @@ of the client handshake plus the server handshake; the server's share is the sam
 mode, so the differences are the verifier's.  Modes run in interleaved rounds and the best
 round of each counts, so that other load on the machine does not land on one mode only.  The
 chain is root -> intermediate -> leaf, as a public server sends, for P-256 and for RSA-2048.
-"OpenSSL only" replaces the context's `PathValidator` by one that accepts every chain: a measuring device, never used by the daemon.
+"OpenSSL only" replaces the context's `PathValidator` by one that accepts every chain: a
+measuring device, never used by the daemon.
 The second block times `PathValidator.check_server` alone.
 """
 
