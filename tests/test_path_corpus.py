@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from ssaproxy.config.document import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
 from ssaproxy.tls.context import REQUIRE_PEER, load_trust, new_context, strict_checks
@@ -343,7 +343,7 @@ def _presenting(built: Built, *, server: bool) -> SSL.Context:
     ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
     ctx.use_certificate(built.leaf)
     for extra in built.intermediates:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.add_extra_chain_cert(extra)  # type: ignore[arg-type]
     ctx.use_privatekey(built.key)  # type: ignore[arg-type]
     return ctx
 
