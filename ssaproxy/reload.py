@@ -56,6 +56,7 @@ from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import ClientContexts, OutboundFactory
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import read_config
+from ssaproxy.tls.paths import WAIVER_WARNING, insecure_rfc5280
 from ssaproxy.tls.server import server_context
 
 Stamp = Optional[tuple[int, int, int, int]]  # (st_dev, st_ino, st_size, st_mtime_ns); None: missing
@@ -238,6 +239,8 @@ class Reloader(service.Service):
             self.log.warn("reload: {keys} changed but take effect only after a restart", keys=",".join(later))
         if old.iptables != plan.config.iptables:
             self.log.warn("reload: [iptables] changed: apply the rules again (`ssaproxy iptables apply`)")
+        for where in insecure_rfc5280(plan.config):
+            self.log.warn(WAIVER_WARNING, where=where)
         return True
 
     def _prepare(self) -> _Plan:

@@ -32,6 +32,7 @@ from ssaproxy.reload import Reloader
 from ssaproxy.state import DaemonState
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
+from ssaproxy.tls.paths import WAIVER_WARNING, insecure_rfc5280
 
 log = Logger()
 
@@ -53,19 +54,8 @@ class _Announce(service.Service):
                  api=c.api.socket if c.api else "(none)",
                  min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
         for where in insecure_rfc5280(c):
-            log.warn("insecure_allow_non_rfc5280_chains is set for {where}: chains that strict RFC 5280 refuses "
-                     "(no authorityKeyIdentifier, CA basicConstraints not critical, CA without keyUsage) are "
-                     "accepted; each connection where it makes a difference is logged", where=where)
+            log.warn(WAIVER_WARNING, where=where)
 
-
-def insecure_rfc5280(config: Config) -> list[str]:
-    """Where the admin waived strict RFC 5280 path validation (the trust stores concerned)."""
-    out = []
-    if config.policy.insecure_allow_non_rfc5280_chains:
-        out.append(f"policy.trust_store ({config.policy.trust_store or 'system'})")
-    out.extend(f"inbound.{i.name}.client_ca ({i.client_ca})" for i in config.inbound
-               if i.insecure_allow_non_rfc5280_chains)
-    return out
 
 
 class _Signals(service.Service):

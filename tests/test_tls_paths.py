@@ -16,10 +16,9 @@ from OpenSSL import SSL
 from ssaproxy.config import Config, Policy
 from ssaproxy.config.document import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
 from ssaproxy.errors import ConfigError
-from ssaproxy.service import insecure_rfc5280
 from ssaproxy.tls.context import REQUIRE_PEER, client_context, new_context
 from ssaproxy.tls.load import check_config
-from ssaproxy.tls.paths import REFUSAL_TTL, PathValidator, load_anchors
+from ssaproxy.tls.paths import REFUSAL_TTL, PathValidator, insecure_rfc5280, load_anchors
 from ssaproxy.tls.verify import Verifier, validator_of
 from tests.pathcorpus import Case, Cert, Corpus
 from tests.test_path_corpus import _presenting, _pump, run

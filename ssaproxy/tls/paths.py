@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import verification as cv
 from OpenSSL import crypto
 
+from ssaproxy.config import Config
 from ssaproxy.tls._openssl import x509_strict_flags
 
 MAX_DEPTH = 8  # as OpenSSL's verify depth (tls/context.py)
@@ -47,6 +48,22 @@ REFUSAL_TTL = 60.0  # seconds a refusal stays cached
 _HASHED = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")  # c_rehash names of certificates (CRLs are .rN)
 _ALGORITHM = re.compile(r"AlgorithmIdentifier \{.*\}")
 _ENCOUNTERED = re.compile(r" \(encountered processing <Certificate\(subject=<Name\((.*?)\)>, \.\.\.\)>\)")
+
+
+WAIVER_WARNING = ("insecure_allow_non_rfc5280_chains is set for {where}: chains that strict RFC 5280 refuses "
+                  "(no authorityKeyIdentifier, a CA without keyUsage or subjectKeyIdentifier or with a non-critical "
+                  "basicConstraints) are accepted; each connection where it makes a difference is logged")
+
+
+def insecure_rfc5280(config: Config) -> list[str]:
+    """Where the admin waived strict RFC 5280 path validation (the trust stores concerned), for
+    the warnings at start-up and on reload."""
+    out = []
+    if config.policy.insecure_allow_non_rfc5280_chains:
+        out.append(f"policy.trust_store ({config.policy.trust_store or 'system'})")
+    out.extend(f"inbound.{i.name}.client_ca ({i.client_ca})" for i in config.inbound
+               if i.insecure_allow_non_rfc5280_chains)
+    return out
 
 
 @attrs.frozen
