@@ -3,6 +3,7 @@ one validator per context, read once; the strictness setting and its config erro
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from ssaproxy.config import Config, Policy
@@ -184,3 +187,41 @@ def test_check_config_takes_a_hashed_directory_and_refuses_an_empty_one(corpus: 
     shutil.copy(corpus.default_root_pem, hashed / "root.pem")
     subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
     check_config(Config.from_toml(f'[policy]\ntrust_store = "{hashed}"\n'))
+
+
+@pytest.mark.filterwarnings("ignore:Parsed a serial number")  # one root in Debian's bundle has a negative serial
+def test_every_system_root_can_anchor_a_chain_for_cryptography() -> None:
+    """The system bundle's roots as anchors: each root's twin (its subject and extensions, a new
+    key) signs a leaf, and cryptography's verifier must accept the chain.  Its stock CA profile
+    would refuse roots whose basicConstraints is not critical or that lack keyUsage; anchors
+    are exempt from the profile (docs/verification.md)."""
+    roots = load_anchors(None)
+    assert len(roots) > 50, "no system trust bundle on this host"
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    refused = []
+    for root in roots:
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(root.subject).issuer_name(root.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - day).not_valid_after(now + 30 * day))
+        for ext in root.extensions:
+            if isinstance(ext.value, x509.SubjectKeyIdentifier):
+                b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), ext.critical)
+            elif not isinstance(ext.value, x509.AuthorityKeyIdentifier):
+                b = b.add_extension(ext.value, ext.critical)
+        twin = b.sign(key, hashes.SHA256())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.test")])
+        leaf = (x509.CertificateBuilder().subject_name(name).issuer_name(root.subject)
+                .public_key(leaf_key.public_key()).serial_number(1)
+                .not_valid_before(now - day).not_valid_after(now + day)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("a.test")]), False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+                .sign(key, hashes.SHA256()))
+        outcome = PathValidator([twin]).check_server([leaf, twin], hostname="a.test")
+        if outcome.error is not None:
+            refused.append((root.subject.rfc4514_string(), outcome.error))
+    assert refused == []
