@@ -225,3 +225,22 @@ def test_every_system_root_can_anchor_a_chain_for_cryptography() -> None:
         if outcome.error is not None:
             refused.append((root.subject.rfc4514_string(), outcome.error))
     assert refused == []
+
+
+def test_anchors_are_parsed_again_when_a_file_changes(corpus: Corpus, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(corpus.default_root_pem.read_bytes())
+    first = load_anchors(str(bundle))
+    assert load_anchors(str(bundle))[0] is first[0]  # unchanged: the same parse
+    (tmp_path / "other").mkdir()
+    other = Corpus(tmp_path / "other")
+    bundle.write_bytes(other.default_root_pem.read_bytes())
+    assert load_anchors(str(bundle))[0].subject == first[0].subject  # both are "root" ...
+    assert load_anchors(str(bundle))[0] != first[0]  # ... but the new file's certificate
+    hashed = tmp_path / "hashed"
+    hashed.mkdir()
+    shutil.copy(corpus.default_root_pem, hashed / "root.pem")
+    subprocess.run(["openssl", "rehash", str(hashed)], check=True, capture_output=True)
+    before = load_anchors(str(hashed))
+    (hashed / "root.pem").write_bytes(other.default_root_pem.read_bytes())  # in place, same name
+    assert load_anchors(str(hashed)) != before

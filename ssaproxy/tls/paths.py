@@ -79,15 +79,45 @@ def load_anchors(location: Optional[str]) -> list[x509.Certificate]:
     """The certificates in a PEM file, in a hashed CA directory (c_rehash names), or, for None,
     in the system's default locations as OpenSSL finds them (SSL_CERT_FILE / SSL_CERT_DIR
     honoured).  A block that cryptography cannot parse is skipped: OpenSSL reads the same
-    files, and a refusal of the chain follows if it mattered."""
+    files, and a refusal of the chain follows if it mattered.
+
+    Parsed certificates are immutable, so contexts built from unchanged files share one parse
+    (the system store takes tens of milliseconds): the key is the files' identity, size and
+    modification time, so a changed file is read again."""
     if location is None:
         paths = ssl.get_default_verify_paths()
         cafile = os.environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
         capath = os.environ.get(paths.openssl_capath_env) or paths.openssl_capath
-        return _dedupe([*_read_file(cafile, missing_ok=True), *_read_dir(capath)])
-    if os.path.isdir(location):
-        return _dedupe(_read_dir(location))
-    return _dedupe(_read_file(location))
+        places: tuple[str, ...] = tuple(p for p in (cafile, capath) if p)
+    else:
+        places = (location,)
+    stamp = tuple(_stamp(p) for p in places)
+    found = _PARSED.get(places)
+    if found is not None and found[0] == stamp:
+        return list(found[1])
+    certs: list[x509.Certificate] = []
+    for place in places:
+        certs.extend(_read_dir(place) if os.path.isdir(place) else _read_file(place, missing_ok=location is None))
+    anchors = _dedupe(certs)
+    if len(_PARSED) >= 16:
+        _PARSED.clear()
+    _PARSED[places] = (stamp, tuple(anchors))
+    return anchors
+
+
+_PARSED: dict[tuple[str, ...], tuple[tuple[object, ...], tuple[x509.Certificate, ...]]] = {}
+
+
+def _stamp(path: str) -> object:
+    """What changes when the file (for a directory: any hashed file in it) changes."""
+    try:
+        st = os.stat(path)
+        if os.path.isdir(path):
+            return tuple((name, _stamp(os.path.join(path, name))) for name in sorted(os.listdir(path))
+                         if _HASHED.match(name))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_dir(path: Optional[str]) -> list[x509.Certificate]:
