@@ -22,8 +22,10 @@ from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import REQUIRE_PEER, client_context, new_context
 from ssaproxy.tls.load import check_config
 from ssaproxy.tls.paths import REFUSAL_TTL, PathValidator, insecure_rfc5280, load_anchors
+from ssaproxy.tls.server import server_context
 from ssaproxy.tls.verify import Verifier, validator_of
 from tests.pathcorpus import Case, Cert, Corpus
+from tests.pki import PKI
 from tests.test_path_corpus import _presenting, _pump, run
 
 
@@ -244,3 +246,18 @@ def test_anchors_are_parsed_again_when_a_file_changes(corpus: Corpus, tmp_path: 
     before = load_anchors(str(hashed))
     (hashed / "root.pem").write_bytes(other.default_root_pem.read_bytes())  # in place, same name
     assert load_anchors(str(hashed)) != before
+
+
+@pytest.mark.parametrize("waived", [False, True])
+def test_an_inbound_listener_carries_its_own_strictness(pki: PKI, waived: bool) -> None:
+    good = pki.server("good")
+    text = (f'[[inbound]]\nname = "mtls"\nlisten = "tcp:8443"\nbackend = "tcp:127.0.0.1:80"\n'
+            f'certificates = [ {{ chain = "{good.chain}", key = "{good.key}" }} ]\nclient_auth = "require"\n'
+            f'client_ca = "{pki.client_ca_pem}"\ninsecure_allow_non_rfc5280_chains = {str(waived).lower()}\n')
+    config = Config.from_toml(text)
+    check_config(config)
+    ctx = server_context.__wrapped__(config.inbound[0], config.policy)
+    validator = validator_of(ctx)
+    assert validator is not None and validator.strict is not waived and validator.anchor_count == 1
+    assert validator_of(client_context(config.policy)) is not None  # the policy's own stays strict
+    assert validator_of(client_context(config.policy)).strict  # type: ignore[union-attr]
