@@ -261,3 +261,14 @@ def test_an_inbound_listener_carries_its_own_strictness(pki: PKI, waived: bool) 
     assert validator is not None and validator.strict is not waived and validator.anchor_count == 1
     assert validator_of(client_context(config.policy)) is not None  # the policy's own stays strict
     assert validator_of(client_context(config.policy)).strict  # type: ignore[union-attr]
+
+
+def test_a_verified_check_offers_the_accepted_path(corpus: Corpus) -> None:
+    case = Case(name="path", expect="ok", chain=(Cert(san=None, eku=None, ku=("kcs", "crl"), ca=True),))
+    built = corpus.build(case)
+    ok, _, check = run(case, built)
+    assert ok and [c.subject for c in check.chain] == [built.leaf.subject, built.intermediates[0].subject,
+                                                         x509.load_pem_x509_certificate(built.trust.read_bytes()).subject]
+    refused = Case(name="path-refused", expect="name", target="b.test")
+    ok, _, check = run(refused, corpus.build(refused))
+    assert not ok and check.chain == ()

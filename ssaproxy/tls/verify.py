@@ -71,6 +71,12 @@ class PeerCheck:
     def verified(self) -> bool:
         return self.leaf_passed and self.error is None
 
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """The path both verifiers accepted, leaf first, anchor last (empty unless verified):
+        for checks after the handshake, such as revocation."""
+        return tuple(self._path[::-1]) if self.verified else ()
+
     def fail(self, error: VerificationFailed) -> bool:
         if self.error is None:
             self.error = error
