@@ -104,6 +104,7 @@ class Bench:
 
     # ------------------------------------------------------------------ setup
     def pinning(self) -> None:
+        bp.Proc.nice = self.args.nice
         if NCPU < 2:
             self.proxy_cpus = None
             self.info["pinning"] = "none (1 CPU)"
@@ -112,7 +113,8 @@ class Bench:
         loader = self.args.loader_cpus or ",".join(
             str(c) for c in range(NCPU) if str(c) not in self.proxy_cpus.split(","))
         os.sched_setaffinity(0, {int(c) for c in loader.split(",")})  # the backend inherits it
-        self.info["pinning"] = f"proxy alone on CPU {self.proxy_cpus}; loader and backend on CPU {loader} (taskset)"
+        self.info["pinning"] = f"proxy alone on CPU {self.proxy_cpus}; loader and backend on CPU {loader} (taskset)" + (
+            f"; proxies at nice {self.args.nice}" if self.args.nice else "")
 
     def setup(self) -> None:
         import trustme  # noqa: PLC0415 - the bench extra
@@ -469,6 +471,8 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of client,server,api")
     parser.add_argument("--proxy-cpus", default="0", help="CPU list the proxy is pinned to (taskset -c)")
     parser.add_argument("--loader-cpus", default="", help="CPU list of loader and backend (default: the others)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run every proxy at this nice value (e.g. -10 on a machine shared with other work)")
     parser.add_argument("--note", default="", help="recorded in the header, e.g. 'machine shared with other work'")
     parser.add_argument("--markdown", action="store_true", help="also print the block for docs/benchmarks.md")
     parser.add_argument("--json", help="also write every figure to this file")

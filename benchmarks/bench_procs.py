@@ -149,9 +149,13 @@ def stop_process(proc: subprocess.Popen, what: str, timeout: float = 15.0) -> No
 class Proc:
     """A proxy we start (pinned with taskset when `cpus` is set) and stop by PID."""
 
+    nice = 0  # set by the driver (--nice): the same for every proxy
+
     def __init__(self, name: str, argv: list[str], ports: list[int], workdir: str, cpus: str | None) -> None:
         self.name = name
-        self.argv = (["taskset", "-c", cpus] if cpus else []) + argv  # taskset execs: same PID
+        # taskset and nice exec what follows: the PID we get is the proxy's
+        self.argv = (["taskset", "-c", cpus] if cpus else []) + (["nice", "-n", str(self.nice)] if self.nice else []) \
+            + argv
         self.ports = ports
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
