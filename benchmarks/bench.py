@@ -49,8 +49,8 @@ from bench_report import report  # noqa: E402
 
 NCPU = os.cpu_count() or 1
 SIZES = {
-    "full": dict(rounds=3, bulk_mb=200, conns=1000, concurrency=16, requests=5000, idle=500, budget=480.0),
-    "quick": dict(rounds=1, bulk_mb=50, conns=300, concurrency=16, requests=2000, idle=200, budget=110.0),
+    "full": dict(rounds=3, bulk_mb=200, conns=1000, concurrency=16, requests=5000, idle=500, budget=540.0),
+    "quick": dict(rounds=1, bulk_mb=50, conns=300, concurrency=16, requests=2000, idle=200, budget=150.0),
     # The smallest configuration, for the test suite: every path once, figures not meaningful.
     "smoke": dict(rounds=1, bulk_mb=2, conns=10, concurrency=4, requests=20, idle=5, budget=90.0),
 }
@@ -104,7 +104,6 @@ class Bench:
 
     # ------------------------------------------------------------------ setup
     def pinning(self) -> None:
-        bp.Proc.nice = self.args.nice
         if NCPU < 2:
             self.proxy_cpus = None
             self.info["pinning"] = "none (1 CPU)"
@@ -113,8 +112,7 @@ class Bench:
         loader = self.args.loader_cpus or ",".join(
             str(c) for c in range(NCPU) if str(c) not in self.proxy_cpus.split(","))
         os.sched_setaffinity(0, {int(c) for c in loader.split(",")})  # the backend inherits it
-        self.info["pinning"] = f"proxy alone on CPU {self.proxy_cpus}; loader and backend on CPU {loader} (taskset)" + (
-            f"; proxies at nice {self.args.nice}" if self.args.nice else "")
+        self.info["pinning"] = f"proxy alone on CPU {self.proxy_cpus}; loader and backend on CPU {loader} (taskset)"
 
     def setup(self) -> None:
         import trustme  # noqa: PLC0415 - the bench extra
@@ -471,8 +469,6 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of client,server,api")
     parser.add_argument("--proxy-cpus", default="0", help="CPU list the proxy is pinned to (taskset -c)")
     parser.add_argument("--loader-cpus", default="", help="CPU list of loader and backend (default: the others)")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="run every proxy at this nice value (e.g. -10 on a machine shared with other work)")
     parser.add_argument("--note", default="", help="recorded in the header, e.g. 'machine shared with other work'")
     parser.add_argument("--markdown", action="store_true", help="also print the block for docs/benchmarks.md")
     parser.add_argument("--json", help="also write every figure to this file")

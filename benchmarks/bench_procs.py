@@ -149,13 +149,9 @@ def stop_process(proc: subprocess.Popen, what: str, timeout: float = 15.0) -> No
 class Proc:
     """A proxy we start (pinned with taskset when `cpus` is set) and stop by PID."""
 
-    nice = 0  # set by the driver (--nice): the same for every proxy
-
     def __init__(self, name: str, argv: list[str], ports: list[int], workdir: str, cpus: str | None) -> None:
         self.name = name
-        # taskset and nice exec what follows: the PID we get is the proxy's
-        self.argv = (["taskset", "-c", cpus] if cpus else []) + (["nice", "-n", str(self.nice)] if self.nice else []) \
-            + argv
+        self.argv = (["taskset", "-c", cpus] if cpus else []) + argv  # taskset execs: the PID is the proxy's
         self.ports = ports
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None
@@ -210,6 +206,7 @@ def ssaproxy_proc(work: str, ca: str, chain: str, key: str, cpus: str | None, wo
         [api]
         socket = "{work}/{name}-api.sock"
         mode = "0600"
+        max_sessions_per_uid = 2000   # the loader is one user holding the idle test's sessions
 
         [outbound]
         listen = "tcp:{CLIENT_PORTS['ssaproxy']}:interface=127.0.0.1"
