@@ -335,9 +335,8 @@ class Bench:
         for k, v in self.info.items():
             log(f"{k}: {v}")
         self.functional_checks()
-        for rnd in range(self.p["rounds"]):
-            log(f"Round {rnd + 1} of {self.p['rounds']}")
-            self.one_round(rnd)
+        # Memory first: it takes seconds, and a loaded machine that slows the rounds down must
+        # not cost the run its steadiest figure.
         log("Memory per idle connection (a fresh process each):")
         for mode in self.modes:
             for t in self.targets[mode]:
@@ -345,6 +344,9 @@ class Bench:
                     self.idle(mode, t)
                 else:
                     self.notes.append(f"skipped idle {mode} {t.name} (global deadline near)")
+        for rnd in range(self.p["rounds"]):
+            log(f"Round {rnd + 1} of {self.p['rounds']}")
+            self.one_round(rnd)
         self.variants()
         self.info["backend totals"] = self.backend_stats()
         self.info["ssaproxy outcomes"] = dict(ssaproxy_outcomes(self.procs["ssaproxy"].logs))
