@@ -5,7 +5,7 @@
     server mode:  TLS loader --> proxy (terminates TLS) --plaintext--> backend
     socket API:   loader using ssaproxy.socket(IPPROTO_TLS) --> ssaproxy --TLS--> backend
 
-    python benchmarks/bench.py              # full run (about 6 minutes on 2 CPUs)
+    python benchmarks/bench.py              # full run (5-6 minutes on 2 CPUs; its budget is 9)
     python benchmarks/bench.py --quick      # smaller sizes, one round (about 1.5 minutes)
     python benchmarks/bench.py --markdown   # also print the block for docs/benchmarks.md
     python benchmarks/bench.py --workers 2  # ssaproxy with [daemon] workers = 2
