@@ -169,7 +169,12 @@ class Proc:
         with open(path, "wb") as out:  # the child has its own copy once Popen returns
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.workdir)
-        wait_listening(self.ports, self.proc, self.name)
+        try:
+            wait_listening(self.ports, self.proc, self.name)
+        except RuntimeError as e:
+            with open(path, errors="replace") as f:
+                tail = f.read()[-1500:]
+            raise RuntimeError(f"{e}; the end of its output:\n{tail}") from None
 
     def stop(self) -> int | None:
         if self.proc is None:
