@@ -69,7 +69,7 @@ class InboundConnection(Lifecycle):
     log = Logger()
     kind = "inbound"
     log_format = ("inbound {conn_id} {outcome}: listener={inbound} peer={peer} sni={sni} alpn={alpn} "
-                  "tls={tls_version} cipher={cipher} client={client_identity} verified={verified} "
+                  "tls={tls_version} cipher={cipher} resumed={resumed} client={client_identity} verified={verified} "
                   "backend={backend} bytes_in={bytes_in} bytes_out={bytes_out} duration={duration}s detail={detail}")
 
     def __init__(self, factory: InboundFactory, stream: InboundStream, check: ClientCheck) -> None:
@@ -118,7 +118,8 @@ class InboundConnection(Lifecycle):
         tls = self.stream.tls
         raw_sni = tls.get_servername()
         self.facts.update(sni=raw_sni.decode("ascii", "replace") if raw_sni else None, alpn=negotiated_alpn(tls),
-                          tls_version=tls.get_protocol_version_name(), cipher=tls.get_cipher_name())
+                          tls_version=tls.get_protocol_version_name(), cipher=tls.get_cipher_name(),
+                          resumed=self.check.resumed)
         assert self.backend_addr is not None
         host, port = self.backend_addr
         timeout = self.inbound.connect_timeout
@@ -196,7 +197,7 @@ class InboundConnection(Lifecycle):
         return {**fields, "inbound": self.inbound.name, "peer": host_port(*self.peer),
                 "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"),
                 "tls_version": self.facts.get("tls_version"), "cipher": self.facts.get("cipher"),
-                "client_identity": ",".join(self.check.identities) or None,
+                "resumed": self.facts.get("resumed"), "client_identity": ",".join(self.check.identities) or None,
                 "verified": self.check.verified if self.check.presented else None,
                 "backend": host_port(*self.backend_addr) if self.backend_addr else None,
                 # Seen from the client: what it sent in, what it got out.

@@ -48,6 +48,11 @@ class Policy:
     groups: str = DEFAULT_GROUPS
     trust_store: Optional[str] = None  # None: the system bundle
     min_rsa_bits: int = 2048
+    # TLS session resumption (ssaproxy.tls.sessions): the default for outbound routes, the
+    # socket API and inbound listeners; one client session cache per process, bounded.
+    session_resumption: bool = True
+    session_cache_size: int = 1000  # client sessions kept; 0 keeps none
+    session_lifetime: float = 3600.0  # seconds a session is offered (and a ticket is valid) at most
 
 
 def parse_policy(r: Reader) -> Policy:
@@ -63,9 +68,13 @@ def parse_policy(r: Reader) -> Policy:
         r.check("trust_store", trust != "", "must be a path to a PEM bundle (omit it for the system store)")
     rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
     r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
+    resumption: bool = r.take("session_resumption", bool, d.session_resumption)
+    cache_size = r.bounded("session_cache_size", d.session_cache_size, 0, 1_000_000)
+    lifetime = r.positive("session_lifetime", r.take("session_lifetime", float, d.session_lifetime), 604800)
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
-                  groups=groups, trust_store=trust, min_rsa_bits=rsa)
+                  groups=groups, trust_store=trust, min_rsa_bits=rsa, session_resumption=resumption,
+                  session_cache_size=cache_size, session_lifetime=lifetime)
 
 
 DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"

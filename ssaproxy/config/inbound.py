@@ -61,6 +61,7 @@ class Inbound:
     connect_timeout: float = 10.0
     max_connections: int = 10000
     idle_timeout: float = 3600.0  # a relay with no bytes either way this long is reset; 0: never
+    session_resumption: Optional[bool] = None  # session tickets; None: policy.session_resumption
 
 
 def parse_inbound(r: Reader, policy_max: TLSVersion) -> tuple[Inbound, ...]:
@@ -118,11 +119,12 @@ def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
     connect = r.timeout("connect_timeout", 10.0)
     max_conns = r.bounded("max_connections", 10000, 1, 1_000_000)
     idle = r.idle("idle_timeout", 3600.0)
+    resumption: Optional[bool] = r.take("session_resumption", bool, None)
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
                    handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns, idle_timeout=idle,
-                   listen_port=listen_port, families=families)
+                   listen_port=listen_port, families=families, session_resumption=resumption)
 
 
 def _listen_facts(r: Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:

@@ -90,7 +90,7 @@ _TABLE = [
     Option(TLS_CRL_CHECKS, "TLS_CRL_CHECKS", INT, unsupported="no revocation checking yet"),
     Option(TLS_CACHED_REV_CHECKS, "TLS_CACHED_REV_CHECKS", INT, unsupported="no revocation checking yet"),
     Option(TLS_CONTEXT, "TLS_CONTEXT", TEXT, unsupported="contexts are the admin's policy, not per program"),
-    Option(TLS_SESSION_REUSE, "TLS_SESSION_REUSE", INT, unsupported="no session resumption yet"),
+    Option(TLS_SESSION_REUSE, "TLS_SESSION_REUSE", INT, settable=True, gettable=True),
     Option(TLS_RESUMED_SESSION, "TLS_RESUMED_SESSION", INT, gettable=True, connected_only=True),
     Option(TLS_ENABLE_CIPHER, "TLS_ENABLE_CIPHER", TEXT, settable=True),
     Option(TLS_VERSION_MIN, "TLS_VERSION_MIN", INT, settable=True, gettable=True),

@@ -1,11 +1,12 @@
 """The one home of pyOpenSSL's private bindings (`OpenSSL._util`).
 
 Theory of operation: pyOpenSSL wraps most of libssl, but not everything ssaproxy needs: the
-key-exchange group list, whether a session was resumed, and OpenSSL's text for a verify error
-code.  Those few calls go through the cffi `lib` object pyOpenSSL keeps in `OpenSSL._util`,
-which is not a public API and may change between releases.  Keeping every such use behind the
-small typed functions below means an upgrade that breaks one breaks it here, in one place
-(ruff's banned-api rule keeps `OpenSSL._util` out of every other module).
+key-exchange group list, whether a session was resumed (and when a TLS 1.3 ticket replaced
+it), and OpenSSL's text for a verify error code.  Those few calls go through the cffi `lib`
+object pyOpenSSL keeps in `OpenSSL._util`, which is not a public API and may change between
+releases.  Keeping every such use behind the small typed functions below means an upgrade
+that breaks one breaks it here, in one place (ruff's banned-api rule keeps `OpenSSL._util` out
+of every other module).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def set_groups_list(ctx: SSL.Context, groups: str) -> bool:
 def session_reused(conn: SSL.Connection) -> bool:
     """Whether the finished handshake of `conn` resumed an earlier session."""
     return bool(_lib.SSL_session_reused(conn._ssl))
+
+
+def session_handle(conn: SSL.Connection) -> int:
+    """The address of the SSL_SESSION `conn` holds now (0: none).  A TLS 1.3 client replaces
+    its session object with a new one for every NewSessionTicket it processes, so a changed
+    handle is how a ticket's arrival shows; pyOpenSSL has no callback for it."""
+    return int(_ffi.cast("uintptr_t", _lib.SSL_get_session(conn._ssl)))
 
 
 def verify_error_string(code: int) -> str:
