@@ -1,0 +1,121 @@
+"""Client session resumption through the socket API, against real servers that count it:
+Python's ssl (`session_reused` in its per-connection report) and openssl s_server ("Reused
+session-id" in its per-connection output), through a real daemon under twistd."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.api_harness import ApiDaemon
+from tests.lab import poll
+from tests.pki import PKI
+
+TWICE = """
+out = []
+for name in {names!r}:
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, name.encode())
+    {setup}
+    try:
+        s.connect(("127.0.0.1", {port}))
+        s.sendall(b"ping\\n")
+        got = s.recv(100)
+        out.append([s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_RESUMED_SESSION),
+                    len(s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PEER_CERTIFICATE_CHAIN)),
+                    s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PEER_IDENTITY).decode(), got.decode()])
+        s.close()
+    except OSError as e:
+        out.append(["error", e.errno, str(e), ""])
+    time.sleep(0.3)  # a TLS 1.3 ticket comes after the handshake: let the daemon read it
+result["out"] = out
+"""
+
+
+def server_reports(api: ApiDaemon, port: int, count: int) -> list[dict[str, Any]]:
+    """The first `count` per-connection reports of the tls_server.py peer on `port`."""
+    log = next(api.directory.glob(f"tls-*-{port}.log"))
+
+    def reports() -> list[dict[str, Any]]:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        return lines if len(lines) >= count else []
+
+    found = poll(reports, 10)
+    assert found, log.read_text()
+    return found[:count]
+
+
+@pytest.mark.parametrize("version", ["TLSv1.3", "TLSv1.2"])
+def test_second_connection_to_the_same_server_is_resumed(api: ApiDaemon, pki: PKI, version: str) -> None:
+    port = api.tls_server("echo", pki.server("good"), "--max-version", version)
+    r = api.program(TWICE.format(names=["backend.test"] * 3, port=port, setup=""))
+    assert r["_exit"] == 0, r["_stderr"]
+    resumed = [x[0] for x in r["out"]]
+    assert resumed == [0, 1, 1], r["out"]
+    # The resumed connections still answer with the verified chain and identity.
+    assert all(x[1] > 0 and x[2] == "backend.test" and x[3] == "ping\n" for x in r["out"]), r["out"]
+    assert [x["reused"] for x in server_reports(api, port, 3)] == [False, True, True]
+    assert all(x["version"] == version for x in server_reports(api, port, 3))
+    event = api.wait_event(f"target=127.0.0.1:{port}")
+    assert "resumed=" in event
+
+
+def test_another_name_is_not_resumed(api: ApiDaemon, pki: PKI) -> None:
+    port = api.tls_server("echo", pki.server("good_wildcard"))
+    r = api.program(TWICE.format(names=["a.wild.test", "b.wild.test", "a.wild.test", "b.wild.test"], port=port,
+                                 setup=""))
+    assert r["_exit"] == 0, r["_stderr"]
+    assert [x[0] for x in r["out"]] == [0, 0, 1, 1], r["out"]
+    assert [x["reused"] for x in server_reports(api, port, 4)] == [False, False, True, True]
+
+
+def test_a_session_that_failed_verification_is_never_offered(api: ApiDaemon, pki: PKI) -> None:
+    """If the refused connection's session were kept, the second would resume it and pass."""
+    port = api.tls_server("echo", pki.server("wrong_host"))
+    r = api.program(TWICE.format(names=["backend.test"] * 2, port=port, setup=""))
+    assert [x[0] for x in r["out"]] == ["error", "error"], r["out"]
+    assert all("identity mismatch" in x[2] for x in r["out"]), r["out"]
+
+
+def test_session_reuse_off_for_a_socket(api: ApiDaemon, pki: PKI) -> None:
+    port = api.tls_server("echo", pki.server("good"))
+    setup = "s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_SESSION_REUSE, 0)"
+    r = api.program(TWICE.format(names=["backend.test"] * 3, port=port, setup=setup))
+    assert [x[0] for x in r["out"]] == [0, 0, 0], r["out"]
+    assert [x["reused"] for x in server_reports(api, port, 3)] == [False, False, False]
+
+
+def test_another_client_certificate_is_not_resumed(api: ApiDaemon, pki: PKI) -> None:
+    # -www: s_server answers each request with a page that says "New," or "Reused," and counts
+    # its session cache hits.
+    port, _log = api.s_server(pki.server("good"), "-Verify", "2", "-CAfile", str(pki.client_ca_pem),
+                              "-verify_return_error", "-www")
+    good, other = pki.client("client_good"), pki.client("client_other")
+    code = """
+out = []
+for chain, key in {pairs!r}:
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, chain)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, key)
+    s.connect(("127.0.0.1", {port}))
+    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    page = b""
+    while len(page) < 1 << 20:
+        data = s.recv(65536)
+        if not data:
+            break
+        page += data
+    said = [line for line in page.decode(errors="replace").splitlines() if ", Cipher is " in line]
+    out.append([s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_RESUMED_SESSION), said[0].split(",")[0]])
+    s.close()
+    time.sleep(0.3)
+result["out"] = out
+"""
+    pairs = [(str(good.chain), str(good.key)), (str(other.chain), str(other.key)), (str(good.chain), str(good.key)),
+             (str(other.chain), str(other.key))]
+    r = api.program(code.format(pairs=pairs, port=port))
+    assert r["_exit"] == 0, r["_stderr"]
+    assert r["out"] == [[0, "New"], [0, "New"], [1, "Reused"], [1, "Reused"]], r["out"]
