@@ -4,6 +4,7 @@ session-id" in its per-connection output), through a real daemon under twistd.""
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -119,3 +120,52 @@ result["out"] = out
     r = api.program(code.format(pairs=pairs, port=port))
     assert r["_exit"] == 0, r["_stderr"]
     assert r["out"] == [[0, "New"], [0, "New"], [1, "Reused"], [1, "Reused"]], r["out"]
+
+
+def test_tls_context_shares_settings_and_sessions_with_the_same_user_only(api: ApiDaemon, pki: PKI) -> None:
+    port, _log = api.s_server(pki.server("good"), "-Verify", "2", "-CAfile", str(pki.client_ca_pem),
+                              "-verify_return_error", "-www")
+    client = pki.client("client_good")
+    r = api.program(f"""
+def fetch(s):
+    s.connect(("127.0.0.1", {port}))
+    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    page = b""
+    while len(page) < 1 << 20:
+        data = s.recv(65536)
+        if not data:
+            break
+        page += data
+    said = [x for x in page.decode(errors="replace").splitlines() if ", Cipher is " in x][0].split(",")[0]
+    return [s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_RESUMED_SESSION), said]
+first = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+first.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+first.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, b"{client.chain}")
+first.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{client.key}")
+ctx = first.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT)
+result["same_id"] = ctx == first.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT)
+result["first"] = fetch(first)
+first.close()  # s_server serves one connection at a time
+time.sleep(0.3)
+second = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+second.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT, ctx)
+second.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+result["second"] = fetch(second)
+try:
+    second.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT)
+except OSError as e:
+    result["connected_get"] = e.errno
+result["ctx"] = ctx
+""")
+    assert r["_exit"] == 0, r["_stderr"]
+    assert r["same_id"] and r["first"] == [0, "New"] and r["second"] == [1, "Reused"], r
+    assert r["connected_get"] == errno.EOPNOTSUPP, r
+    other = api.program(f"""
+s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+try:
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT, {r["ctx"]})
+    result["code"] = 0
+except OSError as e:
+    result["code"] = e.errno
+""", user="nobody")
+    assert other["code"] == errno.EINVAL, other

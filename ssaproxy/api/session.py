@@ -110,6 +110,7 @@ def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Pol
         o.TLS_TRUSTED_CIPHERS: ":".join(settings.enabled(policy)).encode(),
         o.TLS_CHOSEN_CIPHER: (conn.get_cipher_name() or "").encode(),
         o.TLS_RESUMED_SESSION: o.pack_int(int(session_reused(conn))),
+        o.TLS_SESSION_REUSE: o.pack_int(int(settings.reuses(policy))),
         o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
         o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
         o.TLS_VERSION_CONN: o.pack_int(_version_number(conn)),

@@ -150,7 +150,8 @@ def _check_pair(settings: Settings) -> Settings:
     return settings
 
 
-def _int(value: bytes) -> int:
+def int_value(value: bytes) -> int:
+    """An integer option's value, or EINVAL."""
     try:
         return o.unpack_int(value)
     except ValueError as e:
@@ -158,7 +159,7 @@ def _int(value: bytes) -> int:
 
 
 def _version(value: bytes) -> str:
-    number = _int(value)
+    number = int_value(value)
     if number in o.LEGACY_VERSIONS:
         raise ApiError(errno.EPERM, f"{o.LEGACY_VERSIONS[number]} is below the admin's policy (TLS 1.2 at least)")
     if number not in o.VERSION_NAMES:
@@ -229,14 +230,14 @@ def _set_ciphers(settings: Settings, policy: Policy, value: bytes) -> Settings:
 
 
 def _set_peer_auth(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    flag = _int(value)
+    flag = int_value(value)
     if flag not in (0, 1):
         raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH is 0 or 1")
     return attrs.evolve(settings, request_peer_auth=bool(flag))
 
 
 def _set_session_reuse(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    flag = _int(value)
+    flag = int_value(value)
     if flag not in (0, 1):
         raise ApiError(errno.EINVAL, "TLS_SESSION_REUSE is 0 or 1")
     if flag and not policy.session_resumption:
