@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import attrs
 from OpenSSL import SSL, crypto
 
-from ssaproxy.tls._openssl import session_handle, session_reused
+from ssaproxy.tls._openssl import session_copy, session_handle, session_reused
 
 _tokens = itertools.count(1)
 _context_tokens: weakref.WeakKeyDictionary[SSL.Context, int] = weakref.WeakKeyDictionary()
@@ -97,13 +97,15 @@ class SessionCache:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: SessionKey, session: SSL.Session, identity: str, chain: tuple[crypto.X509, ...]) -> None:
+    def put(self, key: SessionKey, session: SSL.Session, identity: str,
+            chain: tuple[crypto.X509, ...]) -> Optional[CachedSession]:
         if self.size <= 0 or self.lifetime <= 0:
-            return
-        self._entries[key] = CachedSession(session=session, identity=identity, chain=chain,
-                                           expires=self.clock() + self.lifetime)
+            return None
+        entry = self._entries[key] = CachedSession(session=session, identity=identity, chain=chain,
+                                                   expires=self.clock() + self.lifetime)
         self._entries.move_to_end(key)
         self._trim()
+        return entry
 
     def forget(self, key: SessionKey) -> None:
         self._entries.pop(key, None)
@@ -138,10 +140,12 @@ class SessionSaver:
         self._held: Optional[SSL.Session] = None  # keeps the watched session alive (and its address unique)
         self._identity = ""
         self._chain: tuple[crypto.X509, ...] = ()
+        self._stored: Optional[CachedSession] = None
 
     def verified(self, conn: SSL.Connection, identity: str, chain: tuple[crypto.X509, ...]) -> None:
         """After a handshake our verification accepted (or a resumption of a verified session)."""
         self._identity, self._chain = identity, chain
+        self._stored = self.offered
         if conn.get_protocol_version_name() == "TLSv1.3":
             self._held = conn.get_session()
             self._seen = session_handle(conn)
@@ -149,9 +153,7 @@ class SessionSaver:
             return
         if session_reused(conn) and self.offered is not None:
             return  # the same TLS 1.2 session, already cached
-        session = conn.get_session()
-        if session is not None:
-            self.cache.put(self.key, session, identity, chain)
+        self._store(conn)
 
     def poll(self, conn: SSL.Connection) -> None:
         """After reading: store the session if a TLS 1.3 ticket replaced it."""
@@ -160,8 +162,18 @@ class SessionSaver:
         handle = session_handle(conn)
         if handle in (self._seen, 0):
             return
-        session = conn.get_session()
         self.waiting = False
         self._held = None
+        self._store(conn)
+
+    def failed(self) -> None:
+        """The connection ended in a TLS error after its handshake: its session (RFC 5246 7.2.2:
+        one ended by a fatal alert) is not offered again."""
+        self.waiting = False
+        if self._stored is not None and self.cache.get(self.key) is self._stored:
+            self.cache.forget(self.key)
+
+    def _store(self, conn: SSL.Connection) -> None:
+        session = session_copy(conn)
         if session is not None:
-            self.cache.put(self.key, session, self._identity, self._chain)
+            self._stored = self.cache.put(self.key, session, self._identity, self._chain)

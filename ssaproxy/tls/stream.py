@@ -211,8 +211,6 @@ class TLSStream(End):
         if saver is not None and isinstance(self.verifier, Verifier):
             chain = tuple(self.tls.get_verified_chain() or ()) or self.verifier.resumed_chain
             saver.verified(self.tls, self.verifier.identity, chain)
-            if not saver.waiting:
-                self.saver = None
         if self.sink is not None:
             self.sink.end_ready(self)
 
@@ -232,15 +230,15 @@ class TLSStream(End):
                 else:
                     # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
                     # place): its alert goes out before the end, as after a failed handshake.
+                    if self.saver is not None:
+                        self.saver.failed()
                     self._fail(How.RESET, f"TLS error: {ssl_text(e)}", alert=True)
                 return
             if self.sink is not None:
                 self.sink.end_data(self, data)
         saver = self.saver
-        if saver is not None:  # a TLS 1.3 ticket may have come with what was read
+        if saver is not None and saver.waiting:  # a TLS 1.3 ticket may have come with what was read
             saver.poll(self.tls)
-            if not saver.waiting:
-                self.saver = None
         self._flush()
 
     def _on_close_notify(self) -> None:
