@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -169,3 +170,25 @@ except OSError as e:
     result["code"] = e.errno
 """, user="nobody")
     assert other["code"] == errno.EINVAL, other
+
+
+def test_a_reload_that_changes_trust_resumes_nothing_made_before(pki: PKI, tmp_path_factory: pytest.TempPathFactory) \
+        -> None:
+    """The trust store moves to another file (same anchors): a changed policy.  Sessions made
+    under the old one are not offered again; new ones are made and resumed."""
+    api = ApiDaemon(tmp_path_factory.mktemp("resumption-reload"), pki).start()
+    try:
+        port = api.tls_server("echo", pki.server("good"))
+        r = api.program(TWICE.format(names=["backend.test"] * 2, port=port, setup=""))
+        assert [x[0] for x in r["out"]] == [0, 1], r["out"]
+        bundle = api.directory / "moved-root.pem"
+        bundle.write_bytes(pki.root_pem.read_bytes())
+        api.config.write_text(api.config.read_text().replace(str(pki.root_pem), str(bundle)))
+        assert api.proc is not None
+        api.proc.send_signal(signal.SIGHUP)
+        assert poll(lambda: "reloaded (" in api.log.read_text(), 15), api.log.read_text()[-2000:]
+        r = api.program(TWICE.format(names=["backend.test"] * 2, port=port, setup=""))
+        assert [x[0] for x in r["out"]] == [0, 1], r["out"]
+        assert [x["reused"] for x in server_reports(api, port, 4)] == [False, True, False, True]
+    finally:
+        api.stop()
