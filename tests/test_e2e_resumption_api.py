@@ -36,6 +36,23 @@ result["out"] = out
 """
 
 
+# For s_server -www: one request, the whole page; the program's and the server's words on
+# whether the handshake resumed ("New," or "Reused," in the page).
+WWW_FETCH = """
+def fetch(s, port):
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    page = b""
+    while len(page) < 1 << 20:
+        data = s.recv(65536)
+        if not data:
+            break
+        page += data
+    said = [x for x in page.decode(errors="replace").splitlines() if ", Cipher is " in x][0].split(",")[0]
+    return [s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_RESUMED_SESSION), said]
+"""
+
+
 def server_reports(api: ApiDaemon, port: int, count: int) -> list[dict[str, Any]]:
     """The first `count` per-connection reports of the tls_server.py peer on `port`."""
     log = next(api.directory.glob(f"tls-*-{port}.log"))
@@ -95,23 +112,14 @@ def test_another_client_certificate_is_not_resumed(api: ApiDaemon, pki: PKI) -> 
     port, _log = api.s_server(pki.server("good"), "-Verify", "2", "-CAfile", str(pki.client_ca_pem),
                               "-verify_return_error", "-www")
     good, other = pki.client("client_good"), pki.client("client_other")
-    code = """
+    code = WWW_FETCH + """
 out = []
 for chain, key in {pairs!r}:
     s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
     s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
     s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, chain)
     s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, key)
-    s.connect(("127.0.0.1", {port}))
-    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-    page = b""
-    while len(page) < 1 << 20:
-        data = s.recv(65536)
-        if not data:
-            break
-        page += data
-    said = [line for line in page.decode(errors="replace").splitlines() if ", Cipher is " in line]
-    out.append([s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_RESUMED_SESSION), said[0].split(",")[0]])
+    out.append(fetch(s, {port}))
     s.close()
     time.sleep(0.3)
 result["out"] = out
@@ -127,31 +135,20 @@ def test_tls_context_shares_settings_and_sessions_with_the_same_user_only(api: A
     port, _log = api.s_server(pki.server("good"), "-Verify", "2", "-CAfile", str(pki.client_ca_pem),
                               "-verify_return_error", "-www")
     client = pki.client("client_good")
-    r = api.program(f"""
-def fetch(s):
-    s.connect(("127.0.0.1", {port}))
-    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-    page = b""
-    while len(page) < 1 << 20:
-        data = s.recv(65536)
-        if not data:
-            break
-        page += data
-    said = [x for x in page.decode(errors="replace").splitlines() if ", Cipher is " in x][0].split(",")[0]
-    return [s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_RESUMED_SESSION), said]
+    r = api.program(WWW_FETCH + f"""
 first = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 first.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
 first.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, b"{client.chain}")
 first.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, b"{client.key}")
 ctx = first.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT)
 result["same_id"] = ctx == first.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT)
-result["first"] = fetch(first)
+result["first"] = fetch(first, {port})
 first.close()  # s_server serves one connection at a time
 time.sleep(0.3)
 second = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 second.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT, ctx)
 second.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
-result["second"] = fetch(second)
+result["second"] = fetch(second, {port})
 try:
     second.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CONTEXT)
 except OSError as e:
