@@ -14,7 +14,10 @@ of the listener's table and the policy, so a ticket resumes only on the listener
 rules that issued it, and a reload that changes either starts afresh.  A resumed client with a
 certificate has its leaf checked again (`ClientCheck.accept_resumed`).  The keys live as long
 as the context: a reload that rebuilds it (or another process) cannot decrypt the old tickets,
-and those clients make a full handshake.
+and those clients make a full handshake.  The inbound factory rebuilds its context every
+`TICKET_KEY_ROTATION` seconds for that reason: no ticket key outlives a day.  (The bindings
+offer no way to set the keys or to accept the previous ones for a while, so a rotation ends
+every outstanding ticket at once.)
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
 
     default.set_tlsext_servername_callback(pick)
     return default
+
+
+TICKET_KEY_ROTATION = 86400.0  # seconds a listener's ticket keys are used at most
 
 
 def resumes(inbound: Inbound, policy: Policy) -> bool:
