@@ -195,7 +195,7 @@ class FakeDaemon:
             option = o.OPTIONS.get(event.option)
             if option is None or option.unsupported or not option.gettable:
                 return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)")), None
-            default = o.pack_int(0) if option.kind == o.INT else b""
+            default = o.pack_int(int(event.option == o.TLS_SESSION_REUSE)) if option.kind == o.INT else b""
             return conn.send(c.Value(settings.get(event.option, default))), None
         if isinstance(event, (c.Listen, c.Upgrade)):
             os.close(event.fd)
