@@ -189,3 +189,12 @@ def test_a_reload_that_changes_trust_resumes_nothing_made_before(pki: PKI, tmp_p
         assert [x["reused"] for x in server_reports(api, port, 4)] == [False, True, False, True]
     finally:
         api.stop()
+
+
+def test_another_users_sessions_are_not_offered(api: ApiDaemon, pki: PKI) -> None:
+    port = api.tls_server("echo", pki.server("good"))
+    code = TWICE.format(names=["backend.test"] * 2, port=port, setup="")
+    assert [x[0] for x in api.program(code)["out"]] == [0, 1]
+    r = api.program(code, user="nobody")
+    assert [x[0] for x in r["out"]] == [0, 1], r
+    assert [x["reused"] for x in server_reports(api, port, 4)] == [False, True, False, True]

@@ -53,7 +53,7 @@ def test_cache_is_bounded_lru_and_expires() -> None:
 def test_key_fields_all_matter() -> None:
     base = key()
     for changed in (key(context=2), key(identity="other.test"), key(peer="10.0.0.2"), key(1), key(alpn=("h2",)),
-                    key(min_rsa_bits=3072)):
+                    key(min_rsa_bits=3072), key(owner=1000)):
         assert changed != base
 
 

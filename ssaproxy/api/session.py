@@ -196,7 +196,7 @@ class TLSSession(Lifecycle):
     def _client_stream(self, identity: Identity, peer: str, port: int) -> TLSStream:
         ctx = client_context(self.settings, self.policy)
         bits = self.policy.min_rsa_bits
-        resume = session_key(ctx, identity, peer, port, bits, self.settings.alpn) \
+        resume = session_key(ctx, identity, peer, port, bits, self.settings.alpn, self.creds.uid) \
             if self.settings.reuses(self.policy) else None
         stream = client_stream(ctx, identity, bits, resume)
         self.check = stream.verifier

@@ -44,10 +44,10 @@ def client_stream(ctx: SSL.Context, identity: Identity, min_rsa_bits: int,
 
 
 def session_key(ctx: SSL.Context, identity: Identity, peer: str, port: int, min_rsa_bits: int,
-                alpn: tuple[str, ...] = ()) -> sessions.SessionKey:
+                alpn: tuple[str, ...] = (), owner: int = -1) -> sessions.SessionKey:
     """The cache key of a client connection through `ctx` to `peer`:`port` proving `identity`."""
     return sessions.SessionKey(context=sessions.context_token(ctx), identity=str(identity), peer=peer, port=port,
-                               alpn=alpn, min_rsa_bits=min_rsa_bits)
+                               alpn=alpn, min_rsa_bits=min_rsa_bits, owner=owner)
 
 
 S = TypeVar("S", bound=TLSStream)

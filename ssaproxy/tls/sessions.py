@@ -11,7 +11,9 @@ The key (`SessionKey`) holds everything that decides whether a session may stand
 handshake: the context (one `SSL.Context` per policy, trust store and client certificate; a
 rebuilt context, as after a reload, gets a new token, so nothing made under the old trust is
 offered again), the name verified, the peer address and port, the ALPN offered and the RSA
-floor.  Anything a later change adds to trust goes in as one more field.
+floor; and, for the socket API, the local user (one user's sessions never make another's
+connections linkable to them).  Anything a later change adds to trust goes in as one more
+field.
 
 TLS 1.2 sessions are complete when the handshake is; TLS 1.3 tickets arrive after it, in
 NewSessionTicket messages OpenSSL processes inside `recv`.  A TLS 1.3 client replaces its
@@ -58,6 +60,7 @@ class SessionKey:
     port: int
     alpn: tuple[str, ...] = ()
     min_rsa_bits: int = 2048
+    owner: int = -1  # the local user whose sessions these are (socket API: its uid); -1: the daemon's
 
 
 @attrs.frozen(kw_only=True)
