@@ -24,7 +24,7 @@ from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.streams import How, TCPEnd, guarded
 from ssaproxy.tls.connection import server_stream
 from ssaproxy.tls.context import negotiated_alpn
-from ssaproxy.tls.server import server_context
+from ssaproxy.tls.server import TICKET_KEY_ROTATION, resumes, server_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
@@ -56,8 +56,27 @@ class InboundFactory(Factory):
         # by paths, which a rotated certificate keeps).
         self.context = context if context is not None else server_context(inbound, policy)
         self.active: set[InboundConnection] = set()
+        # Session tickets are encrypted with keys OpenSSL makes with the context: a new context
+        # is a new key, and tickets issued under the old one no longer resume.
+        self.rotate_at = reactor.seconds() + TICKET_KEY_ROTATION if resumes(inbound, policy) else None
+
+    def rotate_ticket_keys(self) -> None:
+        """Rebuild the context (from the files as they are) once its ticket keys are due; on
+        failure keep serving with the old one and try again after a minute."""
+        assert self.rotate_at is not None
+        now = self.reactor.seconds()
+        try:
+            self.context = server_context.__wrapped__(self.inbound, self.policy)
+        except Exception as e:  # noqa: BLE001 - the reload path reports file problems; keep serving
+            self.rotate_at = now + 60
+            InboundConnection.log.warn("inbound {inbound}: ticket keys not rotated (the context did not build: "
+                                       "{error}); retrying in 60s", inbound=self.inbound.name, error=e)
+            return
+        self.rotate_at = now + TICKET_KEY_ROTATION
 
     def buildProtocol(self, addr: Any) -> InboundStream:
+        if self.rotate_at is not None and self.reactor.seconds() >= self.rotate_at:
+            self.rotate_ticket_keys()
         check = ClientCheck(allow=self.inbound.allow, required=self.inbound.client_auth == "require",
                             min_rsa_bits=self.policy.min_rsa_bits)
         stream = server_stream(self.context, check, InboundStream)
@@ -69,7 +88,7 @@ class InboundConnection(Lifecycle):
     log = Logger()
     kind = "inbound"
     log_format = ("inbound {conn_id} {outcome}: listener={inbound} peer={peer} sni={sni} alpn={alpn} "
-                  "tls={tls_version} cipher={cipher} client={client_identity} verified={verified} "
+                  "tls={tls_version} cipher={cipher} resumed={resumed} client={client_identity} verified={verified} "
                   "backend={backend} bytes_in={bytes_in} bytes_out={bytes_out} duration={duration}s detail={detail}")
 
     def __init__(self, factory: InboundFactory, stream: InboundStream, check: ClientCheck) -> None:
@@ -118,7 +137,8 @@ class InboundConnection(Lifecycle):
         tls = self.stream.tls
         raw_sni = tls.get_servername()
         self.facts.update(sni=raw_sni.decode("ascii", "replace") if raw_sni else None, alpn=negotiated_alpn(tls),
-                          tls_version=tls.get_protocol_version_name(), cipher=tls.get_cipher_name())
+                          tls_version=tls.get_protocol_version_name(), cipher=tls.get_cipher_name(),
+                          resumed=self.check.resumed)
         assert self.backend_addr is not None
         host, port = self.backend_addr
         timeout = self.inbound.connect_timeout
@@ -196,7 +216,7 @@ class InboundConnection(Lifecycle):
         return {**fields, "inbound": self.inbound.name, "peer": host_port(*self.peer),
                 "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"),
                 "tls_version": self.facts.get("tls_version"), "cipher": self.facts.get("cipher"),
-                "client_identity": ",".join(self.check.identities) or None,
+                "resumed": self.facts.get("resumed"), "client_identity": ",".join(self.check.identities) or None,
                 "verified": self.check.verified if self.check.presented else None,
                 "backend": host_port(*self.backend_addr) if self.backend_addr else None,
                 # Seen from the client: what it sent in, what it got out.

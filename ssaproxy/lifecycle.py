@@ -162,6 +162,8 @@ class Lifecycle:
             since = self.started if side == "near" else self._far_connected
             if since is not None:
                 metrics.handshaken(self.kind, side, self.reactor.seconds() - since)
+            if end.verifier.resumed:
+                metrics.resumed(self.kind, side)
         if side == "near":
             self.near_ready()
         elif side == "far":

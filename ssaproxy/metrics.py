@@ -44,6 +44,8 @@ HANDSHAKE_SECONDS = Histogram("ssaproxy_handshake_duration_seconds",
                               ["kind", "side"], buckets=_SECONDS, registry=REGISTRY)
 BYTES = Counter("ssaproxy_bytes", "Bytes relayed, counted when a connection ends", ["kind", "direction"],
                 registry=REGISTRY)
+RESUMED = Counter("ssaproxy_tls_resumed_handshakes", "TLS handshakes that resumed an earlier session, by face "
+                  "and side (far: ssaproxy was the client; near: the server)", ["kind", "side"], registry=REGISTRY)
 VERIFY_FAILURES = Counter("ssaproxy_verify_failures", "Certificate verification failures, by face and reason class",
                           ["kind", "reason"], registry=REGISTRY)
 RELOADS = Counter("ssaproxy_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)
@@ -93,6 +95,10 @@ def connected(kind: str, seconds: float) -> None:
 
 def handshaken(kind: str, side: str, seconds: float) -> None:
     HANDSHAKE_SECONDS.labels(kind=kind, side=side).observe(max(seconds, 0.0))
+
+
+def resumed(kind: str, side: str) -> None:
+    RESUMED.labels(kind=kind, side=side).inc()
 
 
 def verify_failed(kind: str, detail: Optional[str]) -> None:

@@ -26,7 +26,7 @@ from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
 from ssaproxy.streams import End, How, TCPEnd
-from ssaproxy.tls.connection import client_stream
+from ssaproxy.tls.connection import client_stream, session_key
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.stream import TLSStream
 
@@ -73,7 +73,7 @@ class OutboundConnection(Lifecycle):
     log = Logger()
     kind = "conn"
     log_format = ("conn {conn_id} {outcome}: client={client} orig_dst={orig_dst} route={route} action={action} "
-                  "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} "
+                  "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} resumed={resumed} "
                   "bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
 
     def __init__(self, factory: OutboundFactory, near: End) -> None:
@@ -144,7 +144,12 @@ class OutboundConnection(Lifecycle):
             self.hostname = str(decision.identity)
             policy = self.config.policy
             ctx = self.client_context(policy, decision.client_certificate, decision.client_key)
-            self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits), decision.port)
+            resume = None
+            route = self.route
+            if policy.session_resumption if route is None or route.session_resumption is None \
+                    else route.session_resumption:
+                resume = session_key(ctx, decision.identity, str(self.orig[0]), decision.port, policy.min_rsa_bits)
+            self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits, resume), decision.port)
 
     def _connect(self, end: End, port: int) -> None:
         assert self.orig is not None
@@ -307,5 +312,6 @@ class OutboundConnection(Lifecycle):
             "tls_version": self.facts.get("tls_version"),
             "cipher": self.facts.get("cipher"),
             "verified": self.verified,
+            "resumed": self.facts.get("resumed"),
             "verify_error": self.verify_error,
         }

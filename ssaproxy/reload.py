@@ -17,7 +17,10 @@ the next connection:
 The OpenSSL contexts of the new generation are built here from the files as they are now,
 bypassing the caches of `tls.context` and `tls.server`: those are keyed by paths, and a
 rotated certificate keeps its path.  (The API's per-program caches are cleared instead: what
-they build is for sessions not yet started.)
+they build is for sessions not yet started.)  Cached client TLS sessions are keyed by the
+context object they were made through (`tls.sessions`), so the new generation's contexts
+never resume a session of the old one; when the policy or a file changed the cache is
+emptied as well, and its bounds follow the new `[policy]`.
 
 All or nothing: the new config is read and checked, every context built, and every new
 listening socket bound *before* anything is swapped.  Any failure closes what was bound, logs
@@ -54,6 +57,7 @@ from ssaproxy.config import DEFAULT_SOURCE, Api, Config, Inbound, ListenAddress
 from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import ClientContexts, OutboundFactory
+from ssaproxy.tls import sessions
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import read_config
 from ssaproxy.tls.paths import WAIVER_WARNING, insecure_rfc5280
@@ -394,8 +398,9 @@ class Reloader(service.Service):
             listener.setServiceParent(self.top)  # already listening: startService binds nothing more
         api_summary = self._commit_api(plan)
         if old.policy != new.policy or plan.stamps != self.baseline:
-            api_settings.client_context.cache_clear()  # per-program contexts not yet made: from the new files
-            api_settings.server_context.cache_clear()
+            api_settings.clear_contexts()  # per-program contexts not yet made: from the new files
+            sessions.CACHE.clear()  # their sessions were made under the old trust: never offered again
+        sessions.configure(size=new.policy.session_cache_size, lifetime=new.policy.session_lifetime)
         files_changed = sum(1 for p, s in plan.stamps.items() if self.baseline.get(p, s) != s)
         names_old = {i.name: i for i in old.inbound}
         names_new = {i.name: i for i in new.inbound}

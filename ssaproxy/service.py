@@ -30,6 +30,7 @@ from ssaproxy.privileges import Identity
 from ssaproxy.process import Process
 from ssaproxy.reload import Reloader
 from ssaproxy.state import DaemonState
+from ssaproxy.tls import sessions
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
 from ssaproxy.tls.paths import WAIVER_WARNING, insecure_rfc5280
@@ -256,6 +257,7 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
     client_context(config.policy)
+    sessions.configure(size=config.policy.session_cache_size, lifetime=config.policy.session_lifetime)
     for route in config.outbound.routes:
         if route.client_certificate:
             client_context(config.policy, route.client_certificate, route.client_key)

@@ -195,7 +195,7 @@ class FakeDaemon:
             option = o.OPTIONS.get(event.option)
             if option is None or option.unsupported or not option.gettable:
                 return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)")), None
-            default = o.pack_int(0) if option.kind == o.INT else b""
+            default = o.pack_int(int(event.option == o.TLS_SESSION_REUSE)) if option.kind == o.INT else b""
             return conn.send(c.Value(settings.get(event.option, default))), None
         if isinstance(event, (c.Listen, c.Upgrade)):
             os.close(event.fd)
@@ -239,6 +239,7 @@ class FakeDaemon:
         info = {n: b"" for n in o.INFO_OPTIONS}
         info.update({o.TLS_REMOTE_HOSTNAME: name, o.TLS_SERVER_NAME: name, o.TLS_VERSION_CONN: o.pack_int(0),
                      o.TLS_RESUMED_SESSION: o.pack_int(0),
+                     o.TLS_SESSION_REUSE: settings.get(o.TLS_SESSION_REUSE, o.pack_int(1)),
                      o.TLS_REQUEST_PEER_AUTH: settings.get(o.TLS_REQUEST_PEER_AUTH, o.pack_int(0)),
                      o.TLS_VERSION_MIN: settings.get(o.TLS_VERSION_MIN, o.pack_int(o.TLS1_2_VERSION)),
                      o.TLS_VERSION_MAX: settings.get(o.TLS_VERSION_MAX, o.pack_int(o.TLS1_3_VERSION)),

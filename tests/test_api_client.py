@@ -145,8 +145,8 @@ result["bad_hostname"] = code(ssaproxy.TLS_HOSTNAME, b"bad host!")
 result["not_pem_chain"] = code(ssaproxy.TLS_CERTIFICATE_CHAIN, b"-----BEGIN CERTIFICATE-----\\nnope\\n")
 result["unknown_option"] = code(99, b"x")
 result["tls_id"] = code(ssaproxy.TLS_ID, 1)
-result["context"] = code(ssaproxy.TLS_CONTEXT, b"x")
-result["session_reuse"] = code(ssaproxy.TLS_SESSION_REUSE, 1)
+result["context"] = code(ssaproxy.TLS_CONTEXT, 123456)
+result["session_reuse"] = code(ssaproxy.TLS_SESSION_REUSE, 2)
 result["revocation"] = code(ssaproxy.TLS_REVOCATION_CHECKS, 1)
 result["session_ttl"] = code(ssaproxy.TLS_SESSION_TTL, 60)
 result["read_only"] = code(ssaproxy.TLS_PEER_CERTIFICATE_CHAIN, b"x")
@@ -169,7 +169,8 @@ except OSError as e:
     assert r["unknown_cipher"] == errno.EINVAL and r["bad_version"] == errno.EINVAL, r
     assert r["bad_hostname"] == errno.EINVAL and r["not_pem_chain"] == errno.EINVAL, r
     assert r["unknown_option"] == r["revocation"] == r["session_ttl"] == r["read_only"] == errno.ENOPROTOOPT, r
-    assert r["tls_id"] == r["context"] == r["session_reuse"] == errno.ENOPROTOOPT, r
+    assert r["tls_id"] == errno.ENOPROTOOPT, r
+    assert r["context"] == r["session_reuse"] == errno.EINVAL, r  # no such context; reuse is 0 or 1
     assert r["tighten_min"] == 0 and r["min_now"] == 0x0304, r
     assert r["upgrade_tls_socket"] == errno.EOPNOTSUPP, r
     assert r["chain_before_connect"] == errno.ENOTCONN, r

@@ -14,6 +14,7 @@ from ssaproxy.errors import ConfigError
 from ssaproxy.inbound import InboundConnection, InboundFactory
 from ssaproxy.proxyproto import PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, parse_v2, v2_header
 from ssaproxy.tls.load import check_config, load_certificates
+from ssaproxy.tls.server import TICKET_KEY_ROTATION
 from tests.memtls import Transport
 from tests.pki import PKI
 
@@ -149,3 +150,19 @@ def test_idle_timeout_per_listener(pki: PKI) -> None:
     assert i.idle_timeout == 90
     e = error(inbound(pki, "idle_timeout = 700000\n"))
     assert e.key == "inbound[0].idle_timeout" and e.line == 5, (e.key, e.line)
+
+
+def test_ticket_keys_rotate_by_rebuilding_the_context(pki: PKI) -> None:
+    """A resuming listener's context (which holds OpenSSL's ticket keys) is replaced once a day;
+    one with resumption off has no keys to rotate."""
+    clock = MemoryReactorClock()
+    config = Config.from_toml(inbound(pki))
+    factory = InboundFactory(config.inbound[0], config.policy, clock)
+    first = factory.context
+    factory.buildProtocol(None)
+    assert factory.context is first
+    clock.advance(TICKET_KEY_ROTATION)
+    factory.buildProtocol(None)
+    assert factory.context is not first and factory.rotate_at == clock.seconds() + TICKET_KEY_ROTATION
+    off = Config.from_toml(inbound(pki, "session_resumption = false\n"))
+    assert InboundFactory(off.inbound[0], off.policy, clock).rotate_at is None

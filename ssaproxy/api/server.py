@@ -41,13 +41,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssaproxy.api.carrier import Carrier
+from ssaproxy.api.contexts import Contexts
 from ssaproxy.api.handover import close_fd, take
 from ssaproxy.api.listener import Listener, adopt_carrier_or_fail
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
 from ssaproxy.api.session import Creds, Limits, TLSSession
-from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
+from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, int_value, server_context
 from ssaproxy.config import Api, Policy, is_valid_hostname
 from ssaproxy.proto import connection as c
+from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
 from ssaproxy.tls.reasons import ssl_text
 
@@ -83,6 +85,7 @@ class ApiFactory(Factory):
         self.active: set[Any] = set()  # TLS sessions and listeners, for shutdown
         self.caps = caps_of(api)
         self.ledger = Ledger(self.caps)  # what each uid holds
+        self.contexts = Contexts()  # TLS_CONTEXT ids, per uid
         self.accepting = True  # False once the daemon drains: no new sessions or listeners
         self.successor: Optional[ApiFactory] = None  # a reload's new generation (control connections keep theirs)
         if nofile != _UNSET:
@@ -294,6 +297,11 @@ class Control(Protocol):
         if isinstance(event, c.Hello):
             self._disarm("hello")
             self._reply(c.Welcome(wire.VERSION, self.control_id))
+        elif isinstance(event, c.SetOption) and event.option == o.TLS_CONTEXT:
+            self.settings = self.factory.contexts.adopt(self.uid, int_value(event.value), self.settings)
+            self._reply(c.Ok())
+        elif isinstance(event, c.GetOption) and event.option == o.TLS_CONTEXT:
+            self._reply(c.Value(o.pack_int(self.factory.contexts.register(self.uid, self.settings))))
         elif isinstance(event, c.SetOption):
             self.settings = apply(self.settings, policy, event.option, event.value)
             self._reply(c.Ok())

@@ -32,7 +32,7 @@ from ssaproxy.proto import wire
 from ssaproxy.proto.connection import OUTCOME_ERRNO
 from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls._openssl import session_reused
-from ssaproxy.tls.connection import client_stream, server_stream
+from ssaproxy.tls.connection import client_stream, server_stream, session_key
 from ssaproxy.tls.context import negotiated_alpn
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, PeerCheck, Verifier
@@ -68,11 +68,12 @@ def _version_number(conn: SSL.Connection) -> int:
 MAX_CHAIN_PEM = 48 * 1024  # keeps ESTABLISHED/ACCEPTED well inside one socket buffer (docs/api.md)
 
 
-def _chain_pem(conn: SSL.Connection) -> bytes:
+def _chain_pem(conn: SSL.Connection, check: PeerCheck) -> bytes:
     """The verified chain, leaf first, cut at a certificate boundary so that it stays within
-    MAX_CHAIN_PEM bytes (empty if the leaf alone is larger)."""
+    MAX_CHAIN_PEM bytes (empty if the leaf alone is larger).  A resumed session's is the one
+    its full handshake verified, kept with it in the session cache."""
     out = b""
-    for cert in conn.get_verified_chain() or []:
+    for cert in conn.get_verified_chain() or check.resumed_chain:
         pem = cert.to_cryptography().public_bytes(Encoding.PEM)
         if len(out) + len(pem) > MAX_CHAIN_PEM:
             break
@@ -105,10 +106,11 @@ def info(conn: SSL.Connection, check: PeerCheck, settings: Settings, policy: Pol
         o.TLS_ALPN: (negotiated_alpn(conn) or "").encode(),
         o.TLS_PEER_IDENTITY: _capped(identity.encode()) if check.verified else b"",
         o.TLS_REQUEST_PEER_AUTH: o.pack_int(int(settings.request_peer_auth)),
-        o.TLS_PEER_CERTIFICATE_CHAIN: _chain_pem(conn) if check.verified else b"",
+        o.TLS_PEER_CERTIFICATE_CHAIN: _chain_pem(conn, check) if check.verified else b"",
         o.TLS_TRUSTED_CIPHERS: ":".join(settings.enabled(policy)).encode(),
         o.TLS_CHOSEN_CIPHER: (conn.get_cipher_name() or "").encode(),
         o.TLS_RESUMED_SESSION: o.pack_int(int(session_reused(conn))),
+        o.TLS_SESSION_REUSE: o.pack_int(int(settings.reuses(policy))),
         o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
         o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
         o.TLS_VERSION_CONN: o.pack_int(_version_number(conn)),
@@ -122,8 +124,9 @@ class TLSSession(Lifecycle):
     log = Logger()
     kind = "api session"
     log_format = ("api session {session} {op} {outcome}: pid={pid} uid={uid} gid={gid} exe={exe} target={target} "
-                  "peer={peer} hostname={hostname} verified={verified} tls={tls_version} cipher={cipher} sni={sni} "
-                  "alpn={alpn} bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
+                  "peer={peer} hostname={hostname} verified={verified} resumed={resumed} tls={tls_version} "
+                  "cipher={cipher} sni={sni} alpn={alpn} bytes_out={bytes_out} bytes_in={bytes_in} "
+                  "duration={duration}s detail={detail}")
 
     def __init__(self, *, reactor: Any, policy: Policy, settings: Settings, limits: Limits, creds: Creds,
                  op: str, active: set[TLSSession]) -> None:
@@ -152,7 +155,7 @@ class TLSSession(Lifecycle):
         except ValueError:
             ip = None
         name = self.settings.hostname or (host if ip is None else None)
-        stream = self._client_stream(Identity.of(name) if name is not None else Identity(ip=ip))
+        stream = self._client_stream(Identity.of(name) if name is not None else Identity(ip=ip), host, port)
         timeout = self.limits.connect_timeout
         endpoint: Any
         if ip is not None:
@@ -171,7 +174,8 @@ class TLSSession(Lifecycle):
         self.target = host_port(plain_address(peer[0]), peer[1])
         if server_ctx is None:
             name = self.settings.hostname
-            stream = self._client_stream(Identity.of(name) if name else Identity(ip=plain_address(peer[0])))
+            stream = self._client_stream(Identity.of(name) if name else Identity(ip=plain_address(peer[0])),
+                                         plain_address(peer[0]), peer[1])
         else:
             check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.policy.min_rsa_bits)
             stream = server_stream(server_ctx, check, TLSStream)
@@ -189,8 +193,12 @@ class TLSSession(Lifecycle):
         self.check = check
         self._handshaking(stream)
 
-    def _client_stream(self, identity: Identity) -> TLSStream:
-        stream = client_stream(client_context(self.settings, self.policy), identity, self.policy.min_rsa_bits)
+    def _client_stream(self, identity: Identity, peer: str, port: int) -> TLSStream:
+        ctx = client_context(self.settings, self.policy)
+        bits = self.policy.min_rsa_bits
+        resume = session_key(ctx, identity, peer, port, bits, self.settings.alpn, self.creds.uid) \
+            if self.settings.reuses(self.policy) else None
+        stream = client_stream(ctx, identity, bits, resume)
         self.check = stream.verifier
         return stream
 
@@ -323,4 +331,5 @@ class TLSSession(Lifecycle):
             "verified": check.verified if check is not None and (check.presented or isinstance(check, Verifier))
             else None,
             "tls_version": self.facts.get("tls_version"), "cipher": self.facts.get("cipher"),
-            "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"), **self.creds.fields()}
+            "resumed": self.facts.get("resumed"), "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"),
+            **self.creds.fields()}

@@ -22,7 +22,7 @@ from OpenSSL import SSL, crypto
 from ssaproxy.addresses import is_ip_literal
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, load_trust, new_context, strict_checks
+from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, Tickets, load_trust, new_context, strict_checks
 from ssaproxy.tls.paths import PathValidator
 
 _MAX_PEM = 256 * 1024
@@ -50,6 +50,10 @@ class Settings:
     request_peer_auth: bool = False
     min_version: Optional[str] = None  # None: the policy's
     max_version: Optional[str] = None
+    session_reuse: Optional[bool] = None  # TLS_SESSION_REUSE; None: policy.session_resumption
+
+    def reuses(self, policy: Policy) -> bool:
+        return policy.session_resumption if self.session_reuse is None else self.session_reuse
 
     def versions(self, policy: Policy) -> tuple[str, str]:
         return self.min_version or policy.min_version, self.max_version or policy.max_version
@@ -147,7 +151,8 @@ def _check_pair(settings: Settings) -> Settings:
     return settings
 
 
-def _int(value: bytes) -> int:
+def int_value(value: bytes) -> int:
+    """An integer option's value, or EINVAL."""
     try:
         return o.unpack_int(value)
     except ValueError as e:
@@ -155,7 +160,7 @@ def _int(value: bytes) -> int:
 
 
 def _version(value: bytes) -> str:
-    number = _int(value)
+    number = int_value(value)
     if number in o.LEGACY_VERSIONS:
         raise ApiError(errno.EPERM, f"{o.LEGACY_VERSIONS[number]} is below the admin's policy (TLS 1.2 at least)")
     if number not in o.VERSION_NAMES:
@@ -226,10 +231,19 @@ def _set_ciphers(settings: Settings, policy: Policy, value: bytes) -> Settings:
 
 
 def _set_peer_auth(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    flag = _int(value)
+    flag = int_value(value)
     if flag not in (0, 1):
         raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH is 0 or 1")
     return attrs.evolve(settings, request_peer_auth=bool(flag))
+
+
+def _set_session_reuse(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    flag = int_value(value)
+    if flag not in (0, 1):
+        raise ApiError(errno.EINVAL, "TLS_SESSION_REUSE is 0 or 1")
+    if flag and not policy.session_resumption:
+        raise ApiError(errno.EPERM, "session resumption is off in the admin's policy")
+    return attrs.evolve(settings, session_reuse=bool(flag))
 
 
 def _set_min_version(settings: Settings, policy: Policy, value: bytes) -> Settings:
@@ -264,6 +278,7 @@ _SETTERS: dict[int, Callable[[Settings, Policy, bytes], Settings]] = {
     o.TLS_REQUEST_PEER_AUTH: _set_peer_auth,
     o.TLS_VERSION_MIN: _set_min_version,
     o.TLS_VERSION_MAX: _set_max_version,
+    o.TLS_SESSION_REUSE: _set_session_reuse,
 }
 
 
@@ -291,6 +306,7 @@ def get(settings: Settings, policy: Policy, number: int) -> bytes:
         o.TLS_TRUSTED_CIPHERS: ":".join(settings.enabled(policy)).encode(),
         o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
         o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
+        o.TLS_SESSION_REUSE: o.pack_int(int(settings.reuses(policy))),
     }
     if number not in values:
         raise ApiError(errno.ENOPROTOOPT, f"option {number} is answered by the library")
@@ -300,12 +316,14 @@ def get(settings: Settings, policy: Policy, number: int) -> bytes:
 # --------------------------------------------------------------------------- contexts
 
 def _base(settings: Settings, policy: Policy, *, server: bool, verify: int) -> SSL.Context:
+    tickets = None if server else Tickets()  # a program's own server (accept) resumes nothing
     low, high = settings.versions(policy)
     enabled = settings.enabled(policy)
     tls12 = [c for c in enabled if not c.startswith("TLS_")]
     tls13 = [c for c in enabled if c.startswith("TLS_")]
     ctx = new_context(low if tls12 else "TLSv1.3", high if tls13 else "TLSv1.2", ":".join(tls12) or None,
-                      ":".join(tls13) or None, policy.groups, server=server, verify=verify, alpn=settings.alpn)
+                      ":".join(tls13) or None, policy.groups, server=server, verify=verify, alpn=settings.alpn,
+                      tickets=tickets)
     if settings.chain_pem is not None and settings.key_pem is not None:
         certs = x509.load_pem_x509_certificates(settings.chain_pem)
         ctx.use_certificate(crypto.X509.from_cryptography(certs[0]))
@@ -332,8 +350,14 @@ def _trust(ctx: SSL.Context, settings: Settings, policy: Policy, *, client_cas: 
     strict_checks(ctx, PathValidator(anchors))  # a program's own anchors: always strict
 
 
-@functools.lru_cache(maxsize=64)
 def client_context(settings: Settings, policy: Policy) -> SSL.Context:
+    """One context (and so one pool of cached sessions) for every program socket with these
+    settings, whether or not it reuses sessions."""
+    return _client_context(attrs.evolve(settings, session_reuse=None), policy)
+
+
+@functools.lru_cache(maxsize=64)
+def _client_context(settings: Settings, policy: Policy) -> SSL.Context:
     ctx = _base(settings, policy, server=False, verify=REQUIRE_PEER)
     _trust(ctx, settings, policy)
     return ctx
@@ -347,3 +371,9 @@ def server_context(settings: Settings, policy: Policy) -> SSL.Context:
     if settings.request_peer_auth:
         _trust(ctx, settings, policy, client_cas=True)
     return ctx
+
+
+def clear_contexts() -> None:
+    """Forget the contexts built so far (a reload: the next ones come from the new files)."""
+    _client_context.cache_clear()
+    server_context.cache_clear()

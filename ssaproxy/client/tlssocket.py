@@ -128,7 +128,9 @@ class socket(_std):
         if t.phase == Phase.CONNECTING:
             self._settle(block=self.gettimeout() != 0.0)
         if t.phase == Phase.CONNECTED:
-            return t.info.get(number, b"")
+            if number not in t.info:  # TLS_CONTEXT, say: a question for before connecting
+                raise self._err(errno.EOPNOTSUPP, f"{option.name} is not answered once connected")
+            return t.info[number]
         if option.connected_only:
             raise self._err(errno.ENOTCONN, f"{option.name} has a value once connected")
         if t.phase == Phase.LISTENING:

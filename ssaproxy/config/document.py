@@ -52,6 +52,11 @@ class Policy:
     # not critical or that lacks keyUsage) for chains to `trust_store`: for a private CA that
     # predates it.  Logged at start-up and on every connection where it made a difference.
     insecure_allow_non_rfc5280_chains: bool = False
+    # TLS session resumption (ssaproxy.tls.sessions): the default for outbound routes, the
+    # socket API and inbound listeners; one client session cache per process, bounded.
+    session_resumption: bool = True
+    session_cache_size: int = 1000  # client sessions kept; 0 keeps none
+    session_lifetime: float = 3600.0  # seconds a session is offered (and a ticket is valid) at most
 
 
 def parse_policy(r: Reader) -> Policy:
@@ -69,9 +74,13 @@ def parse_policy(r: Reader) -> Policy:
     rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
     r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
     lax: bool = r.take("insecure_allow_non_rfc5280_chains", bool, False)
+    resumption: bool = r.take("session_resumption", bool, d.session_resumption)
+    cache_size = r.bounded("session_cache_size", d.session_cache_size, 0, 1_000_000)
+    lifetime = r.positive("session_lifetime", r.take("session_lifetime", float, d.session_lifetime), 604800)
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
-                  groups=groups, trust_store=trust, min_rsa_bits=rsa, insecure_allow_non_rfc5280_chains=lax)
+                  groups=groups, trust_store=trust, min_rsa_bits=rsa, insecure_allow_non_rfc5280_chains=lax,
+                  session_resumption=resumption, session_cache_size=cache_size, session_lifetime=lifetime)
 
 
 DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"

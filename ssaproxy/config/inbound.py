@@ -62,6 +62,7 @@ class Inbound:
     max_connections: int = 10000
     idle_timeout: float = 3600.0  # a relay with no bytes either way this long is reset; 0: never
     insecure_allow_non_rfc5280_chains: bool = False  # for client certificates under client_ca
+    session_resumption: Optional[bool] = None  # session tickets; None: policy.session_resumption
 
 
 def parse_inbound(r: Reader, policy_max: TLSVersion) -> tuple[Inbound, ...]:
@@ -122,11 +123,13 @@ def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
     lax: bool = r.take("insecure_allow_non_rfc5280_chains", bool, False)
     r.check("insecure_allow_non_rfc5280_chains", not lax or client_ca is not None,
             'only applies with client_auth = "request" or "require" (to client certificates under client_ca)')
+    resumption: Optional[bool] = r.take("session_resumption", bool, None)
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
                    handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns, idle_timeout=idle,
-                   listen_port=listen_port, families=families, insecure_allow_non_rfc5280_chains=lax)
+                   listen_port=listen_port, families=families, insecure_allow_non_rfc5280_chains=lax,
+                   session_resumption=resumption)
 
 
 def _listen_facts(r: Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:

@@ -37,6 +37,7 @@ class Route:
     hostname_from: Optional[HostnameSource] = attrs.field(default=None, converter=_hostname_source)
     client_certificate: Optional[str] = None  # an identity to present upstream (mTLS)
     client_key: Optional[str] = None
+    session_resumption: Optional[bool] = None  # None: policy.session_resumption
 
     def matches(self, ip: IPAddress, port: int) -> bool:
         return (
@@ -111,6 +112,7 @@ def parse_route(r: Reader, index: int) -> Route:
     hostname_from: Optional[str] = r.take("hostname_from", str, None)
     client_cert: Optional[str] = r.take("client_certificate", str, None)
     client_key: Optional[str] = r.take("client_key", str, None)
+    resumption: Optional[bool] = r.take("session_resumption", bool, None)
     r.check("client_key" if client_cert else "client_certificate", (client_cert is None) == (client_key is None),
             "client_certificate and client_key go together")
     if hostname is not None:
@@ -123,10 +125,10 @@ def parse_route(r: Reader, index: int) -> Route:
                 "an upgrade route needs hostname or hostname_from (the name to verify)")
     else:
         for key, value in (("hostname", hostname), ("hostname_from", hostname_from), ("tls_port", tls_port),
-                           ("client_certificate", client_cert)):
+                           ("client_certificate", client_cert), ("session_resumption", resumption)):
             r.check(key, value is None, f"only applies to action = \"upgrade\", not {action!r}")
     r.done()
     return Route(name=name, destination=destination, ports=ports, action=Action(action), tls_port=tls_port,
                  hostname=hostname.rstrip(".") if hostname else None,
                  hostname_from=HostnameSource(hostname_from) if hostname_from is not None else None,
-                 client_certificate=client_cert, client_key=client_key)
+                 client_certificate=client_cert, client_key=client_key, session_resumption=resumption)

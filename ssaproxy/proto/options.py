@@ -89,8 +89,8 @@ _TABLE = [
     Option(TLS_OCSP_CHECKS, "TLS_OCSP_CHECKS", INT, unsupported="no revocation checking yet"),
     Option(TLS_CRL_CHECKS, "TLS_CRL_CHECKS", INT, unsupported="no revocation checking yet"),
     Option(TLS_CACHED_REV_CHECKS, "TLS_CACHED_REV_CHECKS", INT, unsupported="no revocation checking yet"),
-    Option(TLS_CONTEXT, "TLS_CONTEXT", TEXT, unsupported="contexts are the admin's policy, not per program"),
-    Option(TLS_SESSION_REUSE, "TLS_SESSION_REUSE", INT, unsupported="no session resumption yet"),
+    Option(TLS_CONTEXT, "TLS_CONTEXT", INT, settable=True, gettable=True),
+    Option(TLS_SESSION_REUSE, "TLS_SESSION_REUSE", INT, settable=True, gettable=True),
     Option(TLS_RESUMED_SESSION, "TLS_RESUMED_SESSION", INT, gettable=True, connected_only=True),
     Option(TLS_ENABLE_CIPHER, "TLS_ENABLE_CIPHER", TEXT, settable=True),
     Option(TLS_VERSION_MIN, "TLS_VERSION_MIN", INT, settable=True, gettable=True),
@@ -102,7 +102,7 @@ OPTIONS: dict[int, Option] = {o.number: o for o in _TABLE}
 # round trip (its stream carries plaintext from then on).
 INFO_OPTIONS = (TLS_REMOTE_HOSTNAME, TLS_SERVER_NAME, TLS_ALPN, TLS_PEER_IDENTITY, TLS_REQUEST_PEER_AUTH,
                 TLS_PEER_CERTIFICATE_CHAIN, TLS_TRUSTED_CIPHERS, TLS_CHOSEN_CIPHER, TLS_RESUMED_SESSION,
-                TLS_VERSION_MIN, TLS_VERSION_MAX, TLS_VERSION_CONN)
+                TLS_VERSION_MIN, TLS_VERSION_MAX, TLS_VERSION_CONN, TLS_SESSION_REUSE)
 
 _INT = struct.Struct("!i")
 

@@ -15,9 +15,11 @@ below 2048 bits or SHA-1 certificate signatures.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from typing import Optional, Sequence
 
+import attrs
 from OpenSSL import SSL
 
 from ssaproxy.config import Policy, TLSVersion
@@ -35,19 +37,39 @@ _VERSIONS: dict[str, int] = {TLSVersion.TLSv1_2: SSL.TLS1_2_VERSION, TLSVersion.
 REQUIRE_PEER = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
 
+@attrs.frozen(kw_only=True)
+class Tickets:
+    """Session resumption on a context: for a server, what its tickets are bound to."""
+
+    session_id: bytes = b"ssaproxy-client"  # at most 32 bytes (SSL_MAX_SID_CTX_LENGTH)
+    lifetime: float = 3600.0
+
+    @classmethod
+    def bound_to(cls, *parts: object, lifetime: float) -> Tickets:
+        """A session id context from everything that decides who may resume: a digest of
+        `parts` (a listener's table and the policy, say), so a change to either is a new one."""
+        digest = hashlib.sha256(repr(parts).encode()).digest()
+        return cls(session_id=digest, lifetime=lifetime)
+
+
 def set_groups(ctx: SSL.Context, groups: str) -> None:
     if not set_groups_list(ctx, groups):
         raise ValueError(f"unknown group in {groups!r}")
 
 
 def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optional[str], groups: str, *,
-                server: bool = False, verify: int = SSL.VERIFY_NONE, alpn: Sequence[str] = ()) -> SSL.Context:
+                server: bool = False, verify: int = SSL.VERIFY_NONE, alpn: Sequence[str] = (),
+                tickets: Optional[Tickets] = None) -> SSL.Context:
     """A context with the versions, suites (the floor always appended to TLS 1.2's; None
     leaves that list out) and groups given, and the options every ssaproxy context has.
 
-    A server context has no session cache: a resumed session would skip our
-    client-certificate checks (the verify callback is not called again).  It picks from
-    `alpn`; a client offers `alpn`.  A `verify` mode other than none installs our callback."""
+    Without `tickets`, no session can be resumed: a client takes none (TLS 1.2 offers no
+    ticket extension) and a server keeps no session cache and issues no usable ticket.  With
+    them, a server issues stateless tickets (encrypted with the context's own keys, bound to
+    `tickets.session_id`, valid `tickets.lifetime` seconds) and a client accepts tickets for
+    `tls.sessions` to keep.  A resumed session skips the verify callback: `PeerCheck.accept`
+    decides what it is worth.  A server picks from `alpn`; a client offers `alpn`.  A `verify`
+    mode other than none installs our callback."""
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(_VERSIONS[low])
     ctx.set_max_proto_version(_VERSIONS[high])
@@ -56,10 +78,15 @@ def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optio
     if ciphersuites is not None:
         ctx.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
     set_groups(ctx, groups)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | (0 if tickets else SSL.OP_NO_TICKET))
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if server:
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)  # tickets are stateless: no server-side store
+        if tickets is not None:
+            # Without a session id context OpenSSL refuses to resume under client
+            # verification; with one, a ticket only resumes where its context matches.
+            ctx.set_session_id(tickets.session_id)
+            ctx.set_timeout(max(1, int(tickets.lifetime)))
         if alpn:
             select_alpn(ctx, alpn)
     elif alpn:
@@ -81,7 +108,7 @@ def client_context(policy: Policy, certificate: Optional[str] = None, key: Optio
     """The context for connections ssaproxy originates to a verified TLS server, presenting
     `certificate` (a PEM chain) with `key` when a route gives a client identity."""
     ctx = new_context(policy.min_version, policy.max_version, policy.ciphers, policy.ciphersuites, policy.groups,
-                      verify=REQUIRE_PEER)
+                      verify=REQUIRE_PEER, tickets=Tickets())  # whether sessions are kept: per route
     load_trust(ctx, policy.trust_store, strict=not policy.insecure_allow_non_rfc5280_chains)
     if certificate is not None and key is not None:
         use_identity(ctx, certificate, key)

@@ -6,8 +6,18 @@ what the client supports.  The first group's context answers the handshake; its 
 moves the connection to the group whose names match the requested server name (exact, or a
 one-label wildcard), or leaves it on the first group.  Every group context carries the same
 verification settings, because OpenSSL keeps the verify mode of the context the connection
-started with.  Session resumption is off (`new_context(server=True)`): a resumed session would
-skip our client-certificate checks, and `ClientCheck.accept` would then refuse it.
+started with.
+
+Session resumption (`resumes`): stateless tickets under keys OpenSSL makes for the listener's
+first context (the one that answers the handshake), bound by a session id context to a digest
+of the listener's table and the policy, so a ticket resumes only on the listener and under the
+rules that issued it, and a reload that changes either starts afresh.  A resumed client with a
+certificate has its leaf checked again (`ClientCheck.accept_resumed`).  The keys live as long
+as the context: a reload that rebuilds it (or another process) cannot decrypt the old tickets,
+and those clients make a full handshake.  The inbound factory rebuilds its context every
+`TICKET_KEY_ROTATION` seconds for that reason: no ticket key outlives a day.  (The bindings
+offer no way to set the keys or to accept the previous ones for a while, so a rotation ends
+every outstanding ticket at once.)
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from OpenSSL import SSL
 
 from ssaproxy.config import PROFILE_MIN_VERSION, Inbound, Policy, TLSVersion
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.context import REQUIRE_PEER, new_context, strict_checks, use_identity
+from ssaproxy.tls.context import REQUIRE_PEER, Tickets, new_context, strict_checks, use_identity
 from ssaproxy.tls.load import LoadedCertificate, load_certificates
 from ssaproxy.tls.paths import PathValidator
 
@@ -59,6 +69,14 @@ def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
     return default
 
 
+TICKET_KEY_ROTATION = 86400.0  # seconds a listener's ticket keys are used at most
+
+
+def resumes(inbound: Inbound, policy: Policy) -> bool:
+    """Whether the listener issues (and accepts) session tickets."""
+    return policy.session_resumption if inbound.session_resumption is None else inbound.session_resumption
+
+
 def _matches(pattern: str, name: str) -> bool:
     if pattern.startswith("*."):
         head, _, rest = name.partition(".")
@@ -73,8 +91,10 @@ def _group_context(inbound: Inbound, policy: Policy, certs: list[LoadedCertifica
     if inbound.client_auth != "none":
         # An allow-list needs an identity.
         verify = REQUIRE_PEER if inbound.client_auth == "require" or inbound.allow else SSL.VERIFY_PEER
+    tickets = Tickets.bound_to("inbound", inbound, policy, lifetime=policy.session_lifetime) \
+        if resumes(inbound, policy) else None
     ctx = new_context(low, high, policy.ciphers, policy.ciphersuites, policy.groups, server=True, verify=verify,
-                      alpn=inbound.alpn)
+                      alpn=inbound.alpn, tickets=tickets)
     for cert in certs:  # one per key type; OpenSSL chooses by what the client can use
         use_identity(ctx, cert.chain, cert.key)
     if verify != SSL.VERIFY_NONE:

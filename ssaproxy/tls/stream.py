@@ -22,7 +22,8 @@ from zope.interface import implementer
 
 from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp
 from ssaproxy.tls.reasons import ssl_text
-from ssaproxy.tls.verify import PeerCheck
+from ssaproxy.tls.sessions import SessionSaver
+from ssaproxy.tls.verify import PeerCheck, Verifier
 
 _READ = 65536
 _PENDING_MAX = 1 << 20
@@ -52,6 +53,7 @@ class TLSStream(End):
         self._tcp_eof = False
         self._close_after_pending = False
         self._linger: Any = None
+        self.saver: Optional[SessionSaver] = None  # a client's session, kept for resumption once verified
 
     # ---- Twisted events
     @guarded
@@ -179,7 +181,8 @@ class TLSStream(End):
     def facts(self) -> dict[str, object]:
         if not self.handshake_done:
             return {}
-        return {"tls_version": self.tls.get_protocol_version_name(), "cipher": self.tls.get_cipher_name()}
+        return {"tls_version": self.tls.get_protocol_version_name(), "cipher": self.tls.get_cipher_name(),
+                "resumed": self.verifier.resumed}
 
     # ---- internals
     def _handshake(self) -> None:
@@ -204,6 +207,10 @@ class TLSStream(End):
             self._fail(How.VERIFY_FAILED, reason, alert=True)
             return
         self.handshake_done = True
+        saver = self.saver
+        if saver is not None and isinstance(self.verifier, Verifier):
+            chain = tuple(self.tls.get_verified_chain() or ()) or self.verifier.resumed_chain
+            saver.verified(self.tls, self.verifier.identity, chain)
         if self.sink is not None:
             self.sink.end_ready(self)
 
@@ -223,10 +230,15 @@ class TLSStream(End):
                 else:
                     # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
                     # place): its alert goes out before the end, as after a failed handshake.
+                    if self.saver is not None:
+                        self.saver.failed()
                     self._fail(How.RESET, f"TLS error: {ssl_text(e)}", alert=True)
                 return
             if self.sink is not None:
                 self.sink.end_data(self, data)
+        saver = self.saver
+        if saver is not None and saver.waiting:  # a TLS 1.3 ticket may have come with what was read
+            saver.poll(self.tls)
         self._flush()
 
     def _on_close_notify(self) -> None:

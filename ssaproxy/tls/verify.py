@@ -16,13 +16,18 @@ refusal OpenSSL already made keeps its words, and what only cryptography catches
 constraints against wildcard SANs, its profile of EKU, key usage and extensions) is refused
 with its own "path validation refused the chain" reason.  A context that verifies peers but
 has no validator installed refuses every peer.
+
+A resumed handshake calls no callback at all.  A client connection then counts as verified
+only through the cache entry it offered (`Verifier.offered`, see `tls.sessions`), which
+carries what the full handshake proved; a resumed server-side session (a client certificate
+in a ticket this listener issued under its session id context) has its leaf checked again.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import weakref
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -34,8 +39,11 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.logger import Logger
 
 from ssaproxy.errors import VerificationFailed
-from ssaproxy.tls._openssl import verify_error_string
+from ssaproxy.tls._openssl import session_reused, verify_error_string
 from ssaproxy.tls.paths import Outcome, PathValidator
+
+if TYPE_CHECKING:
+    from ssaproxy.tls.sessions import CachedSession
 
 _WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 _VALIDATORS: "weakref.WeakKeyDictionary[SSL.Context, PathValidator]" = weakref.WeakKeyDictionary()
@@ -66,6 +74,8 @@ class PeerCheck:
         self.store: Optional[crypto.X509Store] = None  # OpenSSL's store of the same context
         self.waived: Optional[str] = None  # the strict RFC 5280 refusal an insecure setting overrode
         self._path: list[x509.Certificate] = []  # OpenSSL's chain as reported, anchor first
+        self.resumed = False  # the handshake resumed an earlier session
+        self.resumed_chain: tuple[crypto.X509, ...] = ()  # its verified chain, from the cache
 
     @property
     def verified(self) -> bool:
@@ -142,7 +152,31 @@ class PeerCheck:
 
     def accept(self, conn: SSL.Connection) -> bool:
         """After a finished handshake: may this connection carry data?"""
+        if session_reused(conn):
+            self.resumed = True
+            return self.accept_resumed(conn)
         return self.verified
+
+    def accept_resumed(self, conn: SSL.Connection) -> bool:
+        """A resumed handshake: no callback ran.  Refused unless a subclass knows better."""
+        return self.fail(VerificationFailed("resumed a session that was never verified"))
+
+    def leaf_again(self, cert: crypto.X509) -> bool:
+        """Our own checks of a leaf carried in a resumed session (the chain was verified when
+        the session was made)."""
+        self.presented = True
+        c = cert.to_cryptography()
+        problem = _key_problem(c, self.min_rsa_bits) or _signature_problem(c)
+        if problem:
+            return self.fail(VerificationFailed(problem, depth=0))
+        try:
+            self._check_leaf(c)
+        except Exception as e:  # noqa: BLE001 - any surprise in identity checking is a rejection
+            return self.fail(VerificationFailed(f"identity check failed: {type(e).__name__}: {e}", depth=0))
+        if self.error is not None:
+            return False
+        self.leaf_passed = True
+        return True
 
     def explain(self, openssl_reason: str) -> Optional[str]:
         """Why a failed handshake failed, if it was our verification's doing."""
@@ -162,6 +196,17 @@ class Verifier(PeerCheck):
         super().__init__(min_rsa_bits=min_rsa_bits)
         self.hostname = hostname
         self.ip = ipaddress.ip_address(ip) if ip is not None else None
+        self.offered: Optional[CachedSession] = None  # the cached session set on the connection
+
+    def accept_resumed(self, conn: SSL.Connection) -> bool:
+        offered = self.offered
+        if offered is None or offered.identity != self.identity or self.error is not None:
+            return self.fail(VerificationFailed("resumed a session that was not verified for "
+                                                f"{self.identity!r}"))
+        self.presented = True
+        self.resumed_chain = offered.chain
+        self.leaf_passed = True
+        return True
 
     @property
     def identity(self) -> str:
@@ -215,12 +260,27 @@ class ClientCheck(PeerCheck):
             return "no client certificate"  # OpenSSL's own refusal (certificate_required alert)
         return super().explain(openssl_reason)
 
+    def accept_resumed(self, conn: SSL.Connection) -> bool:
+        # Only a ticket this listener issued (its context's keys, its session id context) can
+        # resume, and it was issued after a full handshake that passed; the leaf it carries is
+        # checked again against today's rules, and no certificate means no certificate.
+        cert = conn.get_peer_certificate()
+        if cert is None:
+            return self._anonymous()
+        return self.leaf_again(cert)
+
+    def _anonymous(self) -> bool:
+        if self.required or self.allow:
+            self.fail(VerificationFailed("no client certificate"))
+            return False
+        return self.error is None  # anonymous, where the listener allows it
+
     def accept(self, conn: SSL.Connection) -> bool:
+        if session_reused(conn):
+            self.resumed = True
+            return self.accept_resumed(conn)
         if conn.get_peer_certificate() is None:
-            if self.required or self.allow:
-                self.fail(VerificationFailed("no client certificate"))
-                return False
-            return self.error is None  # anonymous, where the listener allows it
+            return self._anonymous()
         return self.verified
 
 

@@ -65,7 +65,7 @@ def close_clean(conn: ssl.SSLSocket) -> None:
 def serve_tls(conn: ssl.SSLSocket, args: argparse.Namespace) -> None:
     mode = args.mode
     info: dict[str, object] = {"mode": mode, "version": conn.version(), "cipher": (conn.cipher() or ("",))[0],
-                               "sni": getattr(conn, "sni", None)}
+                               "sni": getattr(conn, "sni", None), "reused": conn.session_reused}
     if mode in ("echo", "banner"):
         if mode == "banner":
             conn.sendall(b"220 ready\r\n")
