@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ssaproxy import __version__, netfilter
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.load import check_config, check_config_as, read_config
+from ssaproxy.tls.load import check_config, check_config_as, floor_removes, read_config
 
 
 def _uid(value: Optional[str]) -> int:
@@ -104,6 +104,11 @@ def _check(path: str, as_user: Optional[str]) -> int:
         check_config_as(config, as_user)
     else:
         check_config(config)
+    for key, dropped in floor_removes(config):
+        line = config.line_of(key)
+        where = f"{key} (line {line})" if line else key
+        print(f"ssaproxy: {path}: note: {where}: ssaproxy's cipher floor removes {len(dropped)} of the suites it "
+              f"names: {', '.join(dropped)}", file=sys.stderr)
     idle = config.idle_reason()
     if idle is not None:
         print(f"ssaproxy: {path}: warning: {idle}", file=sys.stderr)

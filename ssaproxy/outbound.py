@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from ssaproxy import sniff
 from ssaproxy.addresses import IPAddress, host_port, normalize, plain_address
-from ssaproxy.config import Action, Config, HostnameSource, Policy, Route
+from ssaproxy.config import Action, Config, HostnameSource, Policy, Profile, Route
 from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
@@ -73,7 +73,7 @@ class OutboundConnection(Lifecycle):
     log = Logger()
     kind = "conn"
     log_format = ("conn {conn_id} {outcome}: client={client} orig_dst={orig_dst} route={route} action={action} "
-                  "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} "
+                  "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} profile={profile} "
                   "bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
 
     def __init__(self, factory: OutboundFactory, near: End) -> None:
@@ -95,6 +95,9 @@ class OutboundConnection(Lifecycle):
         self._upstream_tuple: Optional[_FourTuple] = None
         self._accepted_tuple: Optional[_FourTuple] = None
         self.client: Optional[str] = None  # the program's address, as the listener saw it
+        # The [[profile]] whose listener took this connection (its programs' owner-match rule
+        # leads there), else None: the admin's [policy].
+        self.profile: Optional[Profile] = None
 
     # ---- accepted
     def near_ready(self) -> None:
@@ -118,6 +121,7 @@ class OutboundConnection(Lifecycle):
         self._accepted_tuple = key
         self.factory.accepted[key] = self
         here = near.tcp.getHost()
+        self.profile = self.config.profile_for_port(here.port)
         if normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
             self.refuse("not-redirected", "original destination is this listener")
             return
@@ -142,8 +146,12 @@ class OutboundConnection(Lifecycle):
             assert decision.identity is not None
             self.disarm("sniff")
             self.hostname = str(decision.identity)
-            policy = self.config.policy
-            ctx = self.client_context(policy, decision.client_certificate, decision.client_key)
+            profile = self.profile
+            policy = profile.policy if profile is not None else self.config.policy
+            cert, key = decision.client_certificate, decision.client_key
+            if profile is not None and profile.client_certificate is not None:
+                cert, key = profile.client_certificate, profile.client_key  # the program's identity wins
+            ctx = self.client_context(policy, cert, key)
             self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits), decision.port)
 
     def _connect(self, end: End, port: int) -> None:
@@ -308,4 +316,5 @@ class OutboundConnection(Lifecycle):
             "cipher": self.facts.get("cipher"),
             "verified": self.verified,
             "verify_error": self.verify_error,
+            "profile": self.profile.name if self.profile is not None else None,
         }

@@ -284,7 +284,7 @@ class Reloader(service.Service):
     def _wanted(self, plan: _Plan) -> dict[_Where, tuple[ListenAddress, str, Any]]:
         """Every TCP listener of the new config: (address, label, factory or None for outbound)."""
         wanted: dict[_Where, tuple[ListenAddress, str, Any]] = {}
-        for description in plan.config.outbound.listen:
+        for description in plan.config.outbound_listen:
             address = ListenAddress.parse(description, "outbound.listen")
             wanted[_where(address)] = (address, f"outbound.listen {description}", None)
         for i in plan.config.inbound:
@@ -309,7 +309,8 @@ class Reloader(service.Service):
         api, old_api = plan.config.api, self._api()
         if api is None:
             return
-        if old_api is not None and old_api.api == api and self.config.policy == plan.config.policy:
+        if (old_api is not None and old_api.api == api and self.config.policy == plan.config.policy
+                and self.config.profiles == plan.config.profiles):
             return  # kept as it is
         if api.group is not None and os.geteuid() != 0:
             # After the privilege drop, chown to a group is allowed only for one of ours.
@@ -317,7 +318,7 @@ class Reloader(service.Service):
             if gid is None or gid not in (os.getegid(), *os.getgroups()):
                 raise Refused(f"api.group: the daemon's user cannot give the socket to group {api.group!r}: "
                               "restart to apply it")
-        plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor)
+        plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor, profiles=plan.config.profiles)
         plan.api_factory.fit()
         if old_api is None or old_api.api.socket != api.socket:
             try:

@@ -123,10 +123,11 @@ class TLSSession(Lifecycle):
     kind = "api session"
     log_format = ("api session {session} {op} {outcome}: pid={pid} uid={uid} gid={gid} exe={exe} target={target} "
                   "peer={peer} hostname={hostname} verified={verified} tls={tls_version} cipher={cipher} sni={sni} "
-                  "alpn={alpn} bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
+                  "alpn={alpn} profile={profile} bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s "
+                  "detail={detail}")
 
     def __init__(self, *, reactor: Any, policy: Policy, settings: Settings, limits: Limits, creds: Creds,
-                 op: str, active: set[TLSSession]) -> None:
+                 op: str, active: set[TLSSession], profile: Optional[str] = None) -> None:
         super().__init__(reactor, active)
         active.add(self)
         self.policy = policy
@@ -134,6 +135,7 @@ class TLSSession(Lifecycle):
         self.limits = limits
         self.creds = creds
         self.op = op  # connect | upgrade-client | upgrade-server | accept
+        self.profile = profile  # the [[profile]] whose policy applies (None: the admin's [policy])
         self.check: Optional[PeerCheck] = None
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -323,4 +325,5 @@ class TLSSession(Lifecycle):
             "verified": check.verified if check is not None and (check.presented or isinstance(check, Verifier))
             else None,
             "tls_version": self.facts.get("tls_version"), "cipher": self.facts.get("cipher"),
-            "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"), **self.creds.fields()}
+            "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"), "profile": self.profile,
+            **self.creds.fields()}
