@@ -213,6 +213,8 @@ class OutboundConnection(Lifecycle):
             return False
         self.abandon_far()
         self.far_up = False
+        self.verified = False  # that upstream is gone: the record tells of the one that replaces it
+        self.facts.clear()
         self.go(State.DECIDING)
         self.act(decide(self.orig, self.route, self.first))  # type: ignore[arg-type]
         return not self.done
@@ -283,8 +285,8 @@ class OutboundConnection(Lifecycle):
                             "excluded from the redirect (see `ssaproxy iptables print --uid`)")
 
     def abandon_far(self) -> None:
-        self.verified = False
-        self.facts.clear()
+        # What was true of the far end (verified, its TLS version and cipher) stays in the
+        # record: a verified connection reset at shutdown was still a verified connection.
         self._forget_local()
         super().abandon_far()
 
