@@ -274,7 +274,10 @@ class Lifecycle:
     @fail_closed
     def _connect_failed(self, reason: Failure, end: End) -> None:
         self._connecting = None
-        if end is not self.far or self.state is not State.CONNECTING or reason.check(defer.CancelledError):
+        # Twisted's ConnectingCancelledError (an endpoint's own cancel) is not a CancelledError:
+        # either way it is our own abandon_far, whose caller logs the real reason.
+        cancelled = reason.check(defer.CancelledError, error.ConnectingCancelledError)
+        if end is not self.far or self.state is not State.CONNECTING or cancelled:
             return
         self.far = None
         self.connect_failed(connect_outcome(reason), reason.getErrorMessage())

@@ -7,6 +7,8 @@ backend behind the daemon sees a reset, never a clean end.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +66,38 @@ def test_a_bad_record_after_the_handshake_gets_its_alert(front: LoopbackDaemon, 
     assert reports and "error" in reports[-1], reports
     event = front.wait_log(f"tls=TLSv{version}")
     assert " client-reset: " in event or " reset: " in event, event
+
+
+HANGING = """[[inbound]]
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:127.0.0.1:{hanging_port}"
+connect_timeout = 8
+{certificates}
+"""
+
+
+def test_a_client_tls_error_while_the_backend_connect_hangs_is_logged_as_itself(pki: PKI, tmp_path: Path) -> None:
+    """The backend's listen queue is full, so the daemon's connect to it hangs; the client's bad
+    record meanwhile is the reason the record gives (not `backend-failed detail=IPv4Address(...)`)."""
+    hanging = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(0)
+        for _ in range(4):  # fill the queue: further SYNs are dropped, connects hang
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(hanging.getsockname())
+            fillers.append(s)
+        with LoopbackDaemon(pki, tmp_path, HANGING, hanging_port=hanging.getsockname()[1]) as d, \
+                d.connect() as client:
+            socket.socket.sendall(client, b"\x17\x03\x03\x00\x20" + bytes(32))  # a bad tag
+            with pytest.raises(ssl.SSLError) as info:
+                client.recv(10)
+            assert "BAD_RECORD_MAC" in str(info.value), info.value
+            event = d.wait_log("inbound 1 ")
+    finally:
+        for s in (*fillers, hanging):
+            s.close()
+    assert " client-gone: " in event and "bad record mac" in event, event
+    assert "IPv4Address" not in event and " backend-failed" not in event, event

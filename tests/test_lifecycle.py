@@ -202,3 +202,17 @@ def test_a_second_relay_replaces_the_idle_timer(world: Any) -> None:
     assert len(idle) == 1
     face.shut_down()
     assert not [c for c in world[0].getDelayedCalls() if c.active()]
+
+
+def test_a_cancelled_connect_is_never_the_record(world: Any) -> None:
+    """Twisted's ConnectingCancelledError is not a CancelledError: a cancel arriving while the
+    connect is still ours must not end the connection as `connect-failed detail=IPv4Address(...)`;
+    the end that made us cancel is the one the record names."""
+    face = accepted(world)
+    assert face.state is State.CONNECTING
+    factory = world[0].tcpClients[-1][2]
+    factory.clientConnectionFailed(None, Failure(error.ConnectingCancelledError(("192.0.2.1", 443))))
+    assert not world[2] and face.state is State.CONNECTING  # no record from the cancel itself
+    face.near.connectionLost(Failure(error.ConnectionLost("TLS error: bad record mac")))
+    assert [e["outcome"] for e in world[2]] == ["client-gone"]
+    assert "bad record mac" in str(world[2][-1]["detail"])

@@ -71,7 +71,7 @@ def await_alert(conn: TLSConnection) -> dict[str, object]:
         return {"alert": None, "end": "eof"}
     except ConnectionResetError:
         return {"alert": None, "end": "reset"}
-    except socket.timeout:
+    except TimeoutError:
         return {"alert": None, "end": "timeout"}
 
 
