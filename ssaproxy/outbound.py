@@ -105,6 +105,7 @@ class OutboundConnection(Lifecycle):
         assert near is not None
         peer = near.tcp.getPeer()
         self.client = host_port(plain_address(getattr(peer, "host", "")), getattr(peer, "port", 0))
+        self.profile = self.config.profile_for_port(getattr(near.tcp.getHost(), "port", 0))
         if not self.admit(self.config.outbound.max_connections):
             return
         try:
@@ -121,7 +122,6 @@ class OutboundConnection(Lifecycle):
         self._accepted_tuple = key
         self.factory.accepted[key] = self
         here = near.tcp.getHost()
-        self.profile = self.config.profile_for_port(here.port)
         if normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
             self.refuse("not-redirected", "original destination is this listener")
             return
