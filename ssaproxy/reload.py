@@ -85,6 +85,8 @@ def watched_files(config: Config) -> tuple[str, ...]:
             paths.append(inbound.client_ca)
     for route in config.outbound.routes:
         paths += [p for p in (route.client_certificate, route.client_key) if p]
+    for profile in config.profiles:
+        paths += [p for p in (profile.policy.trust_store, profile.client_certificate, profile.client_key) if p]
     return tuple(dict.fromkeys(paths))
 
 
@@ -109,19 +111,25 @@ def _where(address: ListenAddress) -> _Where:
 
 
 def _generation_client_contexts(config: Config) -> ClientContexts:
-    """The outbound face's client contexts for `config`, built now from the files as they are."""
+    """The outbound face's client contexts for `config`, built now from the files as they are:
+    one per (policy, client identity), the admin's policy and each [[profile]]'s."""
     build = client_context.__wrapped__
-    built: dict[tuple[Optional[str], Optional[str]], SSL.Context] = {(None, None): build(config.policy, None, None)}
-    for route in config.outbound.routes:
-        if route.client_certificate and route.client_key:
-            pair = (route.client_certificate, route.client_key)
-            if pair not in built:
-                built[pair] = build(config.policy, *pair)
+    built: dict[tuple[Any, Optional[str], Optional[str]], SSL.Context] = {}
+    wanted: list[tuple[Any, Optional[str], Optional[str]]] = [(config.policy, None, None)]
+    wanted += [(config.policy, r.client_certificate, r.client_key) for r in config.outbound.routes
+               if r.client_certificate and r.client_key]
+    for profile in config.profiles:
+        wanted.append((profile.policy, profile.client_certificate, profile.client_key))
+        wanted += [(profile.policy, r.client_certificate, r.client_key) for r in config.outbound.routes
+                   if r.client_certificate and r.client_key and profile.client_certificate is None]
+    for policy, certificate, key in wanted:
+        if (policy, certificate, key) not in built:
+            built[(policy, certificate, key)] = build(policy, certificate, key)
 
     def lookup(policy: Any, certificate: Optional[str], key: Optional[str]) -> SSL.Context:
-        ctx = built.get((certificate, key)) if policy == config.policy else None
-        if ctx is None:  # not a pair of this config's routes: build (and keep) it as the cache would
-            ctx = built[(certificate, key)] = build(policy, certificate, key)
+        ctx = built.get((policy, certificate, key))
+        if ctx is None:  # not one of this config's: build (and keep) it as the cache would
+            ctx = built[(policy, certificate, key)] = build(policy, certificate, key)
         return ctx
 
     return lookup
