@@ -11,6 +11,7 @@ from ssaproxy import netfilter
 from ssaproxy.api.profiles import Chooser
 from ssaproxy.cli import main
 from ssaproxy.config import PROFILE_RULES, Config, Policy, TLSVersion
+from ssaproxy.config.profiles import ordered
 from ssaproxy.errors import ConfigError
 from ssaproxy.kernel import Creds
 from ssaproxy.tls.load import check_config, floor_removes
@@ -153,3 +154,10 @@ def test_check_config_names_the_suites_the_floor_removes(tmp_path: object, capsy
     assert "policy.ciphers (line 2)" in err and "AES128-SHA" in err and "AES256-GCM-SHA384" in err, err
     assert "ECDHE-RSA-AES256-GCM-SHA384" not in err  # kept suites are not named
     assert floor_removes(Config.from_toml(BASE)) == []  # the default string loses nothing
+
+
+def test_an_ordered_rule_lets_a_profile_move_only_up() -> None:
+    rule = ordered("off", "soft", "hard")  # how a key like [policy] revocation gets its rule
+    assert rule("soft", "hard") is None and rule("soft", "soft") is None
+    why = rule("soft", "off")
+    assert why is not None and "weaker" in why

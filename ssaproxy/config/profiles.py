@@ -16,7 +16,8 @@ keys may only move the safe way (versions within the admin's span, a minimum key
 least the admin's); cipher suites and groups must be among the admin's (suites are checked
 with OpenSSL in `ssaproxy.tls.load`); the trust store may be replaced, which is what a
 profile is for when a program talks to a private CA — verification itself is never turned off.
-A new `[policy]` key becomes settable per profile with one line in `PROFILE_RULES`.
+A new `[policy]` key becomes settable per profile with one line in `PROFILE_RULES` (for a key
+whose values are ordered from weak to strict, `ordered(...)` makes its rule).
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ def _among(admin: str, mine: str) -> Optional[str]:
     return f"{', '.join(extra)} not among the admin's {admin!r}" if extra else None
 
 
+def ordered(*weakest_first: str) -> Rule:
+    """A rule for a key whose values go from weakest to strictest, say
+    `"revocation": ordered("off", "soft", "hard")`: a profile may only move up."""
+    rank = {value: i for i, value in enumerate(weakest_first)}
+
+    def rule(admin: Any, mine: Any) -> Optional[str]:
+        return f"{mine!r} is weaker than the admin's {admin!r}" if rank[str(mine)] < rank[str(admin)] else None
+
+    return rule
+
+
 def _adjustable(admin: Any, mine: Any) -> Optional[str]:
     return None
 
@@ -86,13 +98,10 @@ class Profile:
     groups: tuple[str, ...] = ()
     executables: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()  # its own transparent listeners (outbound), if any
+    ports: tuple[int, ...] = ()  # their ports: how an outbound connection knows its profile
     policy: Any  # a document.Policy: the admin's, with this profile's keys
     client_certificate: Optional[str] = None  # an identity its outbound connections present (mTLS)
     client_key: Optional[str] = None
-
-    @property
-    def ports(self) -> tuple[int, ...]:
-        return tuple(parse_listener(x).port for x in self.listen)
 
     def selects(self, uids: frozenset[int], gids: frozenset[int], uid: int, gid: int, exe: str) -> bool:
         """Whether a program with `uid`, `gid` and `exe` is this profile's (`uids`, `gids`: its
@@ -166,5 +175,6 @@ def _one(r: Reader, index: int, admin: Policy, parse_policy: Callable[[Reader, P
         if why is not None:
             raise ConfigError(r.key(field), f"a profile may tighten, not loosen: {why}")
     return Profile(name=name, users=users, groups=groups, executables=tuple(executables), listen=listen,
-                   policy=policy, client_certificate=cert, client_key=key)
+                   ports=tuple(parse_listener(x).port for x in listen), policy=policy, client_certificate=cert,
+                   client_key=key)
 
