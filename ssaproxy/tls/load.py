@@ -147,18 +147,14 @@ def _check_profile(profile: Profile, admin: Policy, path: str) -> None:
     """What only OpenSSL and the system can judge of a profile: its suites are among the
     admin's (a profile tightens), its trust store loads, its users, groups and identity exist."""
     policy = profile.policy
-    if policy.ciphers != admin.ciphers:
-        _openssl_judges(f"{path}.ciphers", policy.ciphers, _check_ciphers)
-        extra = sorted(set(suites(policy.ciphers, tls13=False)) - set(suites(admin.ciphers, tls13=False)))
-        if extra:
-            raise ConfigError(f"{path}.ciphers", f"a profile may tighten, not loosen: {', '.join(extra)} not "
-                                                 "allowed by the admin's [policy] ciphers")
-    if policy.ciphersuites != admin.ciphersuites:
-        _openssl_judges(f"{path}.ciphersuites", policy.ciphersuites, _check_ciphersuites)
-        extra = sorted(set(suites(policy.ciphersuites, tls13=True)) - set(suites(admin.ciphersuites, tls13=True)))
-        if extra:
-            raise ConfigError(f"{path}.ciphersuites", f"a profile may tighten, not loosen: {', '.join(extra)} "
-                                                      "not allowed by the admin's [policy] ciphersuites")
+    for field, judge, tls13 in (("ciphers", _check_ciphers, False), ("ciphersuites", _check_ciphersuites, True)):
+        mine, theirs = getattr(policy, field), getattr(admin, field)
+        if mine != theirs:
+            _openssl_judges(f"{path}.{field}", mine, judge)
+            extra = sorted(set(suites(mine, tls13=tls13)) - set(suites(theirs, tls13=tls13)))
+            if extra:
+                raise ConfigError(f"{path}.{field}", f"a profile may tighten, not loosen: {', '.join(extra)} not "
+                                                     f"allowed by the admin's [policy] {field}")
     if policy.groups != admin.groups:
         _openssl_judges(f"{path}.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None and policy.trust_store != admin.trust_store:
