@@ -45,7 +45,7 @@ from ssaproxy.api.handover import close_fd, take
 from ssaproxy.api.listener import Listener, adopt_carrier_or_fail
 from ssaproxy.api.profiles import Chooser
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
-from ssaproxy.api.session import Creds, Limits, TLSSession
+from ssaproxy.api.session import Creds, Limits, TLSSession, identity_of
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
 from ssaproxy.config import Api, Policy, Profile, is_valid_hostname
 from ssaproxy.proto import connection as c
@@ -384,7 +384,7 @@ class Control(Protocol):
         try:
             if server:
                 return server_context(self.settings, self.policy)
-            return client_context(self.settings, self.policy)
+            return client_context(self.settings, self.policy, identity_of(self.profile))
         except ApiError:
             raise
         except Exception as e:  # noqa: BLE001 - OpenSSL's verdict on the program's material
@@ -417,7 +417,7 @@ class Control(Protocol):
         try:
             session = TLSSession(reactor=self.factory.reactor, policy=self.policy, settings=settings,
                                  limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active,
-                                 profile=self.profile.name if self.profile is not None else None)
+                                 profile=self.profile)
         except BaseException:
             ledger.give(self.uid, Resource.SESSIONS)
             raise

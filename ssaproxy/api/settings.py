@@ -22,7 +22,7 @@ from OpenSSL import SSL, crypto
 from ssaproxy.addresses import is_ip_literal
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, load_trust, new_context, strict_checks
+from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, load_trust, new_context, strict_checks, use_identity
 
 _MAX_PEM = 256 * 1024
 _MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
@@ -331,8 +331,12 @@ def _trust(ctx: SSL.Context, settings: Settings, policy: Policy, *, client_cas: 
 
 
 @functools.lru_cache(maxsize=64)
-def client_context(settings: Settings, policy: Policy) -> SSL.Context:
+def client_context(settings: Settings, policy: Policy, identity: Optional[tuple[str, str]] = None) -> SSL.Context:
+    """`identity`: the (chain, key) files of the program's [[profile]], presented when the
+    program gave no certificate of its own."""
     ctx = _base(settings, policy, server=False, verify=REQUIRE_PEER)
+    if identity is not None and settings.chain_pem is None:
+        use_identity(ctx, *identity)
     _trust(ctx, settings, policy)
     return ctx
 

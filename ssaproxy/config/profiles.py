@@ -100,7 +100,7 @@ class Profile:
     listen: tuple[str, ...] = ()  # its own transparent listeners (outbound), if any
     ports: tuple[int, ...] = ()  # their ports: how an outbound connection knows its profile
     policy: Any  # a document.Policy: the admin's, with this profile's keys
-    client_certificate: Optional[str] = None  # an identity its outbound connections present (mTLS)
+    client_certificate: Optional[str] = None  # presented for its programs (redirected; API clients without one)
     client_key: Optional[str] = None
 
     def selects(self, uids: frozenset[int], gids: frozenset[int], uid: int, gid: int, exe: str) -> bool:
