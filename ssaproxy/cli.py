@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ssaproxy import __version__, netfilter
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
-from ssaproxy.tls.load import check_config, check_config_as, read_config
+from ssaproxy.tls.load import check_config, check_config_as, floor_removes, read_config
 
 
 def _uid(value: Optional[str]) -> int:
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "would collide (the same port on overlapping addresses), and every certificate, key and trust store "
         "it names (readable, loadable, matching).  Exit status: 0 the daemon would run it; 1 it is valid but "
         "would do nothing (a warning on stderr: no routes, no [[inbound]], no [api]); 2 the daemon would "
-        "refuse it (one line on stderr: FILE: key.path (line N): what is wrong).")
+        "refuse it (one line on stderr: FILE: key.path (line N): what is wrong).  A note on stderr names each "
+        "configured TLS 1.2 suite that ssaproxy's cipher floor removes (the exit status is unchanged).")
     check.add_argument("file", metavar="FILE", help="the TOML configuration file to check")
     check.add_argument("--as-user", metavar="USER",
                        help="check that the files it names are readable by USER (name or number), the user "
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         "iptables", help="the nat rules for transparent outbound mode",
         description="Show, install or remove the iptables/ip6tables nat rules that redirect plaintext "
         "connections to the outbound listener (chain SSAPROXY_OUTPUT from OUTPUT) and to transparent "
-        "inbound listeners (SSAPROXY_INBOUND from PREROUTING).")
+        "inbound listeners (SSAPROXY_INBOUND from PREROUTING).  A [[profile]] with its own listener gets "
+        "owner-match rules (--uid-owner, --gid-owner) that lead its programs there, before the general rules.")
     ipt.add_argument("action", choices=["print", "apply", "remove"], metavar="ACTION",
                      help="print: show the rules (iptables-restore format); apply: install them, replacing "
                           "ssaproxy's chains; remove: delete ssaproxy's chains and jumps from both families")
@@ -104,6 +106,11 @@ def _check(path: str, as_user: Optional[str]) -> int:
         check_config_as(config, as_user)
     else:
         check_config(config)
+    for key, dropped in floor_removes(config):
+        line = config.line_of(key)
+        where = f"{key} (line {line})" if line else key
+        print(f"ssaproxy: {path}: note: {where}: ssaproxy's cipher floor removes {len(dropped)} of the suites it "
+              f"names: {', '.join(dropped)}", file=sys.stderr)
     idle = config.idle_reason()
     if idle is not None:
         print(f"ssaproxy: {path}: warning: {idle}", file=sys.stderr)

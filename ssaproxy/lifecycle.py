@@ -125,6 +125,7 @@ class Lifecycle:
         self._connect_started: Optional[float] = None  # for the metrics' connect and handshake times
         self._far_connected: Optional[float] = None
         self._verify_counted = False
+        self.far_ended = False  # the relay saw the far side's whole stream before the end
         metrics.started(self.kind)
 
     # ---- state
@@ -276,7 +277,10 @@ class Lifecycle:
     @fail_closed
     def _connect_failed(self, reason: Failure, end: End) -> None:
         self._connecting = None
-        if end is not self.far or self.state is not State.CONNECTING or reason.check(defer.CancelledError):
+        # Twisted's ConnectingCancelledError (an endpoint's own cancel) is not a CancelledError:
+        # either way it is our own abandon_far, whose caller logs the real reason.
+        cancelled = reason.check(defer.CancelledError, error.ConnectingCancelledError)
+        if end is not self.far or self.state is not State.CONNECTING or cancelled:
             return
         self.far = None
         self.connect_failed(connect_outcome(reason), reason.getErrorMessage())
@@ -366,6 +370,7 @@ class Lifecycle:
         rl, self.relay = self.relay, None
         if rl is not None:
             self.bytes_out, self.bytes_in = rl.bytes_out, rl.bytes_in
+            self.far_ended = rl.far_ended
         self.ended(outcome, detail)
         # Let go of both ends: no reference cycle outlives the connection.
         self.near = self.far = None
@@ -373,7 +378,9 @@ class Lifecycle:
     def ended(self, outcome: str, detail: Optional[str]) -> None:
         """The face's one log record (and whatever else it owes at the end)."""
         fields = self.record(outcome, detail)
-        quiet = self.quiet(outcome)
+        # A client that left without close_notify once the far side had ended is how many TLS
+        # clients end a complete exchange: info, not a warning (the far side still got a reset).
+        quiet = self.quiet(outcome) or (outcome == "client-truncated" and self.far_ended)
         emit = self.log.info if quiet else self.log.warn
         emit(self.log_format, **fields)
         # A refused TLS client may still be reading our alert: its failure is on the stream.

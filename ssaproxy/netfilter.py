@@ -6,7 +6,9 @@ in one iptables-restore transaction per family, so there is no window without re
 excluded with an owner match first, so its upstream connections are not redirected back to
 it; loopback destinations are excluded too (local services are not upgraded).  Routes are
 emitted in config order, so iptables selects the same connections the daemon's first-match
-routing then classifies.
+routing then classifies.  A `[[profile]]` with its own listener comes before the general rules:
+its users' and groups' connections (owner match) go to its port, in profile order, so the
+daemon knows by the port which profile's policy applies.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shlex
 import subprocess
 from typing import Sequence
 
-from ssaproxy.config import Config, Listener, parse_listener
+from ssaproxy.config import Config, Listener, Profile, parse_listener
 
 __all__ = ["CHAIN", "INBOUND", "Listener", "parse_listener", "chain_rules", "inbound_rules", "rules", "render",
            "restore_script", "apply", "remove"]
@@ -49,12 +51,29 @@ def chain_rules(config: Config, uid: int, family: int) -> list[list[str]]:
            ["-d", _LOOPBACK[family], "-j", "RETURN"]]
     out += [["-d", str(net), "-j", "RETURN"] for net in config.iptables.exclude_cidrs if net.version == family]
     out += [["-p", "tcp", *group, "-j", "RETURN"] for group in _multiport(config.iptables.exclude_ports)]
+    for profile in config.profiles:
+        # Config loading guarantees a profile's listeners cover every routed family.
+        ports = [x.port for x in map(parse_listener, profile.listen) if x.family == family]
+        for owner in _owners(profile) if ports else []:
+            for route in routes:
+                for group in _multiport(route.ports) or [[]]:
+                    out.append(["-p", "tcp", "-d", str(route.destination), *group, "-m", "owner", *owner,
+                                "-m", "comment", "--comment", f"ssaproxy profile {profile.name} route {route.name}",
+                                "-j", "REDIRECT", "--to-ports", str(ports[0])])
     for route in routes:
         for group in _multiport(route.ports) or [[]]:  # no ports: every port
             out.append(["-p", "tcp", "-d", str(route.destination), *group,
                         "-m", "comment", "--comment", f"ssaproxy route {route.name}",
                         "-j", "REDIRECT", "--to-ports", str(listener.port)])
     return out
+
+
+def _owners(profile: Profile) -> list[list[str]]:
+    """The owner matches of a profile's programs: each user, each group, or each pair of both
+    (a profile that names both kinds wants both to match, as its API selection does)."""
+    users = [["--uid-owner", u] for u in profile.users] or [[]]
+    groups = [["--gid-owner", g] for g in profile.groups] or [[]]
+    return [u + g for u in users for g in groups]
 
 
 def inbound_rules(config: Config, family: int) -> list[list[str]]:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from ssaproxy import sniff
 from ssaproxy.addresses import IPAddress, host_port, normalize, plain_address
-from ssaproxy.config import Action, Config, HostnameSource, Policy, Route
+from ssaproxy.config import Action, Config, HostnameSource, Policy, Profile, Route
 from ssaproxy.kernel import original_destination
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
@@ -74,7 +74,7 @@ class OutboundConnection(Lifecycle):
     kind = "conn"
     log_format = ("conn {conn_id} {outcome}: client={client} orig_dst={orig_dst} route={route} action={action} "
                   "hostname={hostname} tls={tls_version} cipher={cipher} verified={verified} resumed={resumed} "
-                  "bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
+                  "profile={profile} bytes_out={bytes_out} bytes_in={bytes_in} duration={duration}s detail={detail}")
 
     def __init__(self, factory: OutboundFactory, near: End) -> None:
         super().__init__(factory.reactor, factory.active)
@@ -95,6 +95,9 @@ class OutboundConnection(Lifecycle):
         self._upstream_tuple: Optional[_FourTuple] = None
         self._accepted_tuple: Optional[_FourTuple] = None
         self.client: Optional[str] = None  # the program's address, as the listener saw it
+        # The [[profile]] whose listener took this connection (its programs' owner-match rule
+        # leads there), else None: the admin's [policy].
+        self.profile: Optional[Profile] = None
 
     # ---- accepted
     def near_ready(self) -> None:
@@ -102,6 +105,7 @@ class OutboundConnection(Lifecycle):
         assert near is not None
         peer = near.tcp.getPeer()
         self.client = host_port(plain_address(getattr(peer, "host", "")), getattr(peer, "port", 0))
+        self.profile = self.config.profile_for_port(getattr(near.tcp.getHost(), "port", 0))
         if not self.admit(self.config.outbound.max_connections):
             return
         try:
@@ -142,8 +146,12 @@ class OutboundConnection(Lifecycle):
             assert decision.identity is not None
             self.disarm("sniff")
             self.hostname = str(decision.identity)
-            policy = self.config.policy
-            ctx = self.client_context(policy, decision.client_certificate, decision.client_key)
+            profile = self.profile
+            policy = profile.policy if profile is not None else self.config.policy
+            cert, key = decision.client_certificate, decision.client_key
+            if profile is not None and profile.client_certificate is not None:
+                cert, key = profile.client_certificate, profile.client_key  # the program's identity wins
+            ctx = self.client_context(policy, cert, key)
             resume = None
             route = self.route
             if policy.session_resumption if route is None or route.session_resumption is None \
@@ -210,6 +218,8 @@ class OutboundConnection(Lifecycle):
             return False
         self.abandon_far()
         self.far_up = False
+        self.verified = False  # that upstream is gone: the record tells of the one that replaces it
+        self.facts.clear()
         self.go(State.DECIDING)
         self.act(decide(self.orig, self.route, self.first))  # type: ignore[arg-type]
         return not self.done
@@ -280,8 +290,8 @@ class OutboundConnection(Lifecycle):
                             "excluded from the redirect (see `ssaproxy iptables print --uid`)")
 
     def abandon_far(self) -> None:
-        self.verified = False
-        self.facts.clear()
+        # What was true of the far end (verified, its TLS version and cipher) stays in the
+        # record: a verified connection reset at shutdown was still a verified connection.
         self._forget_local()
         super().abandon_far()
 
@@ -314,4 +324,5 @@ class OutboundConnection(Lifecycle):
             "verified": self.verified,
             "resumed": self.facts.get("resumed"),
             "verify_error": self.verify_error,
+            "profile": self.profile.name if self.profile is not None else None,
         }

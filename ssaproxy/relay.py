@@ -67,6 +67,7 @@ class Relay:
         self.eof: dict[End, bool] = {near: False, far: False}
         self.finished = False
         self.draining = False  # the far side failed; the near side is taking what is queued
+        self.far_ended = False  # client-truncated: the far side had sent its whole stream (FIN, close_notify)
         self._failure: tuple[str, Optional[str]] = ("reset", None)
         self._drain_call: Any = None
 
@@ -132,6 +133,14 @@ class Relay:
             self._finish("closed", None)
         elif end is self.near and how == How.CLEAN and all(self.eof.values()):
             self._finish("closed", None)
+        elif end is self.near and how == How.TRUNCATED:
+            # A TLS client that closed without close_notify: not a reset, and still never hidden
+            # (the far side gets its reset).  After the far side's own end (a complete exchange,
+            # as many HTTP clients end one) the lifecycle logs it at info (`far_ended`).
+            other.abort()
+            self.far_ended = self.eof[self.far]
+            self._finish("client-truncated", (detail or "closed without close_notify")
+                         + (" after the far side's end" if self.far_ended else ""))
         elif end is self.near:
             other.abort()
             self._finish("client-reset", detail or "connection closed before both directions ended")

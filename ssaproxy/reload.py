@@ -90,6 +90,8 @@ def watched_files(config: Config) -> tuple[str, ...]:
             paths.append(inbound.client_ca)
     for route in config.outbound.routes:
         paths += [p for p in (route.client_certificate, route.client_key) if p]
+    for profile in config.profiles:
+        paths += [p for p in (profile.policy.trust_store, profile.client_certificate, profile.client_key) if p]
     return tuple(dict.fromkeys(paths))
 
 
@@ -114,19 +116,25 @@ def _where(address: ListenAddress) -> _Where:
 
 
 def _generation_client_contexts(config: Config) -> ClientContexts:
-    """The outbound face's client contexts for `config`, built now from the files as they are."""
+    """The outbound face's client contexts for `config`, built now from the files as they are:
+    one per (policy, client identity), the admin's policy and each [[profile]]'s."""
     build = client_context.__wrapped__
-    built: dict[tuple[Optional[str], Optional[str]], SSL.Context] = {(None, None): build(config.policy, None, None)}
-    for route in config.outbound.routes:
-        if route.client_certificate and route.client_key:
-            pair = (route.client_certificate, route.client_key)
-            if pair not in built:
-                built[pair] = build(config.policy, *pair)
+    built: dict[tuple[Any, Optional[str], Optional[str]], SSL.Context] = {}
+    wanted: list[tuple[Any, Optional[str], Optional[str]]] = [(config.policy, None, None)]
+    wanted += [(config.policy, r.client_certificate, r.client_key) for r in config.outbound.routes
+               if r.client_certificate and r.client_key]
+    for profile in config.profiles:
+        wanted.append((profile.policy, profile.client_certificate, profile.client_key))
+        wanted += [(profile.policy, r.client_certificate, r.client_key) for r in config.outbound.routes
+                   if r.client_certificate and r.client_key and profile.client_certificate is None]
+    for policy, certificate, key in wanted:
+        if (policy, certificate, key) not in built:
+            built[(policy, certificate, key)] = build(policy, certificate, key)
 
     def lookup(policy: Any, certificate: Optional[str], key: Optional[str]) -> SSL.Context:
-        ctx = built.get((certificate, key)) if policy == config.policy else None
-        if ctx is None:  # not a pair of this config's routes: build (and keep) it as the cache would
-            ctx = built[(certificate, key)] = build(policy, certificate, key)
+        ctx = built.get((policy, certificate, key))
+        if ctx is None:  # not one of this config's: build (and keep) it as the cache would
+            ctx = built[(policy, certificate, key)] = build(policy, certificate, key)
         return ctx
 
     return lookup
@@ -291,7 +299,7 @@ class Reloader(service.Service):
     def _wanted(self, plan: _Plan) -> dict[_Where, tuple[ListenAddress, str, Any]]:
         """Every TCP listener of the new config: (address, label, factory or None for outbound)."""
         wanted: dict[_Where, tuple[ListenAddress, str, Any]] = {}
-        for description in plan.config.outbound.listen:
+        for description in plan.config.outbound_listen:
             address = ListenAddress.parse(description, "outbound.listen")
             wanted[_where(address)] = (address, f"outbound.listen {description}", None)
         for i in plan.config.inbound:
@@ -316,7 +324,8 @@ class Reloader(service.Service):
         api, old_api = plan.config.api, self._api()
         if api is None:
             return
-        if old_api is not None and old_api.api == api and self.config.policy == plan.config.policy:
+        if (old_api is not None and old_api.api == api and self.config.policy == plan.config.policy
+                and self.config.profiles == plan.config.profiles):
             return  # kept as it is
         if api.group is not None and os.geteuid() != 0:
             # After the privilege drop, chown to a group is allowed only for one of ours.
@@ -324,7 +333,7 @@ class Reloader(service.Service):
             if gid is None or gid not in (os.getegid(), *os.getgroups()):
                 raise Refused(f"api.group: the daemon's user cannot give the socket to group {api.group!r}: "
                               "restart to apply it")
-        plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor)
+        plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor, profiles=plan.config.profiles)
         plan.api_factory.fit()
         if old_api is None or old_api.api.socket != api.socket:
             try:

@@ -48,12 +48,14 @@ class _Announce(service.Service):
         super().startService()
         c = self.config
         log.info("ssaproxy started: config={source} listen={listen} routes={routes} inbound={inbound} "
-                 "api={api} min_version={min_version} trust_store={trust_store}",
+                 "api={api} min_version={min_version} trust_store={trust_store} profiles={profiles}",
                  source=c.source, listen=",".join(c.outbound.listen) or "(none)",
                  inbound=",".join(f"{i.name}@{i.listen}" for i in c.inbound) or "(none)",
                  routes=",".join(r.name for r in c.outbound.routes) or "(none)",
                  api=c.api.socket if c.api else "(none)",
-                 min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system")
+                 min_version=c.policy.min_version, trust_store=c.policy.trust_store or "system",
+                 profiles=",".join(p.name + (f"@{'+'.join(p.listen)}" if p.listen else "") for p in c.profiles)
+                 or "(none)")
         for where in insecure_rfc5280(c):
             log.warn(WAIVER_WARNING, where=where)
 
@@ -261,6 +263,8 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     for route in config.outbound.routes:
         if route.client_certificate:
             client_context(config.policy, route.client_certificate, route.client_key)
+    for profile in config.profiles:
+        client_context(profile.policy, profile.client_certificate, profile.client_key)
 
     top = _Startup()
     overload = Overload(reactor)
@@ -268,10 +272,10 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     # Every factory with live connections, by reference: the drain at the stop and the reload
     # (which adds to it, and keeps retired ones until their connections end) share it.
     factories: list[Any] = []
-    if config.outbound.listen:
+    if config.outbound_listen:
         factory = OutboundFactory(config, reactor)
         factories.append(factory)
-        for description in config.outbound.listen:
+        for description in config.outbound_listen:  # [outbound] listen, then each [[profile]]'s
             address = ListenAddress.parse(description, "outbound.listen")
             Listener(address, factory, reactor, overload, "outbound.listen").setServiceParent(top)
     for inbound in config.inbound:
@@ -280,7 +284,7 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         address = ListenAddress.parse(inbound.listen, f"inbound.{inbound.name}.listen")
         Listener(address, inbound_factory, reactor, overload, f"inbound.{inbound.name}.listen").setServiceParent(top)
     if config.api is not None:
-        api_factory = ApiFactory(config.api, config.policy, reactor)
+        api_factory = ApiFactory(config.api, config.policy, reactor, profiles=config.profiles)
         factories.append(api_factory)
         _ApiService(config.api, api_factory, reactor, identity).setServiceParent(top)
     drain = Drain(factories, config.daemon.drain_timeout, reactor, state)

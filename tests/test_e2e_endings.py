@@ -128,3 +128,26 @@ def test_a_bad_record_after_the_handshake_gets_an_alert_not_a_bare_reset(pki: PK
     assert "ALERT" in str(info.value) or "alert" in str(info.value), info.value  # told why, not just reset
     event = poll(lambda: [e for e in log.read_text().splitlines() if "inbound 1 " in e])
     assert event and " client-reset: " in event[-1], log.read_text()[-2000:]
+
+
+def test_a_client_leaving_without_close_notify_is_truncation_and_the_backend_is_reset(
+        pki: PKI, front: tuple[int, Path, Path]) -> None:
+    port, log, backend_log = front
+    before = len([x for x in backend_log.read_text().splitlines() if x.startswith("{")])
+    with tls_client(pki, port) as s:
+        s.sendall(b"ping")
+        assert s.recv(100) == b"ping"
+        socket.socket.shutdown(s, socket.SHUT_WR)  # a FIN, no close_notify
+        with pytest.raises((ConnectionResetError, ssl.SSLError)):  # a reset, never a clean end
+            _read_to_the_end(s)
+    event = poll(lambda: [e for e in log.read_text().splitlines() if " client-truncated: " in e])
+    assert event and "#warn" in event[-1] and "without close_notify" in event[-1], log.read_text()[-2000:]
+    backend: list[dict[str, Any]] = poll(lambda: [json.loads(x) for x in backend_log.read_text().splitlines()
+                                                  if x.startswith("{")][before:])
+    assert backend and "error" in backend[-1], backend  # the backend saw a reset, never a clean end
+
+
+def _read_to_the_end(s: ssl.SSLSocket) -> None:
+    for _ in range(100):
+        if not s.recv(100):
+            return

@@ -147,3 +147,28 @@ def test_an_unchanged_client_stream_survives_many_reloads(front: Front, pki: PKI
             stream.exchange(TOTAL // 4)
         stream.finish()
     assert isinstance(s, ssl.SSLSocket)
+
+
+def test_a_profile_listener_comes_and_goes_with_reload(front: Front, pki: PKI) -> None:
+    """A [[profile]] with its own listener is one more outbound listener: a reload that adds the
+    profile binds it (a connection to it is that profile's), one that removes it closes it."""
+    port, profile_port = free_port(), free_port()
+    outbound = (f'[outbound]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
+                '[[outbound.route]]\nname = "all"\ndestination = "0.0.0.0/0"\nhostname_from = "address"\n')
+    profile = (f'[[profile]]\nname = "strict"\nmatch_users = [4242]\nmin_version = "TLSv1.3"\n'
+               f'listen = "tcp:{profile_port}:interface=127.0.0.1"\n')
+    front.write_config(("app", port), extra=outbound)
+    front.start_as_written()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", profile_port), timeout=5).close()
+    front.write_config(("app", port), extra=outbound + profile)
+    front.hup()
+    front.wait_log("reloaded (SIGHUP)")
+    socket.create_connection(("127.0.0.1", profile_port), timeout=5).close()  # not redirected: refused, logged
+    front.wait_log("profile=strict")
+    front.write_config(("app", port), extra=outbound)
+    front.hup()
+    front.wait_log("reloaded (SIGHUP)", 2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", profile_port), timeout=5).close()
+    assert "Traceback" not in front.log.read_text()

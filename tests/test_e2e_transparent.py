@@ -99,8 +99,10 @@ def test_bad_certificate_resets_and_sends_no_plaintext(lab: Lab, scene: Path, ca
     canary = "canary-" + secrets.token_hex(8)
     r = lab.curl("http://backend.test/", "--resolve", f"backend.test:80:{BAD_SERVER}", "-H", f"X-Canary: {canary}")
     assert r.returncode == 56 and "reset" in r.stderr.lower(), (r.returncode, r.stderr)
-    # The daemon's own ending of the failed handshake: a RST towards the bad server.
-    assert _packets(lab, capture, f"dst host {BAD_SERVER} and dst port 443 and tcp[tcpflags] & tcp-rst != 0")
+    # The daemon's own ending of the failed handshake: its alert, then a FIN, towards the bad
+    # server, which learns why (openssl s_server logs the alert it read).
+    assert _packets(lab, capture, f"dst host {BAD_SERVER} and dst port 443 and tcp[tcpflags] & tcp-fin != 0")
+    assert poll(lambda: "alert certificate expired" in (scene / "s_server-expired.log").read_text())
     assert canary.encode() not in capture.read_bytes()
     assert _packets(lab, capture, "port 80", wait=0) == ""  # nothing ever left for port 80
     event = poll(lambda: [e for e in log_events(scene / "daemon.log") if f"orig_dst={BAD_SERVER}:80 " in e])[-1]

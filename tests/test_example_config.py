@@ -35,6 +35,9 @@ certificates = [ { chain = "/c.pem", key = "/k.pem" } ]
 [api]
 [daemon]
 [admin]
+[[profile]]
+name = "p"
+match_users = [1]
 """
 
 

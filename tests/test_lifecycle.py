@@ -10,11 +10,11 @@ import pytest
 from twisted.internet import error
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ssaproxy.lifecycle import SETUP_BUFFER, Lifecycle, State, connect_outcome
-from ssaproxy.streams import TCPEnd
+from ssaproxy.streams import How, TCPEnd
 from tests.memtls import Transport
 
 
@@ -202,3 +202,30 @@ def test_a_second_relay_replaces_the_idle_timer(world: Any) -> None:
     assert len(idle) == 1
     face.shut_down()
     assert not [c for c in world[0].getDelayedCalls() if c.active()]
+
+
+def test_a_cancelled_connect_is_never_the_record(world: Any) -> None:
+    """Twisted's ConnectingCancelledError is not a CancelledError: a cancel arriving while the
+    connect is still ours must not end the connection as `connect-failed detail=IPv4Address(...)`;
+    the end that made us cancel is the one the record names."""
+    face = accepted(world)
+    assert face.state is State.CONNECTING
+    factory = world[0].tcpClients[-1][2]
+    factory.clientConnectionFailed(None, Failure(error.ConnectingCancelledError(("192.0.2.1", 443))))
+    assert not world[2] and face.state is State.CONNECTING  # no record from the cancel itself
+    face.near.connectionLost(Failure(error.ConnectionLost("TLS error: bad record mac")))
+    assert [e["outcome"] for e in world[2]] == ["client-gone"]
+    assert "bad record mac" in str(world[2][-1]["detail"])
+
+
+@pytest.mark.parametrize("far_ended", [True, False])
+def test_a_client_truncating_after_the_far_sides_end_is_info_else_a_warning(world: Any, far_ended: bool) -> None:
+    face = accepted(world)
+    far, far_t = far_connects(face)
+    assert face.relay is not None
+    if far_ended:
+        far.readConnectionLost()  # the far side's whole stream arrived (FIN)
+    face.relay.end_lost(face.near, How.TRUNCATED, "connection closed without close_notify")
+    (event,) = world[2]
+    assert event["outcome"] == "client-truncated" and far_t.aborted  # the far side still gets its reset
+    assert event["log_level"] == (LogLevel.info if far_ended else LogLevel.warn)

@@ -312,3 +312,19 @@ def test_connections_over_the_limit_are_reset(events: list[dict[str, Any]]) -> N
     assert [t.aborted for t in transports] == [False, False, True]
     assert events[-1]["outcome"] == "overload" and len(factory.active) == 2
     assert events[-1]["client"] == "127.0.0.1:40002"  # who was refused
+
+
+def test_a_verified_connection_reset_at_shutdown_is_logged_as_it_was(pki: PKI, events: list[dict[str, Any]]) -> None:
+    """SIGTERM's drain ends a live relay with `shutdown`; the record still says what was true of
+    it: verified, its TLS version and cipher (it used to say tls=None verified=False)."""
+    proto, client, reactor = tls_route_connection(pki)
+    peer = TLSPeer(reactor, pki)
+    proto.dataReceived(b"EHLO client.test\r\n")
+    peer.pump()
+    assert proto.owner.state is State.RELAYING and peer.received == b"EHLO client.test\r\n"
+    proto.owner.shut_down()
+    assert client.aborted
+    event = events[-1]
+    assert event["outcome"] == "shutdown" and event["verified"] is True, event
+    assert event["tls_version"] in ("TLSv1.2", "TLSv1.3") and event["cipher"], event
+    assert event["bytes_out"] == len(b"EHLO client.test\r\n"), event

@@ -251,3 +251,19 @@ def test_a_truncation_after_the_program_closed_is_still_a_reset_and_says_so(ends
     assert ends.near_t.aborted
     assert ends.outcome == (
         "truncated", "connection closed without close_notify (after the program had closed its side)")
+
+
+def test_a_tls_client_leaving_without_close_notify_is_truncation_and_the_far_side_is_reset(ends: Ends) -> None:
+    ends.relay.end_lost(ends.near, How.TRUNCATED, "connection closed without close_notify")
+    assert ends.far_t.aborted  # never hidden: the far side gets its reset
+    assert ends.outcome == ("client-truncated", "connection closed without close_notify")
+    assert not ends.relay.far_ended
+
+
+def test_after_the_far_sides_end_a_truncating_client_is_marked_benign(ends: Ends) -> None:
+    ends.far.dataReceived(b"the whole answer")
+    ends.far.readConnectionLost()  # the far side's FIN: its stream is complete
+    ends.relay.end_lost(ends.near, How.TRUNCATED, "connection closed without close_notify")
+    assert ends.far_t.aborted
+    assert ends.outcome == ("client-truncated", "connection closed without close_notify after the far side's end")
+    assert ends.relay.far_ended  # the lifecycle logs it at info

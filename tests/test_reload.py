@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ssaproxy.config import Config
-from ssaproxy.reload import stamp, watched_files
+from ssaproxy.reload import _generation_client_contexts, stamp, watched_files
 
 
 def test_every_certificate_key_and_trust_file_is_watched_once_in_document_order() -> None:
@@ -30,3 +30,20 @@ def test_a_file_renamed_over_is_a_change_even_with_the_same_size_and_mtime(tmp_p
     assert before is not None and stamp(str(target)) != before
     target.unlink()
     assert stamp(str(target)) is None
+
+
+def test_a_generation_keeps_one_client_context_per_policy(tmp_path: Path) -> None:
+    """A profile's context is never handed to a connection under [policy] (or the reverse),
+    whichever is asked for first; profile files are watched too."""
+    config = Config.from_toml(
+        '[outbound]\n[[outbound.route]]\ndestination = "10.0.0.0/8"\nhostname = "x.test"\n'
+        '[[profile]]\nname = "p"\nmatch_users = [1]\nmin_version = "TLSv1.3"\n')
+    lookup = _generation_client_contexts(config)
+    strict = lookup(config.profiles[0].policy, None, None)
+    admin = lookup(config.policy, None, None)
+    assert strict is not admin
+    assert lookup(config.profiles[0].policy, None, None) is strict and lookup(config.policy, None, None) is admin
+    with_files = Config.from_toml(
+        '[[profile]]\nname = "p"\nmatch_users = [1]\ntrust_store = "/t/p.pem"\n'
+        'client_certificate = "/t/p.crt"\nclient_key = "/t/p.key"\n')
+    assert watched_files(with_files) == ("/t/p.pem", "/t/p.crt", "/t/p.key")

@@ -89,7 +89,7 @@ class Listener:
             conn.close()  # the reactor holds its own duplicate
 
     def _stream(self) -> _AcceptedStream:
-        check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.factory.policy.min_rsa_bits)
+        check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.control.policy.min_rsa_bits)
         stream = server_stream(self.ctx, check, _AcceptedStream)
         session = self.control._session("accept", self.settings)
         session.on_ready = self._ready

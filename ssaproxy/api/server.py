@@ -44,10 +44,11 @@ from ssaproxy.api.carrier import Carrier
 from ssaproxy.api.contexts import Contexts
 from ssaproxy.api.handover import close_fd, take
 from ssaproxy.api.listener import Listener, adopt_carrier_or_fail
+from ssaproxy.api.profiles import Chooser
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
-from ssaproxy.api.session import Creds, Limits, TLSSession
+from ssaproxy.api.session import Creds, Limits, TLSSession, identity_of
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, int_value, server_context
-from ssaproxy.config import Api, Policy, is_valid_hostname
+from ssaproxy.config import Api, Policy, Profile, is_valid_hostname
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
@@ -77,9 +78,12 @@ class ApiFactory(Factory):
     face = "api"  # for the drain's counts
     log = Logger()
 
-    def __init__(self, api: Api, policy: Policy, reactor: Any, nofile: Optional[int] = _UNSET) -> None:
+    def __init__(self, api: Api, policy: Policy, reactor: Any, nofile: Optional[int] = _UNSET,
+                 profiles: tuple[Profile, ...] = ()) -> None:
         self.api = api
         self.policy = policy
+        self.profiles = profiles
+        self.chooser = Chooser(profiles)  # [[profile]]: the first that matches a program's credentials
         self.reactor = reactor
         self.limits = Limits(api.connect_timeout, api.handshake_timeout, api.session_idle_timeout)
         self.active: set[Any] = set()  # TLS sessions and listeners, for shutdown
@@ -141,6 +145,8 @@ class Control(Protocol):
         self.conn = c.Connection(c.Role.DAEMON)
         self.settings = Settings()
         self.creds: Optional[Creds] = None
+        self.profile: Optional[Profile] = None  # the program's [[profile]], once connected
+        self.policy = factory.policy  # the profile's policy, or the admin's
         self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
         self.listener: Optional[Listener] = None
         self.closed = False
@@ -156,6 +162,9 @@ class Control(Protocol):
         assert self.transport is not None
         self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]  # before any refusal
         self.uid = self.creds.uid
+        self.profile = self.factory.chooser.choose(self.creds)
+        if self.profile is not None:
+            self.policy = self.profile.policy
         why = self.factory.ledger.take(self.uid, Resource.CONTROLS)
         if why is not None:
             self._refuse(errno.EAGAIN, f"too many API connections: {why}", "limit-controls")
@@ -293,7 +302,7 @@ class Control(Protocol):
                 self._refuse(e.code, e.text)
 
     def _dispatch(self, event: c.Event) -> None:
-        policy = self.factory.policy
+        policy = self.policy
         if isinstance(event, c.Hello):
             self._disarm("hello")
             self._reply(c.Welcome(wire.VERSION, self.control_id))
@@ -382,8 +391,8 @@ class Control(Protocol):
         say a certificate whose key is below the policy's security level."""
         try:
             if server:
-                return server_context(self.settings, self.factory.policy)
-            return client_context(self.settings, self.factory.policy)
+                return server_context(self.settings, self.policy)
+            return client_context(self.settings, self.policy, identity_of(self.profile))
         except ApiError:
             raise
         except Exception as e:  # noqa: BLE001 - OpenSSL's verdict on the program's material
@@ -414,8 +423,9 @@ class Control(Protocol):
         if why is not None:
             raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
         try:
-            session = TLSSession(reactor=self.factory.reactor, policy=self.factory.policy, settings=settings,
-                                 limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active)
+            session = TLSSession(reactor=self.factory.reactor, policy=self.policy, settings=settings,
+                                 limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active,
+                                 profile=self.profile)
         except BaseException:
             ledger.give(self.uid, Resource.SESSIONS)
             raise

@@ -23,7 +23,7 @@ from ssaproxy.addresses import host_port, plain_address
 from ssaproxy.api.carrier import Carrier, make_pair
 from ssaproxy.api.handover import adopt_connection
 from ssaproxy.api.settings import Settings, client_context
-from ssaproxy.config import Policy
+from ssaproxy.config import Policy, Profile
 from ssaproxy.kernel import Creds
 from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import Identity
@@ -37,7 +37,7 @@ from ssaproxy.tls.context import negotiated_alpn
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, PeerCheck, Verifier
 
-__all__ = ["Creds", "Limits", "TLSSession", "adopt_carrier", "info"]
+__all__ = ["Creds", "Limits", "TLSSession", "adopt_carrier", "identity_of", "info"]
 
 
 class Limits:
@@ -59,6 +59,13 @@ def adopt_carrier(reactor: Any, owner: TLSSession) -> tuple[Carrier, socket.sock
     finally:
         daemon_end.close()  # the reactor holds its own duplicate
     return carrier, program_end
+
+
+def identity_of(profile: Optional[Profile]) -> Optional[tuple[str, str]]:
+    """The client certificate and key files a program's profile presents for it, if any."""
+    if profile is None or profile.client_certificate is None or profile.client_key is None:
+        return None
+    return profile.client_certificate, profile.client_key
 
 
 def _version_number(conn: SSL.Connection) -> int:
@@ -125,11 +132,11 @@ class TLSSession(Lifecycle):
     kind = "api session"
     log_format = ("api session {session} {op} {outcome}: pid={pid} uid={uid} gid={gid} exe={exe} target={target} "
                   "peer={peer} hostname={hostname} verified={verified} resumed={resumed} tls={tls_version} "
-                  "cipher={cipher} sni={sni} alpn={alpn} bytes_out={bytes_out} bytes_in={bytes_in} "
-                  "duration={duration}s detail={detail}")
+                  "cipher={cipher} sni={sni} alpn={alpn} profile={profile} bytes_out={bytes_out} "
+                  "bytes_in={bytes_in} duration={duration}s detail={detail}")
 
     def __init__(self, *, reactor: Any, policy: Policy, settings: Settings, limits: Limits, creds: Creds,
-                 op: str, active: set[TLSSession]) -> None:
+                 op: str, active: set[TLSSession], profile: Optional[Profile] = None) -> None:
         super().__init__(reactor, active)
         active.add(self)
         self.policy = policy
@@ -137,6 +144,8 @@ class TLSSession(Lifecycle):
         self.limits = limits
         self.creds = creds
         self.op = op  # connect | upgrade-client | upgrade-server | accept
+        self.profile = profile  # the [[profile]] whose policy applies (None: the admin's [policy])
+        self.identity = identity_of(profile)
         self.check: Optional[PeerCheck] = None
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -194,7 +203,7 @@ class TLSSession(Lifecycle):
         self._handshaking(stream)
 
     def _client_stream(self, identity: Identity, peer: str, port: int) -> TLSStream:
-        ctx = client_context(self.settings, self.policy)
+        ctx = client_context(self.settings, self.policy, self.identity)
         bits = self.policy.min_rsa_bits
         resume = session_key(ctx, identity, peer, port, bits, self.settings.alpn, self.creds.uid) \
             if self.settings.reuses(self.policy) else None
@@ -332,4 +341,5 @@ class TLSSession(Lifecycle):
             else None,
             "tls_version": self.facts.get("tls_version"), "cipher": self.facts.get("cipher"),
             "resumed": self.facts.get("resumed"), "sni": self.facts.get("sni"), "alpn": self.facts.get("alpn"),
+            "profile": self.profile.name if self.profile is not None else None,
             **self.creds.fields()}

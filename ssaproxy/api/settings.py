@@ -22,7 +22,15 @@ from OpenSSL import SSL, crypto
 from ssaproxy.addresses import is_ip_literal
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
-from ssaproxy.tls.context import CIPHER_FLOOR, REQUIRE_PEER, Tickets, load_trust, new_context, strict_checks
+from ssaproxy.tls.context import (
+    CIPHER_FLOOR,
+    REQUIRE_PEER,
+    Tickets,
+    load_trust,
+    new_context,
+    strict_checks,
+    use_identity,
+)
 from ssaproxy.tls.paths import PathValidator
 
 _MAX_PEM = 256 * 1024
@@ -350,15 +358,18 @@ def _trust(ctx: SSL.Context, settings: Settings, policy: Policy, *, client_cas: 
     strict_checks(ctx, PathValidator(anchors))  # a program's own anchors: always strict
 
 
-def client_context(settings: Settings, policy: Policy) -> SSL.Context:
+def client_context(settings: Settings, policy: Policy, identity: Optional[tuple[str, str]] = None) -> SSL.Context:
     """One context (and so one pool of cached sessions) for every program socket with these
-    settings, whether or not it reuses sessions."""
-    return _client_context(attrs.evolve(settings, session_reuse=None), policy)
+    settings, whether or not it reuses sessions.  `identity`: the (chain, key) files of the
+    program's [[profile]], presented when the program gave no certificate of its own."""
+    return _client_context(attrs.evolve(settings, session_reuse=None), policy, identity)
 
 
 @functools.lru_cache(maxsize=64)
-def _client_context(settings: Settings, policy: Policy) -> SSL.Context:
+def _client_context(settings: Settings, policy: Policy, identity: Optional[tuple[str, str]]) -> SSL.Context:
     ctx = _base(settings, policy, server=False, verify=REQUIRE_PEER)
+    if identity is not None and settings.chain_pem is None:
+        use_identity(ctx, *identity)
     _trust(ctx, settings, policy)
     return ctx
 

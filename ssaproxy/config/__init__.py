@@ -29,11 +29,13 @@ from ssaproxy.config.endpoints import IPAddress, ListenAddress, Listener, is_val
 from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, TLS_VERSIONS, Action, HostnameSource, TLSVersion
 from ssaproxy.config.inbound import CLIENT_AUTH, PROFILE_MIN_VERSION, Backend, Certificate, Inbound
 from ssaproxy.config.outbound import Outbound, Route
+from ssaproxy.config.profiles import PROFILE_RULES, Profile
 
 __all__ = [
     "ACTIONS", "CLIENT_AUTH", "DEFAULT_ADMIN_LISTEN", "DEFAULT_API_SOCKET", "DEFAULT_CIPHERS",
     "DEFAULT_CIPHERSUITES", "DEFAULT_CONFIG_TOML", "DEFAULT_GROUPS", "DEFAULT_SOURCE", "HOSTNAME_SOURCES",
-    "PROFILE_MIN_VERSION", "TLS_VERSIONS", "Action", "Admin", "Api", "Backend", "Certificate", "Config", "Daemon",
+    "PROFILE_MIN_VERSION", "PROFILE_RULES", "TLS_VERSIONS", "Action", "Admin", "Api", "Backend", "Certificate",
+    "Config", "Daemon",
     "HostnameSource", "IPAddress", "Inbound", "Iptables", "ListenAddress", "Listener", "Outbound", "Policy",
-    "Route", "TLSVersion", "is_valid_hostname", "parse_listener",
+    "Profile", "Route", "TLSVersion", "is_valid_hostname", "parse_listener",
 ]

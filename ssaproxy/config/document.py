@@ -19,10 +19,11 @@ from typing import Any, Mapping, Optional
 
 import attrs
 
-from ssaproxy.config.endpoints import IPAddress, ListenAddress
+from ssaproxy.config.endpoints import IPAddress, ListenAddress, parse_listener
 from ssaproxy.config.enums import TLS_VERSIONS, TLSVersion
 from ssaproxy.config.inbound import Inbound, parse_inbound
 from ssaproxy.config.outbound import Outbound, parse_outbound
+from ssaproxy.config.profiles import Profile, parse_profiles
 from ssaproxy.config.reader import Network, Reader, line_of
 from ssaproxy.errors import ConfigError
 
@@ -59,15 +60,18 @@ class Policy:
     session_lifetime: float = 3600.0  # seconds a session is offered (and a ticket is valid) at most
 
 
-def parse_policy(r: Reader) -> Policy:
-    d = Policy()
+def parse_policy(r: Reader, base: Optional[Policy] = None) -> Policy:
+    """`[policy]`, or (with `base`, the admin's) the policy keys of a `[[profile]]`: a key not
+    given keeps `base`'s value, so every key read here can be set per profile
+    (config/profiles.py says which may, and how far)."""
+    d = base or Policy()
     min_v = TLSVersion(r.one_of("min_version", r.take("min_version", str, d.min_version.value), TLS_VERSIONS))
     max_v = TLSVersion(r.one_of("max_version", r.take("max_version", str, d.max_version.value), TLS_VERSIONS))
     r.check("min_version", min_v.rank <= max_v.rank, f"min_version {min_v} is above max_version {max_v}")
     ciphers: str = r.take("ciphers", str, d.ciphers)
     suites: str = r.take("ciphersuites", str, d.ciphersuites)
     groups: str = r.take("groups", str, d.groups)
-    trust: Optional[str] = r.take("trust_store", str, None)
+    trust: Optional[str] = r.take("trust_store", str, d.trust_store)
     if trust is not None:
         r.check("trust_store", trust != "",
                 "must be a path to a PEM bundle or a hashed directory (omit it for the system store)")
@@ -207,11 +211,33 @@ def parse_admin(r: Reader) -> Admin:
     return Admin(listen=listen)
 
 
-def _no_shared_ports(outbound: Outbound, inbound: tuple[Inbound, ...], admin: Optional[Admin]) -> None:
+def _profile_listeners(outbound: Outbound, profiles: tuple[Profile, ...]) -> None:
+    """A profile's listener takes its programs' redirected connections for every routed address
+    family (else the general rule would quietly give them the admin's policy), on a port of its
+    own (the daemon tells profiles apart by the port a connection arrived on)."""
+    general = {parse_listener(x).port for x in outbound.listen}
+    for i, profile in enumerate(profiles):
+        if not profile.listen:
+            continue
+        key = f"profile[{i}].listen"
+        if not outbound.routes:
+            raise ConfigError(key, "a profile's listener needs [[outbound.route]] tables (nothing is redirected)")
+        families = {parse_listener(x).family for x in profile.listen}
+        for family in sorted({r.destination.version for r in outbound.routes} - families):
+            raise ConfigError(key, f"routes for IPv{family} destinations need a {'tcp6' if family == 6 else 'tcp'} "
+                                   "listener in this profile too")
+        clash = sorted(general & set(profile.ports))
+        if clash:
+            raise ConfigError(key, f"port(s) {clash} are [outbound] listen ports: a profile needs its own")
+
+
+def _no_shared_ports(outbound: Outbound, inbound: tuple[Inbound, ...], admin: Optional[Admin],
+                     profiles: tuple[Profile, ...] = ()) -> None:
     """Refuse two listeners the kernel would not let bind together: the same port on the same
     address, or on addresses that overlap (0.0.0.0 takes every IPv4 address; [::] takes every
     address of both families, IPv4 too, as Linux binds it by default).  The later one is named."""
     listeners = [("outbound.listen", text) for text in outbound.listen]
+    listeners += [(f"profile[{i}].listen", text) for i, p in enumerate(profiles) for text in p.listen]
     listeners += [(f"inbound[{i}].listen", x.listen) for i, x in enumerate(inbound)]
     if admin is not None:
         listeners.append(("admin.listen", admin.listen))
@@ -280,6 +306,7 @@ class Config:
     api: Optional[Api] = None  # None: no [api] table, no local socket API
     daemon: Daemon = Daemon()
     admin: Optional[Admin] = None  # None: no [admin] table, no admin endpoint
+    profiles: tuple[Profile, ...] = ()  # [[profile]]: per-application policy, first match wins
     source: str = DEFAULT_SOURCE
     # The TOML text this value was parsed from (None: built from a mapping), for line numbers.
     _text: Optional[str] = attrs.field(default=None, eq=False, hash=False, repr=False)
@@ -330,10 +357,21 @@ class Config:
         api = parse_api(r.table("api")) if "api" in r.data else None
         daemon = parse_daemon(r.table("daemon"))
         admin = parse_admin(r.table("admin")) if "admin" in r.data else None
+        profiles = parse_profiles(r, policy, parse_policy)
         r.done()
-        _no_shared_ports(outbound, inbound, admin)
+        _profile_listeners(outbound, profiles)
+        _no_shared_ports(outbound, inbound, admin, profiles)
         return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, api=api, daemon=daemon,
-                   admin=admin, source=source)
+                   admin=admin, profiles=profiles, source=source)
+
+    @property
+    def outbound_listen(self) -> tuple[str, ...]:
+        """Every transparent outbound listener: `[outbound] listen`, then each profile's."""
+        return self.outbound.listen + tuple(x for p in self.profiles for x in p.listen)
+
+    def profile_for_port(self, port: int) -> Optional[Profile]:
+        """The profile whose own outbound listener has `port` (None: the general listener)."""
+        return next((p for p in self.profiles if port in p.ports), None)
 
     def idle_reason(self) -> Optional[str]:
         """Why this configuration, though valid, would have the daemon do nothing useful (None:

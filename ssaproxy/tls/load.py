@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from ssaproxy.config import Config, Inbound, Policy
+from ssaproxy.config import Config, Inbound, Policy, Profile
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import CIPHER_FLOOR, set_groups
 from ssaproxy.tls.paths import load_anchors
@@ -58,6 +58,8 @@ def check_config(config: Config) -> None:
                 path = f"outbound.route[{i}]"
                 load_certificate(route.client_certificate, route.client_key,
                                  f"{path}.client_certificate", f"{path}.client_key")
+        for i, profile in enumerate(config.profiles):
+            _check_profile(profile, config.policy, f"profile[{i}]")
         if config.api is not None and config.api.group is not None:
             try:
                 grp.getgrnam(config.api.group)
@@ -140,6 +142,69 @@ def _check_policy(policy: Policy) -> None:
     _openssl_judges("policy.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None:
         _check_trust_store("policy.trust_store", policy.trust_store)
+
+
+def _check_profile(profile: Profile, admin: Policy, path: str) -> None:
+    """What only OpenSSL and the system can judge of a profile: its suites are among the
+    admin's (a profile tightens), its trust store loads, its users, groups and identity exist."""
+    policy = profile.policy
+    for field, judge, tls13 in (("ciphers", _check_ciphers, False), ("ciphersuites", _check_ciphersuites, True)):
+        mine, theirs = getattr(policy, field), getattr(admin, field)
+        if mine != theirs:
+            _openssl_judges(f"{path}.{field}", mine, judge)
+            extra = sorted(set(suites(mine, tls13=tls13)) - set(suites(theirs, tls13=tls13)))
+            if extra:
+                raise ConfigError(f"{path}.{field}", f"a profile may tighten, not loosen: {', '.join(extra)} not "
+                                                     f"allowed by the admin's [policy] {field}")
+    if policy.groups != admin.groups:
+        _openssl_judges(f"{path}.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
+    if policy.trust_store is not None and policy.trust_store != admin.trust_store:
+        _check_trust_store(f"{path}.trust_store", policy.trust_store)
+    for name in profile.users:
+        if not name.isdigit():
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                raise ConfigError(f"{path}.match_users", f"no such user {name!r}") from None
+    for name in profile.groups:
+        if not name.isdigit():
+            try:
+                grp.getgrnam(name)
+            except KeyError:
+                raise ConfigError(f"{path}.match_groups", f"no such group {name!r}") from None
+    if profile.client_certificate is not None and profile.client_key is not None:
+        load_certificate(profile.client_certificate, profile.client_key, f"{path}.client_certificate",
+                         f"{path}.client_key")
+
+
+def suites(value: str, *, tls13: bool, floor: bool = True) -> list[str]:
+    """The suite names an OpenSSL string gives: TLS 1.3 `ciphersuites`, or a TLS 1.2 `ciphers`
+    list (with ssaproxy's floor appended unless `floor` is False)."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    if tls13:
+        ctx.set_cipher_list(b"ECDHE+AESGCM")
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.set_tls13_ciphersuites(value.encode("ascii"))
+    else:
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_cipher_list((value + (CIPHER_FLOOR if floor else ":@SECLEVEL=0")).encode("ascii"))
+    return SSL.Connection(ctx).get_cipher_list()
+
+
+def floor_removes(config: Config) -> list[tuple[str, list[str]]]:
+    """For `ssaproxy check-config`: each `ciphers` key whose string names TLS 1.2 suites that
+    ssaproxy's floor (tls.context.CIPHER_FLOOR: no RSA key exchange, no SHA-1 MAC, security
+    level 2, ...) will silently drop, with those suites."""
+    out: list[tuple[str, list[str]]] = []
+    keyed = [("policy.ciphers", config.policy.ciphers)]
+    keyed += [(f"profile[{i}].ciphers", p.policy.ciphers) for i, p in enumerate(config.profiles)
+              if p.policy.ciphers != config.policy.ciphers]
+    for key, value in keyed:
+        kept = set(suites(value, tls13=False))
+        dropped = [name for name in suites(value, tls13=False, floor=False) if name not in kept]
+        if dropped:
+            out.append((key, dropped))
+    return out
 
 
 def _check_ciphers(value: str) -> None:

@@ -35,9 +35,12 @@ class TLSStream(End):
     """One TLS connection on a TCP transport, as a stream end.  Events go to `sink`: ready
     once the handshake and our verification passed, then data, eof (close_notify) and lost.
 
-    `server=True` takes the accepting side; there, a handshake or verification failure sends
-    the alert and lets the peer read it before the connection is reset, because the peer is a
-    TLS client that deserves to learn why (a relay's upstream side just resets).
+    `server=True` takes the accepting side.  On either side, a TLS error (a failed handshake
+    or verification, or a bad record after the handshake) sends OpenSSL's alert with a FIN and
+    lets the peer read it before the connection is reset, because a peer deserves to learn
+    why.  The sink of a server side hears of the failure when the connection ends (its refused
+    client is still reading the alert); a client side's sink hears at once, so the program
+    behind it gets its reset without waiting for the server.
     """
 
     def __init__(self, connection: SSL.Connection, verifier: PeerCheck, *, server: bool = False) -> None:
@@ -267,14 +270,21 @@ class TLSStream(End):
             self._failed = (how, detail)
         if self.transport is None:
             return
-        if alert and self.server and self.connected:
+        if alert and self.connected:
             # The alert is in the TCP transport's buffer: send it with a FIN, keep reading (and
-            # discarding) so the client's in-flight data cannot turn our close into an early RST
-            # that destroys the alert, and reset only if the client lingers.
+            # discarding) so the peer's in-flight data cannot turn our close into an early RST
+            # that destroys the alert, and reset only if the peer lingers.
             tcp(self.transport).loseWriteConnection()
             reactor = getattr(self.transport, "reactor", None)
             if reactor is not None:
                 self._linger = reactor.callLater(_ALERT_LINGER, self._linger_over)
+            if not self.server:
+                # Our side of a relay (an upstream, the API's peer): the program must not wait
+                # for the server to read the alert; it hears of the failure now, and this end
+                # goes on alone until the peer closes or the linger ends.
+                sink, self.sink = self.sink, None
+                if sink is not None:
+                    sink.end_lost(self, *self._failed)
             return
         reset(self.transport)
 
