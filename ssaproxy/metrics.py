@@ -46,6 +46,9 @@ BYTES = Counter("ssaproxy_bytes", "Bytes relayed, counted when a connection ends
                 registry=REGISTRY)
 VERIFY_FAILURES = Counter("ssaproxy_verify_failures", "Certificate verification failures, by face and reason class",
                           ["kind", "reason"], registry=REGISTRY)
+REVOCATION = Counter("ssaproxy_revocation_checks", "Revocation verdicts on peer certificates, by face, result "
+                     "(good, revoked, unknown-allowed, unknown-refused) and where the answer came from",
+                     ["kind", "result", "source"], registry=REGISTRY)
 RELOADS = Counter("ssaproxy_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)
 LAST_RELOAD = Gauge("ssaproxy_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful configuration reload", registry=REGISTRY)
@@ -61,7 +64,7 @@ VERIFY_REASONS = ("expired", "not-yet-valid", "hostname-mismatch", "untrusted", 
 _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("expired", ("has expired", "crl has expired")),
     ("not-yet-valid", ("not yet valid",)),
-    ("revoked", ("revoked",)),
+    ("revoked", ("revoked", "revocation", "stapled ocsp")),
     ("hostname-mismatch", ("identity mismatch", "hostname mismatch", "ip address mismatch")),
     ("not-allowed", ("identity not allowed", "no client certificate")),
     ("weak", ("key of", "dsa keys", "ec key on", "signed with", "too weak", "unsupported signature algorithm")),
@@ -92,6 +95,10 @@ def connected(kind: str, seconds: float) -> None:
 
 def handshaken(kind: str, side: str, seconds: float) -> None:
     HANDSHAKE_SECONDS.labels(kind=kind, side=side).observe(max(seconds, 0.0))
+
+
+def revocation(kind: str, result: str, source: str) -> None:
+    REVOCATION.labels(kind=kind, result=result, source=source).inc()
 
 
 def verify_failed(kind: str, detail: Optional[str]) -> None:

@@ -28,6 +28,7 @@ from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
 from ssaproxy.streams import End, How, TCPEnd
 from ssaproxy.tls.connection import client_stream
 from ssaproxy.tls.context import client_context
+from ssaproxy.tls.revcheck import for_connection
 from ssaproxy.tls.stream import TLSStream
 
 if TYPE_CHECKING:
@@ -144,7 +145,8 @@ class OutboundConnection(Lifecycle):
             self.hostname = str(decision.identity)
             policy = self.config.policy
             ctx = self.client_context(policy, decision.client_certificate, decision.client_key)
-            self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits), decision.port)
+            revocation = for_connection(self.reactor, policy, self.route.revocation if self.route else None, self.kind)
+            self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits, revocation), decision.port)
 
     def _connect(self, end: End, port: int) -> None:
         assert self.orig is not None

@@ -34,6 +34,7 @@ from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls._openssl import session_reused
 from ssaproxy.tls.connection import client_stream, server_stream
 from ssaproxy.tls.context import negotiated_alpn
+from ssaproxy.tls.revcheck import for_connection
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, PeerCheck, Verifier
 
@@ -190,7 +191,9 @@ class TLSSession(Lifecycle):
         self._handshaking(stream)
 
     def _client_stream(self, identity: Identity) -> TLSStream:
-        stream = client_stream(client_context(self.settings, self.policy), identity, self.policy.min_rsa_bits)
+        revocation = for_connection(self.reactor, self.policy, self.settings.revocation_mode(self.policy), self.kind)
+        stream = client_stream(client_context(self.settings, self.policy), identity, self.policy.min_rsa_bits,
+                               revocation)
         self.check = stream.verifier
         return stream
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 import attrs
 
 from ssaproxy.config.endpoints import IPAddress, ListenAddress
-from ssaproxy.config.enums import TLS_VERSIONS, TLSVersion
+from ssaproxy.config.enums import REVOCATION_MODES, TLS_VERSIONS, TLSVersion
 from ssaproxy.config.inbound import Inbound, parse_inbound
 from ssaproxy.config.outbound import Outbound, parse_outbound
 from ssaproxy.config.reader import Network, Reader, line_of
@@ -48,6 +48,11 @@ class Policy:
     groups: str = DEFAULT_GROUPS
     trust_store: Optional[str] = None  # None: the system bundle
     min_rsa_bits: int = 2048
+    # Revocation (docs/revocation.md): "soft" refuses what is known revoked and lets unknown pass
+    # (logged); "hard" also refuses unknown; routes and listeners may say otherwise.
+    revocation: str = "soft"
+    crl_files: tuple[str, ...] = ()
+    revocation_timeout: float = 5.0  # seconds for one OCSP or CRL fetch
 
 
 def parse_policy(r: Reader) -> Policy:
@@ -63,9 +68,15 @@ def parse_policy(r: Reader) -> Policy:
         r.check("trust_store", trust != "", "must be a path to a PEM bundle (omit it for the system store)")
     rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
     r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
+    revocation: str = r.one_of("revocation", r.take("revocation", str, d.revocation), REVOCATION_MODES)
+    crl_files = tuple(r.take("crl_files", list, []))
+    r.check("crl_files", all(isinstance(f, str) and f.startswith("/") for f in crl_files),
+            "must be an array of absolute paths to CRL files (PEM or DER)")
+    rev_timeout = r.timeout("revocation_timeout", d.revocation_timeout)
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
-                  groups=groups, trust_store=trust, min_rsa_bits=rsa)
+                  groups=groups, trust_store=trust, min_rsa_bits=rsa, revocation=revocation, crl_files=crl_files,
+                  revocation_timeout=rev_timeout)
 
 
 DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import attrs
 
 from ssaproxy.config.endpoints import IPAddress, is_valid_hostname, parse_listener
-from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, Action, HostnameSource
+from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, REVOCATION_MODES, Action, HostnameSource
 from ssaproxy.config.reader import Network, Reader
 from ssaproxy.errors import ConfigError
 
@@ -37,6 +37,7 @@ class Route:
     hostname_from: Optional[HostnameSource] = attrs.field(default=None, converter=_hostname_source)
     client_certificate: Optional[str] = None  # an identity to present upstream (mTLS)
     client_key: Optional[str] = None
+    revocation: Optional[str] = None  # None: [policy] revocation
 
     def matches(self, ip: IPAddress, port: int) -> bool:
         return (
@@ -113,6 +114,9 @@ def parse_route(r: Reader, index: int) -> Route:
     client_key: Optional[str] = r.take("client_key", str, None)
     r.check("client_key" if client_cert else "client_certificate", (client_cert is None) == (client_key is None),
             "client_certificate and client_key go together")
+    revocation: Optional[str] = r.take("revocation", str, None)
+    if revocation is not None:
+        r.one_of("revocation", revocation, REVOCATION_MODES)
     if hostname is not None:
         r.check("hostname", is_valid_hostname(hostname), f"not a valid DNS name: {hostname!r}")
         r.check("hostname", hostname_from is None, "give either hostname or hostname_from, not both")
@@ -123,10 +127,10 @@ def parse_route(r: Reader, index: int) -> Route:
                 "an upgrade route needs hostname or hostname_from (the name to verify)")
     else:
         for key, value in (("hostname", hostname), ("hostname_from", hostname_from), ("tls_port", tls_port),
-                           ("client_certificate", client_cert)):
+                           ("client_certificate", client_cert), ("revocation", revocation)):
             r.check(key, value is None, f"only applies to action = \"upgrade\", not {action!r}")
     r.done()
     return Route(name=name, destination=destination, ports=ports, action=Action(action), tls_port=tls_port,
                  hostname=hostname.rstrip(".") if hostname else None,
                  hostname_from=HostnameSource(hostname_from) if hostname_from is not None else None,
-                 client_certificate=client_cert, client_key=client_key)
+                 client_certificate=client_cert, client_key=client_key, revocation=revocation)

@@ -6,11 +6,12 @@ and sends SNI only for a DNS name: RFC 6066 forbids IP literals in server_name.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Optional, TypeVar
 
 from OpenSSL import SSL
 
 from ssaproxy.policy import Identity
+from ssaproxy.tls.revcheck import RevocationCheck
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, Verifier
 
@@ -21,11 +22,16 @@ def verifier_for(identity: Identity, min_rsa_bits: int) -> Verifier:
     return Verifier(ip=identity.ip, min_rsa_bits=min_rsa_bits)
 
 
-def client_stream(ctx: SSL.Context, identity: Identity, min_rsa_bits: int) -> TLSStream:
-    """Client-side TLS to a peer that must prove `identity`."""
+def client_stream(ctx: SSL.Context, identity: Identity, min_rsa_bits: int,
+                  revocation: Optional[RevocationCheck] = None) -> TLSStream:
+    """Client-side TLS to a peer that must prove `identity` (and, with `revocation`, not be
+    revoked: the server is asked to staple)."""
     verifier = verifier_for(identity, min_rsa_bits)
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(verifier)
+    if revocation is not None:
+        verifier.revocation = revocation
+        conn.request_ocsp()
     if identity.dns_name is not None:
         conn.set_tlsext_host_name(identity.dns_name.encode("ascii"))
     return TLSStream(conn, verifier)
@@ -34,9 +40,11 @@ def client_stream(ctx: SSL.Context, identity: Identity, min_rsa_bits: int) -> TL
 S = TypeVar("S", bound=TLSStream)
 
 
-def server_stream(ctx: SSL.Context, check: ClientCheck, kind: type[S]) -> S:
+def server_stream(ctx: SSL.Context, check: ClientCheck, kind: type[S],
+                  revocation: Optional[RevocationCheck] = None) -> S:
     """Server-side TLS (as a `kind` of stream); `check` judges the client's certificate, if one
-    is asked for."""
+    is asked for, and `revocation` whether it is revoked."""
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(check)
+    check.revocation = revocation
     return kind(conn, check, server=True)

@@ -20,6 +20,7 @@ from ssaproxy.config import PROFILE_MIN_VERSION, Inbound, Policy, TLSVersion
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import REQUIRE_PEER, new_context, strict_checks, use_identity
 from ssaproxy.tls.load import LoadedCertificate, load_certificates
+from ssaproxy.tls.stapling import stapler_for
 
 
 def versions(inbound: Inbound, policy: Policy) -> tuple[TLSVersion, TLSVersion]:
@@ -38,6 +39,12 @@ def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
         groups.setdefault(cert.names, []).append(cert)
     contexts = [(names, _group_context(inbound, policy, certs)) for names, certs in groups.items()]
     default = contexts[0][1]
+    if inbound.ocsp_stapling:  # one stapler for the listener, on every context (tls/stapling.py)
+        stapler = stapler_for(inbound.name, [c.chain for c in inbound.certificates], inbound.ocsp_response_file,
+                              f"inbound.{inbound.name}.ocsp_response_file")
+        for _, ctx in contexts:
+            ctx.set_ocsp_server_callback(stapler.callback)
+        default.set_app_data(stapler)
 
     def pick(conn: SSL.Connection) -> None:
         raw = conn.get_servername()

@@ -52,6 +52,7 @@ class TLSStream(End):
         self._tcp_eof = False
         self._close_after_pending = False
         self._linger: Any = None
+        self._checking = False  # handshake over, revocation check running
 
     # ---- Twisted events
     @guarded
@@ -68,6 +69,8 @@ class TLSStream(End):
         if self._failed or self._aborting:
             return
         self.tls.bio_write(data)
+        if self._checking:
+            return  # held in OpenSSL until the revocation check is over
         if not self.handshake_done:
             self._handshake()
             if not self.handshake_done:
@@ -203,9 +206,33 @@ class TLSStream(End):
             reason = str(self.verifier.error or "certificate was not verified")
             self._fail(How.VERIFY_FAILED, reason, alert=True)
             return
+        revocation = self.verifier.revocation
+        if revocation is not None:  # ready once the revocation check passed (tls/revcheck.py)
+            self._checking = True
+            revocation.after_handshake(self.tls, self._revocation_verdict, client=not self.server)
+            return
+        self._ready()
+
+    def _ready(self) -> None:
         self.handshake_done = True
         if self.sink is not None:
             self.sink.end_ready(self)
+
+    @guarded
+    def _revocation_verdict(self, why: Optional[str]) -> None:
+        self._checking = False
+        if self._failed or self._aborting or self.transport is None:
+            return
+        if why is not None:
+            self.verifier.fail_revocation(why)
+            self._fail(How.VERIFY_FAILED, str(self.verifier.error), alert=True)
+            return
+        self._ready()
+        if self.handshake_done and not self._failed:  # what arrived meanwhile, both ways
+            self._read_plaintext()
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            for chunk in pending:
+                self.write(chunk)
 
     def _read_plaintext(self) -> None:
         while not self._failed and not self._aborting:

@@ -13,7 +13,7 @@ that was somehow never called cannot mean "accepted").
 from __future__ import annotations
 
 import ipaddress
-from typing import Optional
+from typing import Any, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -39,6 +39,8 @@ class PeerCheck:
         self.leaf_passed = False
         self._anchor_depth: Optional[int] = None  # OpenSSL reports the trust anchor first
         self.presented = False  # the peer sent a certificate (chain)
+        self.by_depth: dict[int, x509.Certificate] = {}  # the verified chain, as OpenSSL walked it
+        self.revocation: Optional[Any] = None  # a tls.revcheck.RevocationCheck, when one applies
 
     @property
     def verified(self) -> bool:
@@ -58,7 +60,7 @@ class PeerCheck:
             return self.fail(VerificationFailed(_openssl_reason(code), code=code, depth=depth))
         if self._anchor_depth is None:
             self._anchor_depth = depth
-        c = cert.to_cryptography()
+        c = self.by_depth[depth] = cert.to_cryptography()
         anchor = depth == self._anchor_depth and c.issuer == c.subject
         problem = _key_problem(c, self.min_rsa_bits) or (None if anchor else _signature_problem(c))
         if problem:
@@ -71,7 +73,14 @@ class PeerCheck:
             if self.error is not None:
                 return False
             self.leaf_passed = True
-        return True
+            self._revocation_in_handshake()
+        return self.error is None
+
+    def _revocation_in_handshake(self) -> None:
+        """A server judges its client's revocation here (a client does in the status callback)."""
+
+    def fail_revocation(self, why: str) -> None:
+        self.fail(VerificationFailed(why, depth=0))
 
     def accept(self, conn: SSL.Connection) -> bool:
         """After a finished handshake: may this connection carry data?"""
@@ -136,6 +145,13 @@ class ClientCheck(PeerCheck):
         if self.error is None and ("did not return a certificate" in reason or "certificate required" in reason):
             return "no client certificate"  # OpenSSL's own refusal (certificate_required alert)
         return super().explain(openssl_reason)
+
+    def _revocation_in_handshake(self) -> None:
+        if self.revocation is not None:
+            chain = [self.by_depth[d] for d in sorted(self.by_depth)]
+            why = self.revocation.in_handshake(chain, None, client=False)
+            if why is not None:
+                self.fail_revocation(why)
 
     def accept(self, conn: SSL.Connection) -> bool:
         if conn.get_peer_certificate() is None:
