@@ -138,7 +138,7 @@ class Revocation:
             answers.append(rv.judge_ocsp(staple, cert, issuer, at))
         answers += [rv.judge_crl(crl, cert, issuer, at) for crl in self._file_crls()]
         if use_cache:
-            cached = self.ocsp_cache.fresh(rv.cache_key(cert), at)
+            cached = self.ocsp_cache.fresh(rv.cache_key(cert, issuer), at)
             if cached is not None:
                 answers.append(cached)
             for url in rv.crl_urls(cert):
@@ -170,7 +170,7 @@ class Revocation:
 
     # ---- after the handshake: ask the network
     def fetch(self, cert: x509.Certificate, issuer: x509.Certificate) -> defer.Deferred[Answer]:
-        key = rv.cache_key(cert)
+        key = rv.cache_key(cert, issuer)
         waiter: defer.Deferred[Answer] = defer.Deferred()
         waiting = self._inflight.get(key)
         if waiting is not None:
@@ -195,7 +195,7 @@ class Revocation:
                 continue
             answer = rv.judge_ocsp(der, cert, issuer)
             if answer.status is not Status.UNKNOWN or answer.until is not None:
-                self.ocsp_cache.put(rv.cache_key(cert), (answer, answer.until))
+                self.ocsp_cache.put(rv.cache_key(cert, issuer), (answer, answer.until))
             if answer.status is not Status.UNKNOWN:
                 return answer
             why.append(f"OCSP {url}: {answer.detail}")
@@ -214,7 +214,7 @@ class Revocation:
         if not why:
             return rv.unknown("the certificate names no OCSP responder or CRL")
         answer = rv.unknown("; ".join(why))
-        self.ocsp_cache.put(rv.cache_key(cert), (answer, rv.now() + FAILED_TTL))
+        self.ocsp_cache.put(rv.cache_key(cert, issuer), (answer, rv.now() + FAILED_TTL))
         return answer
 
     def check(self, mode: str, kind: str, verdict: Callable[[Optional[str]], None],

@@ -91,9 +91,12 @@ def ocsp_request(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def cache_key(cert: x509.Certificate) -> tuple[bytes, int]:
-    """One certificate among all issuers: its issuer's name and serial (name bytes are exact)."""
-    return cert.issuer.public_bytes(), cert.serial_number
+def cache_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, bytes, int]:
+    """One certificate among all issuers: the issuer's name and key (two trusted CAs may share a
+    name) and the serial."""
+    key = hashes.Hash(hashes.SHA256())
+    key.update(_subject_public_key(issuer))
+    return cert.issuer.public_bytes(), key.finalize(), cert.serial_number
 
 
 def judge_ocsp(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
