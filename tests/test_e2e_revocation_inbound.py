@@ -10,6 +10,7 @@ read from a file (its certificate names no responder).
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -148,3 +149,25 @@ def test_s_client_status_sees_the_response_from_the_file(scene: Scene) -> None:
     assert "OCSP Response Status: successful" in r.stdout, r.stdout[-3000:]
     assert "Cert Status: good" in r.stdout, r.stdout[-3000:]
     assert "Verify return code: 0 (ok)" in r.stdout, r.stdout[-3000:]
+
+
+def test_a_changed_response_file_is_reloaded_with_the_certificate_and_checked(scene: Scene) -> None:
+    """SIGHUP rereads the file; one that is not a current "good" for the listener's certificate
+    is refused, naming the key, and the previous response goes on being stapled."""
+    good = scene.airgap_response.read_bytes()
+    wrong = scene.pki.ocsp_response("client_good", scene.dir / "client_good.der").read_bytes()
+    daemon = scene.procs[-1]
+    try:
+        scene.airgap_response.write_bytes(wrong)
+        daemon.send_signal(signal.SIGHUP)
+        refused = poll(lambda: [x for x in scene.log.read_text().splitlines() if "reload refused" in x])
+        assert refused and "ocsp_response_file" in refused[-1] and "not a current good OCSP response" in refused[-1]
+        r = scene.s_client(scene.airgap, "-status")
+        assert "Cert Status: good" in r.stdout, r.stdout[-3000:]
+    finally:
+        scene.airgap_response.write_bytes(good)
+    daemon.send_signal(signal.SIGHUP)
+    assert poll(lambda: [x for x in scene.log.read_text().splitlines() if "reloaded (SIGHUP)" in x
+                         and "certificate_files_changed=1" in x])
+    r = scene.s_client(scene.airgap, "-status")
+    assert "Cert Status: good" in r.stdout, r.stdout[-3000:]
