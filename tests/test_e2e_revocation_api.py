@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from tests.api_harness import ApiDaemon, free_port, wait_port
-from tests.lab import poll, stop, wait_for_text
+from tests.lab import PEERS, poll, stop, wait_for_text
 from tests.revpki import RevPKI
 
 HARD = "s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_REVOCATION_CHECKS, 2)\n"
@@ -44,8 +45,11 @@ class Scene:
         self.down = RevPKI(directory / "down", host="127.0.0.1", ocsp_port=free_port(), crl_port=free_port())
         # And one whose CRL the daemon has no file of either: nobody can answer for it at all.
         self.dark = RevPKI(directory / "dark", host="127.0.0.1", ocsp_port=free_port(), crl_port=free_port())
+        # And one whose responder accepts and never answers, and whose CRL is far too large.
+        self.slow = RevPKI(directory / "slow", host="127.0.0.1", ocsp_port=free_port(), crl_port=free_port())
+        (self.slow.crl_dir / "ca.crl").write_bytes(b"\0" * (5 << 20))
         self.trust = directory / "trust.pem"
-        self.trust.write_bytes(b"".join(p.ca_pem.read_bytes() for p in (self.pki, self.down, self.dark)))
+        self.trust.write_bytes(b"".join(p.ca_pem.read_bytes() for p in (self.pki, self.down, self.dark, self.slow)))
         self.spawn(self.pki.responder_argv(), "responder", self.pki.ocsp_port)
         self.spawn(self.pki.crl_server_argv(), "crl-server", self.pki.crl_port)
         self.servers: dict[str, int] = {}
@@ -80,6 +84,10 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             s.servers[leaf] = s.s_server(s.pki, leaf)
         s.servers["must_staple_stapled"] = s.s_server(s.pki, "must_staple", "-status_file", str(staple))
         s.servers["dark_good"] = s.s_server(s.dark, "good")
+        s.servers["slow_good"] = s.s_server(s.slow, "good")
+        s.spawn([sys.executable, str(PEERS / "tls_server.py"), "--host", "127.0.0.1", "--port",
+                 str(s.slow.ocsp_port), "--mode", "hold"], "hold", s.slow.ocsp_port)
+        s.spawn(s.slow.crl_server_argv(), "slow-crl", s.slow.crl_port)
         s.servers["down_revoked"] = s.s_server(s.down, "revoked")
         yield s
     finally:
@@ -169,3 +177,11 @@ result["bad"] = code(ssaproxy.TLS_OCSP_CHECKS, 2)
         value, on, off = r[name]
         assert value == 1 and on == 0 and off == errno.EPERM, (name, r)
     assert r["hard"] == 0 and r["bad"] == errno.EINVAL, r
+
+
+def test_a_responder_that_never_answers_and_an_oversized_crl_are_no_answer(api: ApiDaemon, scene: Scene) -> None:
+    """revocation_timeout (2 s here) bounds the OCSP fetch; a CRL over the size limit is dropped."""
+    r = _connect(api, scene.servers["slow_good"])
+    assert r["errno"] == errno.EPROTO, r
+    assert "revocation status unknown (hard)" in r["error"], r
+    assert "no answer in time" in r["error"] and "over the limit" in r["error"], r

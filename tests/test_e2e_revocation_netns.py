@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -26,7 +25,7 @@ PORTS = {"good": 24001, "revoked": 24002, "crl_good": 24003, "crl_revoked": 2400
 
 
 @pytest.fixture(scope="module")
-def scene(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def scene(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("revocation-netns")
     pki = RevPKI(d / "pki", host=SERVER_V4, ocsp_port=OCSP_PORT, crl_port=CRL_PORT)
     responder = lab.spawn(lab.s, pki.responder_argv(), log=d / "responder.log")
@@ -42,7 +41,7 @@ def scene(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         lab.tls_server("echo", pki.leaves[name], port, d / f"server-{name}.log")
     lab.apply_rules(config)
     lab.start_daemon(config, d / "daemon.log")
-    yield d
+    return d
 
 
 def _server_reports(scene: Path, name: str) -> list[dict[str, object]]:

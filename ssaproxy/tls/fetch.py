@@ -20,6 +20,7 @@ import os
 from typing import Any, Callable, Optional
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +36,7 @@ MAX_BODY = 4 << 20  # bytes of an OCSP response or CRL
 CACHE_ENTRIES = 4096
 CRL_REFRESH_AHEAD = datetime.timedelta(minutes=5)  # a cached CRL is refetched this long before nextUpdate
 FAILED_TTL = datetime.timedelta(seconds=30)  # a responder that did not answer is not asked again at once
+LOG_EVERY = datetime.timedelta(minutes=10)  # an allowed unknown status is logged once per certificate this often
 
 
 class _Body(protocol.Protocol):
@@ -86,8 +88,13 @@ class Http:
             return done
 
         body_d: defer.Deferred[bytes] = d.addCallback(got)
-        body_d.addTimeout(self.timeout, self.reactor)
+        body_d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timed_out)
         return body_d
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    """However the cancelled request failed (Agent wraps it), it was the deadline."""
+    return Failure(defer.TimeoutError(f"no answer in {timeout:g}s"))
 
 
 class _Bounded(collections.OrderedDict[Any, Any]):
@@ -126,6 +133,7 @@ class Revocation:
         self.ocsp_cache = _Bounded(CACHE_ENTRIES)  # cache_key -> (Answer, until)
         self.crl_cache = _Bounded(CACHE_ENTRIES)  # url -> (CRL, refresh at)
         self._files: dict[str, tuple[float, list[x509.CertificateRevocationList]]] = {}
+        self._logged = _Bounded(CACHE_ENTRIES)  # certificates whose unknown status was logged lately
         self._inflight: dict[Any, list[defer.Deferred[Answer]]] = {}  # fetches running, and who waits
 
     # ---- in the handshake: what is at hand
@@ -229,13 +237,24 @@ class Revocation:
 
         return self.fetch(cert, issuer).addCallbacks(judged, failed)
 
+    def _worth_logging(self, cert: x509.Certificate, refused: bool) -> bool:
+        """A refusal always; an unknown let through once per certificate per LOG_EVERY (the
+        metrics count every one)."""
+        if refused:
+            return True
+        at, key = rv.now(), cert.fingerprint(hashes.SHA256())
+        if self._logged.fresh(key, at) is not None:
+            return False
+        self._logged.put(key, (True, at + LOG_EVERY))
+        return True
+
     def conclude(self, mode: str, kind: str, answer: Answer, source: str, cert: x509.Certificate) -> Optional[str]:
         """The refusal (or None) for `answer` under `mode`, counted and, when unknown, logged."""
         why = rv.refusal(mode, answer)
         result = answer.status.value if answer.status is not Status.UNKNOWN else (
             "unknown-refused" if why else "unknown-allowed")
         metrics.revocation(kind, result, source)
-        if answer.status is Status.UNKNOWN:
+        if answer.status is Status.UNKNOWN and self._worth_logging(cert, bool(why)):
             self.log.info("revocation status unknown for {subject} ({mode}: {action}): {detail}",
                           subject=cert.subject.rfc4514_string(), mode=mode,
                           action="refused" if why else "allowed", detail=answer.detail)
@@ -251,7 +270,7 @@ def split_crls(data: bytes) -> list[x509.CertificateRevocationList]:
 
 def _why(e: Exception) -> str:
     if isinstance(e, defer.TimeoutError | defer.CancelledError):
-        return "no answer in time"
+        return f"no answer in time ({e})"
     return str(e) or type(e).__name__
 
 

@@ -47,6 +47,9 @@ class RevocationCheck:
         answer = self.service.judge_now(leaf, issuer, staple, use_cache=self.use_cache)
         if answer is not None:
             return self.service.conclude(self.mode, self.kind, answer, "staple" if stapled else "local", leaf)
+        if not rv.ocsp_urls(leaf) and not rv.crl_urls(leaf):  # nobody to ask: decided here, in the handshake
+            return self.service.conclude(self.mode, self.kind, rv.unknown("the certificate names no OCSP responder "
+                                                                          "or CRL distribution point"), "none", leaf)
         self.pending = (leaf, issuer)
         return None
 
