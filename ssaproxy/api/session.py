@@ -175,7 +175,9 @@ class TLSSession(Lifecycle):
             stream = self._client_stream(Identity.of(name) if name else Identity(ip=plain_address(peer[0])))
         else:
             check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.policy.min_rsa_bits)
-            stream = server_stream(server_ctx, check, TLSStream)
+            revocation = (for_connection(self.reactor, self.policy, self.settings.revocation_mode(self.policy),
+                                         self.kind) if self.settings.request_peer_auth else None)
+            stream = server_stream(server_ctx, check, TLSStream, revocation)
             self.check = check
         self._handshaking(stream)
         try:
