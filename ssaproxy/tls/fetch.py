@@ -235,7 +235,7 @@ class Revocation:
         def failed(reason: Failure) -> None:  # fail closed: a bug here is a refusal
             verdict(f"revocation check failed: {reason.getErrorMessage()}")
 
-        return self.fetch(cert, issuer).addCallbacks(judged, failed)
+        return self.fetch(cert, issuer).addCallback(judged).addErrback(failed)
 
     def _worth_logging(self, cert: x509.Certificate, refused: bool) -> bool:
         """A refusal always; an unknown let through once per certificate per LOG_EVERY (the

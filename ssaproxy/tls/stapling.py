@@ -18,6 +18,7 @@ from typing import Any, Optional
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ssaproxy.errors import ConfigError
@@ -94,7 +95,12 @@ def _refresh(ref: weakref.ref[Stapler], reactor: Any, fetcher: Any, leaf: x509.C
     def got(der: bytes) -> None:
         s = ref()
         if s is not None:
-            reactor.callLater(s.store(leaf, issuer, der), _refresh, ref, reactor, fetcher, leaf, issuer)
+            try:
+                wait = s.store(leaf, issuer, der)
+            except Exception as e:  # noqa: BLE001 - nothing stapled from it; try again later
+                s.log.warn("inbound {listener}: OCSP response unusable: {error}", listener=s.listener, error=e)
+                wait = RETRY
+            reactor.callLater(wait, _refresh, ref, reactor, fetcher, leaf, issuer)
 
     def failed(reason: Any) -> None:
         s = ref()
@@ -103,7 +109,11 @@ def _refresh(ref: weakref.ref[Stapler], reactor: Any, fetcher: Any, leaf: x509.C
                        listener=s.listener, url=url, error=reason.getErrorMessage())
             reactor.callLater(RETRY, _refresh, ref, reactor, fetcher, leaf, issuer)
 
-    fetcher.fetch(url, rv.ocsp_request(leaf, issuer), "application/ocsp-request").addCallbacks(got, failed)
+    try:
+        d = fetcher.fetch(url, rv.ocsp_request(leaf, issuer), "application/ocsp-request")
+    except Exception as e:  # noqa: BLE001 - e.g. a URL Twisted cannot request: keep trying, loudly
+        d = defer.fail(e)
+    d.addCallbacks(got, failed)
 
 
 def _fingerprint(cert: x509.Certificate) -> bytes:
