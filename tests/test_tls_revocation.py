@@ -191,3 +191,23 @@ def test_the_cache_is_bounded_and_forgets_what_expired() -> None:
     assert "a" not in cache and len(cache) == 2  # the least recently used went first
     assert cache.fresh("b", NOW) is None and "b" not in cache
     assert cache.fresh("c", NOW) == 3
+
+
+def test_verdicts_are_counted_by_face_result_and_source() -> None:
+    from twisted.internet.testing import MemoryReactorClock  # noqa: PLC0415
+
+    from ssaproxy import metrics  # noqa: PLC0415
+    from ssaproxy.tls.fetch import Revocation  # noqa: PLC0415
+
+    def count(result: str, source: str) -> float:
+        value = metrics.REGISTRY.get_sample_value("ssaproxy_revocation_checks_total",
+                                                  {"kind": "test", "result": result, "source": source})
+        return value or 0.0
+
+    service = Revocation(MemoryReactorClock())
+    before = count("unknown-refused", "none"), count("unknown-allowed", "none"), count("revoked", "local")
+    assert service.conclude("hard", "test", UNKNOWN, "none", LEAF) is not None
+    assert service.conclude("soft", "test", UNKNOWN, "none", LEAF) is None
+    assert service.conclude("soft", "test", REVOKED, "local", LEAF) == "r"
+    after = count("unknown-refused", "none"), count("unknown-allowed", "none"), count("revoked", "local")
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
