@@ -140,6 +140,20 @@ def test_must_staple_without_a_staple_is_refused(api: ApiDaemon, scene: Scene) -
     r = _connect(api, scene.servers["must_staple"], before="")
     assert r["errno"] == errno.EPROTO, r
     assert "must-staple" in r["error"], r
+    # Refused inside the handshake: the server got our alert (not just a reset).
+    assert _alerted(scene, "must_staple")
+
+
+def _alerted(scene: Scene, leaf: str) -> bool:
+    log = scene.dir / f"s_server-{scene.servers[leaf]}.log"
+    return bool(poll(lambda: "bad certificate status response" in log.read_text() or None))
+
+
+def test_a_cached_revoked_answer_refuses_inside_the_handshake_with_an_alert(api: ApiDaemon, scene: Scene) -> None:
+    for _ in range(2):  # the first may fetch; the second finds the answer cached
+        r = _connect(api, scene.servers["revoked"])
+        assert r["errno"] == errno.EPROTO and "certificate revoked (OCSP" in r["error"], r
+    assert _alerted(scene, "revoked")
 
 
 def test_responder_down_soft_passes_and_logs_hard_refuses(api: ApiDaemon, scene: Scene) -> None:

@@ -53,6 +53,7 @@ class TLSStream(End):
         self._close_after_pending = False
         self._linger: Any = None
         self._checking = False  # handshake over, revocation check running
+        self._alerted = False  # OpenSSL wrote an alert when our verification failed the handshake
 
     # ---- Twisted events
     @guarded
@@ -192,7 +193,7 @@ class TLSStream(End):
             self._flush()
             return
         except SSL.Error as e:
-            self._flush()  # the alert, if OpenSSL produced one
+            self._alerted = self._flush() > 0  # the alert, if OpenSSL produced one
             why = self.verifier.explain(ssl_text(e))
             if why is not None:
                 self._fail(How.VERIFY_FAILED, why, alert=True)
@@ -265,17 +266,20 @@ class TLSStream(End):
         if self.sent_close and self.transport is not None:
             graceful_close(self.transport)
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
+        """Write what OpenSSL has to send; how many bytes that was."""
+        sent = 0
         if self.transport is None:
-            return
+            return sent
         while True:
             try:
                 out = self.tls.bio_read(_READ)
             except SSL.WantReadError:
-                return
+                return sent
             if not out:
-                return
+                return sent
             self.transport.write(out)
+            sent += len(out)
 
     def _fail(self, how: How, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
@@ -290,6 +294,12 @@ class TLSStream(End):
             reactor = getattr(self.transport, "reactor", None)
             if reactor is not None:
                 self._linger = reactor.callLater(_ALERT_LINGER, self._linger_over)
+            return
+        if alert and self._alerted and how is How.VERIFY_FAILED and self.connected:
+            # We refuse a server in its handshake: our alert (bad_certificate_status_response for a
+            # revoked or unstapled must-staple certificate, say) goes out with a FIN, as a reset
+            # would discard it.  The program on the near side is still reset by the lifecycle.
+            graceful_close(self.transport)
             return
         reset(self.transport)
 
