@@ -120,8 +120,7 @@ def test_exception_during_identity_check_rejects(pki: PKI, monkeypatch: pytest.M
     monkeypatch.setattr("ssaproxy.tls.verify.verify_certificate_hostname", explode)
     p = Pair(pki)
     p.pump()
-    # Refused in the handshake: OpenSSL's alert goes to the server with a FIN (a reset would lose it).
-    assert not p.sink.ready and p.transport.disconnecting and not p.transport.aborted
+    assert not p.sink.ready and p.transport.aborted
     p.proto.connectionLost()
     assert p.sink.lost is not None and p.sink.lost[0] == How.VERIFY_FAILED
     assert "identity check failed: RuntimeError: surprise" in (p.sink.lost[1] or "")

@@ -295,12 +295,14 @@ class TLSStream(End):
             if reactor is not None:
                 self._linger = reactor.callLater(_ALERT_LINGER, self._linger_over)
             return
-        if alert and self._alerted and how is How.VERIFY_FAILED and self.connected:
-            # We refuse a server in its handshake: our alert (bad_certificate_status_response for a
-            # revoked or unstapled must-staple certificate, say) goes out with a FIN, as a reset
-            # would discard it.  The program on the near side is still reset by the lifecycle.
-            graceful_close(self.transport)
-            return
+        if alert and self._alerted and self.connected:
+            # We refuse a server in its handshake: push our alert (bad_certificate_status_response
+            # for a revoked or unstapled must-staple certificate, say) into the socket now, so that
+            # the reset, which discards only what is still unsent, comes after it.
+            push = getattr(self.transport, "doWrite", None)  # the reactor's own "socket is writable" call
+            if push is not None:
+                with contextlib.suppress(Exception):
+                    push()
         reset(self.transport)
 
     def _linger_over(self) -> None:
