@@ -211,3 +211,37 @@ def test_verdicts_are_counted_by_face_result_and_source() -> None:
     assert service.conclude("soft", "test", REVOKED, "local", LEAF) == "r"
     after = count("unknown-refused", "none"), count("unknown-allowed", "none"), count("revoked", "local")
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+
+
+class _Http:
+    """The fetcher's HTTP side, answered by the test (the unit boundary of tls.fetch)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.answers: dict[str, Any] = {}
+
+    def fetch(self, url: str, body: Optional[bytes] = None, content_type: str = "") -> Any:
+        from twisted.internet import defer  # noqa: PLC0415
+
+        self.asked.append(url)
+        self.answers[url] = d = defer.Deferred()
+        return d
+
+
+def test_a_cached_crl_is_refetched_before_its_next_update_and_used_meanwhile() -> None:
+    from twisted.internet.testing import MemoryReactorClock  # noqa: PLC0415
+
+    from ssaproxy.tls.fetch import CRL_REFRESH_AHEAD, Revocation  # noqa: PLC0415
+
+    http = _Http()
+    service = Revocation(MemoryReactorClock(), http=http)  # type: ignore[arg-type]
+    url = "http://crl.test/ca.crl"
+    soon = rv.now() + CRL_REFRESH_AHEAD / 2  # inside the refresh window, still current
+    service._keep_crl(url, _crl(5, nxt=soon), soon)
+    first = service.judge_now(LEAF, CA, None)
+    assert first is not None and first.status is Status.GOOD  # the old CRL still answers
+    assert http.asked == [url]  # ... and a newer one is being fetched
+    assert service.judge_now(LEAF, CA, None) is not None and http.asked == [url]  # one fetch at a time
+    http.answers[url].callback(_crl(5, 7, nxt=rv.now() + 24 * HOUR).public_bytes(serialization.Encoding.DER))
+    now_revoked = service.judge_now(LEAF, CA, None)
+    assert now_revoked is not None and now_revoked.status is Status.REVOKED, now_revoked

@@ -131,10 +131,10 @@ class Revocation:
         self.crl_files = crl_files
         self.http = http or Http(reactor, timeout)
         self.ocsp_cache = _Bounded(CACHE_ENTRIES)  # cache_key -> (Answer, until)
-        self.crl_cache = _Bounded(CACHE_ENTRIES)  # url -> (CRL, refresh at)
+        self.crl_cache = _Bounded(CACHE_ENTRIES)  # url -> ((CRL, refresh at), nextUpdate)
         self._files: dict[str, tuple[float, list[x509.CertificateRevocationList]]] = {}
         self._logged = _Bounded(CACHE_ENTRIES)  # certificates whose unknown status was logged lately
-        self._inflight: dict[Any, list[defer.Deferred[Answer]]] = {}  # fetches running, and who waits
+        self._inflight: dict[Any, list[defer.Deferred[Answer]]] = {}  # fetches running, and who waits for them
 
     # ---- in the handshake: what is at hand
     def judge_now(self, cert: x509.Certificate, issuer: x509.Certificate, staple: Optional[bytes],
@@ -150,9 +150,12 @@ class Revocation:
             if cached is not None:
                 answers.append(cached)
             for url in rv.crl_urls(cert):
-                crl = self.crl_cache.fresh(url, at)
-                if crl is not None:
+                entry = self.crl_cache.fresh(url, at)
+                if entry is not None:
+                    crl, refresh_at = entry
                     answers.append(rv.judge_crl(crl, cert, issuer, at))
+                    if at >= refresh_at:
+                        self._refresh_crl(url)
         return rv.first_conclusive(answers)
 
     def _file_crls(self) -> list[x509.CertificateRevocationList]:
@@ -215,7 +218,7 @@ class Revocation:
                 continue
             answer = rv.judge_crl(crl, cert, issuer)
             if answer.until is not None:
-                self.crl_cache.put(url, (crl, answer.until - CRL_REFRESH_AHEAD))
+                self._keep_crl(url, crl, answer.until)
             if answer.status is not Status.UNKNOWN:
                 return answer
             why.append(f"CRL {url}: {answer.detail}")
@@ -224,6 +227,32 @@ class Revocation:
         answer = rv.unknown("; ".join(why))
         self.ocsp_cache.put(rv.cache_key(cert, issuer), (answer, rv.now() + FAILED_TTL))
         return answer
+
+    def _keep_crl(self, url: str, crl: x509.CertificateRevocationList, until: datetime.datetime) -> None:
+        """Cached until its nextUpdate; refetched (in the background) from CRL_REFRESH_AHEAD before."""
+        self.crl_cache.put(url, ((crl, until - CRL_REFRESH_AHEAD), until))
+
+    def _refresh_crl(self, url: str) -> None:
+        """Fetch a newer CRL while the cached one still holds.  The new one replaces it if it has
+        the same issuer and is current; judge_crl checks its signature for every certificate."""
+        key = ("crl", url)
+        if key in self._inflight:
+            return
+        self._inflight[key] = []
+        old = self.crl_cache.get(url)
+
+        def got(data: bytes) -> None:
+            crl = rv.load_crl(data)
+            nxt = crl.next_update_utc
+            if old is not None and crl.issuer == old[0][0].issuer and nxt is not None and nxt > rv.now():
+                self._keep_crl(url, crl, nxt)
+
+        def failed(reason: Failure) -> None:
+            self.log.info("revocation: refreshing the CRL from {url} failed: {error}", url=url,
+                          error=reason.getErrorMessage())
+
+        d = self.http.fetch(url)
+        d.addCallback(got).addErrback(failed).addBoth(lambda _: self._inflight.pop(key, None))
 
     def check(self, mode: str, kind: str, verdict: Callable[[Optional[str]], None],
               cert: x509.Certificate, issuer: x509.Certificate) -> defer.Deferred[None]:
