@@ -10,13 +10,13 @@ a byte of plaintext.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.lab import SERVER_V4, Lab, log_events, poll, wait_for_text
+from tests.lab import SERVER_V4, Lab, wait_for_text
 from tests.revpki import RevPKI
+from tests.test_e2e_verification import _event_for, _server_reports  # the same log files, the same reading
 
 pytestmark = pytest.mark.netns
 
@@ -44,18 +44,6 @@ def scene(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _server_reports(scene: Path, name: str) -> list[dict[str, object]]:
-    log = scene / f"server-{name}.log"
-    lines = poll(lambda: [x for x in log.read_text().splitlines() if x.startswith("{")])
-    return [json.loads(line) for line in lines]
-
-
-def _event(scene: Path, route: str) -> str:
-    events = poll(lambda: [e for e in log_events(scene / "daemon.log") if f"route={route} " in e])
-    assert events, f"no log event for route {route}"
-    return events[-1]
-
-
 @pytest.mark.parametrize("name", ["good", "crl_good"])
 def test_a_certificate_that_is_not_revoked_relays(lab: Lab, scene: Path, name: str) -> None:
     message = f"hello {name}\n"
@@ -73,5 +61,5 @@ def test_a_revoked_certificate_resets_the_client(lab: Lab, scene: Path, name: st
     reports = _server_reports(scene, name)
     # No plaintext reached it (refused in the handshake, or after it and before the relay began).
     assert reports and all(rep.get("received", 0) == 0 for rep in reports), reports
-    event = _event(scene, name)
+    event = _event_for(scene, name)
     assert "verify-failed" in event and f"certificate revoked ({how}" in event, event
