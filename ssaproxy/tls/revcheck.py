@@ -18,6 +18,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer
 
+from ssaproxy.config import Policy
 from ssaproxy.tls import revocation as rv
 from ssaproxy.tls.fetch import Revocation, shared
 
@@ -87,7 +88,7 @@ def status_callback(conn: SSL.Connection, staple: bytes, data: Any = None) -> bo
     return False
 
 
-def for_connection(reactor: Any, policy: Any, mode: Optional[str], kind: str) -> Optional[RevocationCheck]:
+def for_connection(reactor: Any, policy: Policy, mode: Optional[str], kind: str) -> Optional[RevocationCheck]:
     """The check for one connection under `mode` (None: the policy's), or None when off."""
     mode = mode or policy.revocation
     if mode == "off":
@@ -95,7 +96,7 @@ def for_connection(reactor: Any, policy: Any, mode: Optional[str], kind: str) ->
     return RevocationCheck(shared(reactor, policy.crl_files, policy.revocation_timeout), mode, kind)
 
 
-def start_stapling(ctx: SSL.Context, reactor: Any, policy: Any) -> None:
+def start_stapling(ctx: SSL.Context, reactor: Any, policy: Policy) -> None:
     """Begin fetching the OCSP responses an inbound context staples (tls/stapling.py), if any."""
     stapler = ctx.get_app_data()
     if stapler is not None and hasattr(stapler, "start"):

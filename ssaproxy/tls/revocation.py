@@ -148,10 +148,8 @@ def _same_issuer(single: ocsp.OCSPSingleResponse, issuer: x509.Certificate) -> b
 
 
 def _subject_public_key(cert: x509.Certificate) -> bytes:
-    """The BIT STRING contents of subjectPublicKeyInfo (what the key hash covers)."""
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    # cryptography gives no accessor for the bare key; the digest of the whole SPKI differs.  The
-    # public bytes in their raw form are exactly that BIT STRING's payload for every key type.
+    """The contents of subjectPublicKeyInfo's BIT STRING: what CertID and ResponderID key hashes
+    cover (RFC 6960).  cryptography has no accessor for it; each key type's raw public form is it."""
     key = cert.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
@@ -159,7 +157,7 @@ def _subject_public_key(cert: x509.Certificate) -> bytes:
         return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return spki
+    raise TypeError(f"unsupported issuer key type {type(key).__name__}")
 
 
 def _ocsp_signer(response: ocsp.OCSPResponse, issuer: x509.Certificate,
