@@ -4,6 +4,7 @@ again.  The HTTP side is answered by the test; real responders are in test_e2e_r
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
