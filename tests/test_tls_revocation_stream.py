@@ -45,12 +45,14 @@ def _pair(pki: PKI) -> tuple[Pair, PendingCheck]:
 def test_nothing_crosses_until_the_check_passes(pki: PKI) -> None:
     p, check = _pair(pki)
     assert not p.sink.ready and not p.proto.handshake_done
+    assert p.transport.producerState == "paused"  # the peer's bytes wait in the kernel meanwhile
     p.server.sendall(b"server spoke first")
     p.proto.write(b"program's first bytes")
     p.pump()
     assert p.sink.data == b"" and p.server_plain == b""
     assert check.verdict is not None
     check.verdict(None)
+    assert p.transport.producerState == "producing"
     p.pump()
     assert p.sink.ready
     assert p.sink.data == b"server spoke first" and p.server_plain == b"program's first bytes"

@@ -53,6 +53,7 @@ class TLSStream(End):
         self._close_after_pending = False
         self._linger: Any = None
         self._checking = False  # handshake over, revocation check running
+        self._paused_for_check = False
         self._alerted = False  # OpenSSL wrote an alert when our verification failed the handshake
 
     # ---- Twisted events
@@ -211,6 +212,9 @@ class TLSStream(End):
         if revocation is not None:  # ready once the revocation check passed (tls/revcheck.py)
             self._checking = True
             revocation.after_handshake(self.tls, self._revocation_verdict, client=not self.server)
+            if self._checking:  # a fetch: what the peer sends meanwhile waits in the kernel, not here
+                self._paused_for_check = True
+                self.tcp.pauseProducing()
             return
         self._ready()
 
@@ -221,9 +225,14 @@ class TLSStream(End):
 
     @guarded
     def _revocation_verdict(self, why: Optional[str]) -> None:
+        if not self._checking:
+            return
         self._checking = False
         if self._failed or self._aborting or self.transport is None:
             return
+        if self._paused_for_check:
+            self._paused_for_check = False
+            self.tcp.resumeProducing()
         if why is not None:
             self.verifier.fail_revocation(why)
             self._fail(How.VERIFY_FAILED, str(self.verifier.error), alert=True)
