@@ -235,7 +235,8 @@ class TLSStream(End):
             self.tcp.resumeProducing()
         if why is not None:
             self.verifier.fail_revocation(why)
-            self._fail(How.VERIFY_FAILED, str(self.verifier.error), alert=True)
+            # After a finished handshake OpenSSL sends no alert but close_notify: a reset says it.
+            self._fail(How.VERIFY_FAILED, str(self.verifier.error))
             return
         self._ready()
         if self.handshake_done and not self._failed:  # what arrived meanwhile, both ways
