@@ -199,3 +199,29 @@ def test_a_responder_that_never_answers_and_an_oversized_crl_are_no_answer(api: 
     assert r["errno"] == errno.EPROTO, r
     assert "revocation status unknown (hard)" in r["error"], r
     assert "no answer in time" in r["error"] and "over the limit" in r["error"], r
+
+
+def test_a_program_s_tls_server_refuses_a_revoked_client_certificate(api: ApiDaemon, scene: Scene) -> None:
+    """accept() side: a program's listener asking for client certificates (94) under the
+    policy's soft mode hands over only the client whose certificate is not revoked."""
+    port, log = free_port(), scene.dir / "api-server.log"
+    good = scene.pki.leaves["good"]
+    p = api.spawn([sys.executable, str(PEERS / "api_server.py"), "--port", str(port), "--chain", str(good.chain),
+                   "--key", str(good.key), "--mtls", "--ca", str(scene.pki.ca_pem), "--count", "1"], log)
+    wait_for_text(log, "READY", p, 15)
+
+    def s_client(leaf: str) -> subprocess.CompletedProcess[str]:
+        creds = scene.pki.leaves[leaf]
+        return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "rev.test",
+                               "-CAfile", str(scene.pki.ca_pem), "-cert", str(creds.cert), "-key", str(creds.key),
+                               "-quiet"], input=f"hello from {leaf}\n", capture_output=True, text=True, timeout=20)
+
+    refused = s_client("client_revoked")
+    assert "you said!" not in refused.stdout, refused.stdout
+    served = s_client("client_good")
+    assert "you said!" in served.stdout, served.stderr
+    p.wait(15)
+    accepted = [line for line in log.read_text().splitlines() if line.startswith('{"peer"')]
+    assert len(accepted) == 1 and "hello from client_good" in accepted[0], accepted  # never the revoked one
+    event = api.wait_event(" accept verify-failed: ")
+    assert "certificate revoked (" in event, event  # OCSP, or the CRL an earlier test left cached
