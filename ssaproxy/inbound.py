@@ -24,6 +24,7 @@ from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.streams import How, TCPEnd, guarded
 from ssaproxy.tls.connection import server_stream
 from ssaproxy.tls.context import negotiated_alpn
+from ssaproxy.tls.revcheck import for_connection, start_stapling
 from ssaproxy.tls.server import TICKET_KEY_ROTATION, resumes, server_context
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
@@ -55,6 +56,7 @@ class InboundFactory(Factory):
         # A reload passes a context it built from the files as they are now (the cache is keyed
         # by paths, which a rotated certificate keeps).
         self.context = context if context is not None else server_context(inbound, policy)
+        start_stapling(self.context, reactor, policy)
         self.active: set[InboundConnection] = set()
         # Session tickets are encrypted with keys OpenSSL makes with the context: a new context
         # is a new key, and tickets issued under the old one no longer resume.
@@ -79,7 +81,9 @@ class InboundFactory(Factory):
             self.rotate_ticket_keys()
         check = ClientCheck(allow=self.inbound.allow, required=self.inbound.client_auth == "require",
                             min_rsa_bits=self.policy.min_rsa_bits)
-        stream = server_stream(self.context, check, InboundStream)
+        revocation = (for_connection(self.reactor, self.policy, self.inbound.revocation, "inbound")
+                      if self.inbound.client_auth != "none" else None)
+        stream = server_stream(self.context, check, InboundStream, revocation)
         stream.owner = InboundConnection(self, stream, check)
         return stream
 

@@ -48,6 +48,9 @@ RESUMED = Counter("ssaproxy_tls_resumed_handshakes", "TLS handshakes that resume
                   "and side (far: ssaproxy was the client; near: the server)", ["kind", "side"], registry=REGISTRY)
 VERIFY_FAILURES = Counter("ssaproxy_verify_failures", "Certificate verification failures, by face and reason class",
                           ["kind", "reason"], registry=REGISTRY)
+REVOCATION = Counter("ssaproxy_revocation_checks", "Revocation verdicts on peer certificates, by face, result "
+                     "(good, revoked, unknown-allowed, unknown-refused) and where the answer came from",
+                     ["kind", "result", "source"], registry=REGISTRY)
 RELOADS = Counter("ssaproxy_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)
 LAST_RELOAD = Gauge("ssaproxy_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful configuration reload", registry=REGISTRY)
@@ -63,7 +66,7 @@ VERIFY_REASONS = ("expired", "not-yet-valid", "hostname-mismatch", "untrusted", 
 _REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("expired", ("has expired", "crl has expired")),
     ("not-yet-valid", ("not yet valid",)),
-    ("revoked", ("revoked",)),
+    ("revoked", ("revoked", "revocation", "stapled ocsp")),
     ("hostname-mismatch", ("identity mismatch", "hostname mismatch", "ip address mismatch")),
     ("not-allowed", ("identity not allowed", "no client certificate")),
     ("weak", ("key of", "dsa keys", "ec key on", "signed with", "too weak", "unsupported signature algorithm")),
@@ -99,6 +102,10 @@ def handshaken(kind: str, side: str, seconds: float) -> None:
 
 def resumed(kind: str, side: str) -> None:
     RESUMED.labels(kind=kind, side=side).inc()
+
+
+def revocation(kind: str, result: str, source: str) -> None:
+    REVOCATION.labels(kind=kind, result=result, source=source).inc()
 
 
 def verify_failed(kind: str, detail: Optional[str]) -> None:

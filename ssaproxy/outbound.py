@@ -28,6 +28,7 @@ from ssaproxy.policy import NOTHING_YET, Decision, FirstBytes, Step, decide
 from ssaproxy.streams import End, How, TCPEnd
 from ssaproxy.tls.connection import client_stream, session_key
 from ssaproxy.tls.context import client_context
+from ssaproxy.tls.revcheck import for_connection
 from ssaproxy.tls.stream import TLSStream
 
 if TYPE_CHECKING:
@@ -157,7 +158,9 @@ class OutboundConnection(Lifecycle):
             if policy.session_resumption if route is None or route.session_resumption is None \
                     else route.session_resumption:
                 resume = session_key(ctx, decision.identity, str(self.orig[0]), decision.port, policy.min_rsa_bits)
-            self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits, resume), decision.port)
+            revocation = for_connection(self.reactor, policy, route.revocation if route else None, self.kind)
+            self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits, resume, revocation),
+                          decision.port)
 
     def _connect(self, end: End, port: int) -> None:
         assert self.orig is not None

@@ -88,6 +88,8 @@ def watched_files(config: Config) -> tuple[str, ...]:
         paths += [p for c in inbound.certificates for p in (c.chain, c.key)]
         if inbound.client_ca:
             paths.append(inbound.client_ca)
+        if inbound.ocsp_response_file:  # a stapled response is reloaded with its certificate
+            paths.append(inbound.ocsp_response_file)
     for route in config.outbound.routes:
         paths += [p for p in (route.client_certificate, route.client_key) if p]
     for profile in config.profiles:
@@ -108,7 +110,8 @@ def stamps(paths: tuple[str, ...]) -> dict[str, Stamp]:
 
 
 def _inbound_files(inbound: Inbound) -> set[str]:
-    return {p for c in inbound.certificates for p in (c.chain, c.key)} | ({inbound.client_ca} - {None})  # type: ignore[operator]
+    return ({p for c in inbound.certificates for p in (c.chain, c.key)}
+            | ({inbound.client_ca, inbound.ocsp_response_file} - {None}))  # type: ignore[operator]
 
 
 def _where(address: ListenAddress) -> _Where:

@@ -147,7 +147,8 @@ result["unknown_option"] = code(99, b"x")
 result["tls_id"] = code(ssaproxy.TLS_ID, 1)
 result["context"] = code(ssaproxy.TLS_CONTEXT, 123456)
 result["session_reuse"] = code(ssaproxy.TLS_SESSION_REUSE, 2)
-result["revocation"] = code(ssaproxy.TLS_REVOCATION_CHECKS, 1)
+result["revocation_off"] = code(ssaproxy.TLS_REVOCATION_CHECKS, 0)
+result["revocation_bad"] = code(ssaproxy.TLS_CRL_CHECKS, 7)
 result["session_ttl"] = code(ssaproxy.TLS_SESSION_TTL, 60)
 result["read_only"] = code(ssaproxy.TLS_PEER_CERTIFICATE_CHAIN, b"x")
 result["tighten_min"] = code(ssaproxy.TLS_VERSION_MIN, 0x0304)
@@ -168,7 +169,8 @@ except OSError as e:
     assert r["enable_rc4"] in (errno.EPERM, errno.EINVAL), r  # EINVAL where OpenSSL no longer knows RC4
     assert r["unknown_cipher"] == errno.EINVAL and r["bad_version"] == errno.EINVAL, r
     assert r["bad_hostname"] == errno.EINVAL and r["not_pem_chain"] == errno.EINVAL, r
-    assert r["unknown_option"] == r["revocation"] == r["session_ttl"] == r["read_only"] == errno.ENOPROTOOPT, r
+    assert r["unknown_option"] == r["session_ttl"] == r["read_only"] == errno.ENOPROTOOPT, r
+    assert r["revocation_off"] == errno.EPERM and r["revocation_bad"] == errno.EINVAL, r  # soft by default
     assert r["tls_id"] == errno.ENOPROTOOPT, r
     assert r["context"] == r["session_reuse"] == errno.EINVAL, r  # no such context; reuse is 0 or 1
     assert r["tighten_min"] == 0 and r["min_now"] == 0x0304, r

@@ -176,5 +176,6 @@ def test_key_must_match_chain(pki) -> None:  # type: ignore[no-untyped-def]
 def test_the_exported_constants_are_every_public_constant() -> None:
     # __all__ is spelled out for type checkers; it must still name every SSA constant.
     public = {name for name in vars(o) if name.isupper() and not name.startswith("_")}
-    internal = {"TEXT", "INT", "PEM", "OPTIONS", "LEGACY_VERSIONS", "LOCAL_OPTIONS", "INFO_OPTIONS"}
+    internal = {"TEXT", "INT", "PEM", "OPTIONS", "LEGACY_VERSIONS", "LOCAL_OPTIONS", "INFO_OPTIONS",
+                "REVOCATION_OPTIONS"}
     assert set(o.__all__) == public - internal

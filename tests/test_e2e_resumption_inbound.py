@@ -1,8 +1,9 @@
 """Scenario: session tickets on inbound listeners, seen by openssl s_client.
 
-A real daemon on loopback terminates TLS for three listeners in front of one echo backend:
-`open` (resumption on, the default), `off` (`session_resumption = false`) and `mtls`
-(client certificates required).  s_client saves its session with -sess_out and offers it
+A real daemon on loopback terminates TLS for four listeners in front of one echo backend:
+`open` (resumption on, the default), `off` (`session_resumption = false`), `mtls` (client
+certificates required, not checked for revocation) and `mtls-checked` (client certificates
+checked for revocation, the policy's default: no tickets).  s_client saves its session with -sess_out and offers it
 again with -sess_in; its "New," / "Reused," line says which handshake it got.
 """
 
@@ -42,6 +43,15 @@ listen = "tcp:{mtls_port}:interface=127.0.0.1"
 backend = "tcp:127.0.0.1:{backend_port}"
 client_auth = "require"
 client_ca = "{client_ca}"
+revocation = "off"
+{certificates}
+
+[[inbound]]
+name = "mtls-checked"
+listen = "tcp:{checked_port}:interface=127.0.0.1"
+backend = "tcp:127.0.0.1:{backend_port}"
+client_auth = "require"
+client_ca = "{client_ca}"
 {certificates}
 """
 
@@ -49,7 +59,7 @@ client_ca = "{client_ca}"
 @pytest.fixture(scope="module")
 def daemon(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackDaemon]:
     d = LoopbackDaemon(pki, tmp_path_factory.mktemp("resumption-inbound"), CONFIG, off_port=free_port(),
-                       mtls_port=free_port(), client_ca=pki.client_ca_pem)
+                       mtls_port=free_port(), checked_port=free_port(), client_ca=pki.client_ca_pem)
     with d:
         yield d
 
@@ -157,3 +167,22 @@ def test_mtls_listener_refuses_a_session_made_without_a_client_certificate(daemo
     assert elsewhere.new and not elsewhere.reused, elsewhere.output
     line = poll(lambda: [x for x in daemon.text().splitlines() if "listener=mtls" in x and "resumed=True" in x], 10)
     assert line and "verified=True" in line[-1] and "dns:client.test" in line[-1], line
+
+
+def test_a_listener_checking_client_certificates_for_revocation_resumes_nothing(daemon: LoopbackDaemon, pki: PKI,
+                                                                                tmp_path: Path) -> None:
+    """`mtls-checked` has the policy's revocation mode (soft) for client certificates: a ticket
+    carries the client's leaf but not its issuer, so that listener issues none, and each
+    connection's certificate is checked again in a full handshake."""
+    client = pki.client("client_good")
+    checked = daemon.values["checked_port"]
+    creds = ("-cert", str(client.chain), "-cert_chain", str(client.chain), "-key", str(client.key))
+    for version in ("-tls1_3", "-tls1_2"):
+        session = tmp_path / f"checked{version}.pem"
+        first = s_client(daemon, checked, tmp_path, *creds, version, "-sess_out", str(session))
+        assert first.new, first.output
+        if version == "-tls1_2":
+            assert "TLS session ticket:" not in first.output, first.output
+        if session.exists() and session.stat().st_size:
+            again = s_client(daemon, checked, tmp_path, *creds, version, "-sess_in", str(session))
+            assert again.new and not again.reused, again.output

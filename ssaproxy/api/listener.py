@@ -22,6 +22,7 @@ from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
 from ssaproxy.streams import OneShotFactory
 from ssaproxy.tls.connection import server_stream
+from ssaproxy.tls.revcheck import for_connection
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
@@ -89,8 +90,11 @@ class Listener:
             conn.close()  # the reactor holds its own duplicate
 
     def _stream(self) -> _AcceptedStream:
-        check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.control.policy.min_rsa_bits)
-        stream = server_stream(self.ctx, check, _AcceptedStream)
+        policy = self.control.policy
+        check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=policy.min_rsa_bits)
+        revocation = (for_connection(self.factory.reactor, policy, self.settings.revocation_mode(policy), "api session")
+                      if self.settings.request_peer_auth else None)
+        stream = server_stream(self.ctx, check, _AcceptedStream, revocation)
         session = self.control._session("accept", self.settings)
         session.on_ready = self._ready
         session.on_end = self.pending.discard

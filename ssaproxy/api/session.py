@@ -34,6 +34,7 @@ from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls._openssl import session_reused
 from ssaproxy.tls.connection import client_stream, server_stream, session_key
 from ssaproxy.tls.context import negotiated_alpn
+from ssaproxy.tls.revcheck import for_connection
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, PeerCheck, Verifier
 
@@ -187,7 +188,9 @@ class TLSSession(Lifecycle):
                                          plain_address(peer[0]), peer[1])
         else:
             check = ClientCheck(required=self.settings.request_peer_auth, min_rsa_bits=self.policy.min_rsa_bits)
-            stream = server_stream(server_ctx, check, TLSStream)
+            revocation = (for_connection(self.reactor, self.policy, self.settings.revocation_mode(self.policy),
+                                         self.kind) if self.settings.request_peer_auth else None)
+            stream = server_stream(server_ctx, check, TLSStream, revocation)
             self.check = check
         self._handshaking(stream)
         try:
@@ -207,7 +210,8 @@ class TLSSession(Lifecycle):
         bits = self.policy.min_rsa_bits
         resume = session_key(ctx, identity, peer, port, bits, self.settings.alpn, self.creds.uid) \
             if self.settings.reuses(self.policy) else None
-        stream = client_stream(ctx, identity, bits, resume)
+        revocation = for_connection(self.reactor, self.policy, self.settings.revocation_mode(self.policy), self.kind)
+        stream = client_stream(ctx, identity, bits, resume, revocation)
         self.check = stream.verifier
         return stream
 

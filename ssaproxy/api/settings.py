@@ -59,9 +59,13 @@ class Settings:
     min_version: Optional[str] = None  # None: the policy's
     max_version: Optional[str] = None
     session_reuse: Optional[bool] = None  # TLS_SESSION_REUSE; None: policy.session_resumption
+    revocation: Optional[str] = None  # None: the policy's ("off", "soft", "hard")
 
     def reuses(self, policy: Policy) -> bool:
         return policy.session_resumption if self.session_reuse is None else self.session_reuse
+
+    def revocation_mode(self, policy: Policy) -> str:
+        return self.revocation or policy.revocation
 
     def versions(self, policy: Policy) -> tuple[str, str]:
         return self.min_version or policy.min_version, self.max_version or policy.max_version
@@ -274,7 +278,32 @@ def _versions(settings: Settings, policy: Policy, low: str, high: str) -> Settin
     return _check_ciphers_left(attrs.evolve(settings, min_version=low, max_version=high), policy)
 
 
+def _set_revocation(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    """102-106 (SSA): 1 turns revocation checking on (soft, unless already hard), 102 = 2 makes
+    it hard; 0 is only allowed where checking is off anyway: a program never checks less."""
+    flag, mode = int_value(value), settings.revocation_mode(policy)
+    if flag == 0:
+        if mode != "off":
+            raise ApiError(errno.EPERM, f"revocation checking is {mode!r} by the admin's policy; a program may not "
+                                        "turn it (or one of its methods) off")
+        return settings
+    if flag == 1:
+        return attrs.evolve(settings, revocation="soft") if mode == "off" else settings
+    raise ApiError(errno.EINVAL, "revocation options are 0 or 1 (TLS_REVOCATION_CHECKS also 2: hard)")
+
+
+def _set_revocation_checks(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    if int_value(value) == 2:
+        return attrs.evolve(settings, revocation="hard")
+    return _set_revocation(settings, policy, value)
+
+
 _SETTERS: dict[int, Callable[[Settings, Policy, bytes], Settings]] = {
+    o.TLS_REVOCATION_CHECKS: _set_revocation_checks,
+    o.TLS_OCSP_STAPLED_CHECKS: _set_revocation,
+    o.TLS_OCSP_CHECKS: _set_revocation,
+    o.TLS_CRL_CHECKS: _set_revocation,
+    o.TLS_CACHED_REV_CHECKS: _set_revocation,
     o.TLS_REMOTE_HOSTNAME: _set_hostname,
     o.TLS_TRUSTED_PEER_CERTIFICATES: _set_trust,
     o.TLS_CERTIFICATE_CHAIN: _set_chain,
@@ -315,6 +344,7 @@ def get(settings: Settings, policy: Policy, number: int) -> bytes:
         o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
         o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
         o.TLS_SESSION_REUSE: o.pack_int(int(settings.reuses(policy))),
+        **dict.fromkeys(o.REVOCATION_OPTIONS, o.pack_int(int(settings.revocation_mode(policy) != "off"))),
     }
     if number not in values:
         raise ApiError(errno.ENOPROTOOPT, f"option {number} is answered by the library")

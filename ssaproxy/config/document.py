@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 import attrs
 
 from ssaproxy.config.endpoints import IPAddress, ListenAddress, parse_listener
-from ssaproxy.config.enums import TLS_VERSIONS, TLSVersion
+from ssaproxy.config.enums import REVOCATION_MODES, TLS_VERSIONS, TLSVersion
 from ssaproxy.config.inbound import Inbound, parse_inbound
 from ssaproxy.config.outbound import Outbound, parse_outbound
 from ssaproxy.config.profiles import Profile, parse_profiles
@@ -58,6 +58,11 @@ class Policy:
     session_resumption: bool = True
     session_cache_size: int = 1000  # client sessions kept; 0 keeps none
     session_lifetime: float = 3600.0  # seconds a session is offered (and a ticket is valid) at most
+    # Revocation (docs/revocation.md): "soft" refuses what is known revoked and lets unknown pass
+    # (logged); "hard" also refuses unknown; routes and listeners may say otherwise.
+    revocation: str = "soft"
+    crl_files: tuple[str, ...] = ()
+    revocation_timeout: float = 5.0  # seconds for one OCSP or CRL fetch
 
 
 def parse_policy(r: Reader, base: Optional[Policy] = None) -> Policy:
@@ -81,10 +86,16 @@ def parse_policy(r: Reader, base: Optional[Policy] = None) -> Policy:
     resumption: bool = r.take("session_resumption", bool, d.session_resumption)
     cache_size = r.bounded("session_cache_size", d.session_cache_size, 0, 1_000_000)
     lifetime = r.positive("session_lifetime", r.take("session_lifetime", float, d.session_lifetime), 604800)
+    revocation: str = r.one_of("revocation", r.take("revocation", str, d.revocation), REVOCATION_MODES)
+    crl_files = tuple(r.take("crl_files", list, list(d.crl_files)))
+    r.check("crl_files", all(isinstance(f, str) and f.startswith("/") for f in crl_files),
+            "must be an array of absolute paths to CRL files (PEM or DER)")
+    rev_timeout = r.timeout("revocation_timeout", d.revocation_timeout)
     r.done()
     return Policy(min_version=min_v, max_version=max_v, ciphers=ciphers, ciphersuites=suites,
                   groups=groups, trust_store=trust, min_rsa_bits=rsa, insecure_allow_non_rfc5280_chains=lax,
-                  session_resumption=resumption, session_cache_size=cache_size, session_lifetime=lifetime)
+                  session_resumption=resumption, session_cache_size=cache_size, session_lifetime=lifetime,
+                  revocation=revocation, crl_files=crl_files, revocation_timeout=rev_timeout)
 
 
 DEFAULT_API_SOCKET = "/run/ssaproxy/api.sock"

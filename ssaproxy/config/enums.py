@@ -58,3 +58,7 @@ class TLSVersion(enum.StrEnum):
 ACTIONS: tuple[str, ...] = tuple(a.value for a in Action)
 HOSTNAME_SOURCES: tuple[str, ...] = tuple(h.value for h in HostnameSource)
 TLS_VERSIONS: tuple[str, ...] = tuple(v.value for v in TLSVersion)
+
+
+# [policy] revocation, and its per-route and per-listener overrides (docs/revocation.md).
+REVOCATION_MODES = ("off", "soft", "hard")

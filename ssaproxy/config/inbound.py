@@ -14,7 +14,7 @@ from typing import Any, Optional
 import attrs
 
 from ssaproxy.config.endpoints import endpoint_facts, endpoint_fields
-from ssaproxy.config.enums import TLSVersion
+from ssaproxy.config.enums import REVOCATION_MODES, TLSVersion
 from ssaproxy.config.reader import Reader, toml_type
 from ssaproxy.errors import ConfigError
 
@@ -63,6 +63,9 @@ class Inbound:
     idle_timeout: float = 3600.0  # a relay with no bytes either way this long is reset; 0: never
     insecure_allow_non_rfc5280_chains: bool = False  # for client certificates under client_ca
     session_resumption: Optional[bool] = None  # session tickets; None: policy.session_resumption
+    revocation: Optional[str] = None  # client certificates; None: [policy] revocation
+    ocsp_stapling: bool = True  # staple our certificates' OCSP responses (fetched from their AIA)
+    ocsp_response_file: Optional[str] = None  # a DER response to staple instead (air-gapped hosts)
 
 
 def parse_inbound(r: Reader, policy_max: TLSVersion) -> tuple[Inbound, ...]:
@@ -124,12 +127,23 @@ def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
     r.check("insecure_allow_non_rfc5280_chains", not lax or client_ca is not None,
             'only applies with client_auth = "request" or "require" (to client certificates under client_ca)')
     resumption: Optional[bool] = r.take("session_resumption", bool, None)
+    revocation: Optional[str] = r.take("revocation", str, None)
+    if revocation is not None:
+        r.one_of("revocation", revocation, REVOCATION_MODES)
+        r.check("revocation", client_auth != "none", 'checks client certificates: needs client_auth = "request" '
+                                                     'or "require"')
+    stapling: bool = r.take("ocsp_stapling", bool, True)
+    response_file: Optional[str] = r.take("ocsp_response_file", str, None)
+    if response_file is not None:
+        r.check("ocsp_response_file", response_file.startswith("/"), "must be an absolute path (a DER OCSP response)")
+        r.check("ocsp_response_file", stapling, "a response file needs ocsp_stapling = true")
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
                    handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns, idle_timeout=idle,
                    listen_port=listen_port, families=families, insecure_allow_non_rfc5280_chains=lax,
-                   session_resumption=resumption)
+                   session_resumption=resumption, revocation=revocation, ocsp_stapling=stapling,
+                   ocsp_response_file=response_file)
 
 
 def _listen_facts(r: Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import attrs
 
 from ssaproxy.config.endpoints import IPAddress, is_valid_hostname, parse_listener
-from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, Action, HostnameSource
+from ssaproxy.config.enums import ACTIONS, HOSTNAME_SOURCES, REVOCATION_MODES, Action, HostnameSource
 from ssaproxy.config.reader import Network, Reader
 from ssaproxy.errors import ConfigError
 
@@ -38,6 +38,7 @@ class Route:
     client_certificate: Optional[str] = None  # an identity to present upstream (mTLS)
     client_key: Optional[str] = None
     session_resumption: Optional[bool] = None  # None: policy.session_resumption
+    revocation: Optional[str] = None  # None: [policy] revocation
 
     def matches(self, ip: IPAddress, port: int) -> bool:
         return (
@@ -115,6 +116,9 @@ def parse_route(r: Reader, index: int) -> Route:
     resumption: Optional[bool] = r.take("session_resumption", bool, None)
     r.check("client_key" if client_cert else "client_certificate", (client_cert is None) == (client_key is None),
             "client_certificate and client_key go together")
+    revocation: Optional[str] = r.take("revocation", str, None)
+    if revocation is not None:
+        r.one_of("revocation", revocation, REVOCATION_MODES)
     if hostname is not None:
         r.check("hostname", is_valid_hostname(hostname), f"not a valid DNS name: {hostname!r}")
         r.check("hostname", hostname_from is None, "give either hostname or hostname_from, not both")
@@ -125,10 +129,12 @@ def parse_route(r: Reader, index: int) -> Route:
                 "an upgrade route needs hostname or hostname_from (the name to verify)")
     else:
         for key, value in (("hostname", hostname), ("hostname_from", hostname_from), ("tls_port", tls_port),
-                           ("client_certificate", client_cert), ("session_resumption", resumption)):
+                           ("client_certificate", client_cert), ("session_resumption", resumption),
+                           ("revocation", revocation)):
             r.check(key, value is None, f"only applies to action = \"upgrade\", not {action!r}")
     r.done()
     return Route(name=name, destination=destination, ports=ports, action=Action(action), tls_port=tls_port,
                  hostname=hostname.rstrip(".") if hostname else None,
                  hostname_from=HostnameSource(hostname_from) if hostname_from is not None else None,
-                 client_certificate=client_cert, client_key=client_key, session_resumption=resumption)
+                 client_certificate=client_cert, client_key=client_key, session_resumption=resumption,
+                 revocation=revocation)

@@ -78,6 +78,11 @@ def _no_waiver(admin: Any, mine: Any) -> Optional[str]:
     return "only [policy] may waive a check" if mine and not admin else None
 
 
+def _superset(admin: Any, mine: Any) -> Optional[str]:
+    missing = [f for f in admin if f not in mine]
+    return f"leaves out the admin's {', '.join(missing)}" if missing else None
+
+
 def _process_wide(admin: Any, mine: Any) -> Optional[str]:
     return "is one setting for the whole process: set it in [policy]" if mine != admin else None
 
@@ -99,6 +104,9 @@ PROFILE_RULES: dict[str, Rule] = {
     "session_resumption": ordered("True", "False"),  # a profile may turn resumption off
     "session_cache_size": _process_wide,  # one client session cache per process
     "session_lifetime": _process_wide,
+    "revocation": ordered("off", "soft", "hard"),
+    "crl_files": _superset,  # more CRLs, never fewer
+    "revocation_timeout": _not_below,  # a shorter wait turns more answers into "unknown"
 }
 
 

@@ -84,11 +84,11 @@ _TABLE = [
     Option(TLS_TRUSTED_CIPHERS, "TLS_TRUSTED_CIPHERS", TEXT, settable=True, gettable=True),
     Option(TLS_CHOSEN_CIPHER, "TLS_CHOSEN_CIPHER", TEXT, gettable=True, connected_only=True),
     Option(TLS_ERROR, "TLS_ERROR", TEXT, gettable=True),
-    Option(TLS_REVOCATION_CHECKS, "TLS_REVOCATION_CHECKS", INT, unsupported="no revocation checking yet"),
-    Option(TLS_OCSP_STAPLED_CHECKS, "TLS_OCSP_STAPLED_CHECKS", INT, unsupported="no revocation checking yet"),
-    Option(TLS_OCSP_CHECKS, "TLS_OCSP_CHECKS", INT, unsupported="no revocation checking yet"),
-    Option(TLS_CRL_CHECKS, "TLS_CRL_CHECKS", INT, unsupported="no revocation checking yet"),
-    Option(TLS_CACHED_REV_CHECKS, "TLS_CACHED_REV_CHECKS", INT, unsupported="no revocation checking yet"),
+    Option(TLS_REVOCATION_CHECKS, "TLS_REVOCATION_CHECKS", INT, settable=True, gettable=True),
+    Option(TLS_OCSP_STAPLED_CHECKS, "TLS_OCSP_STAPLED_CHECKS", INT, settable=True, gettable=True),
+    Option(TLS_OCSP_CHECKS, "TLS_OCSP_CHECKS", INT, settable=True, gettable=True),
+    Option(TLS_CRL_CHECKS, "TLS_CRL_CHECKS", INT, settable=True, gettable=True),
+    Option(TLS_CACHED_REV_CHECKS, "TLS_CACHED_REV_CHECKS", INT, settable=True, gettable=True),
     Option(TLS_CONTEXT, "TLS_CONTEXT", INT, settable=True, gettable=True),
     Option(TLS_SESSION_REUSE, "TLS_SESSION_REUSE", INT, settable=True, gettable=True),
     Option(TLS_RESUMED_SESSION, "TLS_RESUMED_SESSION", INT, gettable=True, connected_only=True),
@@ -103,6 +103,11 @@ OPTIONS: dict[int, Option] = {o.number: o for o in _TABLE}
 INFO_OPTIONS = (TLS_REMOTE_HOSTNAME, TLS_SERVER_NAME, TLS_ALPN, TLS_PEER_IDENTITY, TLS_REQUEST_PEER_AUTH,
                 TLS_PEER_CERTIFICATE_CHAIN, TLS_TRUSTED_CIPHERS, TLS_CHOSEN_CIPHER, TLS_RESUMED_SESSION,
                 TLS_VERSION_MIN, TLS_VERSION_MAX, TLS_VERSION_CONN, TLS_SESSION_REUSE)
+
+# Revocation (102-106): the SSA's on/off switches.  A program may turn checking on (or, with
+# TLS_REVOCATION_CHECKS = 2, make it hard-fail), never off where the admin's policy has it on.
+REVOCATION_OPTIONS = (TLS_REVOCATION_CHECKS, TLS_OCSP_STAPLED_CHECKS, TLS_OCSP_CHECKS, TLS_CRL_CHECKS,
+                      TLS_CACHED_REV_CHECKS)
 
 _INT = struct.Struct("!i")
 

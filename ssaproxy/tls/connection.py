@@ -14,6 +14,7 @@ from OpenSSL import SSL
 
 from ssaproxy.policy import Identity
 from ssaproxy.tls import sessions
+from ssaproxy.tls.revcheck import RevocationCheck
 from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck, Verifier
 
@@ -25,12 +26,17 @@ def verifier_for(identity: Identity, min_rsa_bits: int) -> Verifier:
 
 
 def client_stream(ctx: SSL.Context, identity: Identity, min_rsa_bits: int,
-                  resume: Optional[sessions.SessionKey] = None) -> TLSStream:
-    """Client-side TLS to a peer that must prove `identity`; `resume`: the key under which
-    sessions to this peer are cached (None: no resumption)."""
+                  resume: Optional[sessions.SessionKey] = None,
+                  revocation: Optional[RevocationCheck] = None) -> TLSStream:
+    """Client-side TLS to a peer that must prove `identity` (and, with `revocation`, not be
+    revoked: the server is asked to staple); `resume`: the key under which sessions to this
+    peer are cached (None: no resumption)."""
     verifier = verifier_for(identity, min_rsa_bits)
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(verifier)
+    if revocation is not None:
+        verifier.revocation = revocation
+        conn.request_ocsp()
     if identity.dns_name is not None:
         conn.set_tlsext_host_name(identity.dns_name.encode("ascii"))
     stream = TLSStream(conn, verifier)
@@ -53,9 +59,11 @@ def session_key(ctx: SSL.Context, identity: Identity, peer: str, port: int, min_
 S = TypeVar("S", bound=TLSStream)
 
 
-def server_stream(ctx: SSL.Context, check: ClientCheck, kind: type[S]) -> S:
+def server_stream(ctx: SSL.Context, check: ClientCheck, kind: type[S],
+                  revocation: Optional[RevocationCheck] = None) -> S:
     """Server-side TLS (as a `kind` of stream); `check` judges the client's certificate, if one
-    is asked for."""
+    is asked for, and `revocation` whether it is revoked."""
     conn = SSL.Connection(ctx, None)
     conn.set_app_data(check)
+    check.revocation = revocation
     return kind(conn, check, server=True)

@@ -25,6 +25,7 @@ from OpenSSL import SSL
 from ssaproxy.config import Policy, TLSVersion
 from ssaproxy.tls._openssl import set_groups_list, x509_strict_flags
 from ssaproxy.tls.paths import PathValidator
+from ssaproxy.tls.revcheck import status_callback
 from ssaproxy.tls.verify import install, verify_callback
 
 CIPHER_FLOOR = ":!aNULL:!eNULL:!EXPORT:!DES:!3DES:!RC4:!MD5:!PSK:!SRP:!DSS:!SHA1:!kRSA:@SECLEVEL=2"
@@ -89,8 +90,10 @@ def new_context(low: str, high: str, ciphers: Optional[str], ciphersuites: Optio
             ctx.set_timeout(max(1, int(tickets.lifetime)))
         if alpn:
             select_alpn(ctx, alpn)
-    elif alpn:
-        ctx.set_alpn_protos([p.encode() for p in alpn])
+    else:
+        ctx.set_ocsp_client_callback(status_callback)  # revocation, for connections that ask (tls/revcheck.py)
+        if alpn:
+            ctx.set_alpn_protos([p.encode() for p in alpn])
     if verify != SSL.VERIFY_NONE:
         ctx.set_verify(verify, verify_callback)
     return ctx

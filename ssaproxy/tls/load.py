@@ -25,8 +25,10 @@ from OpenSSL import SSL
 from ssaproxy.config import Config, Inbound, Policy, Profile
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import CIPHER_FLOOR, set_groups
+from ssaproxy.tls.fetch import split_crls
 from ssaproxy.tls.paths import load_anchors
 from ssaproxy.tls.reasons import os_reason, ssl_text
+from ssaproxy.tls.stapling import stapler_for
 
 
 @attrs.frozen(kw_only=True)
@@ -142,6 +144,13 @@ def _check_policy(policy: Policy) -> None:
     _openssl_judges("policy.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None:
         _check_trust_store("policy.trust_store", policy.trust_store)
+    for n, crl in enumerate(policy.crl_files):
+        _readable(f"policy.crl_files[{n}]", crl)
+        try:
+            with open(crl, "rb") as f:
+                split_crls(f.read())
+        except ValueError as e:
+            raise ConfigError(f"policy.crl_files[{n}]", f"{crl!r} is not a CRL (PEM or DER): {e}") from None
 
 
 def _check_profile(profile: Profile, admin: Policy, path: str) -> None:
@@ -241,6 +250,9 @@ def _check_inbound(inbound: Inbound, path: str) -> None:
     load_certificates(inbound, path)
     if inbound.client_ca is not None:
         _check_trust_store(f"{path}.client_ca", inbound.client_ca)
+    if inbound.ocsp_response_file is not None:
+        stapler_for(inbound.name, [c.chain for c in inbound.certificates], inbound.ocsp_response_file,
+                    f"{path}.ocsp_response_file")
 
 
 def _openssl_judges(key: str, value: str, check: Callable[[str], None]) -> None:

@@ -32,6 +32,7 @@ from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import REQUIRE_PEER, Tickets, new_context, strict_checks, use_identity
 from ssaproxy.tls.load import LoadedCertificate, load_certificates
 from ssaproxy.tls.paths import PathValidator
+from ssaproxy.tls.stapling import stapler_for
 
 
 def versions(inbound: Inbound, policy: Policy) -> tuple[TLSVersion, TLSVersion]:
@@ -53,6 +54,12 @@ def server_context(inbound: Inbound, policy: Policy) -> SSL.Context:
         validator = PathValidator.from_location(inbound.client_ca, strict=not inbound.insecure_allow_non_rfc5280_chains)
     contexts = [(names, _group_context(inbound, policy, certs, validator)) for names, certs in groups.items()]
     default = contexts[0][1]
+    if inbound.ocsp_stapling:  # one stapler for the listener, on every context (tls/stapling.py)
+        stapler = stapler_for(inbound.name, [c.chain for c in inbound.certificates], inbound.ocsp_response_file,
+                              f"inbound.{inbound.name}.ocsp_response_file")
+        for _, ctx in contexts:
+            ctx.set_ocsp_server_callback(stapler.callback)
+        default.set_app_data(stapler)
 
     def pick(conn: SSL.Connection) -> None:
         raw = conn.get_servername()
@@ -73,7 +80,11 @@ TICKET_KEY_ROTATION = 86400.0  # seconds a listener's ticket keys are used at mo
 
 
 def resumes(inbound: Inbound, policy: Policy) -> bool:
-    """Whether the listener issues (and accepts) session tickets."""
+    """Whether the listener issues (and accepts) session tickets: not where client certificates
+    are checked for revocation, since a ticket carries the client's leaf but not its issuer, so a
+    resumed client's status could not be checked again (tickets would mean no check at all)."""
+    if inbound.client_auth != "none" and (inbound.revocation or policy.revocation) != "off":
+        return False
     return policy.session_resumption if inbound.session_resumption is None else inbound.session_resumption
 
 

@@ -57,6 +57,9 @@ class TLSStream(End):
         self._close_after_pending = False
         self._linger: Any = None
         self.saver: Optional[SessionSaver] = None  # a client's session, kept for resumption once verified
+        self._checking = False  # handshake over, revocation check running
+        self._paused_for_check = False
+        self._alerted = False  # OpenSSL wrote an alert when our verification failed the handshake
 
     # ---- Twisted events
     @guarded
@@ -73,6 +76,8 @@ class TLSStream(End):
         if self._failed or self._aborting:
             return
         self.tls.bio_write(data)
+        if self._checking:
+            return  # held in OpenSSL until the revocation check is over
         if not self.handshake_done:
             self._handshake()
             if not self.handshake_done:
@@ -195,7 +200,7 @@ class TLSStream(End):
             self._flush()
             return
         except SSL.Error as e:
-            self._flush()  # the alert, if OpenSSL produced one
+            self._alerted = self._flush() > 0  # the alert, if OpenSSL produced one
             why = self.verifier.explain(ssl_text(e))
             if why is not None:
                 self._fail(How.VERIFY_FAILED, why, alert=True)
@@ -209,6 +214,19 @@ class TLSStream(End):
             reason = str(self.verifier.error or "certificate was not verified")
             self._fail(How.VERIFY_FAILED, reason, alert=True)
             return
+        revocation = self.verifier.revocation
+        if revocation is not None:  # ready once the revocation check passed (tls/revcheck.py)
+            self._checking = True
+            # A resumed session ran no callback: its chain is the one its cache entry carries.
+            carried = [c.to_cryptography() for c in getattr(self.verifier, "resumed_chain", ())]
+            revocation.after_handshake(self.tls, self._revocation_verdict, client=not self.server, chain=carried)
+            if self._checking:  # a fetch: what the peer sends meanwhile waits in the kernel, not here
+                self._paused_for_check = True
+                self.tcp.pauseProducing()
+            return
+        self._ready()
+
+    def _ready(self) -> None:
         self.handshake_done = True
         saver = self.saver
         if saver is not None and isinstance(self.verifier, Verifier):
@@ -216,6 +234,28 @@ class TLSStream(End):
             saver.verified(self.tls, self.verifier.identity, chain)
         if self.sink is not None:
             self.sink.end_ready(self)
+
+    @guarded
+    def _revocation_verdict(self, why: Optional[str]) -> None:
+        if not self._checking:
+            return
+        self._checking = False
+        if self._failed or self._aborting or self.transport is None:
+            return
+        if self._paused_for_check:
+            self._paused_for_check = False
+            self.tcp.resumeProducing()
+        if why is not None:
+            self.verifier.fail_revocation(why)
+            # After a finished handshake OpenSSL sends no alert but close_notify: a reset says it.
+            self._fail(How.VERIFY_FAILED, str(self.verifier.error))
+            return
+        self._ready()
+        if self.handshake_done and not self._failed:  # what arrived meanwhile, both ways
+            self._read_plaintext()
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            for chunk in pending:
+                self.write(chunk)
 
     def _read_plaintext(self) -> None:
         while not self._failed and not self._aborting:
@@ -253,17 +293,20 @@ class TLSStream(End):
         if self.sent_close and self.transport is not None:
             graceful_close(self.transport)
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
+        """Write what OpenSSL has to send; how many bytes that was."""
+        sent = 0
         if self.transport is None:
-            return
+            return sent
         while True:
             try:
                 out = self.tls.bio_read(_READ)
             except SSL.WantReadError:
-                return
+                return sent
             if not out:
-                return
+                return sent
             self.transport.write(out)
+            sent += len(out)
 
     def _fail(self, how: How, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
@@ -286,6 +329,14 @@ class TLSStream(End):
                 if sink is not None:
                     sink.end_lost(self, *self._failed)
             return
+        if alert and self._alerted and self.connected:
+            # We refuse a server in its handshake: push our alert (bad_certificate_status_response
+            # for a revoked or unstapled must-staple certificate, say) into the socket now, so that
+            # the reset, which discards only what is still unsent, comes after it.
+            push = getattr(self.transport, "doWrite", None)  # the reactor's own "socket is writable" call
+            if push is not None:
+                with contextlib.suppress(Exception):
+                    push()
         reset(self.transport)
 
     def _linger_over(self) -> None:

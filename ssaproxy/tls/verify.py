@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -76,6 +76,8 @@ class PeerCheck:
         self._path: list[x509.Certificate] = []  # OpenSSL's chain as reported, anchor first
         self.resumed = False  # the handshake resumed an earlier session
         self.resumed_chain: tuple[crypto.X509, ...] = ()  # its verified chain, from the cache
+        self.by_depth: dict[int, x509.Certificate] = {}  # the verified chain, as OpenSSL walked it
+        self.revocation: Optional[Any] = None  # a tls.revcheck.RevocationCheck, when one applies
 
     @property
     def verified(self) -> bool:
@@ -101,7 +103,7 @@ class PeerCheck:
             return self.fail(VerificationFailed(_openssl_reason(code), code=code, depth=depth))
         if self._anchor_depth is None:
             self._anchor_depth = depth
-        c = cert.to_cryptography()
+        c = self.by_depth[depth] = cert.to_cryptography()
         self._path.append(c)
         anchor = depth == self._anchor_depth and c.issuer == c.subject
         problem = (_key_problem(c, self.min_rsa_bits) or (None if anchor else _signature_problem(c))
@@ -119,7 +121,14 @@ class PeerCheck:
             if self.error is not None:
                 return False
             self.leaf_passed = True
-        return True
+            self._revocation_in_handshake()
+        return self.error is None
+
+    def _revocation_in_handshake(self) -> None:
+        """A server judges its client's revocation here (a client does in the status callback)."""
+
+    def fail_revocation(self, why: str) -> None:
+        self.fail(VerificationFailed(why, depth=0))
 
     def _second_opinion(self) -> None:
         """cryptography's verdict on the chain OpenSSL built (leaf first)."""
@@ -274,6 +283,13 @@ class ClientCheck(PeerCheck):
             self.fail(VerificationFailed("no client certificate"))
             return False
         return self.error is None  # anonymous, where the listener allows it
+
+    def _revocation_in_handshake(self) -> None:
+        if self.revocation is not None:
+            chain = [self.by_depth[d] for d in sorted(self.by_depth)]
+            why = self.revocation.in_handshake(chain, None, client=False)
+            if why is not None:
+                self.fail_revocation(why)
 
     def accept(self, conn: SSL.Connection) -> bool:
         if session_reused(conn):
