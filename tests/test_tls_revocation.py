@@ -245,3 +245,34 @@ def test_a_cached_crl_is_refetched_before_its_next_update_and_used_meanwhile() -
     http.answers[url].callback(_crl(5, 7, nxt=rv.now() + 24 * HOUR).public_bytes(serialization.Encoding.DER))
     now_revoked = service.judge_now(LEAF, CA, None)
     assert now_revoked is not None and now_revoked.status is Status.REVOKED, now_revoked
+
+
+def test_a_resumed_session_is_judged_from_the_chain_it_carries() -> None:
+    """No callback runs on a resumed handshake: the check is made after it, from the verified
+    chain the session's cache entry carries; with no chain at all the status is unknown."""
+    from twisted.internet.testing import MemoryReactorClock  # noqa: PLC0415
+
+    from ssaproxy.tls.fetch import Revocation  # noqa: PLC0415
+    from ssaproxy.tls.revcheck import RevocationCheck  # noqa: PLC0415
+
+    class _NoChain:
+        def get_verified_chain(self, as_cryptography: bool = False) -> None:
+            return None
+
+    service = Revocation(MemoryReactorClock())
+    service._keep_crl("http://crl.test/ca.crl", _crl(5, 7, nxt=rv.now() + 24 * HOUR), rv.now() + 24 * HOUR)
+    verdicts: list[Optional[str]] = []
+    soft = RevocationCheck(service, "soft", "test")
+    assert soft.in_handshake([], None, client=True) is None and not soft.judged  # what a resumed handshake sees
+    soft.after_handshake(_NoChain(), verdicts.append, client=True, chain=[LEAF, CA])  # type: ignore[arg-type]
+    assert verdicts and verdicts[-1] is not None and "revoked" in verdicts[-1], verdicts
+    good = Revocation(MemoryReactorClock())
+    good._keep_crl("http://crl.test/ca.crl", _crl(5, nxt=rv.now() + 24 * HOUR), rv.now() + 24 * HOUR)
+    RevocationCheck(good, "hard", "test").after_handshake(_NoChain(), verdicts.append, client=True,  # type: ignore[arg-type]
+                                                          chain=[LEAF, CA])
+    assert verdicts[-1] is None, verdicts  # a must-staple leaf resumed without a staple: none is sent then
+    hard, soft_empty = RevocationCheck(service, "hard", "test"), RevocationCheck(service, "soft", "test")
+    hard.after_handshake(_NoChain(), verdicts.append, client=True)  # type: ignore[arg-type]
+    assert verdicts[-1] is not None, verdicts  # nothing to check is no answer: refused under hard
+    soft_empty.after_handshake(_NoChain(), verdicts.append, client=True)  # type: ignore[arg-type]
+    assert verdicts[-1] is None, verdicts  # ... and allowed (and logged) under soft

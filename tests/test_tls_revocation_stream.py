@@ -24,8 +24,8 @@ class PendingCheck:
         return None
 
     def after_handshake(self, conn: SSL.Connection, verdict: Callable[[Optional[str]], None], *,
-                        client: bool) -> None:
-        self.verdict, self.client = verdict, client
+                        client: bool, chain: Any = ()) -> None:
+        self.verdict, self.client, self.chain = verdict, client, tuple(chain)
 
 
 @pytest.fixture

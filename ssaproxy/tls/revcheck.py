@@ -32,8 +32,10 @@ class RevocationCheck:
         self.judged = False
         self.pending: Optional[tuple[x509.Certificate, x509.Certificate]] = None
 
-    def in_handshake(self, chain: list[x509.Certificate], staple: Optional[bytes], *, client: bool) -> Optional[str]:
-        """None to go on (perhaps with a fetch pending), else the refusal."""
+    def in_handshake(self, chain: list[x509.Certificate], staple: Optional[bytes], *, client: bool,
+                     resumed: bool = False) -> Optional[str]:
+        """None to go on (perhaps with a fetch pending), else the refusal.  `resumed`: a resumed
+        session, where no server staples (must-staple binds the full handshake that made it)."""
         if not chain:
             return None  # a resumed handshake verified nothing now: judged after it (`after_handshake`)
         self.judged = True
@@ -44,7 +46,7 @@ class RevocationCheck:
         if stapled is not None and stapled.status is rv.Status.UNKNOWN and stapled.until is None:
             self.service.conclude(self.mode, self.kind, stapled, "staple", leaf)
             return f"invalid stapled OCSP response: {stapled.detail}"
-        if client and rv.must_staple(leaf) and (stapled is None or stapled.status is rv.Status.UNKNOWN):
+        if client and not resumed and rv.must_staple(leaf) and (stapled is None or stapled.status is rv.Status.UNKNOWN):
             self.service.conclude(self.mode, self.kind, rv.unknown("must-staple"), "staple", leaf)
             return "must-staple certificate without a valid stapled OCSP response"
         answer = self.service.judge_now(leaf, issuer, staple, use_cache=self.use_cache)
@@ -66,7 +68,7 @@ class RevocationCheck:
                 why = self.service.conclude(self.mode, self.kind, rv.unknown("no verified chain to check"), "none",
                                             None)
             else:
-                why = self.in_handshake(path, None, client=client)
+                why = self.in_handshake(path, None, client=client, resumed=bool(chain))
             if why is not None:
                 verdict(why)
                 return None
