@@ -137,17 +137,34 @@ class _Socket(socket.socket):
 
 
 class Port(tcp.Port):
-    """Twisted's TCP port, with fd exhaustion handled as an overload (see the module docstring)."""
+    """Twisted's TCP port, with fd exhaustion handled as an overload (see the module docstring).
 
-    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload) -> None:
+    In a worker process (ssaproxy.supervisor) a port either takes over the listening socket the
+    main process bound for it (`adopt`: a descriptor number; Twisted then never shuts that
+    socket down, which would stop it for the main process too) or, for a listener a reload
+    added, binds one of its own with SO_REUSEPORT (`reuse_port`) beside its sibling workers'."""
+
+    reuse_port = False  # set for every port of a worker process (ssaproxy.worker)
+
+    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload,
+                 adopt: Optional[int] = None) -> None:
         backlog = address.backlog or kernel.somaxconn()
         super().__init__(address.port, factory, backlog, address.interface, reactor)
         self.clock: Any = reactor
         self.overload = overload
         self._resume: Any = None
+        if adopt is not None:
+            inherited = socket.socket(fileno=adopt)
+            self.addressFamily = inherited.family
+            self._preexistingSocket = self._ours(inherited)
 
     def createInternetSocket(self) -> socket.socket:
-        plain = super().createInternetSocket()
+        sock = self._ours(super().createInternetSocket())
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
+
+    def _ours(self, plain: socket.socket) -> socket.socket:
         sock = _Socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
         sock.setblocking(False)
         sock.exhausted = self._exhausted
@@ -176,6 +193,10 @@ class Listener(service.Service):
     port): it listens in privilegedStartService, before twistd drops privileges.  `what` names
     it (the config key) in the one line a failed bind becomes (`StartupError`)."""
 
+    # In a worker process: the descriptors the main process bound, by (interface, port)
+    # (ssaproxy.worker fills it before anything starts).
+    inherited: dict[tuple[str, int], int] = {}
+
     def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload,
                  what: str = "listener") -> None:
         self.address = address
@@ -185,10 +206,20 @@ class Listener(service.Service):
         self.overload = overload
         self.port: Optional[Port] = None
 
+    # In a worker process a listener the main process did not bind (a reload added it) is bound
+    # after the privilege drop, as the reload bound it in the sibling workers: SO_REUSEPORT
+    # only groups sockets of one owner.
+    bind_late = False
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if not self.bind_late or (self.address.interface, self.address.port) in self.inherited:
+            self._bind()
+
+    def _bind(self) -> None:
         if self.port is None:
-            port = Port(self.address, self.factory, self.reactor, self.overload)
+            adopt = self.inherited.pop((self.address.interface, self.address.port), None)
+            port = Port(self.address, self.factory, self.reactor, self.overload, adopt)
             try:
                 port.startListening()
             except error.CannotListenError as e:
@@ -198,7 +229,7 @@ class Listener(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.privilegedStartService()
+        self._bind()
 
     def stopService(self) -> Any:
         super().stopService()

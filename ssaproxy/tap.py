@@ -10,10 +10,12 @@ from twisted.python import usage
 
 from ssaproxy import __version__
 from ssaproxy.config import DEFAULT_SOURCE
+from ssaproxy.config.document import MAX_WORKERS
 from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.privileges import Identity, PrivilegeError
-from ssaproxy.service import make_service, refuse_to_start
-from ssaproxy.tls.load import read_config
+from ssaproxy.service import Startup, make_service, refuse_to_start
+from ssaproxy.supervisor import Supervisor
+from ssaproxy.tls.load import check_config, read_config
 
 
 class Options(usage.Options):
@@ -60,10 +62,29 @@ class Options(usage.Options):
         return None, False
 
 
+def worker_count(configured: Optional[int], environ: Optional[dict[str, str]] = None) -> int:
+    """`[daemon] workers`, or when the file does not say: SSAPROXY_WORKERS from the environment
+    (a default for a whole host or test run; the file wins), else one per CPU."""
+    if configured is not None:
+        return configured
+    text = (os.environ if environ is None else environ).get("SSAPROXY_WORKERS", "")
+    if text:
+        if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+            raise ConfigError("daemon.workers", f"SSAPROXY_WORKERS must be 1-{MAX_WORKERS}, got {text!r}")
+        return int(text)
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor  # noqa: PLC0415 - the reactor twistd installed, at run time only
 
     try:
+        workers = worker_count(options.config.daemon.workers)
+        if workers > 1:
+            check_config(options.config)
+            top = Startup()
+            Supervisor(options.config, reactor, options.identity, options.by_twistd, workers).setServiceParent(top)
+            return top
         return make_service(options.config, reactor, options.identity, options.by_twistd)
     except (ConfigError, StartupError) as e:
         refuse_to_start(f"{options.config.source}: {e}" if isinstance(e, ConfigError) else e)
