@@ -115,6 +115,7 @@ class _ApiService(service.Service):
             port = _SharedUnixPort._fromListeningDescriptor(self.reactor, fd, self.factory)  # a copy of fd
             os.close(fd)
             port.mode = self.api.mode
+            port._preexistingSocket.setblocking(False)  # Twisted accepts until EAGAIN
             port.startListening()
             self.port = port
             return

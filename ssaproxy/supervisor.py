@@ -149,6 +149,7 @@ class Supervisor(service.Service):
         self.notifier = notifier if notifier is not None else Notifier()
         self.groups: dict[tuple[str, int], list[socket.socket]] = {}
         self.api: Optional[socket.socket] = None
+        self.api_path: Optional[str] = None  # the socket file we made, removed at the end
         self.shared_dir = ""
         self.workers: dict[int, _Worker] = {}
         self.delays: dict[int, float] = {}
@@ -178,6 +179,7 @@ class Supervisor(service.Service):
             self.groups[(address.interface, address.port)] = bind_group(address, key, self.count, self.reactor)
         if self.config.api is not None:
             self.api = self._bind_api()
+            self.api_path = self.config.api.socket
         self.shared_dir = tempfile.mkdtemp(prefix="ssaproxy-workers-", dir="/dev/shm" if os.path.isdir("/dev/shm")
                                            else None)
         if self.identity is not None and os.geteuid() == 0:
@@ -356,6 +358,10 @@ class Supervisor(service.Service):
             self._saved.setdefault(signum, signal.getsignal(signum))
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._saved[signum] = signal.signal(signum, self._signalled)
+        # Our copies of the listening sockets go first: each socket then closes as its worker
+        # stops listening, and new connections are refused instead of waiting in a queue that
+        # nobody accepts from any more.  (The API socket's file is removed at the end.)
+        self._close_listeners()
         self.log.info("stopping: {workers} workers drain", workers=len(self.workers))
         if not self.workers:
             self._cleanup()
@@ -365,19 +371,23 @@ class Supervisor(service.Service):
         self._all_gone.addCallback(lambda _: self._cleanup())
         return self._all_gone
 
-    def _cleanup(self) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        self._saved.clear()
+    def _close_listeners(self) -> None:
         for sockets in self.groups.values():
             for sock in sockets:
                 sock.close()
         self.groups.clear()
-        if self.api is not None and self.config.api is not None:
+        if self.api is not None:
             self.api.close()
             self.api = None
+
+    def _cleanup(self) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._saved.clear()
+        self._close_listeners()
+        if self.api_path is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.config.api.socket)
+                os.unlink(self.api_path)
         shutil.rmtree(self.shared_dir, ignore_errors=True)
         self.log.info("every worker has ended{status}",
                       status=f": exiting with status {self.exit_code}" if self.exit_code else "")

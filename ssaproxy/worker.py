@@ -15,8 +15,10 @@ JSON lines, which the main process logs as its own with the worker's number and 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 from typing import Any, Optional
 
@@ -25,6 +27,7 @@ from ssaproxy.kernel import Notifier
 
 START_FD = 3  # the start-up document, read until end of file
 NOTIFY_FD = 4  # READY=1 / STOPPING=1 lines to the main process
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ToMain(Notifier):
@@ -64,7 +67,17 @@ def read_start(fd: int = START_FD) -> dict[str, Any]:
     return start
 
 
+def _die_with_main() -> None:
+    """A worker whose main process is gone (killed outright) stops too: nobody would restart,
+    signal or answer for it (PR_SET_PDEATHSIG; the parent may have gone just before)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:
+        raise SystemExit(1)
+
+
 def main() -> None:
+    _die_with_main()
     start = read_start()
     startup.adopt(start["startup"])
     from twisted.internet import epollreactor  # noqa: PLC0415 - entry point: the reactor is chosen here
@@ -96,6 +109,7 @@ def main() -> None:
     except (ConfigError, StartupError) as e:
         refuse_to_start(e)
     top.privilegedStartService()
+    _die_with_main()  # again: a change of credentials (the privilege drop) clears the setting
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
