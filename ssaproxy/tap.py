@@ -26,7 +26,10 @@ class Options(usage.Options):
                 "daemon refuses, or a listener or socket path it cannot use (a port in use, a low port without "
                 "root, an API socket another daemon serves), ends the start with one line on stderr and exit "
                 "status 2.  Check a file first with `ssaproxy check-config FILE`; the example "
-                "config/ssaproxy.toml shows every key.")
+                "config/ssaproxy.toml shows every key.  With [daemon] workers above 1 (the default: one per CPU; "
+                "SSAPROXY_WORKERS in the environment sets it when the file does not) a main process binds "
+                "every listener and runs that many worker processes, restarting one that dies; SIGTERM drains "
+                "them all and SIGHUP reloads them all.")
     optParameters = [["config", "c", None,
                       "TOML configuration file (default: the embedded default; see `man ssaproxy`)"]]
 
