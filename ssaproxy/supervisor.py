@@ -141,7 +141,7 @@ class Supervisor(service.Service):
     def __init__(self, config: Config, reactor: Any, identity: Optional[Identity], by_twistd: bool,
                  workers: int, notifier: Optional[Notifier] = None) -> None:
         self.config = config
-        self.path = config.source if os.path.exists(config.source) else None
+        self.path = os.path.abspath(config.source) if os.path.exists(config.source) else None
         self.reactor = reactor
         self.identity = identity
         self.by_twistd = by_twistd

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,10 @@ def test_both_workers_serve_as_nobody_and_admin_answers_for_both(pki: PKI, tmp_p
         assert {w["pid"] for w in answer["workers"]} == set(workers)
         assert all(w["ready"] for w in answer["workers"])
         assert admin(d, "/readyz") == (200, b"ready\n")
+        shown = subprocess.run([str(Path(sys.executable).parent / "ssaproxy"), "status", "--admin",
+                                f"http://127.0.0.1:{d.admin_port}"], capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and "workers (2)" in shown.stdout, shown.stdout + shown.stderr
+        assert all(str(pid) in shown.stdout for pid in workers), shown.stdout
         # Counters summed over both workers, whichever of them answers the scrape.
         for _ in range(3):
             _, metrics = admin(d, "/metrics")
@@ -242,3 +247,28 @@ def test_one_worker_is_one_process(pki: PKI, tmp_path: Path, trust: Path) -> Non
         assert children(d.daemon.pid) == []
         assert "workers ready" not in d.text() and "[worker " not in d.text()
         assert ids(d.daemon.pid)[0] == [NOBODY] * 4
+
+
+def test_the_main_process_tells_systemd_once_all_are_ready_and_sigusr1_stops(
+        pki: PKI, tmp_path: Path, trust: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    try:
+        with start(pki, tmp_path, trust) as d:
+            assert d.daemon is not None
+            ready = manager.recv(4096).decode().split("\n")
+            # One datagram, from the main process, once both workers are ready; none from them.
+            assert "READY=1" in ready and f"MAINPID={d.daemon.pid}" in ready, ready
+            assert "STATUS=serving with 2 workers" in ready
+            workers = live_workers(d)
+            assert len(workers) == 2
+            d.daemon.send_signal(signal.SIGUSR1)
+            assert "STOPPING=1" in manager.recv(4096).decode().split("\n")
+            assert d.daemon.wait(20) in (0, -signal.SIGTERM)
+            assert "SIGUSR1 received: stopping" in d.text()
+            assert d.text().count("drain ended") == 2
+            assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    finally:
+        manager.close()
