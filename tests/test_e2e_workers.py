@@ -21,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.api_harness import free_port
 from tests.lab import poll
 from tests.loopback import LoopbackDaemon, certificates
 from tests.pki import PKI
@@ -272,3 +273,38 @@ def test_the_main_process_tells_systemd_once_all_are_ready_and_sigusr1_stops(
             assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     finally:
         manager.close()
+
+
+def test_a_reload_moves_a_listener_in_every_worker_and_a_restarted_worker_serves_it(
+        pki: PKI, tmp_path: Path, trust: Path) -> None:
+    with start(pki, trust.parent, trust) as d:
+        assert d.daemon is not None
+        old_port, new_port = d.port, free_port()
+        d.config.write_text(d.config.read_text().replace('name = "web"', 'name = "moved"')
+                            .replace(f"tcp:{old_port}:", f"tcp:{new_port}:"))
+        d.daemon.send_signal(signal.SIGHUP)
+        assert poll(lambda: len(re.findall(r"\] reloaded \(SIGHUP\)", d.text())) == 2, 15), d.text()[-3000:]
+        # The old address is gone for good (the main process closed its copies too) ...
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old_port), timeout=5).close()
+        # ... and the new one, which each worker bound itself after its drop, is served by both.
+        d.port = new_port
+        workers = live_workers(d)
+        for _ in range(40):
+            assert echo(d) == b"ping\n"
+
+        def moved() -> set[int]:
+            return {int(p) for p in re.findall(r"\[worker \d+ pid (\d+)\] inbound \d+ [a-z-]+: listener=moved",
+                                               d.text())}
+        assert poll(lambda: moved() == set(workers), 10), d.text()[-3000:]
+        # A worker started after the reload reads the file as it is now and binds the new
+        # listener beside its sibling's (same owner, so SO_REUSEPORT groups them).
+        os.kill(workers[0], signal.SIGKILL)
+        assert poll(lambda: len(worker_pids(d)) == 3 and len(live_workers(d)) == 2, 20), d.text()[-3000:]
+        replacement = (set(live_workers(d)) - set(workers)).pop()
+        d.wait_log(f"pid {replacement}] ssaproxy started", 15)
+        for _ in range(200):
+            assert echo(d) == b"ping\n"
+            if replacement in moved():
+                break
+        assert poll(lambda: replacement in moved(), 10), d.text()[-3000:]
