@@ -51,13 +51,14 @@ from prometheus_client import multiprocess
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.tcp import _resolveIPv6
-from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import Logger
 
 from ssaproxy import kernel, startup
 from ssaproxy.capacity import Overload, Port, listen_text
 from ssaproxy.config import Config, ListenAddress
 from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.kernel import Notifier
+from ssaproxy.logs import worker_event
 from ssaproxy.privileges import Identity
 from ssaproxy.service import _claim_directory, _os_text, _prepare_socket_path, _secure_socket_path
 from ssaproxy.tls.load import read_config
@@ -248,20 +249,7 @@ class Supervisor(service.Service):
         self.log.info("worker {worker} started: pid {worker_pid}", worker=index, worker_pid=worker.pid)
 
     def relog(self, worker: _Worker, line: bytes) -> None:
-        try:
-            event = eventFromJSON(line.decode("utf-8", "replace"))
-            text = formatEvent(event)
-        except (ValueError, TypeError, KeyError):
-            event, text = {"log_level": None}, line.decode("utf-8", "replace")
-        event.pop("log_flattened", None)
-        event.update(log_format="[worker {worker} pid {worker_pid}] {worker_text}", worker_text=text,
-                     worker=worker.index, worker_pid=worker.pid)
-        event.setdefault("log_namespace", "ssaproxy.worker")
-        if event.get("log_level") is None:
-            from twisted.logger import LogLevel  # noqa: PLC0415
-
-            event["log_level"] = LogLevel.info
-        globalLogPublisher(event)
+        worker_event(line, worker.index, worker.pid)
 
     def worker_ready(self, worker: _Worker) -> None:
         self.delays.pop(worker.index, None) if self.reactor.seconds() - worker.started > RESTART_STEADY else None
