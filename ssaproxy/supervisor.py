@@ -252,7 +252,6 @@ class Supervisor(service.Service):
         worker_event(line, worker.index, worker.pid)
 
     def worker_ready(self, worker: _Worker) -> None:
-        self.delays.pop(worker.index, None) if self.reactor.seconds() - worker.started > RESTART_STEADY else None
         if not self.ready and len(self.workers) == self.count and all(w.ready for w in self.workers.values()):
             self.ready = True
             self.notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving with {self.count} workers")
@@ -306,8 +305,11 @@ class Supervisor(service.Service):
             self._tell(signal.SIGTERM)
             return
         if signum == signal.SIGHUP:
-            self.log.info("SIGHUP received: passed on to {workers} workers", workers=len(self.workers))
-            self._tell(signal.SIGHUP)
+            # Only to the workers that are serving: one still starting reads the file as it is
+            # now anyway, and has no handler yet (a HUP would end it).
+            ready = [w for w in self.workers.values() if w.ready]
+            self.log.info("SIGHUP received: passed on to {workers} workers", workers=len(ready))
+            self._tell(signal.SIGHUP, ready)
             self._forget_removed()
             return
         self.log.warn("{signal} received: stopping as for SIGTERM (live connections drain, then are reset)",
@@ -315,8 +317,8 @@ class Supervisor(service.Service):
         if self.reactor.running:
             self.reactor.stop()
 
-    def _tell(self, signum: int) -> None:
-        for worker in list(self.workers.values()):
+    def _tell(self, signum: int, workers: Optional[list[_Worker]] = None) -> None:
+        for worker in list(self.workers.values()) if workers is None else workers:
             with contextlib.suppress(Exception):  # it just ended: processEnded follows
                 worker.transport.signalProcess(signum)  # type: ignore[union-attr]
 
