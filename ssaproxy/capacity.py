@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import attrs
 from twisted.application import service
 from twisted.internet import error, tcp
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ssaproxy import kernel
@@ -36,6 +37,8 @@ FD_RESERVE = 64  # listeners, log files, stdio, the spare, DNS and trust store r
 REPORT_WINDOW = 1.0  # seconds: one log line per burst of resets, at most one a second
 PAUSE = 0.1  # seconds a listener rests when there is no spare descriptor to reset with
 RESET_BATCH = 1000  # waiting connections reset per accept call (the reactor serves others in between)
+TRIM_EVERY = 5.0  # seconds between looks at how many connections are live
+TRIM_AFTER = 256  # connections ended since the peak (and at least half of it) before memory is given back
 
 
 @attrs.frozen(kw_only=True)
@@ -289,3 +292,37 @@ class Capacity(service.Service):
         super().stopService()
         self.overload.stop()
         return None
+
+
+class MemoryTrim(service.Service):
+    """After a burst of connections has ended, the heap they used goes back to the system
+    (`kernel.trim_free_memory`), so the daemon's memory follows its load down as well as up.
+    A look every TRIM_EVERY seconds, outside every connection's path; the trim itself only
+    after at least TRIM_AFTER connections, and half of the peak, have ended."""
+
+    def __init__(self, factories: list[Any], reactor: Any) -> None:
+        self.factories = factories  # by reference: what a reload adds counts too
+        self.reactor = reactor
+        self.peak = 0
+        self.trims = 0
+        self.looper: Optional[LoopingCall] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.looper = LoopingCall(self.look)
+        self.looper.clock = self.reactor
+        self.looper.start(TRIM_EVERY, now=False)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.looper is not None and self.looper.running:
+            self.looper.stop()
+        return None
+
+    def look(self) -> None:
+        live = sum(len(f.active) for f in self.factories)
+        self.peak = max(self.peak, live)
+        if self.peak - live >= TRIM_AFTER and live <= self.peak // 2:
+            self.peak = live
+            if kernel.trim_free_memory():
+                self.trims += 1

@@ -20,7 +20,7 @@ from ssaproxy.admin import certs
 from ssaproxy.admin.status import StatusSource
 from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
-from ssaproxy.capacity import Capacity, Listener, Overload
+from ssaproxy.capacity import Capacity, Listener, MemoryTrim, Overload
 from ssaproxy.config import Api, Config, ListenAddress
 from ssaproxy.drain import Drain
 from ssaproxy.errors import StartupError
@@ -300,6 +300,7 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         factories.append(api_factory)
         _ApiService(config.api, api_factory, reactor, identity,
                     worker.api_fd if worker is not None else None).setServiceParent(top)
+    MemoryTrim(factories, reactor).setServiceParent(top)
     drain = Drain(factories, config.daemon.drain_timeout, reactor, state)
     source: Optional[StatusSource] = None
     if config.admin is not None:  # after the other listeners: it is ready once they have started
