@@ -60,20 +60,23 @@ MODES = ("client", "server", "api")
 class Variant:
     """A handshake variant: see HANDSHAKE_VARIANTS."""
 
-    def __init__(self, name: str, ssaproxy_extra: str, haproxy_reuse: bool = False) -> None:
+    def __init__(self, name: str, ssaproxy_extra: str, haproxy_reuse: bool = False,
+                 ssaproxy_resumption: bool = False) -> None:
         self.name = name
         self.ssaproxy_extra = ssaproxy_extra
         self.haproxy_reuse = haproxy_reuse
+        self.ssaproxy_resumption = ssaproxy_resumption
 
 
 # Handshake variants: measured after the rounds, client mode, conn/s only, each with the
 # ssaproxy daemon restarted on its config plus `ssaproxy_extra` (and haproxy with its session
 # reuse on when `haproxy_reuse`).  Their rows appear in the client-mode table under the full
 # handshake ("new connections/s, NAME" and "proxy CPU per new connection, NAME"), and the
-# backend's counters report how many handshakes were resumed.  Session resumption is one entry:
-#   Variant("resumed", "[policy]\nsession_cache = 1000\n", haproxy_reuse=True)
-# (with the key the daemon actually has); nothing else needs to change.
-HANDSHAKE_VARIANTS: list[Variant] = []
+# backend's counters report how many handshakes were resumed.
+HANDSHAKE_VARIANTS: list[Variant] = [
+    # Both proxies keep the backend's sessions ([policy] session_resumption; haproxy's default).
+    Variant("resumed", "", haproxy_reuse=True, ssaproxy_resumption=True),
+]
 
 
 def log(msg: str = "") -> None:
@@ -249,6 +252,8 @@ class Bench:
                 self.put(t, f"{key}_cpu_us", cpu / done * 1e6)
         if errors:
             self.notes.append(f"{t.mode} {t.name} {key}: {sum(errors.values())} failed: {dict(errors)}")
+        if key != "conn":  # a variant: what the backend saw of it
+            self.info.setdefault("variant handshakes", {})[f"{key} {t.name}"] = {"full": hs, "resumed": res}
         upstream = f", backend: {hs} TLS handshakes, {res} resumed" if t.mode in ("client", "api") else ""
         log(f"    {key:<8} {done / elapsed if elapsed else 0:8.0f} /s    proxy {cpu / wall:.2f} cores, machine "
             f"{busy:.2f}  ({done}/{self.p['conns']} ok{upstream})")
@@ -317,7 +322,7 @@ class Bench:
             w, pc = self.work, self.proxy_cpus
             self.procs["ssaproxy"].stop()
             self.procs["ssaproxy"] = bp.ssaproxy_proc(w, self.ca, self.chain, self.key, pc, self.args.workers,
-                                                      extra=v.ssaproxy_extra)
+                                                      extra=v.ssaproxy_extra, resumption=v.ssaproxy_resumption)
             self.procs["ssaproxy"].start()
             if v.haproxy_reuse:
                 self.procs["haproxy"].stop()
@@ -347,8 +352,8 @@ class Bench:
         for rnd in range(self.p["rounds"]):
             log(f"Round {rnd + 1} of {self.p['rounds']}")
             self.one_round(rnd)
+        self.info["backend totals"] = self.backend_stats()  # the full-handshake rounds: nothing resumed
         self.variants()
-        self.info["backend totals"] = self.backend_stats()
         self.info["ssaproxy outcomes"] = dict(ssaproxy_outcomes(self.procs["ssaproxy"].logs))
         report(self)
         if self.args.json:

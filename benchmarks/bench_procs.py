@@ -199,14 +199,16 @@ def _write(path: str, text: str) -> str:
 
 
 def ssaproxy_proc(work: str, ca: str, chain: str, key: str, cpus: str | None, workers: int,
-                  extra: str = "", name: str = "ssaproxy") -> Proc:
+                  extra: str = "", name: str = "ssaproxy", resumption: bool = False) -> Proc:
     """ssaproxy: outbound (transparent), inbound and the socket API in one daemon.  `extra` is
-    appended to the config (a variant, e.g. session resumption, is a few lines of TOML)."""
-    # `[daemon] workers` is written only when asked for: a daemon without the key runs one process.
-    daemon = f"\n[daemon]\nworkers = {workers}\n" if workers != 1 else ""
+    appended to the config (a variant is a few lines of TOML).  Session resumption is off
+    unless asked for: the figures are for full handshakes, as the other proxies are set up."""
+    # Always written: a daemon without the key runs one worker per CPU it may use.
+    daemon = f"\n[daemon]\nworkers = {workers}\n"
     conf = _write(os.path.join(work, f"{name}.toml"), f"""\
         [policy]
         trust_store = "{ca}"
+        session_resumption = {"true" if resumption else "false"}
 
         [api]
         socket = "{work}/{name}-api.sock"

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import attrs
 from twisted.application import service
 from twisted.internet import error, tcp
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ssaproxy import kernel
@@ -36,6 +37,8 @@ FD_RESERVE = 64  # listeners, log files, stdio, the spare, DNS and trust store r
 REPORT_WINDOW = 1.0  # seconds: one log line per burst of resets, at most one a second
 PAUSE = 0.1  # seconds a listener rests when there is no spare descriptor to reset with
 RESET_BATCH = 1000  # waiting connections reset per accept call (the reactor serves others in between)
+TRIM_EVERY = 5.0  # seconds between looks at how many connections are live
+TRIM_AFTER = 256  # connections ended since the peak (and at least half of it) before memory is given back
 
 
 @attrs.frozen(kw_only=True)
@@ -137,17 +140,34 @@ class _Socket(socket.socket):
 
 
 class Port(tcp.Port):
-    """Twisted's TCP port, with fd exhaustion handled as an overload (see the module docstring)."""
+    """Twisted's TCP port, with fd exhaustion handled as an overload (see the module docstring).
 
-    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload) -> None:
+    In a worker process (ssaproxy.supervisor) a port either takes over the listening socket the
+    main process bound for it (`adopt`: a descriptor number; Twisted then never shuts that
+    socket down, which would stop it for the main process too) or, for a listener a reload
+    added, binds one of its own with SO_REUSEPORT (`reuse_port`) beside its sibling workers'."""
+
+    reuse_port = False  # set for every port of a worker process (ssaproxy.worker)
+
+    def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload,
+                 adopt: Optional[int] = None) -> None:
         backlog = address.backlog or kernel.somaxconn()
         super().__init__(address.port, factory, backlog, address.interface, reactor)
         self.clock: Any = reactor
         self.overload = overload
         self._resume: Any = None
+        if adopt is not None:
+            inherited = socket.socket(fileno=adopt)
+            self.addressFamily = inherited.family
+            self._preexistingSocket = self._ours(inherited)
 
     def createInternetSocket(self) -> socket.socket:
-        plain = super().createInternetSocket()
+        sock = self._ours(super().createInternetSocket())
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
+
+    def _ours(self, plain: socket.socket) -> socket.socket:
         sock = _Socket(plain.family, plain.type, plain.proto, fileno=plain.detach())
         sock.setblocking(False)
         sock.exhausted = self._exhausted
@@ -176,6 +196,10 @@ class Listener(service.Service):
     port): it listens in privilegedStartService, before twistd drops privileges.  `what` names
     it (the config key) in the one line a failed bind becomes (`StartupError`)."""
 
+    # In a worker process: the descriptors the main process bound, by (interface, port)
+    # (ssaproxy.worker fills it before anything starts).
+    inherited: dict[tuple[str, int], int] = {}
+
     def __init__(self, address: ListenAddress, factory: Any, reactor: Any, overload: Overload,
                  what: str = "listener") -> None:
         self.address = address
@@ -185,10 +209,20 @@ class Listener(service.Service):
         self.overload = overload
         self.port: Optional[Port] = None
 
+    # In a worker process a listener the main process did not bind (a reload added it) is bound
+    # after the privilege drop, as the reload bound it in the sibling workers: SO_REUSEPORT
+    # only groups sockets of one owner.
+    bind_late = False
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if not self.bind_late or (self.address.interface, self.address.port) in self.inherited:
+            self._bind()
+
+    def _bind(self) -> None:
         if self.port is None:
-            port = Port(self.address, self.factory, self.reactor, self.overload)
+            adopt = self.inherited.pop((self.address.interface, self.address.port), None)
+            port = Port(self.address, self.factory, self.reactor, self.overload, adopt)
             try:
                 port.startListening()
             except error.CannotListenError as e:
@@ -198,7 +232,7 @@ class Listener(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.privilegedStartService()
+        self._bind()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -258,3 +292,37 @@ class Capacity(service.Service):
         super().stopService()
         self.overload.stop()
         return None
+
+
+class MemoryTrim(service.Service):
+    """After a burst of connections has ended, the heap they used goes back to the system
+    (`kernel.trim_free_memory`), so the daemon's memory follows its load down as well as up.
+    A look every TRIM_EVERY seconds, outside every connection's path; the trim itself only
+    after at least TRIM_AFTER connections, and half of the peak, have ended."""
+
+    def __init__(self, factories: list[Any], reactor: Any) -> None:
+        self.factories = factories  # by reference: what a reload adds counts too
+        self.reactor = reactor
+        self.peak = 0
+        self.trims = 0
+        self.looper: Optional[LoopingCall] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.looper = LoopingCall(self.look)
+        self.looper.clock = self.reactor
+        self.looper.start(TRIM_EVERY, now=False)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.looper is not None and self.looper.running:
+            self.looper.stop()
+        return None
+
+    def look(self) -> None:
+        live = sum(len(f.active) for f in self.factories)
+        self.peak = max(self.peak, live)
+        if self.peak - live >= TRIM_AFTER and live <= self.peak // 2:
+            self.peak = live
+            if kernel.trim_free_memory():
+                self.trims += 1

@@ -16,6 +16,7 @@ The lifecycle also leaves its failed records here (`recent_failures`, the last
 from __future__ import annotations
 
 import collections
+import os
 import time
 from typing import Iterable, Iterator, Mapping, Optional
 
@@ -23,6 +24,7 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -35,7 +37,7 @@ _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 CONNECTIONS = Counter("ssaproxy_connections", "Connections ended, by face, route or listener, and outcome",
                       ["kind", "where", "outcome"], registry=REGISTRY)
 ACTIVE = Gauge("ssaproxy_active_connections", "Connections accepted and not yet ended, by face", ["kind"],
-               registry=REGISTRY)
+               registry=REGISTRY, multiprocess_mode="livesum")
 CONNECT_SECONDS = Histogram("ssaproxy_connect_duration_seconds",
                             "From starting the far end's TCP connect to its being connected", ["kind"],
                             buckets=_SECONDS, registry=REGISTRY)
@@ -53,9 +55,10 @@ REVOCATION = Counter("ssaproxy_revocation_checks", "Revocation verdicts on peer 
                      ["kind", "result", "source"], registry=REGISTRY)
 RELOADS = Counter("ssaproxy_config_reloads", "Configuration reloads, by result", ["result"], registry=REGISTRY)
 LAST_RELOAD = Gauge("ssaproxy_config_last_reload_success_timestamp_seconds",
-                    "Unix time of the last successful configuration reload", registry=REGISTRY)
+                    "Unix time of the last successful configuration reload", registry=REGISTRY,
+                    multiprocess_mode="livemax")
 LAST_RELOAD_OK = Gauge("ssaproxy_config_last_reload_successful", "1 if the last reload succeeded, else 0",
-                       registry=REGISTRY)
+                       registry=REGISTRY, multiprocess_mode="livemin")
 LAST_RELOAD_OK.set(1)
 for _result in ("success", "failure"):
     RELOADS.labels(result=_result)  # both series exist from the start, at 0
@@ -203,5 +206,17 @@ def certificates() -> tuple[CertificateExpiry, ...]:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The registry in Prometheus's text format, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The registry in Prometheus's text format, and its content type.
+
+    In a worker process (`[daemon] workers` above 1) the counters, gauges and histograms live
+    in files every worker writes to (prometheus_client's multiprocess mode, switched on by the
+    main process through PROMETHEUS_MULTIPROC_DIR), and any worker's answer sums them all:
+    counters over every worker that ever ran (a restarted worker's counts stay), the live
+    gauges over the running ones.  The certificate expiry is this process's own view."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    registry.register(_expiry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -12,7 +12,7 @@ import sys
 from typing import Any, NoReturn, Optional
 
 from twisted.application import service
-from twisted.internet import error
+from twisted.internet import error, tcp, unix
 from twisted.logger import Logger
 
 from ssaproxy import metrics
@@ -20,16 +20,17 @@ from ssaproxy.admin import certs
 from ssaproxy.admin.status import StatusSource
 from ssaproxy.admin.web import AdminService
 from ssaproxy.api.server import ApiFactory
-from ssaproxy.capacity import Capacity, Listener, Overload
+from ssaproxy.capacity import Capacity, Listener, MemoryTrim, Overload
 from ssaproxy.config import Api, Config, ListenAddress
 from ssaproxy.drain import Drain
 from ssaproxy.errors import StartupError
 from ssaproxy.inbound import InboundFactory
+from ssaproxy.kernel import Notifier
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.privileges import Identity
 from ssaproxy.process import Process
 from ssaproxy.reload import Reloader
-from ssaproxy.state import DaemonState
+from ssaproxy.state import DaemonState, WorkerRole
 from ssaproxy.tls import sessions
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import check_config
@@ -102,11 +103,13 @@ class _ApiService(service.Service):
     the mode right after bind; in between, the umask's mode applies (with the usual 022, only
     the owner may connect)."""
 
-    def __init__(self, api: Api, factory: ApiFactory, reactor: Any, owner: Optional[Identity] = None) -> None:
+    def __init__(self, api: Api, factory: ApiFactory, reactor: Any, owner: Optional[Identity] = None,
+                 adopt: Optional[int] = None) -> None:
         self.api = api
         self.factory = factory
         self.reactor = reactor
         self.owner = owner
+        self.adopt = adopt  # a worker process: the socket the main process made (ssaproxy.supervisor)
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
@@ -114,6 +117,15 @@ class _ApiService(service.Service):
         if self.port is not None:
             return
         self.factory.fit()  # the open files limit was raised meanwhile (Capacity starts first)
+        if self.adopt is not None:
+            fd, self.adopt = self.adopt, None
+            port = _SharedUnixPort._fromListeningDescriptor(self.reactor, fd, self.factory)  # a copy of fd
+            os.close(fd)
+            port.mode = self.api.mode
+            port._preexistingSocket.setblocking(False)  # Twisted accepts until EAGAIN
+            port.startListening()
+            self.port = port
+            return
         self.port = _listen_api(self.api, self.factory, self.reactor, self.owner)
 
     def startService(self) -> None:
@@ -128,6 +140,14 @@ class _ApiService(service.Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class _SharedUnixPort(unix.Port):
+    """The API socket a worker shares with its siblings (ssaproxy.supervisor): the main process
+    made it and removes it; a worker that stops only stops accepting on it."""
+
+    def connectionLost(self, reason: Any) -> None:
+        tcp.Port.connectionLost(self, reason)
 
 
 def _os_text(e: BaseException) -> str:
@@ -232,7 +252,7 @@ def refuse_to_start(problem: object, *, logging: bool = True) -> NoReturn:
     raise SystemExit(EXIT_REFUSED)
 
 
-class _Startup(service.MultiService):
+class Startup(service.MultiService):
     """The daemon's top service: a `StartupError` from any child (a port in use, an API socket
     another daemon serves) ends the start with one line and exit 2.  twistd calls both start
     methods outside the reactor, and its own handler prints the whole traceback and exits 1."""
@@ -251,10 +271,12 @@ class _Startup(service.MultiService):
 
 
 def make_service(config: Config, reactor: Any, identity: Optional[Identity] = None, by_twistd: bool = False, *,
-                 state: Optional[DaemonState] = None) -> service.MultiService:
+                 state: Optional[DaemonState] = None, worker: Optional[WorkerRole] = None,
+                 notifier: Optional[Notifier] = None) -> service.MultiService:
     """`identity`: whom the daemon runs as once everything is bound (ssaproxy.process.Process);
     `by_twistd`: twistd --uid makes that switch, not the daemon; `state`: the daemon's live state
-    (ssaproxy.state: draining, listeners bound), shared with whoever reports it."""
+    (ssaproxy.state: draining, listeners bound), shared with whoever reports it; `worker`: this
+    process is one of several (ssaproxy.worker), `notifier` where its readiness goes."""
     state = state if state is not None else DaemonState()
     check_config(config)  # a no-op for what tap.Options already checked; a ConfigError for anything else
     # Build the OpenSSL context now, so a broken trust store fails at start, not at first use.
@@ -266,7 +288,7 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     for profile in config.profiles:
         client_context(profile.policy, profile.client_certificate, profile.client_key)
 
-    top = _Startup()
+    top = Startup()
     overload = Overload(reactor)
     Capacity(config, overload).setServiceParent(top)  # first: the fd limit is raised before anything listens
     # Every factory with live connections, by reference: the drain at the stop and the reload
@@ -286,12 +308,14 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor, profiles=config.profiles)
         factories.append(api_factory)
-        _ApiService(config.api, api_factory, reactor, identity).setServiceParent(top)
+        _ApiService(config.api, api_factory, reactor, identity,
+                    worker.api_fd if worker is not None else None).setServiceParent(top)
+    MemoryTrim(factories, reactor).setServiceParent(top)
     drain = Drain(factories, config.daemon.drain_timeout, reactor, state)
     source: Optional[StatusSource] = None
     if config.admin is not None:  # after the other listeners: it is ready once they have started
         source = StatusSource(config=config, state=state, services=top, factories=factories,
-                              reactor=reactor)
+                              reactor=reactor, worker=worker)
         # Before the drain in the list: services stop in reverse order, so the drain has begun
         # when the admin endpoint is told to stop, and it waits for the drain's end.
         AdminService(config.admin.listen, source, reactor, overload, until=drain.when_ended).setServiceParent(top)
@@ -300,15 +324,21 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     # After every service that binds or loads something (the drop comes once they have), and
     # before the announcement (a daemon that refuses to run never says it started).
     read_later = (("policy.trust_store", config.policy.trust_store),) if config.policy.trust_store else ()
-    Process(identity, by_twistd, read_later=read_later).setServiceParent(top)
+    Process(identity, by_twistd, notifier, read_later=read_later).setServiceParent(top)
     # Before the announcement: once the log says "started", a SIGHUP reloads.
     Reloader(config, reactor, top=top, overload=overload, factories=factories,
              api_service=lambda api, factory: _ApiService(api, factory, reactor, identity),
-             listen_api=lambda api, factory: _listen_api(api, factory, reactor, identity),
+             listen_api=(lambda api, factory: _listen_api(api, factory, reactor, identity)) if worker is None
+             else _no_new_api_socket,
              secure_api=_secure_socket_path,
              on_reload=functools.partial(_reloaded, source, drain)).setServiceParent(top)
     _Announce(config).setServiceParent(top)
     return top
+
+
+def _no_new_api_socket(api: Api, factory: ApiFactory) -> NoReturn:
+    raise StartupError("api.socket", "a new API socket path takes a restart when [daemon] workers is above 1 "
+                                     "(the main process makes the one socket every worker serves)")
 
 
 def _reloaded(source: Optional[StatusSource], drain: Drain, config: Optional[Config]) -> None:

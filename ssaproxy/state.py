@@ -22,3 +22,17 @@ class DaemonState:
     # still pass, or the orchestrator kills the process and cuts the drain short.
     draining: bool = False
     listeners_bound: bool = False  # every configured listener (and the API socket) is listening
+
+
+@attrs.frozen(kw_only=True)
+class WorkerRole:
+    """This process is worker `index` of `workers` under a main process (ssaproxy.supervisor):
+    what the wiring does differently then.  `api_fd`: the API socket the main process bound;
+    `notify_fd`: where readiness goes (to the main process, not the service manager);
+    `shared_dir`: the directory the workers' metrics and status snapshots share."""
+
+    index: int
+    workers: int
+    api_fd: int | None
+    notify_fd: int
+    shared_dir: str

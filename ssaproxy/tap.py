@@ -10,10 +10,12 @@ from twisted.python import usage
 
 from ssaproxy import __version__
 from ssaproxy.config import DEFAULT_SOURCE
+from ssaproxy.config.document import MAX_WORKERS
 from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.privileges import Identity, PrivilegeError
-from ssaproxy.service import make_service, refuse_to_start
-from ssaproxy.tls.load import read_config
+from ssaproxy.service import Startup, make_service, refuse_to_start
+from ssaproxy.supervisor import Supervisor
+from ssaproxy.tls.load import check_config, read_config
 
 
 class Options(usage.Options):
@@ -24,7 +26,10 @@ class Options(usage.Options):
                 "daemon refuses, or a listener or socket path it cannot use (a port in use, a low port without "
                 "root, an API socket another daemon serves), ends the start with one line on stderr and exit "
                 "status 2.  Check a file first with `ssaproxy check-config FILE`; the example "
-                "config/ssaproxy.toml shows every key.")
+                "config/ssaproxy.toml shows every key.  With [daemon] workers above 1 (the default: one per CPU; "
+                "SSAPROXY_WORKERS in the environment sets it when the file does not) a main process binds "
+                "every listener and runs that many worker processes, restarting one that dies; SIGTERM drains "
+                "them all and SIGHUP reloads them all.")
     optParameters = [["config", "c", None,
                       "TOML configuration file (default: the embedded default; see `man ssaproxy`)"]]
 
@@ -60,10 +65,29 @@ class Options(usage.Options):
         return None, False
 
 
+def worker_count(configured: Optional[int], environ: Optional[dict[str, str]] = None) -> int:
+    """`[daemon] workers`, or when the file does not say: SSAPROXY_WORKERS from the environment
+    (a default for a whole host or test run; the file wins), else one per CPU."""
+    if configured is not None:
+        return configured
+    text = (os.environ if environ is None else environ).get("SSAPROXY_WORKERS", "")
+    if text:
+        if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+            raise ConfigError("daemon.workers", f"SSAPROXY_WORKERS must be 1-{MAX_WORKERS}, got {text!r}")
+        return int(text)
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor  # noqa: PLC0415 - the reactor twistd installed, at run time only
 
     try:
+        workers = worker_count(options.config.daemon.workers)
+        if workers > 1:
+            check_config(options.config)
+            top = Startup()
+            Supervisor(options.config, reactor, options.identity, options.by_twistd, workers).setServiceParent(top)
+            return top
         return make_service(options.config, reactor, options.identity, options.by_twistd)
     except (ConfigError, StartupError) as e:
         refuse_to_start(f"{options.config.source}: {e}" if isinstance(e, ConfigError) else e)

@@ -20,6 +20,10 @@ from tests.unhandled import no_unhandled_deferred_errors  # noqa: F401  (autouse
 
 REQUIRE_NETNS = os.environ.get("SSAPROXY_REQUIRE_NETNS") == "1"
 
+# Daemons the tests start run as one process unless their config says `[daemon] workers`: the
+# suite stays fast and its logs simple; tests/test_e2e_workers.py runs the worker processes.
+os.environ["SSAPROXY_WORKERS"] = "1"
+
 
 def require_lab() -> None:
     reason = missing_requirements()

@@ -148,3 +148,32 @@ def test_one_line_per_burst_with_a_count(monkeypatch: pytest.MonkeyPatch) -> Non
         assert not clock.getDelayedCalls()
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+def test_memory_goes_back_after_a_burst_has_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.task import Clock  # noqa: PLC0415
+
+    from ssaproxy import capacity  # noqa: PLC0415
+
+    trimmed: list[int] = []
+    monkeypatch.setattr(capacity.kernel, "trim_free_memory", lambda: trimmed.append(1) or True)
+
+    class Face:
+        active: set[object] = set()
+
+    face, clock = Face(), Clock()
+    face.active = set(range(1000))
+    trim = capacity.MemoryTrim([face], clock)
+    trim.startService()
+    clock.advance(capacity.TRIM_EVERY)
+    assert trimmed == [] and trim.peak == 1000  # busy: nothing to give back
+    face.active = set(range(800))
+    clock.advance(capacity.TRIM_EVERY)
+    assert trimmed == []  # 200 ended: fewer than TRIM_AFTER, and not half
+    face.active = set(range(10))
+    clock.advance(capacity.TRIM_EVERY)
+    assert trimmed == [1] and trim.trims == 1 and trim.peak == 10
+    clock.advance(capacity.TRIM_EVERY)
+    assert trimmed == [1]  # once per burst, not at every look
+    trim.stopService()
+    assert not clock.getDelayedCalls()

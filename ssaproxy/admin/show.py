@@ -59,6 +59,12 @@ def render(status: dict[str, Any], out: TextIO) -> None:
         _table([("FACE", "NAME", "ADDRESS", "BOUND")]
                + [(x.get("face"), x.get("name"), x.get("address"), "yes" if x.get("bound") else "NO")
                   for x in listeners], out)
+    workers = status.get("workers") or []
+    if workers:  # [daemon] workers above 1: one row per worker
+        out.write(f"\nworkers ({len(workers)})\n")
+        _table([("WORKER", "PID", "READY", "ACTIVE")]
+               + [(w.get("index"), w.get("pid") or "-", "yes" if w.get("ready") else "NO",
+                   "-" if w.get("active_total") is None else w.get("active_total")) for w in workers], out)
     active = status.get("active") or []
     out.write(f"\nactive connections ({status.get('active_total', len(active))})\n")
     if active:

@@ -13,10 +13,12 @@ from typing import Any, Callable, Optional
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.web import resource, server
 
 from ssaproxy import metrics
 from ssaproxy.admin import certs
+from ssaproxy.admin.peers import EVERY
 from ssaproxy.admin.status import StatusSource
 from ssaproxy.capacity import Listener, Overload
 from ssaproxy.config import ListenAddress
@@ -88,6 +90,8 @@ class AdminService(service.MultiService):
         super().__init__()
         self.source = source
         self.until = until
+        self.reactor = reactor
+        self.publisher: Optional[LoopingCall] = None
         site = _QuietSite(AdminResource(source), timeout=IDLE_TIMEOUT)
         site.displayTracebacks = False
         self.listener = Listener(ListenAddress.parse(listen, "admin.listen"), site, reactor, overload, "admin.listen")
@@ -97,15 +101,23 @@ class AdminService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self.source.state.listeners_bound = all(row["bound"] for row in self.source.listeners())
+        peers = self.source.peers
+        if peers is not None:  # one worker of several: its snapshot for the others (ssaproxy.admin.peers)
+            self.publisher = LoopingCall(peers.publish)
+            self.publisher.clock = self.reactor
+            self.publisher.start(EVERY, now=True)
 
     def stopService(self) -> Any:
+        if self.source.peers is not None:
+            self.source.peers.publish()  # draining, at once
         if self.until is None:
-            self.source.state.listeners_bound = False
-            return super().stopService()
+            return self._stop_now()
         d = self.until()
         d.addCallback(lambda _: self._stop_now())
         return d
 
     def _stop_now(self) -> Any:
         self.source.state.listeners_bound = False
+        if self.publisher is not None and self.publisher.running:
+            self.publisher.stop()
         return super().stopService()

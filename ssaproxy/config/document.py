@@ -187,6 +187,9 @@ class Daemon:
     group: Optional[str] = None  # and this group (None: the user's primary group)
     drain_timeout: float = 30.0  # SIGTERM: seconds live connections get to finish; the rest are reset
     watch_interval: float = 5.0  # seconds between looks at certificate files for changes (0: never)
+    # Worker processes serving every listener (ssaproxy.supervisor); None: as many as CPUs.  1: one
+    # process, no supervisor (the daemon as it always was).
+    workers: Optional[int] = None
 
 
 def parse_daemon(r: Reader) -> Daemon:
@@ -200,9 +203,21 @@ def parse_daemon(r: Reader) -> Daemon:
     r.check("group", group is None or user is not None, "only applies with user (the identity to drop to)")
     daemon = Daemon(user=user, group=group,
                     drain_timeout=_off_or_positive(r, "drain_timeout", d.drain_timeout, 3600),
-                    watch_interval=_off_or_positive(r, "watch_interval", d.watch_interval, 3600))
+                    watch_interval=_off_or_positive(r, "watch_interval", d.watch_interval, 3600),
+                    workers=_workers(r))
     r.done()
     return daemon
+
+
+MAX_WORKERS = 256
+
+
+def _workers(r: Reader) -> Optional[int]:
+    value: Optional[int] = r.take("workers", int, None)
+    if value is not None:
+        r.check("workers", 1 <= value <= MAX_WORKERS,
+                f"must be 1-{MAX_WORKERS} worker processes (omit it for one per CPU), got {value}")
+    return value
 
 
 DEFAULT_ADMIN_LISTEN = "tcp:9901:interface=127.0.0.1"
