@@ -11,7 +11,7 @@
     python benchmarks/bench.py --workers 2  # ssaproxy with [daemon] workers = 2
 
 Everything runs on loopback inside a network namespace this script creates and deletes, so it
-needs root, `ip`, `iptables`, `taskset`, stunnel4, haproxy, the `trustme` package and ssaproxy
+needs root, `ip`, `iptables`, `taskset`, stunnel4, haproxy and ssaproxy
 installed (`twistd ssaproxy`).  With two or more CPUs each proxy runs pinned alone on one CPU
 (`--proxy-cpus`, default 0) and the loader and backend on the others (`--loader-cpus`).
 
@@ -40,11 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_client as bc  # noqa: E402 - the sibling modules sit next to this script
 import bench_procs as bp  # noqa: E402
+from bench_pki import write_pki  # noqa: E402
 from bench_report import report  # noqa: E402
 
 NCPU = os.cpu_count() or 1
@@ -118,17 +120,9 @@ class Bench:
         self.info["pinning"] = f"proxy alone on CPU {self.proxy_cpus}; loader and backend on CPU {loader} (taskset)"
 
     def setup(self) -> None:
-        import trustme  # noqa: PLC0415 - the bench extra
-
-        ca = trustme.CA()  # ECDSA P-256 throughout
-        leaf = ca.issue_cert(bp.HOSTNAME)
         w = self.work
-        self.ca, self.chain, self.key = f"{w}/ca.pem", f"{w}/chain.pem", f"{w}/key.pem"
-        ca.cert_pem.write_to_path(self.ca)
-        leaf.private_key_pem.write_to_path(self.key)
-        with open(self.chain, "wb") as f:
-            for blob in leaf.cert_chain_pems:
-                f.write(blob.bytes())
+        chain, key, root = write_pki(Path(w), bp.HOSTNAME)  # ECDSA P-256 throughout
+        self.ca, self.chain, self.key = str(root), str(chain), str(key)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         here = os.path.dirname(os.path.abspath(__file__))
         with open(f"{w}/backend.log", "w") as err:

@@ -4,7 +4,7 @@
     python benchmarks/resumption.py                 # 300 connections per case and round, 3 rounds
     python benchmarks/resumption.py --conns 100 --rounds 1 --key rsa
 
-Everything runs on loopback: a throwaway CA (trustme), a Python ssl TLS server (threads, one
+Everything runs on loopback: a throwaway CA (bench_pki.py), a Python ssl TLS server (threads, one
 line in, the same line out, counting resumed handshakes), a plaintext echo backend, and
 `twistd -n ssaproxy` with the socket API and one inbound listener.  Two faces are measured:
 
@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import trustme
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_pki import write_pki  # noqa: E402 - a sibling module
 
 DEADLINE = time.monotonic() + 600  # the whole run
 
@@ -76,9 +77,9 @@ def serve(listener: socket.socket, handle: Callable[[socket.socket], None]) -> N
         threading.Thread(target=handle, args=(raw,), daemon=True).start()
 
 
-def tls_server(ca: trustme.CA, counter: Counter) -> int:
+def tls_server(chain: Path, key: Path, counter: Counter) -> int:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("backend.test").configure_cert(ctx)
+    ctx.load_cert_chain(str(chain), str(key))
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)
 
     def handle(raw: socket.socket) -> None:
@@ -183,15 +184,9 @@ def main() -> int:
     p.add_argument("--key", choices=["ec", "rsa"], default="ec", help="the servers' key type")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssaproxy-resumption-"))
-    ca = trustme.CA(key_type=trustme.KeyType.RSA if args.key == "rsa" else trustme.KeyType.ECDSA)
-    ca_pem = work / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    leaf = ca.issue_cert("backend.test")
-    chain, key = work / "chain.pem", work / "key.pem"
-    chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key))
+    chain, key, ca_pem = write_pki(work, "backend.test", use_rsa=args.key == "rsa")
     counter = Counter()
-    upstream = tls_server(ca, counter)
+    upstream = tls_server(chain, key, counter)
     backend, inbound = echo_backend(), free_port()
     os.environ["SSAPROXY_SOCKET"] = str(work / "api.sock")
     daemon = start_daemon(work, ca_pem, chain, key, backend, inbound)

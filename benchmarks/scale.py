@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_pki import write_pki  # noqa: E402 - a sibling module
+
 CONFIG = """
 [daemon]
 workers = {workers}
@@ -90,17 +93,9 @@ def workers_needed(count: int) -> int:
     return max(1, -(-count // max(room, 1)))
 
 
-def trustme_certificates(directory: Path) -> tuple[Path, Path, Path]:
+def throwaway_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """(chain, key, CA) for backend.test from a throwaway CA."""
-    import trustme  # noqa: PLC0415 - the bench extra
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("backend.test")
-    chain, key, root = directory / "chain.pem", directory / "key.pem", directory / "ca.pem"
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    key.write_bytes(cert.private_key_pem.bytes())
-    root.write_bytes(ca.cert_pem.bytes())
-    return chain, key, root
+    return write_pki(directory, "backend.test")
 
 
 def _service_limits() -> None:
@@ -253,9 +248,9 @@ def run(count: int, work: Path, certs: Optional[tuple[Path, Path, Path]] = None,
         rounds: int = 1, log: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """Measure with `count` connections, opened and closed `rounds` times; the figures as a
     dict (a second round's keys end in _2).  `certs`: (chain, key, CA) for backend.test
-    (default: made with trustme)."""
+    (default: a throwaway CA, bench_pki.py)."""
     _raise_own_limit()  # the clients' ends are in this process
-    return asyncio.run(_run(count, work, certs or trustme_certificates(work), workers, rounds, log))
+    return asyncio.run(_run(count, work, certs or throwaway_certificates(work), workers, rounds, log))
 
 
 def main() -> None:
