@@ -247,7 +247,7 @@ class Bench:
         if errors:
             self.notes.append(f"{t.mode} {t.name} {key}: {sum(errors.values())} failed: {dict(errors)}")
         if key != "conn":  # a variant: what the backend saw of it
-            self.info.setdefault("variant handshakes", {})[f"{key} {t.name}"] = {"full": hs, "resumed": res}
+            self.info.setdefault("variant handshakes", {})[f"{key} {t.name}"] = {"handshakes": hs, "resumed": res}
         upstream = f", backend: {hs} TLS handshakes, {res} resumed" if t.mode in ("client", "api") else ""
         log(f"    {key:<8} {done / elapsed if elapsed else 0:8.0f} /s    proxy {cpu / wall:.2f} cores, machine "
             f"{busy:.2f}  ({done}/{self.p['conns']} ok{upstream})")
