@@ -111,6 +111,39 @@ def unsent(transport: object) -> int:
     return n
 
 
+def write_now(transport: Any, data: bytes) -> None:
+    """Write to a TCP transport, sending at once when nothing is queued before it.
+
+    Twisted's write only queues: the bytes leave at the next writable event, which costs the
+    relay an epoll registration, a poll round and a deregistration per write (half the events
+    of a keep-alive request).  When the transport's buffer is empty, one send() now is the
+    same bytes in the same order; whatever the kernel does not take (or an error) goes through
+    Twisted's write as before, so its buffer, its backpressure and its error handling are
+    unchanged.  Only a live, not-closing, plain Twisted socket transport takes the fast path
+    (the attributes are FileDescriptor's own; tests/test_relay.py notices if they change).
+    """
+    if (transport.__class__ in _DIRECT and not transport._tempDataLen and not transport.dataBuffer
+            and transport.connected and not transport.disconnecting and not transport._writeDisconnecting
+            and not transport._aborting):
+        try:
+            n = transport.socket.send(data)
+        except OSError:
+            n = 0  # EAGAIN, or an error Twisted's own write path meets and reports as it always does
+        if n == len(data):
+            return
+        data = data[n:]
+    transport.write(data)
+
+
+def _direct_classes() -> frozenset[type]:
+    from twisted.internet import tcp as _tcp
+
+    return frozenset({_tcp.Server, _tcp.Client})
+
+
+_DIRECT = _direct_classes()
+
+
 def reset(transport: object) -> None:
     """Close a TCP connection with RST: SO_LINGER 0, then abort."""
     _linger(transport, _LINGER_RESET)
@@ -252,7 +285,7 @@ class TCPEnd(End):
             self.sink.end_data(self, data)
 
     def write(self, data: bytes) -> None:
-        self.tcp.write(data)
+        write_now(self.transport, data)
 
     def shutdown_write(self) -> None:
         self.tcp.loseWriteConnection()

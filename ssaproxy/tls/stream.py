@@ -20,7 +20,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp
+from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp, write_now
+from ssaproxy.tls._openssl import BATCH, read_batch, release_buffers, take_output
 from ssaproxy.tls.reasons import ssl_text
 from ssaproxy.tls.verify import PeerCheck
 
@@ -208,25 +209,30 @@ class TLSStream(End):
             self.sink.end_ready(self)
 
     def _read_plaintext(self) -> None:
+        # Every complete record in the BIO is decrypted in one batch and handed on in one call.
         while not self._failed and not self._aborting:
-            try:
-                data = self.tls.recv(_READ)
-            except SSL.WantReadError:
+            data, failure = read_batch(self.tls)
+            if data and self.sink is not None:
+                self.sink.end_data(self, data)
+            if failure is None:
+                if len(data) < BATCH:
+                    break
+                continue
+            if self._failed or self._aborting:
                 break
-            except SSL.ZeroReturnError:
+            if isinstance(failure, SSL.ZeroReturnError):
                 self._on_close_notify()
                 break
-            except SSL.Error as e:
-                self._flush()
-                if self._tcp_eof:
-                    self._fail(How.TRUNCATED, "connection closed without close_notify")
-                else:
-                    # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
-                    # place): its alert goes out before the end, as after a failed handshake.
-                    self._fail(How.RESET, f"TLS error: {ssl_text(e)}", alert=True)
-                return
-            if self.sink is not None:
-                self.sink.end_data(self, data)
+            if not isinstance(failure, SSL.Error):
+                raise failure
+            self._flush()
+            if self._tcp_eof:
+                self._fail(How.TRUNCATED, "connection closed without close_notify")
+            else:
+                # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
+                # place): its alert goes out before the end, as after a failed handshake.
+                self._fail(How.RESET, f"TLS error: {ssl_text(failure)}", alert=True)
+            return
         self._flush()
 
     def _on_close_notify(self) -> None:
@@ -242,13 +248,11 @@ class TLSStream(End):
         if self.transport is None:
             return
         while True:
-            try:
-                out = self.tls.bio_read(_READ)
-            except SSL.WantReadError:
+            out = take_output(self.tls)
+            if out:
+                write_now(self.transport, out)
+            if len(out) < BATCH:
                 return
-            if not out:
-                return
-            self.transport.write(out)
 
     def _fail(self, how: How, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
