@@ -49,6 +49,8 @@ import textwrap
 import threading
 import time
 
+import trustme
+
 UPSTREAM = ("127.0.0.2", 8443)  # client mode: the TLS upstream
 VIRTUAL = ("127.0.0.2", 8080)  # client mode: what the load dials (REDIRECTed to the daemon)
 OUT_PORT = 15001
@@ -311,9 +313,110 @@ class Load:
 # ====================================================================== one run
 
 
-def run_inner(args: argparse.Namespace) -> int:
-    import trustme
+def issue(ca: trustme.CA, name: str, work: str) -> tuple[str, str]:
+    """A certificate chain and key for `name`, as files."""
+    cert = ca.issue_cert(name)
+    chain, key = os.path.join(work, f"{name}.pem"), os.path.join(work, f"{name}.key")
+    cert.private_key_pem.write_to_path(key)
+    with open(chain, "wb") as f:
+        f.write(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    return chain, key
 
+
+def start_peer(args: argparse.Namespace, work: str, ca: trustme.CA, ca_pem: str,
+               procs: list[subprocess.Popen[bytes]]) -> tuple[str, tuple[str, int]]:
+    """The upstream (client mode) or backend (server mode), started and listening; returns the
+    daemon's configuration and the address it will listen on."""
+    me = [sys.executable, os.path.abspath(__file__), "--role", "serve", "--max-seconds", str(args.budget)]
+    if args.mode == "client":
+        chain, key = issue(ca, "backend.test", work)
+        peer, target = [*me, "--host", UPSTREAM[0], "--port", str(UPSTREAM[1]), "--cert", chain, "--key", key], UPSTREAM
+        subprocess.run(["iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", VIRTUAL[0], "--dport",
+                        str(VIRTUAL[1]), "-j", "REDIRECT", "--to-ports", str(OUT_PORT)], check=True)
+        conf = f"""\
+            [policy]
+            trust_store = "{ca_pem}"
+            [outbound]
+            listen = "tcp:{OUT_PORT}:interface=127.0.0.1"
+            [[outbound.route]]
+            name = "bench"
+            destination = "{VIRTUAL[0]}/32"
+            ports = [{VIRTUAL[1]}]
+            tls_port = {UPSTREAM[1]}
+            hostname = "backend.test"
+            """
+        listen = ("127.0.0.1", OUT_PORT)
+    else:
+        chain, key = issue(ca, "front.test", work)
+        peer, target = [*me, "--host", BACKEND[0], "--port", str(BACKEND[1])], BACKEND
+        conf = f"""\
+            [[inbound]]
+            name = "bench"
+            listen = "tcp:{IN_ADDR[1]}:interface={IN_ADDR[0]}"
+            backend = "tcp:{BACKEND[0]}:{BACKEND[1]}"
+            certificates = [ {{ chain = "{chain}", key = "{key}" }} ]
+            """
+        listen = IN_ADDR
+    with open(os.path.join(work, "peer.log"), "wb") as out:
+        procs.append(subprocess.Popen(peer, stdout=out, stderr=subprocess.STDOUT))
+    wait_port(target, procs[-1])
+    return textwrap.dedent(conf), listen
+
+
+UNITS = {"bulk": "MB", "conns": "connection", "keepalive": "request", "idle": "idle connection"}
+
+
+def measure(args: argparse.Namespace, load: Load, pid: int) -> float:
+    """Warm up, run the load `repeat` times, print each run and the median; returns the units
+    the daemon served in all (for calls per unit in the profile)."""
+    unit = UNITS[args.load]
+    if args.load == "bulk":
+        warm = load.bulk(max(1, args.mb // 10))
+    elif args.load in ("conns", "idle"):
+        warm = load.conns(min(50, args.n), args.concurrency)
+    else:
+        warm = load.keepalive(min(500, args.n), args.concurrency)[0]
+    per: list[float] = []
+    extras: list[float] = []
+    total = 0.0 if args.load == "idle" else warm
+    for i in range(args.repeat):
+        c0 = cpu_seconds(pid)
+        extra = float("nan")
+        if args.load == "bulk":
+            units = load.bulk(args.mb)
+        elif args.load == "conns":
+            units = load.conns(args.n, args.concurrency)
+        elif args.load == "keepalive":
+            units, extra = load.keepalive(args.n, args.concurrency)
+        else:
+            units, extra = load.idle(args.n, pid)
+        cpu = cpu_seconds(pid) - c0
+        total += units
+        per.append(cpu / units * 1e6 if units else float("nan"))
+        extras.append(extra)
+        line = f"  run {i + 1}: {units:.0f} {unit}s, daemon CPU {cpu:.2f}s, {per[-1]:.1f} µs CPU per {unit}"
+        if args.load == "bulk":
+            line += f" = {units / cpu if cpu else float('nan'):.0f} MB per CPU-second"
+        elif args.load == "keepalive":
+            line += f", client p50 {extra:.0f} µs"
+        elif args.load == "idle":
+            line += f", {extra:.1f} KiB RSS per connection"
+        print(line, flush=True)
+    med = statistics.median(per)
+    line = f"{args.mode} {args.load}: median {med:.1f} µs daemon CPU per {unit}"
+    if args.load == "bulk":
+        line += f" = {1e6 / med:.0f} MB per CPU-second"
+    elif args.load == "keepalive":
+        direct = statistics.median([load.keepalive(args.n, args.concurrency, direct=True)[1] for _ in range(3)])
+        p50 = statistics.median(extras)
+        line += f"; client p50 {p50:.0f} µs vs {direct:.0f} µs direct (+{p50 - direct:.0f} µs)"
+    elif args.load == "idle":
+        line += f"; {statistics.median(extras):.1f} KiB RSS per idle connection"
+    print(line, flush=True)
+    return total
+
+
+def run_inner(args: argparse.Namespace) -> int:
     work = tempfile.mkdtemp(prefix="ssap-prof-")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "addr", "add", "127.0.0.2/8", "dev", "lo"], check=False)
@@ -322,116 +425,23 @@ def run_inner(args: argparse.Namespace) -> int:
     ca.cert_pem.write_to_path(ca_pem)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        me = [sys.executable, os.path.abspath(__file__), "--role", "serve", "--max-seconds", str(args.budget)]
-        if args.mode == "client":
-            cert = ca.issue_cert("backend.test")
-            chain, key = os.path.join(work, "up.pem"), os.path.join(work, "up.key")
-            cert.private_key_pem.write_to_path(key)
-            with open(chain, "wb") as f:
-                f.write(b"".join(b.bytes() for b in cert.cert_chain_pems))
-            up = [*me, "--host", UPSTREAM[0], "--port", str(UPSTREAM[1]), "--cert", chain, "--key", key]
-            target = UPSTREAM
-            subprocess.run(["iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", VIRTUAL[0], "--dport",
-                            str(VIRTUAL[1]), "-j", "REDIRECT", "--to-ports", str(OUT_PORT)], check=True)
-            conf = f"""\
-                [policy]
-                trust_store = "{ca_pem}"
-                [outbound]
-                listen = "tcp:{OUT_PORT}:interface=127.0.0.1"
-                [[outbound.route]]
-                name = "bench"
-                destination = "{VIRTUAL[0]}/32"
-                ports = [{VIRTUAL[1]}]
-                tls_port = {UPSTREAM[1]}
-                hostname = "backend.test"
-                """
-            listen: tuple[str, int] = ("127.0.0.1", OUT_PORT)
-        else:
-            cert = ca.issue_cert("front.test")
-            chain, key = os.path.join(work, "front.pem"), os.path.join(work, "front.key")
-            cert.private_key_pem.write_to_path(key)
-            with open(chain, "wb") as f:
-                f.write(b"".join(b.bytes() for b in cert.cert_chain_pems))
-            up = [*me, "--host", BACKEND[0], "--port", str(BACKEND[1])]
-            target = BACKEND
-            conf = f"""\
-                [[inbound]]
-                name = "bench"
-                listen = "tcp:{IN_ADDR[1]}:interface={IN_ADDR[0]}"
-                backend = "tcp:{BACKEND[0]}:{BACKEND[1]}"
-                certificates = [ {{ chain = "{chain}", key = "{key}" }} ]
-                """
-            listen = IN_ADDR
-        with open(os.path.join(work, "upstream.log"), "wb") as out:
-            procs.append(subprocess.Popen(up, stdout=out, stderr=subprocess.STDOUT))
-        wait_port(target, procs[-1])
+        conf, listen = start_peer(args, work, ca, ca_pem, procs)
         conf_path = os.path.join(work, "ssaproxy.toml")
         with open(conf_path, "w") as f:
-            f.write(textwrap.dedent(conf))
+            f.write(conf)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         prof = os.path.join(work, "daemon.prof")
         cmd = [twistd, "-n", "--pidfile="]
         if args.profile:
             cmd += [f"--profile={prof}", "--profiler=cprofile", "--savestats"]
-        cmd += ["ssaproxy", "--config", conf_path]
         with open(os.path.join(work, "daemon.log"), "wb") as out:
-            daemon = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen([*cmd, "ssaproxy", "--config", conf_path], stdout=out, stderr=subprocess.STDOUT)
         procs.append(daemon)
         wait_port(listen, daemon)
-        load = Load(args.mode, ca_pem)
-        unit = {"bulk": "MB", "conns": "connection", "keepalive": "request", "idle": "idle connection"}[args.load]
-
-        def once() -> tuple[float, float, float]:
-            """(units, daemon CPU seconds, extra figure)"""
-            c0 = cpu_seconds(daemon.pid)
-            extra = float("nan")
-            if args.load == "bulk":
-                units = load.bulk(args.mb)
-            elif args.load == "conns":
-                units = load.conns(args.n, args.concurrency)
-            elif args.load == "keepalive":
-                units, extra = load.keepalive(args.n, args.concurrency)
-            else:
-                units, extra = load.idle(args.n, daemon.pid)
-            return units, cpu_seconds(daemon.pid) - c0, extra
-
-        # Warm up (imports, caches, allocator) with a small dose of the same load.
-        if args.load == "bulk":
-            warm = load.bulk(max(1, args.mb // 10))
-        elif args.load in ("conns", "idle"):
-            warm = load.conns(min(50, args.n), args.concurrency)
-        else:
-            warm = load.keepalive(min(500, args.n), args.concurrency)[0]
-        per: list[float] = []
-        extras: list[float] = []
-        total_units = 0.0 if args.load == "idle" else warm  # what the profile covers
-        for i in range(args.repeat):
-            units, cpu, extra = once()
-            total_units += units
-            per.append(cpu / units * 1e6 if units else float("nan"))
-            extras.append(extra)
-            line = f"  run {i + 1}: {units:.0f} {unit}s, daemon CPU {cpu:.2f}s, {per[-1]:.1f} µs CPU per {unit}"
-            if args.load == "bulk":
-                line += f" = {units / cpu if cpu else float('nan'):.0f} MB per CPU-second"
-            if args.load == "keepalive":
-                line += f", client p50 {extra:.0f} µs"
-            if args.load == "idle":
-                line += f", {extra:.1f} KiB RSS per connection"
-            print(line, flush=True)
-        med = statistics.median(per)
-        print(f"{args.mode} {args.load}: median {med:.1f} µs daemon CPU per {unit}", end="")
-        if args.load == "bulk":
-            print(f" = {1e6 / med:.0f} MB per CPU-second", end="")
-        if args.load == "keepalive":
-            direct = statistics.median([load.keepalive(args.n, args.concurrency, direct=True)[1] for _ in range(3)])
-            print(f"; client p50 {statistics.median(extras):.0f} µs vs {direct:.0f} µs direct "
-                  f"(+{statistics.median(extras) - direct:.0f} µs)", end="")
-        if args.load == "idle":
-            print(f"; {statistics.median(extras):.1f} KiB RSS per idle connection", end="")
-        print(flush=True)
+        total = measure(args, Load(args.mode, ca_pem), daemon.pid)
         stop(daemon)
         if args.profile and os.path.exists(prof):
-            show_profile(prof, total_units, unit, args.top)
+            show_profile(prof, total, UNITS[args.load], args.top)
         print(f"  outcomes: {outcomes(os.path.join(work, 'daemon.log'))}")
     finally:
         for p in reversed(procs):
@@ -457,7 +467,8 @@ def show_profile(path: str, units: float, unit: str, top: int) -> None:
     st.sort_stats("tottime").print_stats(top)
     stats = st.stats  # type: ignore[attr-defined]
     total_calls = sum(v[1] for v in stats.values())
-    print(f"  profile: {total_calls / units:.1f} Python-level calls per {unit} (the whole daemon run: warm-up included)")
+    print(f"  profile: {total_calls / units:.1f} Python-level calls per {unit} "
+          "(the whole daemon run, warm-up included)")
     rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     print(f"  {'tottime s':>9} {'cumtime s':>9} {'calls/' + unit:>14}  function")
     for (file, line, name), (_cc, nc, tt, ct, _callers) in rows:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, TypeVar, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error, interfaces
+from twisted.internet import tcp as _tcp
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -122,7 +123,8 @@ def write_now(transport: Any, data: bytes) -> None:
     unchanged.  Only a live, not-closing, plain Twisted socket transport takes the fast path
     (the attributes are FileDescriptor's own; tests/test_relay.py notices if they change).
     """
-    if (transport.__class__ in _DIRECT and not transport._tempDataLen and not transport.dataBuffer
+    cls: object = transport.__class__
+    if (cls in _DIRECT and not transport._tempDataLen and not transport.dataBuffer
             and transport.connected and not transport.disconnecting and not transport._writeDisconnecting
             and not transport._aborting):
         try:
@@ -135,13 +137,7 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-def _direct_classes() -> frozenset[type]:
-    from twisted.internet import tcp as _tcp
-
-    return frozenset({_tcp.Server, _tcp.Client})
-
-
-_DIRECT = _direct_classes()
+_DIRECT: frozenset[type] = frozenset({_tcp.Server, _tcp.Client})
 
 
 def reset(transport: object) -> None:

@@ -42,6 +42,7 @@ class TLSStream(End):
 
     def __init__(self, connection: SSL.Connection, verifier: PeerCheck, *, server: bool = False) -> None:
         self.tls = connection
+        release_buffers(connection)  # an idle connection holds no record buffers
         self.verifier = verifier
         self.server = server
         self.handshake_done = False
