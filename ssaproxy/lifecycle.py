@@ -373,7 +373,10 @@ class Lifecycle:
         fields = self.record(outcome, detail)
         quiet = self.quiet(outcome)
         emit = self.log.info if quiet else self.log.warn
-        emit(self.log_format, **fields)
+        # Rendered here by str.format (C) rather than by each observer through Twisted's
+        # pure-Python formatter (a tenth of a connection's CPU); the fields stay in the event.
+        text = self.log_format.format(**fields).replace("{", "{{").replace("}", "}}")
+        emit(text, **fields)
         # A refused TLS client may still be reading our alert: its failure is on the stream.
         failure = getattr(self.near, "failure", None)
         if failure is not None and failure[0] is How.VERIFY_FAILED:

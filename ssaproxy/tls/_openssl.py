@@ -76,7 +76,9 @@ def read_batch(conn: SSL.Connection) -> tuple[bytes, Optional[Exception]]:
             if _lib.SSL_get_error(ssl, n) != _lib.SSL_ERROR_WANT_READ:
                 conn._raise_ssl_error(ssl, n)
         except Exception as e:  # noqa: BLE001 - handed to the caller, after the data before it
-            failure = e
+            # Without its traceback: that would hold this frame, which holds the exception (a
+            # cycle that keeps a finished connection alive until the cycle collector runs).
+            failure = e.with_traceback(None)
         break
     data: bytes = _ffi.buffer(_plain, got)[:] if got else b""
     return data, failure
