@@ -456,15 +456,20 @@ def run_inner(args: argparse.Namespace) -> int:
     return 0
 
 
-def outcomes(path: str) -> dict[str, int]:
-    """The daemon's per-connection records, counted by outcome."""
+def outcomes(path: str) -> str:
+    """The daemon's per-connection records, counted by outcome, and their median duration."""
     counts: dict[str, int] = {}
+    durations: list[float] = []
     with open(path, errors="replace") as f:
         for line in f:
             m = re.search(r"\b(?:conn|inbound) \d+ (\S+): ", line)
             if m:
                 counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
+                d = re.search(r" duration=([\d.]+)s", line)
+                if d:
+                    durations.append(float(d.group(1)))
+    med = statistics.median(durations) * 1e3 if durations else float("nan")
+    return f"{counts}, median connection duration {med:.1f} ms"
 
 
 def show_profile(path: str, units: float, unit: str, top: int) -> None:

@@ -84,6 +84,10 @@ _LINGER_OFF = struct.pack("ii", 0, 0)  # close() sends FIN (the default)
 # is noticed after about two idle minutes (60 s, then 6 probes 10 s apart), not never.
 KEEPALIVE = ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60),
              (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6))
+# No Nagle: a relay passes on what it has as soon as it has it (write_now sends within the event
+# that produced the bytes, so two small writes of one event, such as a handshake's last flight
+# and the first application data, must not wait for an ACK between them).
+SOCKET_OPTIONS = (*KEEPALIVE, (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
 
 
 def _socket(transport: object) -> Optional[socket.socket]:
@@ -230,7 +234,7 @@ class End(Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP after all (a socketpair): nothing to keep alive
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                for level, option, value in KEEPALIVE:
+                for level, option, value in SOCKET_OPTIONS:
                     sock.setsockopt(level, option, value)
 
     @property

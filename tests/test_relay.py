@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ssaproxy.relay import DRAIN_TIMEOUT, Relay
-from ssaproxy.streams import KEEPALIVE, READ_SIZE, End, How, TCPEnd, relay_reads, unsent, write_now
+from ssaproxy.streams import READ_SIZE, SOCKET_OPTIONS, End, How, TCPEnd, relay_reads, unsent, write_now
 from tests.memtls import Transport
 
 
@@ -141,7 +141,7 @@ def test_ends_are_interchangeable() -> None:
     assert isinstance(near, End)
 
 
-def test_connected_ends_reset_on_death_and_keep_alive() -> None:
+def test_connected_ends_reset_on_death_keep_alive_and_send_at_once() -> None:
     # A real TCP pair: what an end sets on its socket as it connects.
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
@@ -151,8 +151,9 @@ def test_connected_ends_reset_on_death_and_keep_alive() -> None:
         end = TCPEnd()
         end.makeConnection(t)
         assert struct.unpack("ii", server.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 0)
-        for level, option, value in KEEPALIVE:
+        for level, option, value in SOCKET_OPTIONS:
             assert server.getsockopt(level, option) == value
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         for s in (listener, client, server):
             s.close()
