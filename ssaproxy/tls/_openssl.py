@@ -97,8 +97,3 @@ def take_output(conn: SSL.Connection) -> bytes:
         got += n
     return _ffi.buffer(_cipher, got)[:] if got else b""
 
-
-def release_buffers(conn: SSL.Connection) -> None:
-    """SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's record buffers whenever they
-    are empty, so an idle relayed connection holds none (about 34 KiB less each)."""
-    _lib.SSL_set_mode(conn._ssl, _lib.SSL_MODE_RELEASE_BUFFERS)

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp, write_now
-from ssaproxy.tls._openssl import BATCH, read_batch, release_buffers, take_output
+from ssaproxy.tls._openssl import BATCH, read_batch, take_output
 from ssaproxy.tls.reasons import ssl_text
 from ssaproxy.tls.verify import PeerCheck
 
@@ -42,7 +42,6 @@ class TLSStream(End):
 
     def __init__(self, connection: SSL.Connection, verifier: PeerCheck, *, server: bool = False) -> None:
         self.tls = connection
-        release_buffers(connection)  # an idle connection holds no record buffers
         self.verifier = verifier
         self.server = server
         self.handshake_done = False
