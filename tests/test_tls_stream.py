@@ -236,3 +236,15 @@ def test_an_idle_connection_holds_no_record_buffers(pki: PKI) -> None:
     p = Pair(pki)
     p.pump()
     assert _lib.SSL_set_mode(p.proto.tls._ssl, 0) & _lib.SSL_MODE_RELEASE_BUFFERS  # (adding 0 returns the mode)
+
+
+def test_a_large_write_arrives_whole_and_in_order(pki: PKI) -> None:
+    p = Pair(pki)
+    p.pump()
+    big = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: many records, one call
+    p.proto.write(big)
+    p.pump()
+    assert p.server_plain == big
+    p.proto.write(b"then more")
+    p.pump()
+    assert p.server_plain == big + b"then more"

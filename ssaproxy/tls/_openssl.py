@@ -97,3 +97,28 @@ def take_output(conn: SSL.Connection) -> bytes:
         got += n
     return _ffi.buffer(_cipher, got)[:] if got else b""
 
+
+def write_all(conn: SSL.Connection, data: bytes) -> tuple[int, Optional[Exception]]:
+    """SSL_write until all of `data` is in records in the memory BIO (which never refuses).
+
+    pyOpenSSL turns on SSL_MODE_ENABLE_PARTIAL_WRITE, so each SSL_write may take only part;
+    its send() then costs a wrapper, a helper check and an error check per part.  Returns the
+    bytes taken and the exception that stopped it early, exactly as send() would have raised
+    it (WantReadError, an SSL.Error), or None."""
+    ssl = conn._ssl
+    size = len(data)
+    total = 0
+    failure: Optional[Exception] = None
+    with _ffi.from_buffer(data) as buf:
+        while total < size:
+            n = _lib.SSL_write(ssl, buf + total, size - total)
+            if n > 0:
+                total += n
+                continue
+            try:
+                conn._raise_ssl_error(ssl, n)
+                failure = SSL.Error("SSL_write took nothing")  # not reached: n <= 0 is an error
+            except Exception as e:  # noqa: BLE001 - handed to the caller, as in read_batch
+                failure = e.with_traceback(None)
+            break
+    return total, failure

@@ -21,11 +21,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp, write_now
-from ssaproxy.tls._openssl import BATCH, read_batch, take_output
+from ssaproxy.tls._openssl import BATCH, read_batch, take_output, write_all
 from ssaproxy.tls.reasons import ssl_text
 from ssaproxy.tls.verify import PeerCheck
 
-_READ = 65536
 _PENDING_MAX = 1 << 20
 _ALERT_LINGER = 2.0  # seconds a refused peer has to read our alert before the reset
 
@@ -139,21 +138,16 @@ class TLSStream(End):
         if not self.handshake_done or self._pending:
             self._hold(data)
             return
-        view = memoryview(data)
-        try:
-            while view:
-                n = self.tls.send(view[:_READ])
-                view = view[n:]
-        except SSL.WantReadError:
+        written, failure = write_all(self.tls, data)
+        if isinstance(failure, SSL.WantReadError):
             # OpenSSL wants to read first (it should not, with renegotiation off): hold the rest.
-            self._hold(bytes(view))
-        except SSL.Error as e:
-            self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
+            self._hold(bytes(data[written:]))
+        elif isinstance(failure, SSL.Error):
+            self._fail(How.RESET, f"TLS error while sending: {ssl_text(failure)}")
             return
-        try:
-            self._flush()
-        except SSL.Error as e:
-            self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
+        elif failure is not None:
+            raise failure
+        self._flush()
 
     def _hold(self, data: bytes) -> None:
         """Plaintext that cannot be encrypted yet: held, but never without bound (it is not in
