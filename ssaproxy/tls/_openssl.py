@@ -59,7 +59,6 @@ def read_batch(conn: SSL.Connection) -> tuple[bytes, Optional[Exception]]:
     for close_notify, an SSL.Error for anything else), or None.  A caller that got BATCH bytes
     and no exception calls again: there may be more."""
     ssl = conn._ssl
-    ctx = conn._context
     got = 0
     failure: Optional[Exception] = None
     while got < BATCH:
@@ -67,21 +66,31 @@ def read_batch(conn: SSL.Connection) -> tuple[bytes, Optional[Exception]]:
         if n > 0:
             got += n
             continue
-        try:
-            # What pyOpenSSL checks first: an exception a callback (verification, ALPN) raised
-            # inside this SSL_read.
-            for helper in (ctx._verify_helper, ctx._alpn_select_helper, ctx._ocsp_helper):
-                if helper is not None:
-                    helper.raise_if_problem()
-            if _lib.SSL_get_error(ssl, n) != _lib.SSL_ERROR_WANT_READ:
-                conn._raise_ssl_error(ssl, n)
-        except Exception as e:  # noqa: BLE001 - handed to the caller, after the data before it
-            # Without its traceback: that would hold this frame, which holds the exception (a
-            # cycle that keeps a finished connection alive until the cycle collector runs).
-            failure = e.with_traceback(None)
+        failure = _stopped(conn, n, quiet_want_read=True)
         break
     data: bytes = _ffi.buffer(_plain, got)[:] if got else b""
     return data, failure
+
+
+def _stopped(conn: SSL.Connection, result: int, *, quiet_want_read: bool) -> Optional[Exception]:
+    """Why an SSL_read or SSL_write returned `result` <= 0: the exception pyOpenSSL would have
+    raised (None for "wants more input" when `quiet_want_read`), without its traceback, which
+    would hold the caller's frame, which holds the exception (a cycle that keeps a finished
+    connection alive until the cycle collector runs)."""
+    ssl = conn._ssl
+    ctx = conn._context
+    try:
+        # What pyOpenSSL checks first: an exception a callback (verification, ALPN) raised inside
+        # this call.
+        for helper in (ctx._verify_helper, ctx._alpn_select_helper, ctx._ocsp_helper):
+            if helper is not None:
+                helper.raise_if_problem()
+        if quiet_want_read and _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        conn._raise_ssl_error(ssl, result)
+    except Exception as e:  # noqa: BLE001 - handed to the caller, after the data before it
+        return e.with_traceback(None)
+    return None
 
 
 def take_output(conn: SSL.Connection) -> bytes:
@@ -115,10 +124,6 @@ def write_all(conn: SSL.Connection, data: bytes) -> tuple[int, Optional[Exceptio
             if n > 0:
                 total += n
                 continue
-            try:
-                conn._raise_ssl_error(ssl, n)
-                failure = SSL.Error("SSL_write took nothing")  # not reached: n <= 0 is an error
-            except Exception as e:  # noqa: BLE001 - handed to the caller, as in read_batch
-                failure = e.with_traceback(None)
+            failure = _stopped(conn, n, quiet_want_read=False) or SSL.Error("SSL_write took nothing")
             break
     return total, failure
