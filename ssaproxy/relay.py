@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ssaproxy.streams import End, How, TCPTransport, graceful_close, relay_reads, unsent
+from ssaproxy.streams import End, How, TCPTransport, graceful_close, unsent
 
 Done = Callable[[str, Optional[str]], None]
 DRAIN_TIMEOUT = 10.0  # seconds a slow reader gets to take what arrived before its peer failed
@@ -78,8 +78,6 @@ class Relay:
         self.far.sink = self
         self.near.tcp.registerProducer(_PauseOnly(self.far.tcp), True)
         self.far.tcp.registerProducer(_PauseOnly(self.near.tcp), True)
-        relay_reads(self.near.transport)
-        relay_reads(self.far.transport)
         for end, held, eof in ((self.near, near_held, near_eof), (self.far, far_held, far_eof)):
             if held and not self.finished:
                 self.end_data(end, held)

@@ -75,7 +75,6 @@ def tcp(transport: object) -> TCPTransport:
     return cast(TCPTransport, transport)
 
 
-READ_SIZE = 1 << 18  # bytes per read from a TCP socket (Twisted's default is 64 KiB)
 _LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST
 _LINGER_OFF = struct.pack("ii", 0, 0)  # close() sends FIN (the default)
 
@@ -143,16 +142,6 @@ def write_now(transport: Any, data: bytes) -> None:
 
 
 _DIRECT: frozenset[type] = frozenset({_tcp.Server, _tcp.Client})
-
-
-def relay_reads(transport: Any) -> None:
-    """Once relaying: reads of up to READ_SIZE, a quarter of the events (and Python calls)
-    per MB of a bulk transfer.  Twisted's bufferSize is also the bound of its write buffer
-    before the other side is paused, so a busy relay queues at most about this much per
-    direction.  (During setup the 64 KiB default stays: it bounds the setup buffers.)"""
-    cls: object = transport.__class__
-    if cls in _DIRECT:
-        transport.bufferSize = READ_SIZE
 
 
 def reset(transport: object) -> None:

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ssaproxy.relay import DRAIN_TIMEOUT, Relay
-from ssaproxy.streams import READ_SIZE, SOCKET_OPTIONS, End, How, TCPEnd, relay_reads, unsent, write_now
+from ssaproxy.streams import SOCKET_OPTIONS, End, How, TCPEnd, unsent, write_now
 from tests.memtls import Transport
 
 
@@ -352,13 +352,3 @@ def read_exactly(s: socket.socket, n: int) -> bytes:
             break
         buf += s.recv(n - len(buf))
     return buf
-
-
-def test_relaying_reads_in_larger_pieces_than_setup(tcp_pair: tuple[Any, socket.socket]) -> None:
-    transport, _ = tcp_pair
-    setup_size = transport.bufferSize  # during setup: Twisted's default, which bounds the setup buffers
-    relay_reads(transport)
-    assert transport.bufferSize == READ_SIZE > setup_size
-    other = Transport()
-    relay_reads(other)  # anything but a plain Twisted TCP transport is left as it is
-    assert not hasattr(other, "bufferSize") or other.bufferSize != READ_SIZE
