@@ -21,8 +21,8 @@ def _key(use_rsa: bool) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     return rsa.generate_private_key(65537, 2048) if use_rsa else ec.generate_private_key(ec.SECP256R1())
 
 
-def write_pki(directory: Path, hostname: str, *, use_rsa: bool = False) -> tuple[Path, Path, Path]:
-    """(chain, key, CA) PEM files in `directory` for `hostname`."""
+def write_pki(directory: Path, hostname: str, *more: str, use_rsa: bool = False) -> tuple[Path, Path, Path]:
+    """(chain, key, CA) PEM files in `directory`: one certificate for `hostname` and `more`."""
     now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7))
     ca_key, leaf_key = _key(use_rsa), _key(use_rsa)
@@ -43,7 +43,7 @@ def write_pki(directory: Path, hostname: str, *, use_rsa: bool = False) -> tuple
                            critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (hostname, *more)]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
             .sign(ca_key, hashes.SHA256()))

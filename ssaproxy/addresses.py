@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Optional
 
@@ -27,9 +28,11 @@ def normalize(ip: IPAddress) -> IPAddress:
     return ip
 
 
+@functools.lru_cache(maxsize=4096)
 def plain_address(text: str) -> str:
     """One spelling per address (IPv4-mapped IPv6 as IPv4, no zone), so 4-tuples compare
-    exactly; anything that is not an address comes back as it is."""
+    exactly; anything that is not an address comes back as it is.  Cached: it runs several
+    times per connection, and the peers of a busy daemon are few (a pure function of a str)."""
     try:
         return str(normalize(ipaddress.ip_address(text.split("%", maxsplit=1)[0])))
     except ValueError:

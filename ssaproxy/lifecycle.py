@@ -382,7 +382,10 @@ class Lifecycle:
         # clients end a complete exchange: info, not a warning (the far side still got a reset).
         quiet = self.quiet(outcome) or (outcome == "client-truncated" and self.far_ended)
         emit = self.log.info if quiet else self.log.warn
-        emit(self.log_format, **fields)
+        # Rendered here by str.format (C) rather than by each observer through Twisted's
+        # pure-Python formatter (a tenth of a connection's CPU); the fields stay in the event.
+        text = self.log_format.format(**fields).replace("{", "{{").replace("}", "}}")
+        emit(text, **fields)
         # A refused TLS client may still be reading our alert: its failure is on the stream.
         failure = getattr(self.near, "failure", None)
         if failure is not None and failure[0] is How.VERIFY_FAILED:

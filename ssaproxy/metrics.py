@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -91,16 +91,30 @@ def verify_reason(detail: Optional[str]) -> str:
 
 
 # ---- what the lifecycle calls
+_series: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)` (in label order), looked up once: prometheus_client's labels()
+    checks its arguments and takes a lock, several times per connection otherwise.  The labels
+    are bounded (see above), so is this cache."""
+    key = (metric, *values)
+    child = _series.get(key)
+    if child is None:
+        child = _series[key] = metric.labels(*values)
+    return child
+
+
 def started(kind: str) -> None:
-    ACTIVE.labels(kind=kind).inc()
+    _child(ACTIVE, kind).inc()
 
 
 def connected(kind: str, seconds: float) -> None:
-    CONNECT_SECONDS.labels(kind=kind).observe(max(seconds, 0.0))
+    _child(CONNECT_SECONDS, kind).observe(max(seconds, 0.0))
 
 
 def handshaken(kind: str, side: str, seconds: float) -> None:
-    HANDSHAKE_SECONDS.labels(kind=kind, side=side).observe(max(seconds, 0.0))
+    _child(HANDSHAKE_SECONDS, kind, side).observe(max(seconds, 0.0))
 
 
 def resumed(kind: str, side: str) -> None:
@@ -122,12 +136,12 @@ _SHOWN = ("conn_id", "route", "inbound", "peer", "client", "orig_dst", "hostname
 
 def ended(kind: str, record: Mapping[str, object], *, near_to_far: int, far_to_near: int, quiet: bool) -> None:
     """A connection's one record: count it, its bytes, and keep it if it failed."""
-    ACTIVE.labels(kind=kind).dec()
+    _child(ACTIVE, kind).dec()
     outcome = str(record.get("outcome"))
     where = str(record.get("route") or record.get("inbound") or "")
-    CONNECTIONS.labels(kind=kind, where=where, outcome=outcome).inc()
-    BYTES.labels(kind=kind, direction="near-to-far").inc(near_to_far)
-    BYTES.labels(kind=kind, direction="far-to-near").inc(far_to_near)
+    _child(CONNECTIONS, kind, where, outcome).inc()
+    _child(BYTES, kind, "near-to-far").inc(near_to_far)
+    _child(BYTES, kind, "far-to-near").inc(far_to_near)
     if not quiet:
         kept: dict[str, object] = {"time": time.time(), "kind": kind, "outcome": outcome,
                                    "detail": _short(record.get("detail"))}

@@ -274,6 +274,9 @@ class OutboundConnection(Lifecycle):
         assert relay is not None and near is not None
         near.sink = relay
         pending, self.held["near"] = bytes(self.held["near"]), bytearray()
+        # hold() pauses the program's end at the setup buffer's bound; from here on only the
+        # relay's backpressure may pause it (which writing `pending` re-applies if it must).
+        near.tcp.resumeProducing()
         if pending:
             relay.end_data(near, pending)
         if self.eof["near"] and not relay.finished:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, TypeVar, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import error, interfaces
+from twisted.internet import tcp as _tcp
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -82,6 +83,10 @@ _LINGER_OFF = struct.pack("ii", 0, 0)  # close() sends FIN (the default)
 # is noticed after about two idle minutes (60 s, then 6 probes 10 s apart), not never.
 KEEPALIVE = ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60),
              (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6))
+# No Nagle: a relay passes on what it has as soon as it has it (write_now sends within the event
+# that produced the bytes, so two small writes of one event, such as a handshake's last flight
+# and the first application data, must not wait for an ACK between them).
+SOCKET_OPTIONS = (*KEEPALIVE, (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
 
 
 def _socket(transport: object) -> Optional[socket.socket]:
@@ -109,6 +114,34 @@ def unsent(transport: object) -> int:
         with contextlib.suppress(OSError):
             n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
     return n
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write to a TCP transport, sending at once when nothing is queued before it.
+
+    Twisted's write only queues: the bytes leave at the next writable event, which costs the
+    relay an epoll registration, a poll round and a deregistration per write (half the events
+    of a keep-alive request).  When the transport's buffer is empty, one send() now is the
+    same bytes in the same order; whatever the kernel does not take (or an error) goes through
+    Twisted's write as before, so its buffer, its backpressure and its error handling are
+    unchanged.  Only a live, not-closing, plain Twisted socket transport takes the fast path
+    (the attributes are FileDescriptor's own; tests/test_relay.py notices if they change).
+    """
+    cls: object = transport.__class__
+    if (cls in _DIRECT and not transport._tempDataLen and not transport.dataBuffer
+            and transport.connected and not transport.disconnecting and not transport._writeDisconnecting
+            and not transport._aborting):
+        try:
+            n = transport.socket.send(data)
+        except OSError:
+            n = 0  # EAGAIN, or an error Twisted's own write path meets and reports as it always does
+        if n == len(data):
+            return
+        data = data[n:]
+    transport.write(data)
+
+
+_DIRECT: frozenset[type] = frozenset({_tcp.Server, _tcp.Client})
 
 
 def reset(transport: object) -> None:
@@ -190,7 +223,7 @@ class End(Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP after all (a socketpair): nothing to keep alive
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                for level, option, value in KEEPALIVE:
+                for level, option, value in SOCKET_OPTIONS:
                     sock.setsockopt(level, option, value)
 
     @property
@@ -252,7 +285,7 @@ class TCPEnd(End):
             self.sink.end_data(self, data)
 
     def write(self, data: bytes) -> None:
-        self.tcp.write(data)
+        write_now(self.transport, data)
 
     def shutdown_write(self) -> None:
         self.tcp.loseWriteConnection()

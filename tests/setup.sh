@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian 12 machine, as root: the system tools the
 # end-to-end tests drive (iptables, network namespaces, openssl, curl, tcpdump, haproxy,
-# stunnel for the benchmark), the project with its test and bench extras in a virtual environment made
+# stunnel for the benchmark), the project with its test extras in a virtual environment made
 # with Debian's own Python (.venv: never the system's site-packages, PEP 668; with the linters),
 # and the sslyze scanner in a virtual environment of its own under .tools/ (it pins its own
 # cryptography).
@@ -12,7 +12,7 @@ apt-get update -qq
 apt-get install -y -qq python3-venv man-db iptables iproute2 util-linux openssl curl tcpdump haproxy stunnel4 >/dev/null
 /usr/bin/python3 -m venv .venv
 rm -rf build  # setuptools reuses it: a module deleted since the last build would ship again
-.venv/bin/pip install -q --disable-pip-version-check '.[test,dev,bench]'
+.venv/bin/pip install -q --disable-pip-version-check '.[test,dev]'
 # Twisted's plugin cache, written now: twistd run as another user cannot write it (README).
 .venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 if [ ! -x .tools/sslyze/bin/sslyze ]; then

@@ -21,7 +21,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ssaproxy.config import Config
-from ssaproxy.lifecycle import State
+from ssaproxy.lifecycle import SETUP_BUFFER, State
 from ssaproxy.outbound import OutboundConnection, OutboundFactory
 from tests.memtls import TLSServer, Transport
 from tests.pki import PKI
@@ -235,6 +235,21 @@ def test_server_bytes_during_sniffing_are_delivered_not_dropped(pki: PKI, events
     assert client.value() == b"220 banner\r\n"  # delivered, in order
     assert client.write_closed  # and the server's end became the client's FIN
     assert peer.received == b"\x16\x03\x01\x00\x01\x00"
+
+
+def test_first_bytes_that_fill_the_setup_buffer_do_not_leave_the_program_paused(
+        pki: PKI, events: list[dict[str, Any]]) -> None:
+    proto, client, reactor = tls_route_connection(pki)
+    peer = TLSPeer(reactor, pki)
+    peer.pump()
+    assert proto.owner.state is State.RELAYING  # relaying before the program spoke (server-first)
+    proto.dataReceived(b"x" * SETUP_BUFFER)  # its first read fills the setup buffer: paused ...
+    peer.pump()
+    assert peer.received == b"x" * SETUP_BUFFER
+    assert client.producerState == "producing"  # ... and read on once the relay took it over
+    proto.dataReceived(b"more")
+    peer.pump()
+    assert peer.received == b"x" * SETUP_BUFFER + b"more"
 
 
 def _accept(factory: OutboundFactory, peer: IPv4Address, orig: tuple[str, int]) -> Transport:

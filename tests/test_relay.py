@@ -3,9 +3,12 @@ backpressure wiring, and what was held during setup."""
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import struct
-from typing import Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -13,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ssaproxy.relay import DRAIN_TIMEOUT, Relay
-from ssaproxy.streams import KEEPALIVE, End, How, TCPEnd, unsent
+from ssaproxy.streams import SOCKET_OPTIONS, End, How, TCPEnd, unsent, write_now
 from tests.memtls import Transport
 
 
@@ -138,7 +141,7 @@ def test_ends_are_interchangeable() -> None:
     assert isinstance(near, End)
 
 
-def test_connected_ends_reset_on_death_and_keep_alive() -> None:
+def test_connected_ends_reset_on_death_keep_alive_and_send_at_once() -> None:
     # A real TCP pair: what an end sets on its socket as it connects.
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
@@ -148,8 +151,9 @@ def test_connected_ends_reset_on_death_and_keep_alive() -> None:
         end = TCPEnd()
         end.makeConnection(t)
         assert struct.unpack("ii", server.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 0)
-        for level, option, value in KEEPALIVE:
+        for level, option, value in SOCKET_OPTIONS:
             assert server.getsockopt(level, option) == value
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         for s in (listener, client, server):
             s.close()
@@ -267,3 +271,100 @@ def test_after_the_far_sides_end_a_truncating_client_is_marked_benign(ends: Ends
     assert ends.far_t.aborted
     assert ends.outcome == ("client-truncated", "connection closed without close_notify after the far side's end")
     assert ends.relay.far_ended  # the lifecycle logs it at info
+
+
+class _Producer:
+    paused = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[Any, socket.socket]]:
+    """A real Twisted TCP transport (on a MemoryReactor: nothing runs unless asked) and the raw
+    socket at its other end."""
+    from twisted.internet import tcp  # noqa: PLC0415 - the transport class write_now knows
+    from twisted.internet.protocol import Protocol  # noqa: PLC0415
+    from twisted.internet.testing import MemoryReactorClock  # noqa: PLC0415
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, MemoryReactorClock())
+    peer.settimeout(5)
+    try:
+        yield transport, peer
+    finally:
+        peer.close()
+        ours.close()
+
+
+def test_write_now_sends_at_once_when_nothing_is_queued(tcp_pair: tuple[Any, socket.socket]) -> None:
+    transport, peer = tcp_pair
+    write_now(transport, b"hello")
+    assert peer.recv(100) == b"hello"  # sent in this call, not at the next writable event
+    assert transport._tempDataLen == 0 and transport.dataBuffer == b""
+
+
+def test_write_now_queues_behind_what_is_queued(tcp_pair: tuple[Any, socket.socket]) -> None:
+    transport, peer = tcp_pair
+    transport.write(b"first ")  # Twisted's write: queued until the reactor says writable
+    write_now(transport, b"second")
+    assert unsent(transport) == len(b"first second")
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)  # nothing overtook the queue
+    transport.doWrite()
+    peer.setblocking(True)
+    assert read_exactly(peer, 12) == b"first second"
+
+
+@pytest.mark.parametrize("closing", ["loseConnection", "loseWriteConnection", "abortConnection"])
+def test_write_now_never_sends_past_a_close(tcp_pair: tuple[Any, socket.socket], closing: str) -> None:
+    transport, peer = tcp_pair
+    getattr(transport, closing)()
+    write_now(transport, b"late")
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
+
+
+def test_write_now_leaves_what_the_kernel_refuses_to_twisted_with_backpressure(
+        tcp_pair: tuple[Any, socket.socket]) -> None:
+    transport, peer = tcp_pair
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    producer = _Producer()
+    transport.registerProducer(producer, True)
+    data = bytes(range(256)) * 16384  # 4 MiB: more than the kernel takes at once
+    write_now(transport, data)
+    queued = unsent(transport)
+    assert 0 < queued <= len(data) and transport._tempDataLen > 0
+    assert producer.paused == 1  # Twisted's buffer is over its size: the producer was paused
+    got = bytearray()
+    peer.setblocking(False)
+    for _ in range(20000):  # bounded: drain both sides until every byte arrived
+        if len(got) == len(data):
+            break
+        if transport._tempDataLen or transport.dataBuffer:
+            transport.doWrite()
+        select.select([peer], [], [], 0.1)
+        with contextlib.suppress(BlockingIOError):
+            got += peer.recv(1 << 20)
+    assert len(got) == len(data) and bytes(got) == data
+
+
+def read_exactly(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    for _ in range(100):
+        if len(buf) >= n:
+            break
+        buf += s.recv(n - len(buf))
+    return buf

@@ -72,3 +72,92 @@ def verify_error_string(code: int) -> str:
 def x509_strict_flags() -> int:
     """The X509_V_FLAG_X509_STRICT store flag: strict RFC 5280 checks of every chain."""
     return int(X509StoreFlags.X509_STRICT)
+
+
+# ---- the relay's hot path: whole batches of records through one reused buffer per direction.
+# pyOpenSSL's recv() and bio_read() allocate a fresh buffer per call and answer "nothing more"
+# with a raised WantReadError; over a relay that is one allocation and one exception per
+# record, per event.  The reactor is one thread, so one module-level buffer per direction
+# serves every connection: each call copies what it read out before returning.
+
+BATCH = 1 << 18  # bytes of plaintext (or ciphertext) handed on per call
+_plain = _ffi.new("char[]", BATCH)
+_cipher = _ffi.new("char[]", BATCH)
+
+
+def read_batch(conn: SSL.Connection) -> tuple[bytes, Optional[Exception]]:
+    """SSL_read until OpenSSL wants more input or BATCH bytes are read.
+
+    Returns the plaintext of every complete record read (b"" if none) and the exception that
+    stopped reading early, exactly as pyOpenSSL's recv() would have raised it (ZeroReturnError
+    for close_notify, an SSL.Error for anything else), or None.  A caller that got BATCH bytes
+    and no exception calls again: there may be more."""
+    ssl = conn._ssl
+    got = 0
+    failure: Optional[Exception] = None
+    while got < BATCH:
+        n = _lib.SSL_read(ssl, _plain + got, BATCH - got)
+        if n > 0:
+            got += n
+            continue
+        failure = _stopped(conn, n, quiet_want_read=True)
+        break
+    data: bytes = _ffi.buffer(_plain, got)[:] if got else b""
+    return data, failure
+
+
+def _stopped(conn: SSL.Connection, result: int, *, quiet_want_read: bool) -> Optional[Exception]:
+    """Why an SSL_read or SSL_write returned `result` <= 0: the exception pyOpenSSL would have
+    raised (None for "wants more input" when `quiet_want_read`), without its traceback, which
+    would hold the caller's frame, which holds the exception (a cycle that keeps a finished
+    connection alive until the cycle collector runs)."""
+    ssl = conn._ssl
+    ctx = conn._context
+    try:
+        # What pyOpenSSL checks first: an exception a callback (verification, ALPN) raised inside
+        # this call.
+        for helper in (ctx._verify_helper, ctx._alpn_select_helper, ctx._ocsp_helper):
+            if helper is not None:
+                helper.raise_if_problem()
+        if quiet_want_read and _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        conn._raise_ssl_error(ssl, result)
+    except Exception as e:  # noqa: BLE001 - handed to the caller, after the data before it
+        return e.with_traceback(None)
+    return None
+
+
+def take_output(conn: SSL.Connection) -> bytes:
+    """Everything OpenSSL has queued for the peer in the connection's memory BIO (up to
+    BATCH bytes; call again while it returns that much), b"" if nothing.  An empty memory BIO
+    is not an error, so this raises nothing."""
+    bio = conn._from_ssl
+    got = 0
+    while got < BATCH:
+        n = _lib.BIO_read(bio, _cipher + got, BATCH - got)
+        if n <= 0:
+            break
+        got += n
+    return _ffi.buffer(_cipher, got)[:] if got else b""
+
+
+def write_all(conn: SSL.Connection, data: bytes) -> tuple[int, Optional[Exception]]:
+    """SSL_write until all of `data` is in records in the memory BIO (which never refuses).
+
+    pyOpenSSL turns on SSL_MODE_ENABLE_PARTIAL_WRITE, so each SSL_write may take only part;
+    its send() then costs a wrapper, a helper check and an error check per part.  Returns the
+    bytes taken and the exception that stopped it early, exactly as send() would have raised
+    it (WantReadError, an SSL.Error), or None."""
+    ssl = conn._ssl
+    size = len(data)
+    total = 0
+    failure: Optional[Exception] = None
+    with _ffi.from_buffer(data) as buf:
+        while total < size:
+            n = _lib.SSL_write(ssl, buf + total, size - total)
+            if n > 0:
+                total += n
+                continue
+            failure = _stopped(conn, n, quiet_want_read=False) or SSL.Error("SSL_write took nothing")
+            break
+    return total, failure

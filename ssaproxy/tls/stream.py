@@ -20,12 +20,12 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp
+from ssaproxy.streams import End, How, graceful_close, guarded, reset, tcp, write_now
+from ssaproxy.tls._openssl import BATCH, read_batch, take_output, write_all
 from ssaproxy.tls.reasons import ssl_text
 from ssaproxy.tls.sessions import SessionSaver
 from ssaproxy.tls.verify import PeerCheck, Verifier
 
-_READ = 65536
 _PENDING_MAX = 1 << 20
 _ALERT_LINGER = 2.0  # seconds a refused peer has to read our alert before the reset
 
@@ -148,21 +148,16 @@ class TLSStream(End):
         if not self.handshake_done or self._pending:
             self._hold(data)
             return
-        view = memoryview(data)
-        try:
-            while view:
-                n = self.tls.send(view[:_READ])
-                view = view[n:]
-        except SSL.WantReadError:
+        written, failure = write_all(self.tls, data)
+        if isinstance(failure, SSL.WantReadError):
             # OpenSSL wants to read first (it should not, with renegotiation off): hold the rest.
-            self._hold(bytes(view))
-        except SSL.Error as e:
-            self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
+            self._hold(bytes(data[written:]))
+        elif isinstance(failure, SSL.Error):
+            self._fail(How.RESET, f"TLS error while sending: {ssl_text(failure)}")
             return
-        try:
-            self._flush()
-        except SSL.Error as e:
-            self._fail(How.RESET, f"TLS error while sending: {ssl_text(e)}")
+        elif failure is not None:
+            raise failure
+        self._flush()
 
     def _hold(self, data: bytes) -> None:
         """Plaintext that cannot be encrypted yet: held, but never without bound (it is not in
@@ -258,27 +253,32 @@ class TLSStream(End):
                 self.write(chunk)
 
     def _read_plaintext(self) -> None:
+        # Every complete record in the BIO is decrypted in one batch and handed on in one call.
         while not self._failed and not self._aborting:
-            try:
-                data = self.tls.recv(_READ)
-            except SSL.WantReadError:
+            data, failure = read_batch(self.tls)
+            if data and self.sink is not None:
+                self.sink.end_data(self, data)
+            if failure is None:
+                if len(data) < BATCH:
+                    break
+                continue
+            if self._failed or self._aborting:
                 break
-            except SSL.ZeroReturnError:
+            if isinstance(failure, SSL.ZeroReturnError):
                 self._on_close_notify()
                 break
-            except SSL.Error as e:
-                self._flush()
-                if self._tcp_eof:
-                    self._fail(How.TRUNCATED, "connection closed without close_notify")
-                else:
-                    # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
-                    # place): its alert goes out before the end, as after a failed handshake.
-                    if self.saver is not None:
-                        self.saver.failed()
-                    self._fail(How.RESET, f"TLS error: {ssl_text(e)}", alert=True)
-                return
-            if self.sink is not None:
-                self.sink.end_data(self, data)
+            if not isinstance(failure, SSL.Error):
+                raise failure
+            self._flush()
+            if self._tcp_eof:
+                self._fail(How.TRUNCATED, "connection closed without close_notify")
+            else:
+                # The peer sent something OpenSSL refuses (a bad record, a KeyUpdate out of
+                # place): its alert goes out before the end, as after a failed handshake.
+                if self.saver is not None:
+                    self.saver.failed()
+                self._fail(How.RESET, f"TLS error: {ssl_text(failure)}", alert=True)
+            return
         saver = self.saver
         if saver is not None and saver.waiting:  # a TLS 1.3 ticket may have come with what was read
             saver.poll(self.tls)
@@ -299,14 +299,12 @@ class TLSStream(End):
         if self.transport is None:
             return sent
         while True:
-            try:
-                out = self.tls.bio_read(_READ)
-            except SSL.WantReadError:
+            out = take_output(self.tls)
+            if out:
+                write_now(self.transport, out)
+                sent += len(out)
+            if len(out) < BATCH:
                 return sent
-            if not out:
-                return sent
-            self.transport.write(out)
-            sent += len(out)
 
     def _fail(self, how: How, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
