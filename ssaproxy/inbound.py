@@ -63,17 +63,20 @@ class InboundFactory(Factory):
         self.rotate_at = reactor.seconds() + TICKET_KEY_ROTATION if resumes(inbound, policy) else None
 
     def rotate_ticket_keys(self) -> None:
-        """Rebuild the context (from the files as they are) once its ticket keys are due; on
-        failure keep serving with the old one and try again after a minute."""
+        """Rebuild the context (from the files as they are, read as the daemon's user, as a reload
+        reads them) once its ticket keys are due, and start its stapler; on failure keep serving
+        with the old one and try again in an hour."""
         assert self.rotate_at is not None
         now = self.reactor.seconds()
         try:
-            self.context = server_context.__wrapped__(self.inbound, self.policy)
+            context = server_context.__wrapped__(self.inbound, self.policy)
         except Exception as e:  # noqa: BLE001 - the reload path reports file problems; keep serving
-            self.rotate_at = now + 60
+            self.rotate_at = now + 3600
             InboundConnection.log.warn("inbound {inbound}: ticket keys not rotated (the context did not build: "
-                                       "{error}); retrying in 60s", inbound=self.inbound.name, error=e)
+                                       "{error}); retrying in an hour", inbound=self.inbound.name, error=e)
             return
+        start_stapling(context, self.reactor, self.policy)  # the new context staples, as the old one did
+        self.context = context
         self.rotate_at = now + TICKET_KEY_ROTATION
 
     def buildProtocol(self, addr: Any) -> InboundStream:

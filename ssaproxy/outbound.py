@@ -29,6 +29,7 @@ from ssaproxy.streams import End, How, TCPEnd
 from ssaproxy.tls.connection import client_stream, session_key
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.revcheck import for_connection
+from ssaproxy.tls.revocation import stricter
 from ssaproxy.tls.stream import TLSStream
 
 if TYPE_CHECKING:
@@ -155,10 +156,16 @@ class OutboundConnection(Lifecycle):
             ctx = self.client_context(policy, cert, key)
             resume = None
             route = self.route
-            if policy.session_resumption if route is None or route.session_resumption is None \
-                    else route.session_resumption:
+            # A route's own setting stands for [policy]'s; a profile may only tighten either.
+            resumes = policy.session_resumption if route is None or route.session_resumption is None \
+                else route.session_resumption
+            mode = (route.revocation if route is not None else None) or self.config.policy.revocation
+            if profile is not None:
+                resumes = resumes and profile.policy.session_resumption
+                mode = stricter(mode, profile.policy.revocation)
+            if resumes:
                 resume = session_key(ctx, decision.identity, str(self.orig[0]), decision.port, policy.min_rsa_bits)
-            revocation = for_connection(self.reactor, policy, route.revocation if route else None, self.kind)
+            revocation = for_connection(self.reactor, policy, mode, self.kind)
             self._connect(client_stream(ctx, decision.identity, policy.min_rsa_bits, resume, revocation),
                           decision.port)
 

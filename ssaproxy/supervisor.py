@@ -12,7 +12,7 @@ its queue to its replacement, which gets the same sockets.
 
 Starting: `reactor.spawnProcess` (no fork of a running reactor) runs `python -m
 ssaproxy.worker` with the sockets as inherited descriptors and its start-up facts in a pipe
-(ssaproxy.worker, ssaproxy.startup); each worker loads its certificates, drops to `[daemon]
+(ssaproxy.worker); each worker loads its certificates, drops to `[daemon]
 user` itself and says READY=1 on a pipe of its own.  When every worker has, the main process
 tells the service manager READY=1.  The main process keeps its identity (root, usually): it
 reads nothing from the network, and it must be able to start a worker that reads root-only
@@ -53,7 +53,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.tcp import _resolveIPv6
 from twisted.logger import Logger
 
-from ssaproxy import kernel, startup
+from ssaproxy import kernel
 from ssaproxy.capacity import Overload, Port, listen_text
 from ssaproxy.config import Config, ListenAddress
 from ssaproxy.errors import ConfigError, StartupError
@@ -74,6 +74,8 @@ LINE_LIMIT = 1 << 20  # a worker's log line longer than this is cut (a bug, not 
 def tcp_listeners(config: Config) -> list[tuple[str, ListenAddress]]:
     """Every TCP listener of `config` as (config key, address)."""
     found = [("outbound.listen", ListenAddress.parse(d, "outbound.listen")) for d in config.outbound.listen]
+    found += [(f"profile.{p.name}.listen", ListenAddress.parse(d, f"profile.{p.name}.listen"))
+              for p in config.profiles for d in p.listen]
     found += [(f"inbound.{i.name}.listen", ListenAddress.parse(i.listen, f"inbound.{i.name}.listen"))
               for i in config.inbound]
     if config.admin is not None:
@@ -175,7 +177,6 @@ class Supervisor(service.Service):
             self.notifier.open()
         except OSError as e:
             raise StartupError("NOTIFY_SOCKET", f"cannot reach the service manager: {e}") from None
-        startup.master_secret()
         for key, address in tcp_listeners(self.config):
             self.groups[(address.interface, address.port)] = bind_group(address, key, self.count, self.reactor)
         if self.config.api is not None:
@@ -219,8 +220,7 @@ class Supervisor(service.Service):
             "index": index, "workers": self.count, "config": self.path, "by_twistd": self.by_twistd,
             "identity": None if ids is None else {"name": ids.name, "uid": ids.uid, "gid": ids.gid,
                                                   "groups": list(ids.groups)},
-            "listeners": listeners, "api_fd": fds.get("api"), "shared_dir": self.shared_dir,
-            "startup": startup.export()}).encode()
+            "listeners": listeners, "api_fd": fds.get("api"), "shared_dir": self.shared_dir}).encode()
 
     def _child_fds(self, index: int) -> tuple[list[tuple[str, int, int]], dict[str, Any]]:
         """(interface, port, child fd) per listener, and the child fd map (key "map")."""

@@ -4,8 +4,8 @@ started by the main process (ssaproxy.supervisor), never by hand.
 Theory of operation.  The main process has bound every listener (one SO_REUSEPORT socket per
 worker for each TCP listener, one API socket for all) and started this process with them as
 inherited descriptors.  Before anything else the worker reads its start-up facts (a JSON
-document: the config file, whom to run as, which descriptor is which listener, the shared
-start-up state of ssaproxy.startup) from descriptor 3 until end of file; then it builds the
+document: the config file, whom to run as, which descriptor is which listener) from
+descriptor 3 until end of file; then it builds the
 very service a single-process daemon builds (ssaproxy.service.make_service), whose listeners
 adopt the inherited sockets instead of binding, drops privileges as that daemon does, and runs
 the reactor until SIGTERM, after which it drains like it.  Its log events go to descriptor 1 as
@@ -22,7 +22,6 @@ import signal
 import sys
 from typing import Any, Optional
 
-from ssaproxy import startup
 from ssaproxy.kernel import Notifier
 
 START_FD = 3  # the start-up document, read until end of file
@@ -79,7 +78,6 @@ def _die_with_main() -> None:
 def main() -> None:
     _die_with_main()
     start = read_start()
-    startup.adopt(start["startup"])
     from twisted.internet import epollreactor  # noqa: PLC0415 - entry point: the reactor is chosen here
 
     epollreactor.install()

@@ -35,3 +35,13 @@ def test_bounded_per_user_oldest_first_out() -> None:
     with pytest.raises(ApiError):
         contexts.adopt(7, ids[0], Settings())
     assert contexts.adopt(7, ids[2], Settings()).alpn == ("p2",)
+
+
+def test_an_id_is_not_valid_under_another_profile_of_the_same_user() -> None:
+    """Settings checked against one profile's policy never reach a program under another."""
+    contexts = Contexts()
+    number = contexts.register((1000, "loose"), Settings(min_version="TLSv1.2"))
+    with pytest.raises(ApiError) as e:
+        contexts.adopt((1000, "strict"), number, Settings())
+    assert e.value.code == errno.EINVAL
+    assert contexts.adopt((1000, "loose"), number, Settings()).min_version == "TLSv1.2"

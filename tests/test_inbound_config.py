@@ -164,5 +164,7 @@ def test_ticket_keys_rotate_by_rebuilding_the_context(pki: PKI) -> None:
     clock.advance(TICKET_KEY_ROTATION)
     factory.buildProtocol(None)
     assert factory.context is not first and factory.rotate_at == clock.seconds() + TICKET_KEY_ROTATION
+    stapler = factory.context.get_app_data()  # the new context's stapler runs, as the first one's did
+    assert stapler is not None and stapler.started
     off = Config.from_toml(inbound(pki, "session_resumption = false\n"))
     assert InboundFactory(off.inbound[0], off.policy, clock).rotate_at is None

@@ -161,3 +161,22 @@ def test_an_ordered_rule_lets_a_profile_move_only_up() -> None:
     assert rule("soft", "hard") is None and rule("soft", "soft") is None
     why = rule("soft", "off")
     assert why is not None and "weaker" in why
+
+
+def test_review_findings_on_profiles(tmp_path: Path) -> None:
+    """A profile keeps the admin's waiver unless it drops it; an identity is never given to
+    whoever runs an executable; a profile's own CRL files are checked like [policy]'s."""
+    waived = BASE.replace("[policy]\n", "[policy]\ninsecure_allow_non_rfc5280_chains = true\n", 1)
+    assert "insecure_allow_non_rfc5280_chains = true" in waived
+    kept = _config('[[profile]]\nname = "p"\nmatch_users = [1]\nmin_version = "TLSv1.3"\n', waived)
+    assert kept.profiles[0].policy.insecure_allow_non_rfc5280_chains
+    dropped = _config('[[profile]]\nname = "p"\nmatch_users = [1]\ninsecure_allow_non_rfc5280_chains = false\n',
+                      waived)
+    assert not dropped.profiles[0].policy.insecure_allow_non_rfc5280_chains
+    with pytest.raises(ConfigError) as e:
+        _config('[[profile]]\nname = "p"\nmatch_executables = ["/usr/bin/curl"]\n'
+                'client_certificate = "/c.pem"\nclient_key = "/c.key"\n')
+    assert e.value.key == "profile[0].client_certificate", e.value
+    missing = tmp_path / "gone.crl"
+    e2 = _error(f'[[profile]]\nname = "p"\nmatch_users = [1]\ncrl_files = ["{missing}"]\n')
+    assert e2.key == "profile[0].crl_files[0]", e2

@@ -259,6 +259,13 @@ def test_a_resumed_session_is_judged_from_the_chain_it_carries() -> None:
         def get_verified_chain(self, as_cryptography: bool = False) -> None:
             return None
 
+        def get_peer_certificate(self) -> object:
+            return LEAF  # a certificate was presented (a resumed session carries it)
+
+    class _Anonymous(_NoChain):
+        def get_peer_certificate(self) -> None:
+            return None
+
     service = Revocation(MemoryReactorClock())
     service._keep_crl("http://crl.test/ca.crl", _crl(5, 7, nxt=rv.now() + 24 * HOUR), rv.now() + 24 * HOUR)
     verdicts: list[Optional[str]] = []
@@ -276,3 +283,6 @@ def test_a_resumed_session_is_judged_from_the_chain_it_carries() -> None:
     assert verdicts[-1] is not None, verdicts  # nothing to check is no answer: refused under hard
     soft_empty.after_handshake(_NoChain(), verdicts.append, client=True)  # type: ignore[arg-type]
     assert verdicts[-1] is None, verdicts  # ... and allowed (and logged) under soft
+    RevocationCheck(service, "hard", "test").after_handshake(_Anonymous(), verdicts.append,  # type: ignore[arg-type]
+                                                             client=False)
+    assert verdicts[-1] is None, verdicts  # an anonymous client (client_auth = "request"): nothing to revoke

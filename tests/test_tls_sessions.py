@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 
 import pytest
 from OpenSSL import SSL
@@ -209,3 +210,51 @@ def test_listener_switch(pki: PKI) -> None:
     assert parse(text.replace("{value}", "false")).inbound[0].session_resumption is False
     err = error(text.replace("{value}", '"no"'))
     assert err.key == "inbound[0].session_resumption"
+
+
+def test_resuming_never_stretches_one_full_verification(contexts: tuple[SSL.Context, SSL.Context]) -> None:
+    """A resumed TLS 1.3 session's new ticket keeps the expiry of the session it resumed: one
+    full handshake's verification lasts `lifetime`, however often it is resumed."""
+    clock = Clock()
+    cache = SessionCache(lifetime=100, clock=clock)
+    connect(contexts, cache)
+    (first,) = cache._entries.values()
+    for _ in range(3):  # resumed every 40 s: each time a new ticket is stored
+        clock.now += 40
+        if clock.now >= first.expires:
+            break
+        conn, verifier = connect(contexts, cache)
+        assert session_reused(conn) and verifier.verified
+        (entry,) = cache._entries.values()
+        assert entry.expires == first.expires
+    clock.now = first.expires
+    conn, verifier = connect(contexts, cache)
+    assert not session_reused(conn)  # past the first verification's lifetime: a full handshake
+
+
+def test_a_session_never_outlives_its_chain() -> None:
+    """Cached no later than the earliest notAfter of the verified chain."""
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+    from OpenSSL import crypto  # noqa: PLC0415
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "soon")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(seconds=30)).sign(k, hashes.SHA256()))
+    clock = Clock()
+    cache = SessionCache(lifetime=3600, clock=clock)
+    entry = cache.put(key(), SSL.Session(), "backend.test", (crypto.X509.from_cryptography(cert),))
+    assert entry is not None and entry.expires <= clock.now + 31
+
+
+def test_a_session_refused_after_resuming_is_not_offered_again() -> None:
+    cache = SessionCache()
+    entry = cache.put(key(), SSL.Session(), "backend.test", ())
+    saver = SessionSaver(cache, key(), entry)
+    saver.refused()  # e.g. its chain was found revoked after the resumed handshake
+    assert cache.get(key()) is None

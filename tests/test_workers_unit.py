@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from ssaproxy import startup
 from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError
 from ssaproxy.tap import worker_count
@@ -31,14 +30,12 @@ def test_worker_count_default() -> None:
             worker_count(None, {"SSAPROXY_WORKERS": bad})
 
 
-def test_shared_secret_is_the_main_processes_in_every_worker() -> None:
-    exported = startup.export()
-    mine = startup.shared_secret("tls-ticket-key", 48)
-    assert len(mine) == 48 and startup.shared_secret("tls-ticket-key", 48) == mine
-    assert startup.shared_secret("another-use", 48) != mine
-    startup.adopt({"secret": __import__("base64").b64encode(os.urandom(32)).decode()})
-    assert startup.shared_secret("tls-ticket-key", 48) != mine  # another daemon's secret
-    startup.provide("answer", 42)
-    startup.adopt(exported)  # what a worker does with the main process's document
-    assert startup.shared_secret("tls-ticket-key", 48) == mine
-    assert startup.extra("answer") is None and startup.extra("answer", 0) == 0
+def test_the_main_process_binds_every_profile_listener() -> None:
+    """Bound before the privilege drop, kept across worker restarts: never left for a local
+    user to take while no worker holds it."""
+    from ssaproxy.supervisor import tcp_listeners  # noqa: PLC0415
+
+    config = Config.from_toml('[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
+                              '[[profile]]\nname = "p"\nmatch_users = [1]\nlisten = "tcp:15002:interface=127.0.0.1"\n')
+    assert [(k, a.port) for k, a in tcp_listeners(config)] == [("outbound.listen", 15001),
+                                                                 ("profile.p.listen", 15002)]

@@ -4,8 +4,9 @@ Theory of operation: the SSA lets a program read a socket's "TLS context" (an id
 other sockets, which then use the same settings and the same session cache.  Here a context is
 a snapshot of a control connection's `Settings`, registered when a program reads TLS_CONTEXT
 and looked up when it sets it; the hostname stays the socket's own (the SSA's one exception).
-Ids are per uid: a program can never take another user's client certificate or trust store by
-guessing a number.  Sessions need no extra step: equal settings are one OpenSSL context
+Ids are per owner, a uid and its [[profile]]: a program can never take another user's client
+certificate or trust store by guessing a number, nor settings checked under another profile's
+(looser) policy.  Sessions need no extra step: equal settings are one OpenSSL context
 (`api.settings.client_context`), and the client session cache is keyed by that context.  The
 registry is bounded per uid (the oldest id goes first) and lives as long as the API factory:
 a reload that changes the policy starts a new one, and old ids are EINVAL.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import collections
 import errno
 import itertools
+from collections.abc import Hashable
 
 import attrs
 
@@ -28,10 +30,11 @@ class Contexts:
     def __init__(self, per_uid: int = MAX_PER_UID) -> None:
         self.per_uid = per_uid
         self._ids = itertools.count(1)
-        self._by_uid: dict[int, collections.OrderedDict[int, Settings]] = {}
+        self._by_uid: dict[Hashable, collections.OrderedDict[int, Settings]] = {}
 
-    def register(self, uid: int, settings: Settings) -> int:
-        """The id of `settings` (without the hostname) for `uid`: the same id for the same settings."""
+    def register(self, uid: Hashable, settings: Settings) -> int:
+        """The id of `settings` (without the hostname) for `uid` (an owner: a uid, or a uid and
+        its profile's name): the same id for the same settings."""
         shared = attrs.evolve(settings, hostname=None)
         mine = self._by_uid.setdefault(uid, collections.OrderedDict())
         for number, known in mine.items():
@@ -44,7 +47,7 @@ class Contexts:
             mine.popitem(last=False)
         return number
 
-    def adopt(self, uid: int, number: int, settings: Settings) -> Settings:
+    def adopt(self, uid: Hashable, number: int, settings: Settings) -> Settings:
         """`settings` replaced by context `number` of `uid`, keeping their hostname; EINVAL if unknown."""
         mine = self._by_uid.get(uid)
         shared = mine.get(number) if mine is not None else None

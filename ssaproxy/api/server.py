@@ -307,10 +307,10 @@ class Control(Protocol):
             self._disarm("hello")
             self._reply(c.Welcome(wire.VERSION, self.control_id))
         elif isinstance(event, c.SetOption) and event.option == o.TLS_CONTEXT:
-            self.settings = self.factory.contexts.adopt(self.uid, int_value(event.value), self.settings)
+            self.settings = self.factory.contexts.adopt(self._owner(), int_value(event.value), self.settings)
             self._reply(c.Ok())
         elif isinstance(event, c.GetOption) and event.option == o.TLS_CONTEXT:
-            self._reply(c.Value(o.pack_int(self.factory.contexts.register(self.uid, self.settings))))
+            self._reply(c.Value(o.pack_int(self.factory.contexts.register(self._owner(), self.settings))))
         elif isinstance(event, c.SetOption):
             self.settings = apply(self.settings, policy, event.option, event.value)
             self._reply(c.Ok())
@@ -414,6 +414,11 @@ class Control(Protocol):
                            f"the daemon cannot make a carrier connection: {e.strerror or e}") from None
         self._hand(program_end, c.Carrier(program_end.fileno()))
         return session, carrier
+
+    def _owner(self) -> tuple[int, Optional[str]]:
+        """Whose TLS_CONTEXT ids these are: the uid, under its profile (one profile's settings
+        are checked against its policy, and must not reach a program under another)."""
+        return self.uid, self.profile.name if self.profile is not None else None
 
     def _session(self, op: str, settings: Settings) -> TLSSession:
         """A session, holding one of its uid's sessions until it ends; ApiError(EAGAIN) if none is left."""

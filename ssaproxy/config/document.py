@@ -82,7 +82,7 @@ def parse_policy(r: Reader, base: Optional[Policy] = None) -> Policy:
                 "must be a path to a PEM bundle or a hashed directory (omit it for the system store)")
     rsa: int = r.take("min_rsa_bits", int, d.min_rsa_bits)
     r.check("min_rsa_bits", rsa >= 2048, f"must be at least 2048, got {rsa}")
-    lax: bool = r.take("insecure_allow_non_rfc5280_chains", bool, False)
+    lax: bool = r.take("insecure_allow_non_rfc5280_chains", bool, d.insecure_allow_non_rfc5280_chains)
     resumption: bool = r.take("session_resumption", bool, d.session_resumption)
     cache_size = r.bounded("session_cache_size", d.session_cache_size, 0, 1_000_000)
     lifetime = r.positive("session_lifetime", r.take("session_lifetime", float, d.session_lifetime), 604800)

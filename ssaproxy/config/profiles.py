@@ -187,6 +187,9 @@ def _one(r: Reader, index: int, admin: Policy, parse_policy: Callable[[Reader, P
     key: Optional[str] = r.take("client_key", str, None)
     r.check("client_key" if cert else "client_certificate", (cert is None) == (key is None),
             "client_certificate and client_key go together")
+    r.check("client_certificate", cert is None or bool(users or groups),
+            "an identity is given to users or groups, not to whoever runs an executable (anyone can run "
+            "it): add match_users or match_groups")
     for field in list(r.data):
         if field in attrs.fields_dict(type(admin)):  # type: ignore[arg-type]
             r.check(field, field in PROFILE_RULES, "cannot be set per profile (no tighten rule for it yet)")

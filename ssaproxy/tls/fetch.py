@@ -133,6 +133,7 @@ class Revocation:
         self.ocsp_cache = _Bounded(CACHE_ENTRIES)  # cache_key -> (Answer, until)
         self.crl_cache = _Bounded(CACHE_ENTRIES)  # url -> ((CRL, refresh at), nextUpdate)
         self._files: dict[str, tuple[float, list[x509.CertificateRevocationList]]] = {}
+        self._missing: set[str] = set()  # configured CRL files found gone (logged once each time)
         self._logged = _Bounded(CACHE_ENTRIES)  # certificates whose unknown status was logged lately
         self._inflight: dict[Any, list[defer.Deferred[Answer]]] = {}  # fetches running, and who waits for them
 
@@ -164,8 +165,13 @@ class Revocation:
         for path in self.crl_files:
             try:
                 mtime = os.stat(path).st_mtime
-            except OSError:
+            except OSError as e:
+                if path not in self._missing:  # once per disappearance, not per check
+                    self._missing.add(path)
+                    self.log.warn("revocation: CRL file {path} is gone ({error}); its revocations are not "
+                                  "checked until it is back", path=path, error=e.strerror or e)
                 continue
+            self._missing.discard(path)
             seen = self._files.get(path)
             if seen is None or seen[0] != mtime:
                 try:

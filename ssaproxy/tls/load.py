@@ -144,13 +144,17 @@ def _check_policy(policy: Policy) -> None:
     _openssl_judges("policy.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None:
         _check_trust_store("policy.trust_store", policy.trust_store)
-    for n, crl in enumerate(policy.crl_files):
-        _readable(f"policy.crl_files[{n}]", crl)
+    _check_crl_files("policy", policy.crl_files)
+
+
+def _check_crl_files(path: str, files: tuple[str, ...]) -> None:
+    for n, crl in enumerate(files):
+        _readable(f"{path}.crl_files[{n}]", crl)
         try:
             with open(crl, "rb") as f:
                 split_crls(f.read())
         except ValueError as e:
-            raise ConfigError(f"policy.crl_files[{n}]", f"{crl!r} is not a CRL (PEM or DER): {e}") from None
+            raise ConfigError(f"{path}.crl_files[{n}]", f"{crl!r} is not a CRL (PEM or DER): {e}") from None
 
 
 def _check_profile(profile: Profile, admin: Policy, path: str) -> None:
@@ -169,6 +173,7 @@ def _check_profile(profile: Profile, admin: Policy, path: str) -> None:
         _openssl_judges(f"{path}.groups", policy.groups, lambda groups: set_groups(SSL.Context(SSL.TLS_METHOD), groups))
     if policy.trust_store is not None and policy.trust_store != admin.trust_store:
         _check_trust_store(f"{path}.trust_store", policy.trust_store)
+    _check_crl_files(path, tuple(f for f in policy.crl_files if f not in admin.crl_files))
     for name in profile.users:
         if not name.isdigit():
             try:

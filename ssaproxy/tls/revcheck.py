@@ -64,7 +64,10 @@ class RevocationCheck:
         `chain`: the verified chain a resumed session carries (leaf first), if any."""
         if not self.judged:  # no callback judged (a resumed session): judge now
             path = list(chain) or list(conn.get_verified_chain(as_cryptography=True) or [])
-            if not path:  # nothing to check is not a pass: unknown (refused under hard)
+            if not path and conn.get_peer_certificate() is None:  # an anonymous client (client_auth =
+                verdict(None)  # "request"): no certificate, nothing revoked; the verifier said if that may be
+                return None
+            if not path:  # a certificate, but no chain to check it with: unknown (refused under hard)
                 why = self.service.conclude(self.mode, self.kind, rv.unknown("no verified chain to check"), "none",
                                             None)
             else:

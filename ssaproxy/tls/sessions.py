@@ -100,12 +100,26 @@ class SessionCache:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: SessionKey, session: SSL.Session, identity: str,
-            chain: tuple[crypto.X509, ...]) -> Optional[CachedSession]:
+    def put(self, key: SessionKey, session: SSL.Session, identity: str, chain: tuple[crypto.X509, ...],
+            *, not_after: Optional[float] = None) -> Optional[CachedSession]:
+        """Keep `session` for at most `lifetime`, never past the earliest notAfter in `chain`
+        (what the full handshake verified stops being true then), nor past `not_after` (on this
+        cache's clock: a resumed session's new ticket keeps the expiry of the session it resumed,
+        so one full verification is never stretched by resuming)."""
         if self.size <= 0 or self.lifetime <= 0:
             return None
+        now = self.clock()
+        expires = now + self.lifetime
+        if chain:
+            earliest = min(c.to_cryptography().not_valid_after_utc.timestamp() for c in chain)
+            expires = min(expires, now + (earliest - time.time()))
+        if not_after is not None:
+            expires = min(expires, not_after)
+        if expires <= now:
+            self._entries.pop(key, None)
+            return None
         entry = self._entries[key] = CachedSession(session=session, identity=identity, chain=chain,
-                                                   expires=self.clock() + self.lifetime)
+                                                   expires=expires)
         self._entries.move_to_end(key)
         self._trim()
         return entry
@@ -176,7 +190,15 @@ class SessionSaver:
         if self._stored is not None and self.cache.get(self.key) is self._stored:
             self.cache.forget(self.key)
 
+    def refused(self) -> None:
+        """The handshake resumed the offered session but the connection was refused after it (its
+        chain found revoked): that session is not offered again."""
+        self.waiting = False
+        if self.offered is not None and self.cache.get(self.key) is self.offered:
+            self.cache.forget(self.key)
+
     def _store(self, conn: SSL.Connection) -> None:
         session = session_copy(conn)
         if session is not None:
-            self._stored = self.cache.put(self.key, session, self._identity, self._chain)
+            inherited = self.offered.expires if self.offered is not None and session_reused(conn) else None
+            self._stored = self.cache.put(self.key, session, self._identity, self._chain, not_after=inherited)

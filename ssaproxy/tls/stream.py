@@ -59,7 +59,6 @@ class TLSStream(End):
         self.saver: Optional[SessionSaver] = None  # a client's session, kept for resumption once verified
         self._checking = False  # handshake over, revocation check running
         self._paused_for_check = False
-        self._alerted = False  # OpenSSL wrote an alert when our verification failed the handshake
 
     # ---- Twisted events
     @guarded
@@ -195,7 +194,7 @@ class TLSStream(End):
             self._flush()
             return
         except SSL.Error as e:
-            self._alerted = self._flush() > 0  # the alert, if OpenSSL produced one
+            self._flush()  # the alert, if OpenSSL produced one
             why = self.verifier.explain(ssl_text(e))
             if why is not None:
                 self._fail(How.VERIFY_FAILED, why, alert=True)
@@ -241,6 +240,8 @@ class TLSStream(End):
             self._paused_for_check = False
             self.tcp.resumeProducing()
         if why is not None:
+            if self.saver is not None:
+                self.saver.refused()
             self.verifier.fail_revocation(why)
             # After a finished handshake OpenSSL sends no alert but close_notify: a reset says it.
             self._fail(How.VERIFY_FAILED, str(self.verifier.error))
@@ -293,18 +294,16 @@ class TLSStream(End):
         if self.sent_close and self.transport is not None:
             graceful_close(self.transport)
 
-    def _flush(self) -> int:
-        """Write what OpenSSL has to send; how many bytes that was."""
-        sent = 0
+    def _flush(self) -> None:
+        """Write what OpenSSL has to send."""
         if self.transport is None:
-            return sent
+            return
         while True:
             out = take_output(self.tls)
             if out:
                 write_now(self.transport, out)
-                sent += len(out)
             if len(out) < BATCH:
-                return sent
+                return
 
     def _fail(self, how: How, detail: Optional[str], *, alert: bool = False) -> None:
         if self._failed is None:
@@ -327,14 +326,6 @@ class TLSStream(End):
                 if sink is not None:
                     sink.end_lost(self, *self._failed)
             return
-        if alert and self._alerted and self.connected:
-            # We refuse a server in its handshake: push our alert (bad_certificate_status_response
-            # for a revoked or unstapled must-staple certificate, say) into the socket now, so that
-            # the reset, which discards only what is still unsent, comes after it.
-            push = getattr(self.transport, "doWrite", None)  # the reactor's own "socket is writable" call
-            if push is not None:
-                with contextlib.suppress(Exception):
-                    push()
         reset(self.transport)
 
     def _linger_over(self) -> None:

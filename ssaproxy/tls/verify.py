@@ -25,6 +25,7 @@ in a ticket this listener issued under its session id context) has its leaf chec
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
@@ -175,6 +176,9 @@ class PeerCheck:
         the session was made)."""
         self.presented = True
         c = cert.to_cryptography()
+        if c.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+            return self.fail(VerificationFailed("certificate verify failed: certificate has expired (a resumed "
+                                                "session)", depth=0))
         problem = _key_problem(c, self.min_rsa_bits) or _signature_problem(c)
         if problem:
             return self.fail(VerificationFailed(problem, depth=0))
