@@ -36,6 +36,8 @@ def test_the_main_process_binds_every_profile_listener() -> None:
     from ssaproxy.supervisor import tcp_listeners  # noqa: PLC0415
 
     config = Config.from_toml('[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
+                              '[[outbound.route]]\nname = "r"\ndestination = "192.0.2.1/32"\nports = [80]\n'
+                              'tls_port = 443\nhostname = "r.test"\n'
                               '[[profile]]\nname = "p"\nmatch_users = [1]\nlisten = "tcp:15002:interface=127.0.0.1"\n')
     assert [(k, a.port) for k, a in tcp_listeners(config)] == [("outbound.listen", 15001),
                                                                  ("profile.p.listen", 15002)]
