@@ -250,3 +250,13 @@ def test_a_large_write_arrives_whole_and_in_order(pki: PKI) -> None:
     p.proto.write(b"then more")
     p.pump()
     assert p.server_plain == big + b"then more"
+
+
+def test_a_relaying_end_keeps_nothing_the_handshake_checks_needed(pki: PKI) -> None:
+    """Once ready, the verifier drops the parsed chain and the store (kilobytes per connection
+    for its whole life); the verdict stays."""
+    p = Pair(pki)
+    p.pump()
+    assert p.sink.ready and p.proto.verifier.verified
+    assert p.proto.verifier._path == [] and p.proto.verifier.by_depth == {}
+    assert p.proto.verifier.store is None and p.proto.verifier.validator is None

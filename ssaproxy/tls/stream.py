@@ -226,6 +226,7 @@ class TLSStream(End):
         if saver is not None and isinstance(self.verifier, Verifier):
             chain = tuple(self.tls.get_verified_chain() or ()) or self.verifier.resumed_chain
             saver.verified(self.tls, self.verifier.identity, chain)
+        self.verifier.settled()
         if self.sink is not None:
             self.sink.end_ready(self)
 

@@ -160,6 +160,11 @@ class PeerCheck:
     def _validate_path(self, validator: PathValidator, chain: list[x509.Certificate]) -> Outcome:
         raise NotImplementedError
 
+    def settled(self) -> None:
+        """The connection is relaying: drop what only the handshake's checks needed (the parsed
+        chain, the store), some kilobytes per connection for as long as it lives."""
+        self._path, self.by_depth, self.store, self.validator, self.revocation = [], {}, None, None, None
+
     def accept(self, conn: SSL.Connection) -> bool:
         """After a finished handshake: may this connection carry data?"""
         if session_reused(conn):
