@@ -124,6 +124,9 @@ trust_store = "{ca_pem}"
 [api]
 socket = "{work / 'api.sock'}"
 
+[daemon]
+workers = 1   # one process: the CPU measured is all the daemon's, and one listener's ticket keys
+
 [[inbound]]
 name = "bench"
 listen = "tcp:{inbound}:interface=127.0.0.1"
