@@ -286,3 +286,25 @@ def test_a_resumed_session_is_judged_from_the_chain_it_carries() -> None:
     RevocationCheck(service, "hard", "test").after_handshake(_Anonymous(), verdicts.append,  # type: ignore[arg-type]
                                                              client=False)
     assert verdicts[-1] is None, verdicts  # an anonymous client (client_auth = "request"): nothing to revoke
+
+
+def test_a_responder_that_did_not_answer_is_not_asked_again_at_once() -> None:
+    """FAILED_TTL: after a fetch nobody answered, the next connections get "unknown" at once
+    (refused under hard, allowed under soft) instead of each waiting for the timeout again."""
+    from twisted.internet.testing import MemoryReactorClock  # noqa: PLC0415
+
+    from ssaproxy.tls.fetch import Revocation  # noqa: PLC0415
+
+    http = _Http()
+    service = Revocation(MemoryReactorClock(), http=http)  # type: ignore[arg-type]
+    got: list[Answer] = []
+    service.fetch(LEAF, CA).addCallback(got.append)
+    http.answers["http://ocsp.test/"].errback(ConnectionRefusedError("no responder"))
+    http.answers["http://crl.test/ca.crl"].errback(ConnectionRefusedError("no CRL server"))
+    assert got and got[0].status is Status.UNKNOWN
+    asked = len(http.asked)
+    again = service.judge_now(LEAF, CA, None)
+    assert again is not None and again.status is Status.UNKNOWN  # an answer now: no second fetch
+    assert len(http.asked) == asked
+    assert service.conclude("hard", "test", again, "cache", LEAF) is not None
+    assert service.conclude("soft", "test", again, "cache", LEAF) is None

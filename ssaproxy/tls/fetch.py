@@ -146,6 +146,7 @@ class Revocation:
         if staple:
             answers.append(rv.judge_ocsp(staple, cert, issuer, at))
         answers += [rv.judge_crl(crl, cert, issuer, at) for crl in self._file_crls()]
+        cached: Optional[Answer] = None
         if use_cache:
             cached = self.ocsp_cache.fresh(rv.cache_key(cert, issuer), at)
             if cached is not None:
@@ -157,7 +158,10 @@ class Revocation:
                     answers.append(rv.judge_crl(crl, cert, issuer, at))
                     if at >= refresh_at:
                         self._refresh_crl(url)
-        return rv.first_conclusive(answers)
+        conclusive = rv.first_conclusive(answers)
+        if conclusive is None and cached is not None:
+            return cached  # "unknown", remembered from a fetch nobody answered: not asked again at once
+        return conclusive
 
     def _file_crls(self) -> list[x509.CertificateRevocationList]:
         """The configured CRL files, reread when one changes."""
