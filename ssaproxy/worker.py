@@ -77,6 +77,9 @@ def _die_with_main() -> None:
 
 def main() -> None:
     _die_with_main()
+    # A process group of its own: Ctrl-C at a terminal signals the foreground group, and a worker
+    # must hear of a stop once, from the main process (a second stop signal ends its drain).
+    os.setpgid(0, 0)
     start = read_start()
     from twisted.internet import epollreactor  # noqa: PLC0415 - entry point: the reactor is chosen here
 

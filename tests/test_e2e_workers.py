@@ -210,6 +210,31 @@ def test_sighup_reaches_every_worker_and_sigterm_drains_them_all(pki: PKI, tmp_p
         assert not (trust.parent / "run" / "api.sock").exists()
 
 
+def test_ctrl_c_at_a_terminal_drains_the_workers_once(pki: PKI, tmp_path: Path, trust: Path) -> None:
+    """SIGINT to the daemon's whole process group, as a terminal's Ctrl-C sends it: the workers
+    are not in that group, so each hears one stop (from the main process) and drains; they do
+    not take the forwarded SIGTERM for a second signal that ends the drain at once."""
+    with LoopbackDaemon(pki, tmp_path, CONFIG, workers=2, trust=trust, api_dir=tmp_path / "run",
+                        certificates=certificates(trust.parent / "chain.pem", trust.parent / "key.pem"),
+                        preexec_fn=os.setsid) as d:
+        d.wait_log("all 2 workers ready", 20)
+        assert d.daemon is not None
+        workers = live_workers(d)
+        assert all(os.getpgid(pid) != d.daemon.pid for pid in workers)
+        held = d.connect()
+        try:
+            held.sendall(b"before\n")
+            assert held.recv(100) == b"before\n"
+            os.killpg(d.daemon.pid, signal.SIGINT)  # the daemon leads its own session's group
+            assert poll(lambda: len(re.findall(r"\] stopping: no longer accepting", d.text())) == 2, 15)
+            held.sendall(b"during\n")
+            assert held.recv(100) == b"during\n"  # still draining: not cut short by a second signal
+        finally:
+            held.close()
+        assert d.daemon.wait(20) in (0, -signal.SIGINT, -signal.SIGTERM)
+        assert d.text().count("drain ended (every connection finished)") == 2, d.text()[-3000:]
+
+
 API_CLIENT = """
 import sys, ssaproxy
 s = ssaproxy.socket(ssaproxy.AF_INET, ssaproxy.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
