@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import json
 import os
@@ -448,16 +447,7 @@ def run_outer(args: argparse.Namespace, argv: list[str]) -> int:
             bp.stop_process(inner, "benchmark", timeout=15)
         rc = 130
     finally:
-        # Anything still in the namespace was started by this run.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), sig)
-            if not pids:
-                break
-            time.sleep(1.0)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        bp.remove_namespace(ns)  # anything still in it was started by this run
     return rc
 
 

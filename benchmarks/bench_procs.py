@@ -131,6 +131,19 @@ def wait_listening(ports: list[int], proc: subprocess.Popen, what: str, timeout:
     raise RuntimeError(f"{what} is not listening on ports {ports} after {timeout:.0f}s")
 
 
+def remove_namespace(ns: str) -> None:
+    """End every process left in network namespace `ns` (TERM, then KILL), then delete it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), sig)
+        if not pids:
+            break
+        time.sleep(1.0)
+    subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 def stop_process(proc: subprocess.Popen, what: str, timeout: float = 15.0) -> None:
     """SIGTERM this one PID, then SIGKILL it if it does not go."""
     if proc.poll() is not None:

@@ -52,6 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_pki import write_pki  # noqa: E402 - a sibling module
+from bench_procs import remove_namespace  # noqa: E402
 
 UPSTREAM = ("127.0.0.2", 8443)  # client mode: the TLS upstream
 VIRTUAL = ("127.0.0.2", 8080)  # client mode: what the load dials (REDIRECTed to the daemon)
@@ -520,15 +521,7 @@ def run_outer(args: argparse.Namespace) -> int:
             stop(inner)
             return 1
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), sig)
-            if not pids:
-                break
-            time.sleep(1.0)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        remove_namespace(ns)  # anything still in it was started by this run
 
 
 def main() -> int:

@@ -212,7 +212,7 @@ class TLSStream(End):
         if revocation is not None:  # ready once the revocation check passed (tls/revcheck.py)
             self._checking = True
             # A resumed session ran no callback: its chain is the one its cache entry carries.
-            carried = [c.to_cryptography() for c in getattr(self.verifier, "resumed_chain", ())]
+            carried = [c.to_cryptography() for c in self.verifier.resumed_chain]
             revocation.after_handshake(self.tls, self._revocation_verdict, client=not self.server, chain=carried)
             if self._checking:  # a fetch: what the peer sends meanwhile waits in the kernel, not here
                 self._paused_for_check = True
