@@ -32,6 +32,10 @@ reloads (ssaproxy.reload); the main process reads the file too and closes its co
 sockets of listeners the new config no longer has.  A listener a reload adds is bound by each
 worker after its drop, with SO_REUSEPORT beside its siblings (so: ports the daemon's user may
 bind, as with one process).
+
+Affinity: the group of an inbound listener with `worker_affinity = "source-address"` gets a BPF
+program (ssaproxy.reuseport) that sends one client address to one worker (whose tickets then
+resume), and the clients of a worker that is down to the others until its replacement is ready.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.tcp import _resolveIPv6
 from twisted.logger import Logger
 
-from ssaproxy import kernel
+from ssaproxy import kernel, reuseport
 from ssaproxy.capacity import Overload, Port, listen_text
 from ssaproxy.config import Config, ListenAddress
 from ssaproxy.errors import ConfigError, StartupError
@@ -151,6 +155,7 @@ class Supervisor(service.Service):
         self.count = workers
         self.notifier = notifier if notifier is not None else Notifier()
         self.groups: dict[tuple[str, int], list[socket.socket]] = {}
+        self.steering = reuseport.Steering(workers)
         self.api: Optional[socket.socket] = None
         self.api_path: Optional[str] = None  # the socket file we made, removed at the end
         self.shared_dir = ""
@@ -179,6 +184,7 @@ class Supervisor(service.Service):
             raise StartupError("NOTIFY_SOCKET", f"cannot reach the service manager: {e}") from None
         for key, address in tcp_listeners(self.config):
             self.groups[(address.interface, address.port)] = bind_group(address, key, self.count, self.reactor)
+        self._steer(self.config)
         if self.config.api is not None:
             self.api = self._bind_api()
             self.api_path = self.config.api.socket
@@ -186,6 +192,13 @@ class Supervisor(service.Service):
                                            else None)
         if self.identity is not None and os.geteuid() == 0:
             os.chown(self.shared_dir, self.identity.uid, self.identity.gid)
+
+    def _steer(self, config: Config) -> None:
+        self.steering.follow(reuseport.affine_listeners(config), self.groups)
+
+    def _steer_around(self) -> None:
+        """Steer the clients of workers that are down (not ready) to the others, or back."""
+        self.steering.set_down(i for i in range(self.count) if not (i in self.workers and self.workers[i].ready))
 
     def _bind_api(self) -> socket.socket:
         api = self.config.api
@@ -252,6 +265,8 @@ class Supervisor(service.Service):
         worker_event(line, worker.index, worker.pid)
 
     def worker_ready(self, worker: _Worker) -> None:
+        if self.ready:
+            self._steer_around()  # a replacement: its clients come back to it
         if not self.ready and len(self.workers) == self.count and all(w.ready for w in self.workers.values()):
             self.ready = True
             self.notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving with {self.count} workers")
@@ -282,6 +297,7 @@ class Supervisor(service.Service):
             if self.reactor.running:
                 self.reactor.stop()
             return
+        self._steer_around()
         ran = self.reactor.seconds() - worker.started
         delay = RESTART_FIRST if ran > RESTART_STEADY else min(self.delays.get(worker.index, 0) * 2 or
                                                                RESTART_FIRST, RESTART_MOST)
@@ -332,8 +348,10 @@ class Supervisor(service.Service):
         wanted = {(a.interface, a.port) for _, a in tcp_listeners(config)}
         for where in list(self.groups):
             if where not in wanted:
+                self.steering.groups.pop(where, None)
                 for sock in self.groups.pop(where):
                     sock.close()
+        self._steer(config)
 
     # ---- the stop
     def stopService(self) -> Optional[defer.Deferred[None]]:
@@ -362,6 +380,7 @@ class Supervisor(service.Service):
         return self._all_gone
 
     def _close_listeners(self) -> None:
+        self.steering.groups.clear()
         for sockets in self.groups.values():
             for sock in sockets:
                 sock.close()

@@ -20,6 +20,7 @@ from ssaproxy.errors import ConfigError
 
 CLIENT_AUTH = ("none", "request", "require")
 PROXY_PROTOCOL = ("off", "v2")
+WORKER_AFFINITY = ("source-address", "none")
 PROFILES = ("intermediate", "modern")
 PROFILE_MIN_VERSION: dict[str, TLSVersion] = {"intermediate": TLSVersion.TLSv1_2, "modern": TLSVersion.TLSv1_3}
 
@@ -66,6 +67,7 @@ class Inbound:
     revocation: Optional[str] = None  # client certificates; None: [policy] revocation
     ocsp_stapling: bool = True  # staple our certificates' OCSP responses (fetched from their AIA)
     ocsp_response_file: Optional[str] = None  # a DER response to staple instead (air-gapped hosts)
+    worker_affinity: str = "source-address"  # with workers: one client address, one worker (ssaproxy.reuseport)
 
 
 def parse_inbound(r: Reader, policy_max: TLSVersion) -> tuple[Inbound, ...]:
@@ -137,13 +139,14 @@ def _one(r: Reader, index: int, policy_max: TLSVersion) -> Inbound:
     if response_file is not None:
         r.check("ocsp_response_file", response_file.startswith("/"), "must be an absolute path (a DER OCSP response)")
         r.check("ocsp_response_file", stapling, "a response file needs ocsp_stapling = true")
+    affinity: str = r.one_of("worker_affinity", r.take("worker_affinity", str, "source-address"), WORKER_AFFINITY)
     r.done()
     return Inbound(name=name, listen=listen, backend=backend, certificates=certificates, client_auth=client_auth,
                    client_ca=client_ca, allow=allow, proxy_protocol=proxy, alpn=alpn, profile=profile, ports=ports,
                    handshake_timeout=handshake, connect_timeout=connect, max_connections=max_conns, idle_timeout=idle,
                    listen_port=listen_port, families=families, insecure_allow_non_rfc5280_chains=lax,
                    session_resumption=resumption, revocation=revocation, ocsp_stapling=stapling,
-                   ocsp_response_file=response_file)
+                   ocsp_response_file=response_file, worker_affinity=affinity)
 
 
 def _listen_facts(r: Reader, listen: str) -> tuple[int, tuple[int, ...], Optional[str]]:
