@@ -50,7 +50,7 @@ SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h
 SO_DETACH_REUSEPORT_BPF = 68
 SKF_NET_OFF = 0x100000  # the network header, as a negative load offset (linux/filter.h)
 MIX = 0x45D9F3B  # the multiplier of the 32-bit integer mix below
-MAX_GROUP = 255  # jump offsets are 8 bits: the remap table stays well below that
+MAX_GROUP = 256  # [daemon] workers at most (the program grows by four instructions a socket at most)
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 LD_W_ABS, LD_B_ABS = 0x20, 0x30
@@ -101,7 +101,7 @@ def index_for(address: Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address],
 def _alive(count: int, down: Iterable[int]) -> list[int]:
     gone = set(down)
     alive = [i for i in range(count) if i not in gone]
-    return alive if len(alive) < count else list(range(count))
+    return alive if alive else list(range(count))
 
 
 def program(count: int, down: Iterable[int] = ()) -> list[Instruction]:
@@ -115,7 +115,8 @@ def program(count: int, down: Iterable[int] = ()) -> list[Instruction]:
         (LD_B_ABS, 0, 0, _net(0)),
         (ALU_RSH_K, 0, 0, 4),  # the IP version
         (JMP_JEQ_K, "v4", 0, 4),
-        (JMP_JEQ_K, "v6", "other", 6),
+        (JMP_JEQ_K, "v6", 0, 6),
+        (RET_K, 0, 0, count),  # neither: out of range, the kernel's hash decides
         "v4", (LD_W_ABS, 0, 0, _net(12)), (JMP_JA, 0, 0, "mix"),
         "v6", (LD_W_ABS, 0, 0, _net(8)),
     ]
@@ -127,15 +128,14 @@ def program(count: int, down: Iterable[int] = ()) -> list[Instruction]:
         (MISC_TAX, 0, 0, 0),  # X: the hash
         (ALU_MOD_K, 0, 0, count),
     ]
-    code += [(JMP_JEQ_K, "remap", 0, d) for d in dead]
+    for d in dead:  # conditional jumps reach 255 instructions at most: JA goes further
+        code += [(JMP_JEQ_K, 0, 1, d), (JMP_JA, 0, 0, "remap")]
     code.append((RET_A, 0, 0, 0))
     if dead:
         code += ["remap", (MISC_TXA, 0, 0, 0), (ALU_DIV_K, 0, 0, count), (ALU_MOD_K, 0, 0, len(alive))]
-        code += [(JMP_JEQ_K, f"to{j}", 0, j) for j in range(len(alive) - 1)]
-        code.append((RET_K, 0, 0, alive[-1]))
         for j, index in enumerate(alive[:-1]):
-            code += [f"to{j}", (RET_K, 0, 0, index)]
-    code += ["other", (RET_K, 0, 0, count)]
+            code += [(JMP_JEQ_K, 0, 1, j), (RET_K, 0, 0, index)]
+        code.append((RET_K, 0, 0, alive[-1]))
     return _assemble(code)
 
 
