@@ -243,6 +243,7 @@ def ssaproxy_proc(work: str, ca: str, chain: str, key: str, cpus: str | None, wo
         listen = "tcp:{SERVER_PORTS['ssaproxy']}:interface=127.0.0.1"
         backend = "tcp:{BACKEND_PLAIN[0]}:{BACKEND_PLAIN[1]}"
         certificates = [ {{ chain = "{chain}", key = "{key}" }} ]
+        worker_affinity = "none"   # every load comes from one address: spread it over the workers
         """ + daemon + extra)
     twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
     return Proc(name, [twistd, "-n", "--pidfile=", "ssaproxy", "--config", conf],

@@ -51,6 +51,7 @@ name = "scale"
 listen = "tcp:{port}:interface=127.0.0.1:backlog=4096"
 backend = "tcp:127.0.0.1:{backend_port}"
 max_connections = {cap}
+worker_affinity = "none"   # every client is 127.0.0.1: spread them over the workers
 certificates = [ {{ chain = "{chain}", key = "{key}" }} ]
 """
 

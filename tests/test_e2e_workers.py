@@ -42,6 +42,7 @@ trust_store = "{trust}"
 name = "web"
 listen = "tcp:{port}:interface=127.0.0.1"
 backend = "tcp:127.0.0.1:{backend_port}"
+worker_affinity = "none"   # the kernel's spread (test_e2e_affinity.py tests the default)
 {certificates}
 
 [api]
