@@ -44,6 +44,8 @@ def test_minimal_inbound_loads_and_opens_no_outbound_listener(pki: PKI) -> None:
     assert (i.client_auth, i.proxy_protocol, i.profile, i.listen_port, i.families) == (
         "none", "off", "intermediate", 8443, (4,))
     assert config.outbound.listen == ()
+    assert i.worker_affinity == "source-address"
+    assert Config.from_toml(inbound(pki, 'worker_affinity = "none"\n')).inbound[0].worker_affinity == "none"
 
 
 def test_key_that_does_not_match_its_certificate_is_refused_at_load(pki: PKI) -> None:
@@ -62,6 +64,7 @@ def test_key_that_does_not_match_its_certificate_is_refused_at_load(pki: PKI) ->
     ('ports = [8080]\n', "inbound[0].ports", "only applies"),
     ('alpn = [""]\n', "inbound[0].alpn", "protocol names"),
     ('colour = "blue"\n', "inbound[0].colour", "unknown key"),
+    ('worker_affinity = "sticky"\n', "inbound[0].worker_affinity", "must be one of"),
 ])
 def test_inbound_errors_name_the_key(pki: PKI, extra: str, key: str, fragment: str) -> None:
     e = error(inbound(pki, extra))
