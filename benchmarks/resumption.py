@@ -3,6 +3,7 @@
 
     python benchmarks/resumption.py                 # 300 connections per case and round, 3 rounds
     python benchmarks/resumption.py --conns 100 --rounds 1 --key rsa
+    python benchmarks/resumption.py --workers 2     # a main process and two workers
 
 Everything runs on loopback: a throwaway CA (bench_pki.py), a Python ssl TLS server (threads, one
 line in, the same line out, counting resumed handshakes), a plaintext echo backend, and
@@ -13,11 +14,16 @@ line in, the same line out, counting resumed handshakes), a plaintext echo backe
 * server side (an inbound listener): a Python ssl client opens sequential connections to the
   listener, offering its previous session or not (the daemon is the TLS server).
 
-For each case the daemon's CPU time (utime + stime from /proc/PID/stat) over the batch is
-divided by the number of connections.  Cases alternate within each round (off, on, on, off,
-...) and the median over rounds is printed.  The TLS server's and the client's own counts of
-resumed handshakes are printed too, so "resumed" is checked, not assumed.  Nothing asserts on
-timings; this prints numbers.
+With `--workers N` (above 1) the daemon runs N worker processes and the inbound face is
+measured on two listeners: one with the default `worker_affinity = "source-address"` (each
+client address kept to one worker, whose tickets it resumes) and one with `worker_affinity =
+"none"` (the kernel's spread: a ticket resumes only where it was made, about one in N).
+
+For each case the daemon's CPU time (utime + stime from /proc/PID/stat, summed over the main
+process and its workers) over the batch is divided by the number of connections.  Cases
+alternate within each round (off, on, on, off, ...) and the median over rounds is printed.
+The TLS server's and the client's own counts of resumed handshakes are printed too, so
+"resumed" is checked, not assumed.  Nothing asserts on timings; this prints numbers.
 """
 
 from __future__ import annotations
@@ -44,9 +50,14 @@ DEADLINE = time.monotonic() + 600  # the whole run
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and of its children (the workers), as they are now."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += sum(cpu_seconds(int(c)) for c in (task / "children").read_text().split())
+    return total
 
 
 def free_port() -> int:
@@ -115,7 +126,7 @@ def echo_backend() -> int:
 
 
 def start_daemon(work: Path, ca_pem: Path, chain: Path, key: Path, backend: int,
-                 inbound: int) -> subprocess.Popen[bytes]:
+                 inbound: int, workers: int, spread: int) -> subprocess.Popen[bytes]:
     config = work / "ssaproxy.toml"
     config.write_text(f"""
 [policy]
@@ -125,20 +136,28 @@ trust_store = "{ca_pem}"
 socket = "{work / 'api.sock'}"
 
 [daemon]
-workers = 1   # one process: the CPU measured is all the daemon's, and one listener's ticket keys
+workers = {workers}   # 1: one process, one listener's ticket keys
 
 [[inbound]]
 name = "bench"
 listen = "tcp:{inbound}:interface=127.0.0.1"
 backend = "tcp:127.0.0.1:{backend}"
 certificates = [ {{ chain = "{chain}", key = "{key}" }} ]
+
+[[inbound]]
+name = "spread"
+listen = "tcp:{spread}:interface=127.0.0.1"
+backend = "tcp:127.0.0.1:{backend}"
+certificates = [ {{ chain = "{chain}", key = "{key}" }} ]
+worker_affinity = "none"
 """)
     twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
     log = (work / "daemon.log").open("wb")
     proc = subprocess.Popen([twistd, "-n", "--pidfile=", "ssaproxy", "--config", str(config)], stdout=log,
                             stderr=subprocess.STDOUT)
     while time.monotonic() < DEADLINE:
-        if "ssaproxy started" in (work / "daemon.log").read_text(errors="replace"):
+        if ("ssaproxy started" if workers == 1 else f"all {workers} workers ready") in \
+                (work / "daemon.log").read_text(errors="replace"):
             return proc
         if proc.poll() is not None:
             raise SystemExit("the daemon did not start:\n" + (work / "daemon.log").read_text()[-3000:])
@@ -185,23 +204,28 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=300)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--key", choices=["ec", "rsa"], default="ec", help="the servers' key type")
+    p.add_argument("--workers", type=int, default=1, help="[daemon] workers (default 1: one process)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssaproxy-resumption-"))
     chain, key, ca_pem = write_pki(work, "backend.test", use_rsa=args.key == "rsa")
     counter = Counter()
     upstream = tls_server(chain, key, counter)
-    backend, inbound = echo_backend(), free_port()
+    backend, inbound, spread = echo_backend(), free_port(), free_port()
     os.environ["SSAPROXY_SOCKET"] = str(work / "api.sock")
-    daemon = start_daemon(work, ca_pem, chain, key, backend, inbound)
+    daemon = start_daemon(work, ca_pem, chain, key, backend, inbound, args.workers, spread)
+    faces = ["api (daemon is the client)", "inbound (daemon is the server)"]
+    if args.workers > 1:
+        faces = [faces[0], "inbound, worker_affinity = source-address", "inbound, worker_affinity = none"]
     client_ctx = ssl.create_default_context(cafile=str(ca_pem))
     results: dict[str, list[float]] = {}
     resumed: dict[str, int] = {}
     try:
         api_batch(upstream, 5, True)  # warm up both faces (imports, first contexts)
         inbound_batch(inbound, client_ctx, 5, True)
+        inbound_batch(spread, client_ctx, 5, True)
         for r in range(args.rounds):
             order = [False, True] if r % 2 == 0 else [True, False]
-            for face in ("api (daemon is the client)", "inbound (daemon is the server)"):
+            for face in faces:
                 for reuse in order:
                     before_full, before_resumed = counter.full, counter.resumed
                     cpu = cpu_seconds(daemon.pid)
@@ -209,7 +233,8 @@ def main() -> int:
                     if face.startswith("api"):
                         got = api_batch(upstream, args.conns, reuse)
                     else:
-                        got = inbound_batch(inbound, client_ctx, args.conns, reuse)
+                        port = spread if face.endswith("none") else inbound
+                        got = inbound_batch(port, client_ctx, args.conns, reuse)
                     wall = time.monotonic() - start
                     used = cpu_seconds(daemon.pid) - cpu
                     name = f"{face}, resumption {'on' if reuse else 'off'}"
@@ -226,10 +251,11 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             daemon.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nkey: {args.key}; {args.conns} connections per case, {args.rounds} round(s); median daemon CPU per "
-          "connection:")
+    print(f"\nkey: {args.key}; {args.workers} worker(s); {args.conns} connections per case, {args.rounds} round(s); "
+          "median daemon CPU per connection:")
     for name, values in results.items():
-        print(f"  {name:48s} {statistics.median(values):7.3f} ms  ({resumed[name]} resumed)")
+        print(f"  {name:64s} {statistics.median(values):7.3f} ms  ({resumed[name]} of "
+              f"{args.conns * args.rounds} connections resumed)")
     return 0
 
 
