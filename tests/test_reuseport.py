@@ -286,3 +286,18 @@ def test_the_kernel_steers_ipv6_clients() -> None:
     got = json.loads(out)
     assert got == [reuseport.index_for(s, 3) for s in sources]
     assert set(got) == {0, 1, 2}
+
+
+def test_affine_listeners_are_the_inbound_ones_that_ask() -> None:
+    from ssaproxy.config import Config  # noqa: PLC0415
+
+    def inbound(name: str, listen: str, extra: str = "") -> str:
+        return (f'[[inbound]]\nname = "{name}"\nlisten = \'{listen}\'\nbackend = "tcp:127.0.0.1:8080"\n'
+                f'certificates = [ {{ chain = "/c.pem", key = "/k.pem" }} ]\n{extra}')
+
+    config = Config.from_toml('[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
+                              '[[outbound.route]]\nname = "r"\ndestination = "192.0.2.1/32"\nports = [80]\n'
+                              'tls_port = 443\nhostname = "r.test"\n'
+                              + inbound("a", "tcp:8443") + inbound("b", "tcp6:8444:interface=\\:\\:1")
+                              + inbound("c", "tcp:8445:interface=127.0.0.1", 'worker_affinity = "none"\n'))
+    assert reuseport.affine_listeners(config) == {("", 8443), ("::1", 8444)}
