@@ -83,6 +83,7 @@ class Client:
     def connect(self) -> tuple[bool, int]:
         """One connection carrying a line; (resumed, the worker whose log line shows it)."""
         family = socket.AF_INET6 if ":" in self.source else socket.AF_INET
+        seen = len(self.d.text())  # the line is looked for in what is logged from now on
         raw = socket.socket(family)
         raw.settimeout(10)
         raw.bind((self.source, 0))
@@ -96,7 +97,9 @@ class Client:
             with contextlib.suppress(ssl.SSLError, OSError):
                 conn.unwrap()
         shown = self.source if family == socket.AF_INET else f"[{self.source}]"
-        line = self.d.wait_log(f"peer={shown}:{local} ")
+        lines = poll(lambda: [x for x in self.d.text()[seen:].splitlines() if f"peer={shown}:{local} " in x], 20)
+        assert lines, self.d.text()[-3000:]
+        line = lines[-1]
         found = re.search(r"\[worker (\d+) pid \d+\] inbound", line)
         assert found, line
         assert f"resumed={resumed}" in line, line
