@@ -27,8 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ssaproxy import metrics
-from ssaproxy.states import State, connect_outcome, legal
 from ssaproxy.relay import Relay
+from ssaproxy.states import State, connect_outcome, legal
 from ssaproxy.streams import End, How, OneShotFactory
 from ssaproxy.tls.stream import TLSStream
 
