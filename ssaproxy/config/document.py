@@ -178,7 +178,7 @@ class Config:
         api = parse_api(r.table("api")) if "api" in r.data else None
         daemon = parse_daemon(r.table("daemon"))
         admin = parse_admin(r.table("admin")) if "admin" in r.data else None
-        profiles = parse_profiles(r, policy, parse_policy)
+        profiles = parse_profiles(r, policy)
         r.done()
         check_listeners(outbound, inbound, admin, profiles)
         return cls(policy=policy, outbound=outbound, inbound=inbound, iptables=iptables, api=api, daemon=daemon,
