@@ -48,7 +48,7 @@ from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls import sessions
 from ssaproxy.tls.load import read_config
 from ssaproxy.tls.paths import WAIVER_WARNING, insecure_rfc5280
-from ssaproxy.watch import Watcher, stamps, watched_files
+from ssaproxy.watch import Stamp, Watcher, stamps, watched_files
 
 
 class Reloader(service.Service):
@@ -169,13 +169,32 @@ class Reloader(service.Service):
         """Put the prepared generation in place.  Nothing here can be refused any more."""
         old, new = self.config, plan.config
         before = self._inbound_factories()
+        self._commit_factories(plan, before)
+        self._commit_listeners(plan)
+        api_summary = self._commit_api(plan)
+        if old.policy != new.policy or plan.stamps != self.baseline:
+            api_settings.clear_contexts()  # per-program contexts not yet made: from the new files
+            sessions.CACHE.clear()  # their sessions were made under the old trust: never offered again
+        sessions.configure(size=new.policy.session_cache_size, lifetime=new.policy.session_lifetime)
+        summary = _summary(old, plan, before, self.baseline, api_summary)
+        self.config = new
+        self.baseline = plan.stamps
+        self.watcher.follow(plan.stamps)
+        self.watcher.every(new.daemon.watch_interval if self.running else 0)
+        budget = FdBudget.from_config(new)
+        problem = budget.shortfall(kernel.open_files_limit() or 1 << 62)
+        if problem is not None and budget != FdBudget.from_config(old):  # said once per set of caps
+            self.log.warn("{problem}", problem=problem)
+        return summary
+
+    def _commit_factories(self, plan: Plan, before: dict[str, InboundFactory]) -> None:
+        """The outbound factory takes the new config; the new inbound factories replace the old
+        in the stop-reset list (they share `active`)."""
         outbound = plan.outbound
         if outbound not in self.factories:
             self.factories.append(outbound)
-        outbound.config = new
+        outbound.config = plan.config
         outbound.client_context = plan.client_contexts
-        # Inbound factories: the new ones replace the old in the stop-reset list (they share
-        # `active`), and listeners kept at the same address take their new factory.
         for name, old_factory in before.items():
             if plan.inbound.get(name) is not old_factory:
                 self.factories.remove(old_factory)
@@ -185,44 +204,22 @@ class Reloader(service.Service):
             if new_factory not in self.factories:
                 self.factories.append(new_factory)
         self.factories[:] = [f for f in self.factories if not isinstance(f, _Draining) or f.active]
+
+    def _commit_listeners(self, plan: Plan) -> None:
+        """Listeners kept at the same address take their new factory (and backlog); the others
+        stop listening; the new ones, already listening, join the service tree."""
         wanted = plan.wanted()
         for at, listener in self._listeners().items():
             if at not in wanted:
                 listener.disownServiceParent()  # stops listening; accepted connections carry on
                 continue
-            factory = wanted[at][2] or outbound
-            _swap_factory(listener, factory)
-            backlog = wanted[at][0].backlog or kernel.somaxconn()
-            if listener.port is not None and wanted[at][0].backlog != listener.address.backlog:
-                listener.port.socket.listen(backlog)
-            listener.address = wanted[at][0]
+            address, _, factory = wanted[at]
+            _swap_factory(listener, factory or plan.outbound)
+            if listener.port is not None and address.backlog != listener.address.backlog:
+                listener.port.socket.listen(address.backlog or kernel.somaxconn())
+            listener.address = address
         for listener, _ in plan.bound.values():
             listener.setServiceParent(self.top)  # already listening: startService binds nothing more
-        api_summary = self._commit_api(plan)
-        if old.policy != new.policy or plan.stamps != self.baseline:
-            api_settings.clear_contexts()  # per-program contexts not yet made: from the new files
-            sessions.CACHE.clear()  # their sessions were made under the old trust: never offered again
-        sessions.configure(size=new.policy.session_cache_size, lifetime=new.policy.session_lifetime)
-        files_changed = sum(1 for p, s in plan.stamps.items() if self.baseline.get(p, s) != s)
-        names_old = {i.name: i for i in old.inbound}
-        names_new = {i.name: i for i in new.inbound}
-        added = len(names_new.keys() - names_old.keys())
-        removed = len(names_old.keys() - names_new.keys())
-        changed = sum(1 for n in names_new.keys() & names_old.keys()
-                      if plan.inbound[n] is not before.get(n))
-        outbound_listen = set(new.outbound.listen) != set(old.outbound.listen)
-        self.config = new
-        self.baseline = plan.stamps
-        self.watcher.follow(plan.stamps)
-        self.watcher.every(new.daemon.watch_interval if self.running else 0)
-        budget = FdBudget.from_config(new)
-        problem = budget.shortfall(kernel.open_files_limit() or 1 << 62)
-        if problem is not None and budget != FdBudget.from_config(old):  # said once per set of caps
-            self.log.warn("{problem}", problem=problem)
-        return (f"routes={len(new.outbound.routes)} (was {len(old.outbound.routes)}) inbound listeners: "
-                f"added={added} removed={removed} changed={changed} outbound_listen_changed={outbound_listen} "
-                f"certificate_files_changed={files_changed} policy_changed={old.policy != new.policy} "
-                f"api={api_summary}")
 
     def _commit_api(self, plan: Plan) -> str:
         host, api = self._api(), plan.config.api
@@ -275,6 +272,20 @@ def _swap_factory(holder: Any, factory: Any) -> None:
         factory.doStart()
         port.factory = factory
         old.doStop()
+
+
+def _summary(old: Config, plan: Plan, before: dict[str, InboundFactory], baseline: dict[str, Stamp],
+             api: str) -> str:
+    """What the reload changed, for its one log line."""
+    new = plan.config
+    files_changed = sum(1 for p, s in plan.stamps.items() if baseline.get(p, s) != s)
+    names_old, names_new = {i.name for i in old.inbound}, {i.name for i in new.inbound}
+    changed = sum(1 for n in names_new & names_old if plan.inbound[n] is not before.get(n))
+    outbound_listen = set(new.outbound.listen) != set(old.outbound.listen)
+    return (f"routes={len(new.outbound.routes)} (was {len(old.outbound.routes)}) inbound listeners: "
+            f"added={len(names_new - names_old)} removed={len(names_old - names_new)} changed={changed} "
+            f"outbound_listen_changed={outbound_listen} certificate_files_changed={files_changed} "
+            f"policy_changed={old.policy != new.policy} api={api}")
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
