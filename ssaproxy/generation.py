@@ -1,16 +1,9 @@
-"""A new generation for a reload: the config read and checked, every OpenSSL context built
-from the files as they are now, every new listening socket bound, and nothing yet in place.
-
-The contexts are built bypassing the caches of `tls.context` and `tls.server`: those are keyed
-by paths, and a rotated certificate keeps its path.  An inbound listener whose table, the
-policy and files are all as the serving generation had them keeps its factory; any other gets a
-new `InboundFactory` sharing the old one's `active` set (one count of live connections per
-listener name).  The API gets a new `ApiFactory` when `[api]`, the policy or the profiles
-changed, and a new socket only when its path did.
-
-Any failure is a `Refused` whose text is the reload's one log line (the key and its line, or
-the listener and the OS's reason); what was bound by then is closed again (`Plan.unbind`).
-`ssaproxy.reload` puts a finished plan in place.
+"""A reload's new generation, built and bound but not yet in place (`ssaproxy.reload` puts
+it there and says what is kept): every OpenSSL context built from the files as they are now,
+bypassing the caches of `tls.context` and `tls.server` (they are keyed by paths, and a rotated
+certificate keeps its path), and every new listening socket bound.  Any failure is a `Refused`
+whose text is the reload's one log line (the key and its line, or the listener and the OS's
+reason); what was bound by then is closed again (`Plan.unbind`).
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ class Reloader(service.Service):
         summary = _summary(old, plan, before, self.baseline, api_summary)
         self.config = new
         self.baseline = plan.stamps
-        self.watcher.follow(plan.stamps)
+        self.watcher.seen = plan.stamps
         self.watcher.every(new.daemon.watch_interval if self.running else 0)
         budget = FdBudget.from_config(new)
         problem = budget.shortfall(kernel.open_files_limit() or 1 << 62)

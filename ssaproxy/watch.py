@@ -64,12 +64,8 @@ class Watcher:
     def __init__(self, reactor: Any, seen: dict[str, Stamp], changed: Callable[[list[str]], None]) -> None:
         self.reactor = reactor
         self.changed = changed
-        self.seen = seen  # the files as the last look (or the serving generation) saw them
+        self.seen = seen  # the files watched, as the last look (or the serving generation) saw them
         self._loop: Optional[LoopingCall] = None
-
-    def follow(self, seen: dict[str, Stamp]) -> None:
-        """Watch these files from now on, as they were seen."""
-        self.seen = seen
 
     def every(self, interval: float) -> None:
         """Look every `interval` seconds (0: stop looking); the same interval keeps its rhythm."""
@@ -83,11 +79,6 @@ class Watcher:
             self._loop = LoopingCall(self.look)
             self._loop.clock = self.reactor
             self._loop.start(interval, now=False)
-
-    @property
-    def interval(self) -> Optional[float]:
-        """How often it looks (None: it does not)."""
-        return self._loop.interval if self._loop is not None and self._loop.running else None
 
     def look(self) -> None:
         """One look at the watched files; a change is reported."""

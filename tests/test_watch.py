@@ -27,7 +27,8 @@ def test_a_change_is_reported_once_and_the_interval_follows_the_config(tmp_path:
     chain.unlink()
     clock.advance(5)
     assert heard == [[str(chain)], [str(chain)]]  # gone is a change too
-    watcher.every(5)
-    assert watcher.interval == 5
+    (look,) = clock.getDelayedCalls()
+    watcher.every(5)  # the same interval keeps its rhythm
+    assert clock.getDelayedCalls() == [look]
     watcher.every(0)
-    assert watcher.interval is None and clock.getDelayedCalls() == []
+    assert clock.getDelayedCalls() == []
