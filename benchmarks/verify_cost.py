@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from ssaproxy.config.document import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
+from ssaproxy.config.policy import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
 from ssaproxy.tls.context import REQUIRE_PEER, load_trust, new_context
 from ssaproxy.tls.paths import Outcome, PathValidator, load_anchors
 from ssaproxy.tls.verify import Verifier, install

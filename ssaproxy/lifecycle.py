@@ -3,9 +3,10 @@ handshaking -> relaying -> done.
 
 A face (outbound, inbound, the API session) subclasses `Lifecycle` and fills in what is its
 own: where the far end is, what to decide, which fields its log record carries.  Everything
-else lives here once: the state and its legal transitions, the setup buffers of both ends
-(bounded: beyond them the end stops being read), named timers, the far end's connect with its
-cancellation and its failure -> outcome mapping, the splice into a `Relay`, the refusal that
+else lives here once: the state and its legal transitions (the states and the words for a
+failed connect are `ssaproxy.states`), the setup buffers of both ends (bounded: beyond them
+the end stops being read), named timers, the far end's connect with its cancellation and its
+failure -> outcome mapping, the splice into a `Relay`, the refusal that
 resets, the daemon's shutdown, the limit on live connections, and the one log record at the
 end.  Per-connection metrics, drain and limits hook in here: `ssaproxy.metrics` hears of each
 connection's start, its far connect and handshakes, a verification failure, and its record.
@@ -17,8 +18,6 @@ program reads as a clean end).
 
 from __future__ import annotations
 
-import enum
-import errno
 import functools
 import itertools
 from typing import Any, Callable, ClassVar, Optional, TypeVar
@@ -29,49 +28,13 @@ from twisted.python.failure import Failure
 
 from ssaproxy import metrics
 from ssaproxy.relay import Relay
+from ssaproxy.states import State, connect_outcome, legal
 from ssaproxy.streams import End, How, OneShotFactory
 from ssaproxy.tls.stream import TLSStream
 
 SETUP_BUFFER = 65536  # bytes held from one end while the other is being set up
 
-
-class State(enum.Enum):
-    ACCEPTED = "accepted"
-    DECIDING = "deciding"  # waiting for the program's first bytes to tell what to do
-    CONNECTING = "connecting"  # TCP connect to the far end in flight
-    HANDSHAKING = "handshaking"  # a TLS handshake in flight (either end)
-    RELAYING = "relaying"
-    DONE = "done"
-
-
-_S = State
-_LEGAL: dict[State, frozenset[State]] = {
-    _S.ACCEPTED: frozenset({_S.DECIDING, _S.CONNECTING, _S.HANDSHAKING, _S.DONE}),
-    _S.DECIDING: frozenset({_S.CONNECTING, _S.DONE}),
-    # Back to DECIDING: outbound learnt from a late ClientHello that its upstream is the wrong kind.
-    _S.CONNECTING: frozenset({_S.HANDSHAKING, _S.RELAYING, _S.DECIDING, _S.DONE}),
-    _S.HANDSHAKING: frozenset({_S.CONNECTING, _S.RELAYING, _S.DECIDING, _S.DONE}),
-    _S.RELAYING: frozenset({_S.DECIDING, _S.DONE}),
-    _S.DONE: frozenset(),
-}
-
-
-def connect_outcome(reason: Failure) -> str:
-    """One vocabulary for a far end that could not be reached.  Out of file descriptors for the
-    far end's socket (Twisted's ConnectBindError carries the errno) is the daemon's overload, not
-    the peer's fault."""
-    if getattr(reason.value, "osError", None) in (errno.EMFILE, errno.ENFILE):
-        return "overload"
-    if reason.check(error.ConnectionRefusedError):
-        return "connect-refused"
-    if reason.check(error.TimeoutError):
-        return "connect-timeout"
-    if reason.check(error.DNSLookupError):
-        return "no-address"
-    if reason.check(error.NoRouteError) or getattr(reason.value, "osError", None) in (
-            errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return "unreachable"
-    return "connect-failed"
+__all__ = ["SETUP_BUFFER", "Lifecycle", "State", "connect_outcome", "fail_closed"]
 
 
 H = TypeVar("H", bound=Callable[..., None])
@@ -132,7 +95,7 @@ class Lifecycle:
     def go(self, state: State) -> None:
         if state is self.state:
             return
-        if state not in _LEGAL[self.state]:
+        if not legal(self.state, state):
             raise AssertionError(f"illegal transition {self.state.value} -> {state.value}")
         self.state = state
 

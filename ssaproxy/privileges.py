@@ -61,7 +61,9 @@ class Identity:
             primary = entry.pw_gid if entry is not None else -1
         else:
             raise ConfigError("daemon.user", f"no such user {user!r}")
-        gid = primary if group is None else _group_id(group)
+        gid = primary if group is None else group_id(group)
+        if gid is None:
+            raise ConfigError("daemon.group", f"no such group {group!r}")
         if gid < 0:
             raise ConfigError("daemon.group", f"user {user!r} has no passwd entry: name its group")
         groups = os.getgrouplist(name, gid) if entry is not None else [gid]
@@ -88,13 +90,12 @@ class Identity:
         return os.getresuid() == (self.uid,) * 3 and os.getresgid() == (self.gid,) * 3
 
 
-def _group_id(group: str) -> int:
+def group_id(group: str) -> Optional[int]:
+    """A group's id by its name, or its number when no group has that name (None: neither)."""
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        if group.isdigit():
-            return int(group)
-        raise ConfigError("daemon.group", f"no such group {group!r}") from None
+        return int(group) if group.isdigit() else None
 
 
 def drop(identity: Identity) -> None:

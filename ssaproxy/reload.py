@@ -14,147 +14,41 @@ the next connection:
 - the API gets a new `ApiFactory` when `[api]` or the policy changed; its socket is rebound
   only if its path changed.
 
-The OpenSSL contexts of the new generation are built here from the files as they are now,
-bypassing the caches of `tls.context` and `tls.server`: those are keyed by paths, and a
-rotated certificate keeps its path.  (The API's per-program caches are cleared instead: what
-they build is for sessions not yet started.)  Cached client TLS sessions are keyed by the
-context object they were made through (`tls.sessions`), so the new generation's contexts
-never resume a session of the old one; when the policy or a file changed the cache is
-emptied as well, and its bounds follow the new `[policy]`.
+The API's per-program context caches are cleared (what they build is for sessions not yet
+started).  Cached client TLS sessions are keyed by the context object they were made through
+(`tls.sessions`), so the new generation's contexts never resume a session of the old one; when
+the policy or a file changed the cache is emptied as well, and its bounds follow the new
+`[policy]`.
 
 All or nothing: the new config is read and checked, every context built, and every new
-listening socket bound *before* anything is swapped.  Any failure closes what was bound, logs
-one line (the key and its line, or the listener and the OS's reason) and leaves the serving
-generation as it was.
-
-The watcher looks at the device, inode, size and mtime of every certificate, key and trust
-file the serving config names, every `[daemon] watch_interval` seconds.  `stat` follows
-symbolic links, so a rename over the file (certbot's and cert-manager's way) and a symlink
-swung to a new target both show.  A change triggers the same reload as SIGHUP; the stamps seen
-then become the baseline, so a half-rotated pair (new chain, old key) is refused once and
-reloaded when the second file lands, without a refusal every interval meanwhile.
+listening socket bound (`ssaproxy.generation`) *before* anything is swapped (here).  Any
+failure closes what was bound, logs one line and leaves the serving generation as it was.
+What triggers a reload besides SIGHUP is `ssaproxy.watch` (the certificate watcher).
 """
 
 from __future__ import annotations
 
-import grp
 import os
 import signal
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import attrs
-from OpenSSL import SSL
 from twisted.application import service
-from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ssaproxy import kernel
 from ssaproxy.api import settings as api_settings
 from ssaproxy.api.server import ApiFactory
-from ssaproxy.capacity import FdBudget, Listener, Overload, Port
-from ssaproxy.config import DEFAULT_SOURCE, Api, Config, Inbound, ListenAddress
-from ssaproxy.errors import ConfigError, StartupError
+from ssaproxy.capacity import FdBudget, Listener, Overload
+from ssaproxy.config import DEFAULT_SOURCE, Api, Config
+from ssaproxy.errors import ConfigError
+from ssaproxy.generation import ApiHost, Plan, Refused, Serving, Where, prepare, where
 from ssaproxy.inbound import InboundFactory
-from ssaproxy.outbound import ClientContexts, OutboundFactory
+from ssaproxy.outbound import OutboundFactory
 from ssaproxy.tls import sessions
-from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import read_config
 from ssaproxy.tls.paths import WAIVER_WARNING, insecure_rfc5280
-from ssaproxy.tls.server import server_context
-
-Stamp = Optional[tuple[int, int, int, int]]  # (st_dev, st_ino, st_size, st_mtime_ns); None: missing
-_Where = tuple[str, int]  # (interface, port): a TCP listener's identity across generations
-
-
-class Refused(Exception):
-    """A reload that cannot be applied; its text is the one log line."""
-
-
-class ApiHost(Protocol):
-    """What the reload needs of service.py's API socket service."""
-
-    api: Api
-    factory: ApiFactory
-    port: Any
-
-
-def watched_files(config: Config) -> tuple[str, ...]:
-    """Every certificate, key and trust file `config` names, in document order."""
-    paths: list[str] = []
-    if config.policy.trust_store:
-        paths.append(config.policy.trust_store)
-    for inbound in config.inbound:
-        paths += [p for c in inbound.certificates for p in (c.chain, c.key)]
-        if inbound.client_ca:
-            paths.append(inbound.client_ca)
-        if inbound.ocsp_response_file:  # a stapled response is reloaded with its certificate
-            paths.append(inbound.ocsp_response_file)
-    for route in config.outbound.routes:
-        paths += [p for p in (route.client_certificate, route.client_key) if p]
-    for profile in config.profiles:
-        paths += [p for p in (profile.policy.trust_store, profile.client_certificate, profile.client_key) if p]
-    return tuple(dict.fromkeys(paths))
-
-
-def stamp(path: str) -> Stamp:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def stamps(paths: tuple[str, ...]) -> dict[str, Stamp]:
-    return {path: stamp(path) for path in paths}
-
-
-def _inbound_files(inbound: Inbound) -> set[str]:
-    return ({p for c in inbound.certificates for p in (c.chain, c.key)}
-            | ({inbound.client_ca, inbound.ocsp_response_file} - {None}))  # type: ignore[operator]
-
-
-def _where(address: ListenAddress) -> _Where:
-    return address.interface, address.port
-
-
-def _generation_client_contexts(config: Config) -> ClientContexts:
-    """The outbound face's client contexts for `config`, built now from the files as they are:
-    one per (policy, client identity), the admin's policy and each [[profile]]'s."""
-    build = client_context.__wrapped__
-    built: dict[tuple[Any, Optional[str], Optional[str]], SSL.Context] = {}
-    wanted: list[tuple[Any, Optional[str], Optional[str]]] = [(config.policy, None, None)]
-    wanted += [(config.policy, r.client_certificate, r.client_key) for r in config.outbound.routes
-               if r.client_certificate and r.client_key]
-    for profile in config.profiles:
-        wanted.append((profile.policy, profile.client_certificate, profile.client_key))
-        wanted += [(profile.policy, r.client_certificate, r.client_key) for r in config.outbound.routes
-                   if r.client_certificate and r.client_key and profile.client_certificate is None]
-    for policy, certificate, key in wanted:
-        if (policy, certificate, key) not in built:
-            built[(policy, certificate, key)] = build(policy, certificate, key)
-
-    def lookup(policy: Any, certificate: Optional[str], key: Optional[str]) -> SSL.Context:
-        ctx = built.get((policy, certificate, key))
-        if ctx is None:  # not one of this config's: build (and keep) it as the cache would
-            ctx = built[(policy, certificate, key)] = build(policy, certificate, key)
-        return ctx
-
-    return lookup
-
-
-@attrs.define
-class _Plan:
-    """A new generation, built and bound, not yet in place."""
-
-    config: Config
-    stamps: dict[str, Stamp]
-    client_contexts: ClientContexts
-    inbound: dict[str, InboundFactory]  # by name: the factories that replace or join the serving ones
-    outbound: OutboundFactory  # kept (or new, if the daemon had none): its config is swapped at commit
-    bound: dict[_Where, tuple[Listener, Port]] = attrs.Factory(dict)  # new addresses, already listening
-    api_factory: Optional[ApiFactory] = None
-    api_port: Any = None  # a new API socket, already listening (its path changed or it is new)
+from ssaproxy.watch import Stamp, Watcher, stamps, watched_files
 
 
 class Reloader(service.Service):
@@ -179,8 +73,9 @@ class Reloader(service.Service):
         self.listen_api = listen_api
         self.secure_api = secure_api
         self.baseline = stamps(watched_files(config))  # the files as the serving generation read them
-        self.seen = self.baseline  # the files as the watcher last looked at them
-        self.watcher: Optional[LoopingCall] = None
+        # What the serving generation was built from stays in `baseline`; what the watcher last
+        # saw only keeps a refused reload from being retried until something changes again.
+        self.watcher = Watcher(reactor, self.baseline, self._changed)
         self.saved: Any = None
         self.reloads = 0
 
@@ -188,11 +83,11 @@ class Reloader(service.Service):
     def startService(self) -> None:
         super().startService()
         self.saved = signal.signal(signal.SIGHUP, self._hup)
-        self._watch(self.config.daemon.watch_interval)
+        self.watcher.every(self.config.daemon.watch_interval)
 
     def stopService(self) -> None:
         super().stopService()
-        self._watch(0)
+        self.watcher.every(0)
         if self.saved is not None:
             signal.signal(signal.SIGHUP, self.saved)
             self.saved = None
@@ -200,26 +95,8 @@ class Reloader(service.Service):
     def _hup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload, "SIGHUP")
 
-    def _watch(self, interval: float) -> None:
-        if self.watcher is not None and self.watcher.running:
-            if self.watcher.interval == interval:
-                return
-            self.watcher.stop()
-        self.watcher = None
-        if interval > 0 and self.running:
-            self.watcher = LoopingCall(self.look)
-            self.watcher.clock = self.reactor
-            self.watcher.start(interval, now=False)
-
-    def look(self) -> None:
-        """One look at the watched files; a change reloads."""
-        now = stamps(tuple(self.baseline))
-        changed = [path for path, seen in now.items() if seen != self.seen.get(path)]
-        if changed:
-            # What the serving generation was built from stays in `baseline`; `seen` only keeps
-            # a refused reload from being retried until something changes again.
-            self.seen = now
-            self.reload("changed on disk: " + ",".join(changed))
+    def _changed(self, paths: list[str]) -> None:
+        self.reload("changed on disk: " + ",".join(paths))
 
     # ---- the reload
     def reload(self, reason: str) -> bool:
@@ -254,106 +131,19 @@ class Reloader(service.Service):
             self.log.warn("reload: {keys} changed but take effect only after a restart", keys=",".join(later))
         if old.iptables != plan.config.iptables:
             self.log.warn("reload: [iptables] changed: apply the rules again (`ssaproxy iptables apply`)")
-        for where in insecure_rfc5280(plan.config):
-            self.log.warn(WAIVER_WARNING, where=where)
+        for at in insecure_rfc5280(plan.config):
+            self.log.warn(WAIVER_WARNING, where=at)
         return True
 
-    def _prepare(self) -> _Plan:
+    def _prepare(self) -> Plan:
         try:
             new = read_config(self.path)  # parse and check_config: errors name the key and its line
         except ConfigError as e:
             raise Refused(f"{self.path or DEFAULT_SOURCE}: {e}") from None
-        files = watched_files(new)
-        seen = stamps(files)  # before loading: a change while we read shows at the next look
-        try:
-            contexts = _generation_client_contexts(new)
-        except Exception as e:  # OpenSSL judged what check_config let through (a file changed since?)
-            raise Refused(f"outbound client context: {e}") from None
-        old_by_name = {i.name: i for i in self.config.inbound}
-        serving = self._inbound_factories()
-        inbound: dict[str, InboundFactory] = {}
-        for i in new.inbound:
-            previous = serving.get(i.name)
-            unchanged = (previous is not None and old_by_name.get(i.name) == i and self.config.policy == new.policy
-                         and all(seen.get(p) == self.baseline.get(p) for p in _inbound_files(i)))
-            if unchanged:
-                assert previous is not None
-                inbound[i.name] = previous
-                continue
-            try:
-                ctx = server_context.__wrapped__(i, new.policy)
-            except ConfigError as e:
-                raise Refused(str(new.locate(e))) from None
-            except Exception as e:
-                raise Refused(f"inbound.{i.name}: cannot build its TLS context: {e}") from None
-            factory = InboundFactory(i, new.policy, self.reactor, context=ctx)
-            if previous is not None:
-                factory.active = previous.active  # one count of live connections per listener name
-            inbound[i.name] = factory
-        plan = _Plan(config=new, stamps=seen, client_contexts=contexts, inbound=inbound,
-                     outbound=self._outbound_factory())
-        try:
-            self._bind(plan)
-        except BaseException:
-            self._unbind(plan)
-            raise
-        return plan
-
-    def _wanted(self, plan: _Plan) -> dict[_Where, tuple[ListenAddress, str, Any]]:
-        """Every TCP listener of the new config: (address, label, factory or None for outbound)."""
-        wanted: dict[_Where, tuple[ListenAddress, str, Any]] = {}
-        for description in plan.config.outbound_listen:
-            address = ListenAddress.parse(description, "outbound.listen")
-            wanted[_where(address)] = (address, f"outbound.listen {description}", None)
-        for i in plan.config.inbound:
-            address = ListenAddress.parse(i.listen, f"inbound.{i.name}.listen")
-            wanted[_where(address)] = (address, f"inbound.{i.name} ({i.listen})", plan.inbound[i.name])
-        return wanted
-
-    def _bind(self, plan: _Plan) -> None:
-        serving = self._listeners()
-        outbound = plan.outbound
-        for where, (address, label, factory) in self._wanted(plan).items():
-            if where in serving:
-                continue
-            listener = Listener(address, factory or outbound, self.reactor, self.overload)
-            port = Port(address, listener.factory, self.reactor, self.overload)
-            try:
-                port.startListening()
-            except CannotListenError as e:
-                raise Refused(f"listener {label} cannot listen: {e.socketError}") from None
-            listener.port = port
-            plan.bound[where] = (listener, port)
-        api, old_api = plan.config.api, self._api()
-        if api is None:
-            return
-        if (old_api is not None and old_api.api == api and self.config.policy == plan.config.policy
-                and self.config.profiles == plan.config.profiles):
-            return  # kept as it is
-        if api.group is not None and os.geteuid() != 0:
-            # After the privilege drop, chown to a group is allowed only for one of ours.
-            gid = _group_id(api.group)
-            if gid is None or gid not in (os.getegid(), *os.getgroups()):
-                raise Refused(f"api.group: the daemon's user cannot give the socket to group {api.group!r}: "
-                              "restart to apply it")
-        plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor, profiles=plan.config.profiles)
-        plan.api_factory.fit()
-        if old_api is None or old_api.api.socket != api.socket:
-            try:
-                plan.api_port = self.listen_api(api, plan.api_factory)
-            except StartupError as e:
-                raise Refused(str(e)) from None
-            except (OSError, CannotListenError) as e:
-                why = getattr(e, "socketError", None) or e
-                raise Refused(f"api.socket {api.socket}: cannot listen: {why}") from None
-
-    def _unbind(self, plan: _Plan) -> None:
-        for _, port in plan.bound.values():
-            port.stopListening()
-        plan.bound.clear()
-        if plan.api_port is not None:
-            plan.api_port.stopListening()
-            plan.api_port = None
+        seen = stamps(watched_files(new))  # before loading: a change while we read shows at the next look
+        serving = Serving(config=self.config, stamps=self.baseline, inbound=self._inbound_factories(),
+                          outbound=self._outbound_factory(), listeners=self._listeners(), api=self._api())
+        return prepare(new, seen, serving, self.reactor, self.overload, self.listen_api)
 
     def _outbound_factory(self) -> OutboundFactory:
         """The serving outbound factory, or a new one (not yet serving) if the daemon has none."""
@@ -362,8 +152,8 @@ class Reloader(service.Service):
                 return f
         return OutboundFactory(self.config, self.reactor)
 
-    def _listeners(self) -> dict[_Where, Listener]:
-        return {_where(s.address): s for s in self.top if isinstance(s, Listener)}
+    def _listeners(self) -> dict[Where, Listener]:
+        return {where(s.address): s for s in self.top if isinstance(s, Listener)}
 
     def _inbound_factories(self) -> dict[str, InboundFactory]:
         return {f.inbound.name: f for f in self.factories if isinstance(f, InboundFactory)}
@@ -375,17 +165,36 @@ class Reloader(service.Service):
                 return host
         return None
 
-    def _commit(self, plan: _Plan) -> str:
+    def _commit(self, plan: Plan) -> str:
         """Put the prepared generation in place.  Nothing here can be refused any more."""
         old, new = self.config, plan.config
         before = self._inbound_factories()
+        self._commit_factories(plan, before)
+        self._commit_listeners(plan)
+        api_summary = self._commit_api(plan)
+        if old.policy != new.policy or plan.stamps != self.baseline:
+            api_settings.clear_contexts()  # per-program contexts not yet made: from the new files
+            sessions.CACHE.clear()  # their sessions were made under the old trust: never offered again
+        sessions.configure(size=new.policy.session_cache_size, lifetime=new.policy.session_lifetime)
+        summary = _summary(old, plan, before, self.baseline, api_summary)
+        self.config = new
+        self.baseline = plan.stamps
+        self.watcher.seen = plan.stamps
+        self.watcher.every(new.daemon.watch_interval if self.running else 0)
+        budget = FdBudget.from_config(new)
+        problem = budget.shortfall(kernel.open_files_limit() or 1 << 62)
+        if problem is not None and budget != FdBudget.from_config(old):  # said once per set of caps
+            self.log.warn("{problem}", problem=problem)
+        return summary
+
+    def _commit_factories(self, plan: Plan, before: dict[str, InboundFactory]) -> None:
+        """The outbound factory takes the new config; the new inbound factories replace the old
+        in the stop-reset list (they share `active`)."""
         outbound = plan.outbound
         if outbound not in self.factories:
             self.factories.append(outbound)
-        outbound.config = new
+        outbound.config = plan.config
         outbound.client_context = plan.client_contexts
-        # Inbound factories: the new ones replace the old in the stop-reset list (they share
-        # `active`), and listeners kept at the same address take their new factory.
         for name, old_factory in before.items():
             if plan.inbound.get(name) is not old_factory:
                 self.factories.remove(old_factory)
@@ -395,45 +204,24 @@ class Reloader(service.Service):
             if new_factory not in self.factories:
                 self.factories.append(new_factory)
         self.factories[:] = [f for f in self.factories if not isinstance(f, _Draining) or f.active]
-        wanted = self._wanted(plan)
-        for where, listener in self._listeners().items():
-            if where not in wanted:
+
+    def _commit_listeners(self, plan: Plan) -> None:
+        """Listeners kept at the same address take their new factory (and backlog); the others
+        stop listening; the new ones, already listening, join the service tree."""
+        wanted = plan.wanted()
+        for at, listener in self._listeners().items():
+            if at not in wanted:
                 listener.disownServiceParent()  # stops listening; accepted connections carry on
                 continue
-            factory = wanted[where][2] or outbound
-            _swap_factory(listener, factory)
-            backlog = wanted[where][0].backlog or kernel.somaxconn()
-            if listener.port is not None and wanted[where][0].backlog != listener.address.backlog:
-                listener.port.socket.listen(backlog)
-            listener.address = wanted[where][0]
+            address, _, factory = wanted[at]
+            _swap_factory(listener, factory or plan.outbound)
+            if listener.port is not None and address.backlog != listener.address.backlog:
+                listener.port.socket.listen(address.backlog or kernel.somaxconn())
+            listener.address = address
         for listener, _ in plan.bound.values():
             listener.setServiceParent(self.top)  # already listening: startService binds nothing more
-        api_summary = self._commit_api(plan)
-        if old.policy != new.policy or plan.stamps != self.baseline:
-            api_settings.clear_contexts()  # per-program contexts not yet made: from the new files
-            sessions.CACHE.clear()  # their sessions were made under the old trust: never offered again
-        sessions.configure(size=new.policy.session_cache_size, lifetime=new.policy.session_lifetime)
-        files_changed = sum(1 for p, s in plan.stamps.items() if self.baseline.get(p, s) != s)
-        names_old = {i.name: i for i in old.inbound}
-        names_new = {i.name: i for i in new.inbound}
-        added = len(names_new.keys() - names_old.keys())
-        removed = len(names_old.keys() - names_new.keys())
-        changed = sum(1 for n in names_new.keys() & names_old.keys()
-                      if plan.inbound[n] is not before.get(n))
-        outbound_listen = set(new.outbound.listen) != set(old.outbound.listen)
-        self.config = new
-        self.baseline = self.seen = plan.stamps
-        self._watch(new.daemon.watch_interval)
-        budget = FdBudget.from_config(new)
-        problem = budget.shortfall(kernel.open_files_limit() or 1 << 62)
-        if problem is not None and budget != FdBudget.from_config(old):  # said once per set of caps
-            self.log.warn("{problem}", problem=problem)
-        return (f"routes={len(new.outbound.routes)} (was {len(old.outbound.routes)}) inbound listeners: "
-                f"added={added} removed={removed} changed={changed} outbound_listen_changed={outbound_listen} "
-                f"certificate_files_changed={files_changed} policy_changed={old.policy != new.policy} "
-                f"api={api_summary}")
 
-    def _commit_api(self, plan: _Plan) -> str:
+    def _commit_api(self, plan: Plan) -> str:
         host, api = self._api(), plan.config.api
         if api is None:
             if host is None:
@@ -486,6 +274,20 @@ def _swap_factory(holder: Any, factory: Any) -> None:
         old.doStop()
 
 
+def _summary(old: Config, plan: Plan, before: dict[str, InboundFactory], baseline: dict[str, Stamp],
+             api: str) -> str:
+    """What the reload changed, for its one log line."""
+    new = plan.config
+    files_changed = sum(1 for p, s in plan.stamps.items() if baseline.get(p, s) != s)
+    names_old, names_new = {i.name for i in old.inbound}, {i.name for i in new.inbound}
+    changed = sum(1 for n in names_new & names_old if plan.inbound[n] is not before.get(n))
+    outbound_listen = set(new.outbound.listen) != set(old.outbound.listen)
+    return (f"routes={len(new.outbound.routes)} (was {len(old.outbound.routes)}) inbound listeners: "
+            f"added={len(names_new - names_old)} removed={len(names_old - names_new)} changed={changed} "
+            f"outbound_listen_changed={outbound_listen} certificate_files_changed={files_changed} "
+            f"policy_changed={old.policy != new.policy} api={api}")
+
+
 def _needs_restart(old: Config, new: Config) -> list[str]:
     keys = []
     if (old.daemon.user, old.daemon.group) != (new.daemon.user, new.daemon.group):
@@ -494,9 +296,3 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         keys.append("admin")
     return keys
 
-
-def _group_id(name: str) -> Optional[int]:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return int(name) if name.isdigit() else None

@@ -10,7 +10,7 @@ from twisted.python import usage
 
 from ssaproxy import __version__
 from ssaproxy.config import DEFAULT_SOURCE
-from ssaproxy.config.document import MAX_WORKERS
+from ssaproxy.config.host import MAX_WORKERS
 from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.privileges import Identity, PrivilegeError
 from ssaproxy.service import Startup, make_service, refuse_to_start

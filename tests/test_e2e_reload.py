@@ -172,3 +172,26 @@ def test_a_profile_listener_comes_and_goes_with_reload(front: Front, pki: PKI) -
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", profile_port), timeout=5).close()
     assert "Traceback" not in front.log.read_text()
+
+
+def _backlog(port: int) -> int:
+    """The accept queue's length the kernel gives the listener on `port` (ss: Send-Q)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[2])
+
+
+def test_a_kept_listener_takes_a_new_backlog_on_reload(front: Front, pki: PKI) -> None:
+    """The same address with another backlog is the same listener (its connections go on), asked
+    to listen again with the new queue length."""
+    port, outbound_port = free_port(), free_port()
+    outbound = (f'[outbound]\nlisten = "tcp:{outbound_port}:interface=127.0.0.1:backlog={{}}"\n'
+                '[[outbound.route]]\nname = "all"\ndestination = "0.0.0.0/0"\nhostname_from = "address"\n')
+    front.write_config(("app", port), extra=outbound.format(64))
+    front.start_as_written()
+    assert _backlog(outbound_port) == 64
+    front.write_config(("app", port), extra=outbound.format(200))
+    front.hup()
+    front.wait_log("reloaded (SIGHUP)")
+    assert _backlog(outbound_port) == 200
+    line = [x for x in front.log.read_text().splitlines() if "reloaded (" in x][-1]
+    assert "outbound_listen_changed=True" in line, line  # its text changed, its address did not

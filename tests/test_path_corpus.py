@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
-from ssaproxy.config.document import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
+from ssaproxy.config.policy import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
 from ssaproxy.tls.context import REQUIRE_PEER, load_trust, new_context, strict_checks
 from ssaproxy.tls.paths import PathValidator
 from ssaproxy.tls.verify import ClientCheck, PeerCheck, Verifier

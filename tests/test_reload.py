@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ssaproxy.config import Config
-from ssaproxy.reload import _generation_client_contexts, stamp, watched_files
+from ssaproxy.generation import generation_client_contexts
+from ssaproxy.watch import stamp, watched_files
 
 
 def test_every_certificate_key_and_trust_file_is_watched_once_in_document_order() -> None:
@@ -38,7 +39,7 @@ def test_a_generation_keeps_one_client_context_per_policy(tmp_path: Path) -> Non
     config = Config.from_toml(
         '[outbound]\n[[outbound.route]]\ndestination = "10.0.0.0/8"\nhostname = "x.test"\n'
         '[[profile]]\nname = "p"\nmatch_users = [1]\nmin_version = "TLSv1.3"\n')
-    lookup = _generation_client_contexts(config)
+    lookup = generation_client_contexts(config)
     strict = lookup(config.profiles[0].policy, None, None)
     admin = lookup(config.policy, None, None)
     assert strict is not admin

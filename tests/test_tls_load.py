@@ -77,6 +77,13 @@ def test_unknown_api_group_is_named_by_the_check() -> None:
     assert (e.key, e.line, e.message) == ("api.group", 2, f"no such group {name!r}")
 
 
+@pytest.mark.parametrize(("key", "what"), [("match_users", "user"), ("match_groups", "group")])
+def test_a_profiles_unknown_user_or_group_is_named_by_the_check_and_a_number_needs_no_entry(key: str,
+                                                                                           what: str) -> None:
+    e = checked(f'[[profile]]\nname = "p"\n{key} = [54321, "ssaproxy-no-such-{what}"]\nmin_version = "TLSv1.3"\n')
+    assert (e.key, e.line, e.message) == (f"profile[0].{key}", 3, f"no such {what} 'ssaproxy-no-such-{what}'")
+
+
 def test_a_config_built_from_a_mapping_is_checked_without_lines() -> None:
     config = Config.from_mapping({"policy": {"ciphers": "NOT-A-CIPHER"}})
     with pytest.raises(ConfigError) as info:

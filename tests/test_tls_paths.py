@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from ssaproxy.config import Config, Policy
-from ssaproxy.config.document import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
+from ssaproxy.config.policy import DEFAULT_CIPHERS, DEFAULT_CIPHERSUITES, DEFAULT_GROUPS
 from ssaproxy.errors import ConfigError
 from ssaproxy.tls.context import REQUIRE_PEER, client_context, new_context
 from ssaproxy.tls.load import check_config

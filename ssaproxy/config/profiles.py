@@ -23,17 +23,15 @@ whose values are ordered from weak to strict, `ordered(...)` makes its rule).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
 import attrs
 
 from ssaproxy.config.endpoints import parse_listener
 from ssaproxy.config.enums import TLSVersion
+from ssaproxy.config.policy import Policy, parse_policy
 from ssaproxy.config.reader import Reader
 from ssaproxy.errors import ConfigError
-
-# document.Policy; a type variable, since document.py imports this module (no cycle).
-Policy = TypeVar("Policy")
 
 _ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _MAX_ID = (1 << 32) - 2
@@ -120,7 +118,7 @@ class Profile:
     executables: tuple[str, ...] = ()
     listen: tuple[str, ...] = ()  # its own transparent listeners (outbound), if any
     ports: tuple[int, ...] = ()  # their ports: how an outbound connection knows its profile
-    policy: Any  # a document.Policy: the admin's, with this profile's keys
+    policy: Policy  # the admin's, with this profile's keys
     client_certificate: Optional[str] = None  # presented for its programs (redirected; API clients without one)
     client_key: Optional[str] = None
 
@@ -146,10 +144,10 @@ def _ids(r: Reader, name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_profiles(r: Reader, admin: Policy, parse_policy: Callable[[Reader, Policy], Policy]) -> tuple[Profile, ...]:
+def parse_profiles(r: Reader, admin: Policy) -> tuple[Profile, ...]:
     out: list[Profile] = []
     for i, table in enumerate(r.tables("profile", "an array of tables ([[profile]])")):
-        profile = _one(table, i, admin, parse_policy)
+        profile = _one(table, i, admin)
         if profile.name in {p.name for p in out}:
             raise ConfigError(table.key("name"), f"duplicate profile name {profile.name!r}")
         taken = {port for p in out for port in p.ports}
@@ -160,7 +158,7 @@ def parse_profiles(r: Reader, admin: Policy, parse_policy: Callable[[Reader, Pol
     return tuple(out)
 
 
-def _one(r: Reader, index: int, admin: Policy, parse_policy: Callable[[Reader, Policy], Policy]) -> Profile:
+def _one(r: Reader, index: int, admin: Policy) -> Profile:
     r.check("name", "name" in r.data, "is required: the log names the profile that applied")
     name = r.name(f"profile{index}")
     users, groups = _ids(r, "match_users"), _ids(r, "match_groups")
@@ -191,7 +189,7 @@ def _one(r: Reader, index: int, admin: Policy, parse_policy: Callable[[Reader, P
             "an identity is given to users or groups, not to whoever runs an executable (anyone can run "
             "it): add match_users or match_groups")
     for field in list(r.data):
-        if field in attrs.fields_dict(type(admin)):  # type: ignore[arg-type]
+        if field in attrs.fields_dict(Policy):
             r.check(field, field in PROFILE_RULES, "cannot be set per profile (no tighten rule for it yet)")
     policy = parse_policy(r, admin)  # the keys left are [policy] keys; the rest are unknown keys
     for field, rule in PROFILE_RULES.items():

@@ -79,6 +79,12 @@ class Reader:
         """Seconds: greater than 0, at most 300."""
         return self.positive(name, self.take(name, float, default), 300)
 
+    def off_or_positive(self, name: str, default: float, limit: float) -> float:
+        """Seconds up to `limit`, or 0 for never."""
+        value: float = self.take(name, float, default)
+        self.check(name, 0 <= value <= limit, f"must be 0 (never) or seconds up to {limit:g}, got {value:g}")
+        return value
+
     def idle(self, name: str, default: float) -> float:
         """Seconds of silence before a relay is reset: 0 (never) up to a week."""
         value: float = self.take(name, float, default)

@@ -174,18 +174,14 @@ def _check_profile(profile: Profile, admin: Policy, path: str) -> None:
     if policy.trust_store is not None and policy.trust_store != admin.trust_store:
         _check_trust_store(f"{path}.trust_store", policy.trust_store)
     _check_crl_files(path, tuple(f for f in policy.crl_files if f not in admin.crl_files))
-    for name in profile.users:
-        if not name.isdigit():
+    lookups: tuple[tuple[str, tuple[str, ...], Callable[[str], object]], ...] = (
+        ("user", profile.users, pwd.getpwnam), ("group", profile.groups, grp.getgrnam))
+    for what, names, lookup in lookups:
+        for name in (n for n in names if not n.isdigit()):  # a number needs no entry
             try:
-                pwd.getpwnam(name)
+                lookup(name)
             except KeyError:
-                raise ConfigError(f"{path}.match_users", f"no such user {name!r}") from None
-    for name in profile.groups:
-        if not name.isdigit():
-            try:
-                grp.getgrnam(name)
-            except KeyError:
-                raise ConfigError(f"{path}.match_groups", f"no such group {name!r}") from None
+                raise ConfigError(f"{path}.match_{what}s", f"no such {what} {name!r}") from None
     if profile.client_certificate is not None and profile.client_key is not None:
         load_certificate(profile.client_certificate, profile.client_key, f"{path}.client_certificate",
                          f"{path}.client_key")
