@@ -66,6 +66,9 @@
 
 /* STARTTLS on an ordinary connected TCP socket: setsockopt(fd, SOL_TCP, TCP_UPGRADE_TLS, &role) */
 #define TCP_UPGRADE_TLS                    33
+#ifndef SOL_TCP
+#define SOL_TCP                            6  /* = IPPROTO_TCP */
+#endif
 #define TLS_UPGRADE_CLIENT                 1
 #define TLS_UPGRADE_SERVER                 2
 
