@@ -5,6 +5,7 @@
  *   socket inet|inet6|hostname|dgram|unix [nonblock]   setint OPT N     settext OPT TEXT
  *   getint OPT   gettext OPT   connect HOST PORT   bind HOST PORT   listen   wait-out
  *   soerror   send TEXT   recvall   peer   sockname   dup   usedup   shutwr   close   sleep MS
+ *   plainsocket (an ordinary TCP socket)   upgrade ROLE
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -79,6 +80,16 @@ int main(int argc, char **argv)
             e = errno;
             report(op, fd < 0 ? -1 : 0, e, NULL);
             i += 1 + nb;
+        } else if (!strcmp(op, "plainsocket")) {
+            family = AF_INET;
+            fd = socket(AF_INET, SOCK_STREAM, 0);
+            report(op, fd < 0 ? -1 : 0, errno, NULL);
+        } else if (!strcmp(op, "upgrade")) {
+            int role = atoi(a1);
+            rc = setsockopt(fd, SOL_TCP, TCP_UPGRADE_TLS, &role, sizeof role);
+            e = errno;
+            report(op, rc, e, NULL);
+            i += 1;
         } else if (!strcmp(op, "setint")) {
             int v = (int)strtol(a2, NULL, 0);
             rc = setsockopt(fd, IPPROTO_TLS, atoi(a1), &v, sizeof v);
