@@ -42,9 +42,9 @@ def test_unmodified_programs_see_no_difference_when_preloaded(web: tuple[int, Pa
         assert r.returncode == 0 and r.stdout == "plain page\n", r.stderr
         nc = run(["nc", "-N", "127.0.0.1", str(port)], input="GET /page.txt HTTP/1.0\r\n\r\n", env=env)
         assert nc.returncode == 0 and nc.stdout.endswith("\n\nplain page\n"), nc.stderr
-        py = run([sys.executable, "-c", "import socket; s = socket.create_connection(('127.0.0.1', %d)); "
-                  "s.sendall(b'GET /page.txt HTTP/1.0\\r\\n\\r\\n'); print(s.recv(4096).split(b'\\r\\n')[0])" % port],
-                 env=env)
+        code = (f"import socket; s = socket.create_connection(('127.0.0.1', {port})); "
+                "s.sendall(b'GET /page.txt HTTP/1.0\\r\\n\\r\\n'); print(s.recv(4096).split(b'\\r\\n')[0])")
+        py = run([sys.executable, "-c", code], env=env)
         assert py.stdout.strip() == "b'HTTP/1.0 200 OK'", py.stderr
 
 
@@ -72,8 +72,8 @@ def test_the_daemon_socket_missing_refused_or_forbidden_is_an_error_at_once(tmp_
     try:
         holder = _unix_socket_without_listener(private / "api.sock")
         holder.listen()
-        out = probe(binary, "socket", "inet", "settext", "85", "a.test", env={"SSAPROXY_SOCKET": str(private / "api.sock")},
-                    user="nobody")
+        out = probe(binary, "socket", "inet", "settext", "85", "a.test",
+                    env={"SSAPROXY_SOCKET": str(private / "api.sock")}, user="nobody")
         holder.close()
         assert out[1][:3] == ["settext", "-1", "EACCES"], out
     finally:
