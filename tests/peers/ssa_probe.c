@@ -5,10 +5,12 @@
  *   socket inet|inet6|hostname|dgram|unix [nonblock]   setint OPT N     settext OPT TEXT
  *   getint OPT   gettext OPT   connect HOST PORT   bind HOST PORT   listen   wait-out
  *   soerror   send TEXT   recvall   peer   sockname   dup   usedup   shutwr   close   sleep MS
- *   plainsocket (an ordinary TCP socket)   upgrade ROLE
+ *   plainsocket (an ordinary TCP socket)   upgrade ROLE   waitfile PATH (at most 60 s)
+ * Data read is printed with '|' for line ends and '.' for other unprintable bytes.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -158,9 +160,11 @@ int main(int argc, char **argv)
             }
             e = errno;
             buf[have] = '\0';
-            for (char *p = buf; *p; p++)
-                if (*p == '\n' || *p == '\r')
-                    *p = '|';
+            for (size_t k = 0; k < have; k++)
+                if (buf[k] == '\n' || buf[k] == '\r')
+                    buf[k] = '|';
+                else if (!isprint((unsigned char)buf[k]))
+                    buf[k] = '.';
             printf("recvall %zu %s %s\n", have, n < 0 ? strerrorname_np(e) : "EOF", buf);
             fflush(stdout);
         } else if (!strcmp(op, "peer") || !strcmp(op, "sockname")) {
@@ -184,6 +188,12 @@ int main(int argc, char **argv)
         } else if (!strcmp(op, "close")) {
             rc = close(fd);
             report(op, rc, errno, NULL);
+        } else if (!strcmp(op, "waitfile")) {
+            int k = 0;
+            while (access(a1, F_OK) != 0 && k++ < 6000)
+                usleep(10000);
+            report(op, access(a1, F_OK), errno, NULL);
+            i += 1;
         } else if (!strcmp(op, "sleep")) {
             usleep((useconds_t)atoi(a1) * 1000);
             i += 1;
