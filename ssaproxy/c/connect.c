@@ -165,6 +165,7 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
     }
     s->error[0] = '\0';
     s->failed_errno = 0;
+    int fl = fcntl(fd, F_GETFL);
     s->busy = 1;
     table_unlock();
     r = session(s);
@@ -188,6 +189,7 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
         }
         frame_free(&f);
     }
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
     table_lock();
     s->busy = 0;
     if (r) {

@@ -89,6 +89,7 @@ int tls_listen(struct sock *s, int fd, int backlog)
     }
     if (real.listen(s->b_fd, backlog) != 0 || real.listen(fd, backlog) != 0)
         return -1;
+    int fl = fcntl(fd, F_GETFL);
     s->error[0] = '\0';
     s->busy = 1;
     table_unlock();
@@ -117,6 +118,7 @@ int tls_listen(struct sock *s, int fd, int backlog)
             }
         }
     }
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
     table_lock();
     s->busy = 0;
     if (r == 0) {
@@ -248,6 +250,7 @@ int tls_upgrade(struct sock *s, int fd, int role)
         errno = EALREADY;
         return -1;
     }
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);  /* before the daemon shares the file */
     s->busy = 1;
     table_unlock();
     int r = session(s);
@@ -272,7 +275,6 @@ int tls_upgrade(struct sock *s, int fd, int role)
         frame_free(&f);
     }
     if (carrier >= 0) {
-        int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
         fcntl(carrier, F_SETFL, fl);
         r = dup3(carrier, fd, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0 ? -errno : 0;
         real.close(carrier);

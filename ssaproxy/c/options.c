@@ -118,7 +118,7 @@ static int read_pem(const char *path, unsigned char **buf, size_t *len, int dir_
     for (;;) {
         unsigned char *b = realloc(*buf, *len + 65536 + 1);
         if (b == NULL) {
-            close(fd);
+            real.close(fd);
             return -ENOMEM;
         }
         *buf = b;
@@ -129,12 +129,12 @@ static int read_pem(const char *path, unsigned char **buf, size_t *len, int dir_
             break;
         *len += (size_t)n;
         if (*len > PEM_LIMIT) {
-            close(fd);
+            real.close(fd);
             snprintf(why, whysize, "%.400s: more than 1 MiB of PEM", path);
             return -EINVAL;
         }
     }
-    close(fd);
+    real.close(fd);
     return 0;
 }
 

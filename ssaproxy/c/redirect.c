@@ -196,9 +196,11 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
     out_int(&o, T_FAMILY, fam == AF_INET ? 4 : 6);
     if (has_name)
         out_text(&o, T_NAME, name);
+    int fl = fcntl(fd, F_GETFL);
     int r = control_request(control, &o, &fd, 1, &f, 30000);
     out_free(&o);
     real.close(control);
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
     if (r) {
         errno = ECONNREFUSED;
         return -1;
@@ -213,7 +215,7 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
         errno = code;
         return -1;
     }
-    if (fcntl(fd, F_GETFL) & O_NONBLOCK) {
+    if (fl & O_NONBLOCK) {
         errno = EINPROGRESS;
         return -1;
     }
