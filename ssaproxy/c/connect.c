@@ -66,9 +66,15 @@ int settle(struct sock *s, int fd, int block)
         frame_free(&f);
     sock_close_control(s);
     if (s->phase == P_FAILED) {
+        /* After an ERROR frame the daemon resets N at once: let the reset land (bounded), then
+         * clear the kernel's ECONNRESET, which the attempt's own errno replaces. */
+        struct pollfd p = {.fd = fd, .events = 0};
+        for (int64_t end = now_ms() + 2000; r == 0 && now_ms() < end;)
+            if (poll(&p, 1, 50) > 0 && (p.revents & (POLLERR | POLLHUP)))
+                break;
         int e = 0;
         socklen_t l = sizeof e;
-        real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);  /* the reset's ECONNRESET: ours replaces it */
+        real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);
         return -s->failed_errno;
     }
     return 1;
