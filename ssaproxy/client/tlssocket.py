@@ -22,7 +22,7 @@ from typing import Any, Optional
 from ssaproxy.client import _io
 from ssaproxy.client._io import Control, error
 from ssaproxy.client.record import SocketRecord, target
-from ssaproxy.client.values import Value, encode, split_key
+from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto.connection import Phase, check
@@ -72,9 +72,11 @@ class socket(_std):
     # ---- options
     def setsockopt(self, level: int, optname: int, value: Any, optlen: Optional[int] = None) -> None:
         if level == o.IPPROTO_TLS:
-            self._set_tls(optname, value)
+            with option_errors(optname, self._tls):
+                self._set_tls(optname, value)
         elif level in (o.SOL_TCP, _socket_module.IPPROTO_TCP) and optname == o.TCP_UPGRADE_TLS:
-            self._upgrade(int(value) if not isinstance(value, (bytes, bytearray)) else struct.unpack("=i", value)[0])
+            with option_errors(optname, self._tls):
+                self._upgrade(encoded_int(value))
         elif optlen is not None:
             super().setsockopt(level, optname, value, optlen)
         else:
@@ -102,12 +104,13 @@ class socket(_std):
     def getsockopt(self, level: int, optname: int, buflen: int = 0) -> Any:
         t = self._tls
         if level == o.IPPROTO_TLS:
-            raw = self._get_tls(optname)
-            option = o.OPTIONS[optname]
-            if option.kind == o.INT:
-                number = o.unpack_int(raw)
-                return struct.pack("=i", number)[:buflen] if buflen else number
-            return raw[:buflen] if buflen else raw
+            with option_errors(optname, t):
+                raw = self._get_tls(optname)
+                option = o.OPTIONS[optname]
+                if option.kind == o.INT:
+                    number = o.unpack_int(raw)
+                    return struct.pack("=i", number)[:buflen] if buflen else number
+                return raw[:buflen] if buflen else raw
         if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not buflen:
             if t.phase == Phase.CONNECTING:
                 try:
@@ -125,6 +128,8 @@ class socket(_std):
             raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
         if number == o.TLS_ERROR:
             return t.error.encode("utf-8")
+        if number == o.TLS_ALLOW_RAGGED_EOF and t.phase in (Phase.CONNECTED, Phase.LISTENING):
+            return next((v for n, v in reversed(t.options) if n == number), o.pack_int(0))  # the library's own
         if t.phase == Phase.CONNECTING:
             self._settle(block=self.gettimeout() != 0.0)
         if t.phase == Phase.CONNECTED:
@@ -197,6 +202,7 @@ class socket(_std):
         if t.plain:
             super().connect(address)
             return 0
+        t.error = ""
         if t.phase == Phase.CONNECTING:
             return 0 if self._settle(block=self.gettimeout() != 0.0) else errno.EALREADY
         problem = check("connect", t.phase)
@@ -294,6 +300,7 @@ class socket(_std):
         if t.plain:
             super().listen(backlog)
             return
+        t.error = ""
         problem = check("listen", t.phase)
         if problem is not None:
             raise self._err(problem, f"listen() while {t.phase.value}")
@@ -313,6 +320,7 @@ class socket(_std):
         if t.plain:
             fd, addr = self._accept()  # type: ignore[attr-defined]
             return type(self)(self.family, self.type, self.proto, fileno=fd), addr
+        t.error = ""
         problem = check("accept", t.phase)
         if problem is not None:
             raise self._err(problem, "accept() on a socket that is not listening")
@@ -328,6 +336,7 @@ class socket(_std):
         _io.send_frame(self, t.conn.send(c.Ack()))
         conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=event.fd)
         conn._established(event)
+        conn._tls.options = [(n, v) for n, v in t.options if n == o.TLS_ALLOW_RAGGED_EOF]  # the listener's applies
         if _socket_module.getdefaulttimeout() is None:
             conn.settimeout(None)
         peer = event.peer

@@ -22,7 +22,7 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 from cryptography import x509
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname
 
@@ -57,7 +57,7 @@ def use_chain(ctx: SSL.Context, chain_pem: bytes, key: Any) -> None:
         ctx.use_certificate_chain_file(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+    ctx.use_privatekey(key)
     ctx.check_privatekey()
 
 
