@@ -432,7 +432,8 @@ result["reenabled"] = connect({port}, (ssaproxy.TLS_DISABLE_CIPHER, b"TLS_AES_25
 result["tls12"] = connect({port}, (ssaproxy.TLS_VERSION_MAX, ssaproxy.TLS1_2_VERSION))
 root = {foreign_root!r}.encode()
 result["own_anchor"] = connect({foreign}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
-result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_adds"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES_ONLY, root))
 result["policy_anchor"] = connect({foreign})
 """)
     assert r["only_chacha"]["cipher"] == "TLS_CHACHA20_POLY1305_SHA256", r
@@ -441,5 +442,6 @@ result["policy_anchor"] = connect({foreign})
     assert r["reenabled"]["cipher"] == "TLS_AES_256_GCM_SHA384", r  # the server's first choice again
     assert r["tls12"]["version"] == 0x0303 and r["tls12"]["cipher"].startswith("ECDHE-"), r
     assert r["own_anchor"]["version"] == 0x0304, r  # the program's private CA is trusted for this socket
-    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # ... instead of the policy's store
+    assert r["own_anchor_adds"]["version"] == 0x0304, r  # ... beside the policy's store (SSA)
+    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # 120: instead of the policy's store
     assert r["policy_anchor"] == {"errno": errno.EPROTO}, r
