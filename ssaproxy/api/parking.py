@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import socket
 import struct
 
@@ -93,7 +94,21 @@ class Parking:
         if family not in _LOOPBACK or sock.type != socket.SOCK_STREAM:
             raise OSError(errno.EAFNOSUPPORT, "not a TCP socket")
         address = self.listener(family).getsockname()
-        code = sock.connect_ex(address[:2])
+        # The program's socket may be blocking (O_NONBLOCK lives on the file it shares with
+        # us): a blocking connect would wait in the daemon for the SYN's answer, which never
+        # comes.  Non-blocking for this one call, then the program's own flag again.
+        flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            code = sock.connect_ex(address[:2])
+            if code in (errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT):
+                # A socket whose earlier connect failed reports that once to the next connect
+                # (the kernel's bookkeeping for the old attempt); the one after starts anew.
+                code = sock.connect_ex(address[:2])
+        finally:
+            sock.settimeout(timeout)
+            fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags)
         if code not in (errno.EINPROGRESS, errno.EAGAIN):
             raise OSError(code, f"cannot park the socket: {errno.errorcode.get(code, code)}")
 
