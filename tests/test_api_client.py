@@ -246,8 +246,10 @@ def run(port):
     sel = selectors.DefaultSelector()
     sel.register(s, selectors.EVENT_WRITE)
     ready = sel.select(timeout=10)
-    calls = [s.connect_ex(("127.0.0.1", port)) for _ in range(2)]
-    out = dict(first=first, ready=len(ready), calls=calls)
+    calls = [s.connect_ex(("127.0.0.1", port))]
+    error = s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR).decode()  # the next call clears it (SSA)
+    calls.append(s.connect_ex(("127.0.0.1", port)))
+    out = dict(first=first, ready=len(ready), calls=calls, error=error)
     if calls[0] == 0:
         sel.modify(s, selectors.EVENT_READ)
         s.sendall(b"nonblocking\\n")
@@ -260,7 +262,6 @@ def run(port):
             s.recv(100)
         except BlockingIOError:
             out["would_block"] = True
-    out["error"] = s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR).decode()
     sel.close(); s.close()
     return out
 result["good"] = run({good})
@@ -431,7 +432,8 @@ result["reenabled"] = connect({port}, (ssaproxy.TLS_DISABLE_CIPHER, b"TLS_AES_25
 result["tls12"] = connect({port}, (ssaproxy.TLS_VERSION_MAX, ssaproxy.TLS1_2_VERSION))
 root = {foreign_root!r}.encode()
 result["own_anchor"] = connect({foreign}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
-result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_adds"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES_ONLY, root))
 result["policy_anchor"] = connect({foreign})
 """)
     assert r["only_chacha"]["cipher"] == "TLS_CHACHA20_POLY1305_SHA256", r
@@ -440,5 +442,6 @@ result["policy_anchor"] = connect({foreign})
     assert r["reenabled"]["cipher"] == "TLS_AES_256_GCM_SHA384", r  # the server's first choice again
     assert r["tls12"]["version"] == 0x0303 and r["tls12"]["cipher"].startswith("ECDHE-"), r
     assert r["own_anchor"]["version"] == 0x0304, r  # the program's private CA is trusted for this socket
-    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # ... instead of the policy's store
+    assert r["own_anchor_adds"]["version"] == 0x0304, r  # ... beside the policy's store (SSA)
+    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # 120: instead of the policy's store
     assert r["policy_anchor"] == {"errno": errno.EPROTO}, r

@@ -322,7 +322,8 @@ class Control(Protocol):
         elif isinstance(event, c.GetOption) and event.option == o.TLS_CONTEXT:
             self._reply(c.Value(o.pack_int(self.factory.contexts.register(self._owner(), self.settings))))
         elif isinstance(event, c.SetOption):
-            self.settings = apply(self.settings, policy, event.option, event.value)
+            self.settings = apply(self.settings, policy, event.option, event.value,
+                                  allow_trust_store_replacement=self.factory.api.allow_trust_store_replacement)
             self._reply(c.Ok())
         elif isinstance(event, c.GetOption):
             self._reply(c.Value(get(self.settings, policy, event.option)))

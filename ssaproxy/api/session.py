@@ -160,6 +160,7 @@ class TLSSession(Lifecycle):
         self.on_end: Optional[Callable[[TLSSession], None]] = None  # accept: the listener forgets it
         self.on_finish: Optional[Callable[[], None]] = None  # once, at the end: the uid's session slot back
         self.idle_timeout = limits.idle_timeout or None
+        self.allow_ragged_eof = settings.allow_ragged_eof  # a listener's applies to each accepted connection
 
     # ---- starting
     def start_connect(self, parked: Parked, host: str, port: int, family: int) -> None:

@@ -115,6 +115,7 @@ def accept(sock: socket) -> tuple[socket, Any]:
         probe.detach()
         conn = type(sock)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=fd)
         conn._established(event)
+        conn._tls.options = [(n, v) for n, v in t.options if n == o.TLS_ALLOW_RAGGED_EOF]  # the listener's applies
         if _socket_module.getdefaulttimeout() is None:
             conn.settimeout(None)
         peer = event.peer

@@ -24,7 +24,7 @@ from typing import Any, Optional
 from ssaproxy.client import _io, serving
 from ssaproxy.client._io import Control, error
 from ssaproxy.client.record import SocketRecord, target
-from ssaproxy.client.values import Value, encode, split_key
+from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto.connection import Phase, check
@@ -75,9 +75,11 @@ class socket(_std):
     # ---- options
     def setsockopt(self, level: int, optname: int, value: Any, optlen: Optional[int] = None) -> None:
         if level == o.IPPROTO_TLS:
-            self._set_tls(optname, value)
+            with option_errors(optname, self._tls):
+                self._set_tls(optname, value)
         elif level in (o.SOL_TCP, _socket_module.IPPROTO_TCP) and optname == o.TCP_UPGRADE_TLS:
-            self._upgrade(int(value) if not isinstance(value, (bytes, bytearray)) else struct.unpack("=i", value)[0])
+            with option_errors(optname, self._tls):
+                self._upgrade(encoded_int(value))
         else:
             args = (value,) if optlen is None else (value, optlen)
             super().setsockopt(level, optname, *args)
@@ -106,12 +108,13 @@ class socket(_std):
     def getsockopt(self, level: int, optname: int, buflen: int = 0) -> Any:
         t = self._tls
         if level == o.IPPROTO_TLS:
-            raw = self._get_tls(optname)
-            option = o.OPTIONS[optname]
-            if option.kind == o.INT:
-                number = o.unpack_int(raw)
-                return struct.pack("=i", number)[:buflen] if buflen else number
-            return raw[:buflen] if buflen else raw
+            with option_errors(optname, t):
+                raw = self._get_tls(optname)
+                option = o.OPTIONS[optname]
+                if option.kind == o.INT:
+                    number = o.unpack_int(raw)
+                    return struct.pack("=i", number)[:buflen] if buflen else number
+                return raw[:buflen] if buflen else raw
         if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not t.plain:
             if t.phase == Phase.CONNECTING:
                 with contextlib.suppress(OSError):
@@ -131,6 +134,8 @@ class socket(_std):
             raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
         if number == o.TLS_ERROR:
             return t.error.encode("utf-8")
+        if number == o.TLS_ALLOW_RAGGED_EOF and t.phase in (Phase.CONNECTED, Phase.LISTENING):
+            return next((v for n, v in reversed(t.options) if n == number), o.pack_int(0))  # the library's own
         if t.phase == Phase.CONNECTING:
             self._settle(block=self.gettimeout() != 0.0)
         if t.phase == Phase.CONNECTED:
@@ -206,6 +211,7 @@ class socket(_std):
         if t.plain:
             super().connect(address)
             return 0
+        earlier, t.error = t.error, ""  # SSA: cleared by the next call (kept below for a result told now)
         if t.phase == Phase.CONNECTING:
             try:
                 if not self._settle(block=self.gettimeout() != 0.0):
@@ -219,6 +225,7 @@ class socket(_std):
             return 0
         if t.phase == Phase.FAILED and t.unreported["connect"]:
             t.unreported["connect"] = False
+            t.error = t.error or earlier  # the result may have been read earlier (SO_ERROR, recv)
             return t.failed_errno
         problem = check("connect", t.phase)
         if problem is not None:
@@ -362,12 +369,14 @@ class socket(_std):
         if self._tls.plain:
             super().listen(backlog)
         else:
+            self._tls.error = ""  # SSA: TLS_ERROR is cleared by the next call
             serving.listen(self, backlog)
 
     def accept(self) -> tuple["socket", Any]:
         if self._tls.plain:
             fd, addr = self._accept()  # type: ignore[attr-defined]
             return type(self)(self.family, self.type, self.proto, fileno=fd), addr
+        self._tls.error = ""
         return serving.accept(self)
 
     # ---- addresses
