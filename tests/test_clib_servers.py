@@ -95,11 +95,11 @@ def test_echo_server_picks_the_chain_by_sni_and_survives_a_ragged_client(api: Ap
         assert _subject(port, "backend.test", pki.root_pem) == "backend.test"
         # A Python ssl client that ends with a bare TCP FIN: the server reports the reset and goes on.
         ctx = ssl.create_default_context(cafile=str(pki.root_pem))
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-            tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"ragged\n")
             assert tls.recv(100) == b"echo: ragged\n"
-            raw.shutdown(socket.SHUT_RDWR)  # no close_notify
+            tls.shutdown(socket.SHUT_RDWR)  # the TCP connection ends, no close_notify
         wait_for_text(log, "client reset", server, 20)
         assert _subject(port, "localhost", pki.root_pem) == "localhost"
         # accept() gave the client's real address, not the daemon's loopback end.
