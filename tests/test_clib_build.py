@@ -40,7 +40,7 @@ def test_pip_installed_the_library_headers_and_pkgconfig_file_in_the_package() -
 CONSTANTS = ["IPPROTO_TLS", "AF_HOSTNAME", "TCP_UPGRADE_TLS", "TLS_HOSTNAME", "TLS_REMOTE_HOSTNAME",
              "TLS_SERVER_NAME", "TLS_CHOSEN_VERSION", "TLS_1_2", "TLS_1_3", "TLS_CACHE_REVOCATION",
              "TLS_TRUSTED_PEER_CERTIFICATES_ONLY", "TLS_ALLOW_RAGGED_EOF"] + \
-            [name for name in o.__all__ if name.startswith("TLS_") and name not in ("TLS_HOSTNAME",)]
+            [name for name in o.__all__ if name.startswith("TLS") and name not in ("TLS_HOSTNAME",)]
 
 
 def _constants(tmp_path: Path, *defines: str) -> dict[str, int]:
@@ -58,7 +58,7 @@ def test_headers_carry_both_generations_and_agree_with_the_python_table(tmp_path
     values = _constants(tmp_path)
     assert values["IPPROTO_TLS"] == 205 and values["AF_HOSTNAME"] == 43 and values["TCP_UPGRADE_TLS"] == 33
     assert values["TLS_HOSTNAME"] == values["TLS_REMOTE_HOSTNAME"] == 85  # the 2020 header's numbering
-    assert values["TLS_1_2"] == 0x0303 and values["TLS_1_3"] == 0x0304
+    assert values["TLS_1_2"] == 0x0303 and values["TLS_1_3"] == 0x0304 and values["TLS_1_0"] == 0x0301
     assert values["TLS_CHOSEN_VERSION"] == 113 and values["TLS_CACHE_REVOCATION"] == 106
     assert values["TLS_TRUSTED_PEER_CERTIFICATES_ONLY"] == 120 and values["TLS_ALLOW_RAGGED_EOF"] == 121
     for name in CONSTANTS:  # every name the Python library knows has the same number in C

@@ -58,11 +58,18 @@
 #define TLS_TRUSTED_PEER_CERTIFICATES_ONLY 120  /* replaces the trust store (admin may forbid) */
 #define TLS_ALLOW_RAGGED_EOF               121  /* 1: a FIN without close_notify reads as EOF */
 
-/* Values of the version options: TLS wire versions (not the paper's 0..3) */
+/* Values of the version options: TLS wire versions (not the 2020 header's 0..3).  1.0 and 1.1
+ * are known names, and below any policy the daemon allows (EPERM). */
+#define TLS_1_0                            0x0301
+#define TLS_1_1                            0x0302
 #define TLS_1_2                            0x0303
 #define TLS_1_3                            0x0304
-#define TLS1_2_VERSION_SSA                 TLS_1_2
-#define TLS1_3_VERSION_SSA                 TLS_1_3
+#ifndef TLS1_2_VERSION  /* OpenSSL's names for the same numbers, unless its headers gave them */
+#define TLS1_2_VERSION                     TLS_1_2
+#endif
+#ifndef TLS1_3_VERSION
+#define TLS1_3_VERSION                     TLS_1_3
+#endif
 
 /* STARTTLS on an ordinary connected TCP socket: setsockopt(fd, SOL_TCP, TCP_UPGRADE_TLS, &role) */
 #define TCP_UPGRADE_TLS                    33
