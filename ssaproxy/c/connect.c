@@ -139,14 +139,26 @@ static int set_name(struct sock *s, const char *name)
 int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
 {
     int block = !(fcntl(fd, F_GETFL) & O_NONBLOCK);
+    /* Linux's answers for TCP: EALREADY while pending; after success 0 the first time, then
+     * EISCONN; after failure the attempt's errno once, and the call after that starts anew. */
     if (s->phase == P_CONNECTING) {
         int r = settle(s, fd, block);
         if (r == 0) {
             errno = EALREADY;
             return -1;
         }
-        errno = r > 0 ? EISCONN : take_failure(s);
+        if (r < 0) {
+            errno = take_failure(s);
+            return -1;
+        }
+    }
+    if (s->phase == P_FAILED && s->failed_errno) {
+        errno = take_failure(s);
         return -1;
+    }
+    if (s->phase == P_CONNECTED && !s->success_told) {
+        s->success_told = 1;
+        return 0;
     }
     if (s->phase == P_CONNECTED || s->phase == P_LISTENING) {
         errno = s->phase == P_CONNECTED ? EISCONN : EINVAL;
@@ -211,8 +223,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
         return -1;
     }
     r = settle(s, fd, 1);
-    if (r == 1)
+    if (r == 1) {
+        s->success_told = 1;
         return 0;
+    }
     errno = r < 0 ? take_failure(s) : ETIMEDOUT;
     return -1;
 }

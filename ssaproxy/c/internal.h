@@ -123,6 +123,7 @@ struct sock {
     int bound;
     int b_fd;        /* the program's real listening socket, bound where it asked (until LISTEN) */
     int failed_errno;     /* the attempt's errno, not yet reported */
+    int success_told;     /* connect() returned 0 for this connection (once; EISCONN after) */
     int have_name;        /* TLS_REMOTE_HOSTNAME was set */
     char error[512];      /* TLS_ERROR */
     unsigned char token[TOKEN_SIZE];
