@@ -254,6 +254,7 @@ def _frames(draw: st.DrawFn) -> bytes:
         wire.Kind.CONNECT: {wire.Tag.HOST: "h", wire.Tag.PORT: 1, wire.Tag.FAMILY: 0},
         wire.Kind.LISTEN: {wire.Tag.BACKLOG: 1},
         wire.Kind.UPGRADE: {wire.Tag.ROLE: 1},
+        wire.Kind.REDIRECT: {wire.Tag.HOST: "192.0.2.1", wire.Tag.PORT: 1, wire.Tag.FAMILY: 4},
         wire.Kind.WELCOME: {wire.Tag.VERSION: 1, wire.Tag.SESSION: 1},
         wire.Kind.VALUE: {wire.Tag.VALUE: b""},
         wire.Kind.ERROR: {wire.Tag.ERRNO: 1, wire.Tag.TEXT: "x"},

@@ -55,6 +55,23 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Routes:
+    """Which destinations the daemon's outbound routes cover (answered with VALUE: text lines)."""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Hand the program's unconnected TCP socket to the outbound face, as if iptables had
+    redirected its connection to (host, port)."""
+
+    host: str  # an IP literal
+    port: int
+    family: int  # 4 or 6
+    name: Optional[str] = None  # what the program resolved to `host` (hostname_from = "resolved")
+    fd: int = -1
+
+
+@dataclass(frozen=True)
 class Welcome:
     version: int
     session: int
@@ -102,11 +119,11 @@ class ConnectionClosed:
 
 
 Event = Union[Hello, SetOption, GetOption, Connect, Listen, Upgrade, Ack, Welcome, Ok, Value, Error, Carrier,
-              Established, Accepted, ConnectionClosed]
+              Established, Accepted, ConnectionClosed, Routes, Redirect]
 
 KINDS: dict[type, Kind] = {
     Hello: Kind.HELLO, SetOption: Kind.SETOPT, GetOption: Kind.GETOPT, Connect: Kind.CONNECT, Listen: Kind.LISTEN,
-    Upgrade: Kind.UPGRADE, Ack: Kind.ACK, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
+    Upgrade: Kind.UPGRADE, Ack: Kind.ACK, Routes: Kind.ROUTES, Redirect: Kind.REDIRECT, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
     Carrier: Kind.CARRIER, Established: Kind.ESTABLISHED, Accepted: Kind.ACCEPTED,
 }
 _CLASSES: dict[Kind, type] = {kind: cls for cls, kind in KINDS.items()}
@@ -127,7 +144,8 @@ def fields_of(event: Event) -> dict[int, object]:
         for number, raw in event.info.items():
             fields[wire.INFO_BASE + number] = raw
         return fields
-    return {tag: getattr(event, name) for name, tag in _tagged(type(event))}
+    values = {tag: getattr(event, name) for name, tag in _tagged(type(event))}
+    return {tag: value for tag, value in values.items() if value is not None}  # None: an optional tag left out
 
 
 def event_of(m: wire.Message, fd: Optional[int]) -> Event:
@@ -140,4 +158,4 @@ def event_of(m: wire.Message, fd: Optional[int]) -> Event:
         local = (m.text(Tag.LOCAL_HOST), m.int(Tag.LOCAL_PORT)) if Tag.LOCAL_HOST in m.attrs and Tag.LOCAL_PORT in \
             m.attrs else None
         return cast(Event, cls(peer, local, m.info, **carried))
-    return cast(Event, cls(**{name: m.value(tag) for name, tag in _tagged(cls)}, **carried))
+    return cast(Event, cls(**{name: m.value(tag) for name, tag in _tagged(cls) if tag in m.attrs}, **carried))

@@ -38,6 +38,8 @@ class Kind(enum.IntEnum):
     LISTEN = 5
     UPGRADE = 6
     ACK = 7
+    ROUTES = 8  # the outbound routes, for redirection without iptables (docs/api.md)
+    REDIRECT = 9
     # daemon -> program
     WELCOME = 64
     OK = 65
@@ -64,6 +66,7 @@ class Tag(enum.IntEnum):
     LOCAL_PORT = 13
     SESSION = 14
     FAMILY = 15
+    NAME = 17  # REDIRECT: the host name the program resolved to HOST
 
 
 INFO_BASE = 0x1000  # tag INFO_BASE + N carries getsockopt(IPPROTO_TLS, N)'s value
@@ -71,7 +74,7 @@ ROLE_CLIENT, ROLE_SERVER = 1, 2
 
 _INTS = {Tag.VERSION, Tag.ERRNO, Tag.OPTION, Tag.PORT, Tag.ROLE, Tag.BACKLOG, Tag.PEER_PORT,
          Tag.LOCAL_PORT, Tag.SESSION, Tag.FAMILY}
-_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST}
+_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST, Tag.NAME}
 
 # kind -> (required tags, optional tags, carries info attributes, carries a file descriptor)
 _SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, bool]] = {
@@ -82,6 +85,8 @@ _SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, bool]] = {
     Kind.LISTEN: (frozenset({Tag.BACKLOG}), frozenset(), False, True),
     Kind.UPGRADE: (frozenset({Tag.ROLE}), frozenset(), False, True),
     Kind.ACK: (frozenset(), frozenset(), False, False),
+    Kind.ROUTES: (frozenset(), frozenset(), False, False),
+    Kind.REDIRECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset({Tag.NAME}), False, True),
     Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset(), False, False),
     Kind.OK: (frozenset(), frozenset(), False, False),
     Kind.VALUE: (frozenset({Tag.VALUE}), frozenset(), False, False),
