@@ -46,6 +46,7 @@ from ssaproxy.api.handover import close_fd, take
 from ssaproxy.api.listener import Listener, adopt_carrier_or_fail
 from ssaproxy.api.profiles import Chooser
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
+from ssaproxy.api.redirect import OutboundFace, redirect, routes_text
 from ssaproxy.api.session import Creds, Limits, TLSSession, identity_of
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, int_value, server_context
 from ssaproxy.config import Api, Policy, Profile, is_valid_hostname
@@ -92,6 +93,7 @@ class ApiFactory(Factory):
         self.contexts = Contexts()  # TLS_CONTEXT ids, per uid
         self.accepting = True  # False once the daemon drains: no new sessions or listeners
         self.successor: Optional[ApiFactory] = None  # a reload's new generation (control connections keep theirs)
+        self.outbound: Optional[OutboundFace] = None  # ROUTES and REDIRECT: the outbound face, set by the wiring
         if nofile != _UNSET:
             self.fit(nofile)
 
@@ -322,6 +324,10 @@ class Control(Protocol):
             self._upgrade(event)
         elif isinstance(event, c.Listen):
             self._listen(event)
+        elif isinstance(event, c.Routes):
+            self._reply(c.Value(routes_text(self.factory.outbound)))
+        elif isinstance(event, c.Redirect):
+            self._redirect(event)
         elif isinstance(event, c.Ack):
             assert self.listener is not None and self.handed  # the connection counts ACCEPTED and ACK
             self.handed.pop(0).close()
@@ -384,6 +390,18 @@ class Control(Protocol):
             sock.close()
             raise
         self.listener = Listener(self, ctx, self.settings, sock, backlog)  # its acceptor owns sock now
+        self._reply(c.Ok())
+
+    def _redirect(self, event: c.Redirect) -> None:
+        """A plain connect handed over by the library (ssaproxy.api.redirect); OK once the
+        outbound face runs it."""
+        assert self.creds is not None
+        try:
+            self.factory.check_accepting()
+        except ApiError:
+            close_fd(event.fd)
+            raise
+        redirect(event, self.factory.outbound, self.factory.ledger, self.creds, self.profile)
         self._reply(c.Ok())
 
     def _context(self, *, server: bool) -> SSL.Context:

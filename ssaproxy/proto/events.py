@@ -123,8 +123,9 @@ Event = Union[Hello, SetOption, GetOption, Connect, Listen, Upgrade, Ack, Welcom
 
 KINDS: dict[type, Kind] = {
     Hello: Kind.HELLO, SetOption: Kind.SETOPT, GetOption: Kind.GETOPT, Connect: Kind.CONNECT, Listen: Kind.LISTEN,
-    Upgrade: Kind.UPGRADE, Ack: Kind.ACK, Routes: Kind.ROUTES, Redirect: Kind.REDIRECT, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
+    Upgrade: Kind.UPGRADE, Ack: Kind.ACK, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
     Carrier: Kind.CARRIER, Established: Kind.ESTABLISHED, Accepted: Kind.ACCEPTED,
+    Routes: Kind.ROUTES, Redirect: Kind.REDIRECT,
 }
 _CLASSES: dict[Kind, type] = {kind: cls for cls, kind in KINDS.items()}
 
