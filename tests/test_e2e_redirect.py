@@ -9,6 +9,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,3 +277,15 @@ def test_the_programs_blocking_mode_is_kept(lab: Lab, blocking: bool) -> None:
         s.sendall(b"mode")
         s.shutdown(socket.SHUT_WR)
         assert _read_all(s) == b"mode"
+
+
+@pytest.mark.netns
+def test_a_program_in_another_network_namespace_gets_exdev(lab: Lab) -> None:
+    # The daemon's loopback is not the program's there: parking could never complete the socket.
+    code = ("import errno, socket, sys\nfrom ssaproxy.client import redirect as r\n"
+            "s = socket.socket()\n"
+            "try:\n    r.redirect(s, ('127.0.0.1', int(sys.argv[1])), path=sys.argv[2])\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno], e.strerror)\n")
+    out = subprocess.run(["unshare", "--net", "--", sys.executable, "-c", code, str(lab.ports["echo"]), lab.socket],
+                         capture_output=True, text=True, timeout=30, env=lab.api.env)
+    assert out.stdout.startswith("EXDEV the program is in another network namespace"), out.stderr
