@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -289,3 +290,35 @@ def test_a_program_in_another_network_namespace_gets_exdev(lab: Lab) -> None:
     out = subprocess.run(["unshare", "--net", "--", sys.executable, "-c", code, str(lab.ports["echo"]), lab.socket],
                          capture_output=True, text=True, timeout=30, env=lab.api.env)
     assert out.stdout.startswith("EXDEV the program is in another network namespace"), out.stderr
+
+
+def test_a_reload_changes_what_routes_and_redirect_see(pki: PKI, tmp_path: Path) -> None:
+    # Both a reload that keeps the API's generation and one that replaces it (an [api] key
+    # changed) hand over to the outbound face with the new routes.
+    api = ApiDaemon(tmp_path, pki)
+    try:
+        echo = api.tls_server("plainecho", None)
+        base = api.config.read_text()
+        outbound = f'[outbound]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
+        route = f'[[outbound.route]]\nname = "raw"\ndestination = "127.0.0.1/32"\nports = [{echo}]\n' \
+                'action = "passthrough"\n'
+        api.config.write_text(base + outbound)
+        api.start()
+        assert r.routes(api.socket) == ()
+        with socket.socket() as s:
+            assert r.redirect(s, (LOCAL, echo), path=api.socket) is False  # ENOENT: no route yet
+        for n, extra in enumerate(("", "idle_timeout = 30\n")):
+            api.config.write_text(base + extra + outbound + route)
+            assert api.proc is not None
+            api.proc.send_signal(signal.SIGHUP)
+            assert poll(lambda n=n: api.log.read_text().count("reloaded (SIGHUP)") > n, 15), api.log.read_text()
+            assert [x.port for x in r.routes(api.socket)] == [echo]
+            with socket.socket() as s:
+                s.settimeout(10)
+                assert r.redirect(s, (LOCAL, echo), path=api.socket)
+                s.sendall(b"after reload")
+                s.shutdown(socket.SHUT_WR)
+                assert _read_all(s) == b"after reload"
+        assert "api=changed" in api.log.read_text()  # the second reload made a new API generation
+    finally:
+        api.stop()
