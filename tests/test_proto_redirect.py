@@ -58,7 +58,7 @@ def test_redirect_needs_its_descriptor() -> None:
     daemon.receive_data(client.send(Redirect("192.0.2.7", 80, 4)))
     with pytest.raises(RemoteProtocolError) as e:
         daemon.next_event()
-    assert e.value.errno == errno.EINVAL and "REDIRECT needs a file descriptor" in e.value.text
+    assert e.value.errno == errno.EINVAL and "REDIRECT needs 1 file descriptor" in e.value.text
 
 
 def test_routes_is_not_allowed_before_hello_and_name_must_be_text() -> None:

@@ -139,15 +139,16 @@ def test_wrong_state_calls_and_options(fake: FakeDaemon, echo_port: int) -> None
     s.close()
 
 
-def test_nonblocking_connect_reports_through_readability(fake: FakeDaemon, echo_port: int) -> None:
+def test_nonblocking_connect_reports_through_writability(fake: FakeDaemon, echo_port: int) -> None:
     s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
     s.setblocking(False)
     assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EINPROGRESS
     with selectors.DefaultSelector() as sel:
-        sel.register(s, selectors.EVENT_READ)
+        sel.register(s, selectors.EVENT_WRITE)
         assert sel.select(5)
-    assert s.connect_ex(("127.0.0.1", echo_port)) == 0
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    assert s.connect_ex(("127.0.0.1", echo_port)) == 0  # as TCP: 0 once, then EISCONN
+    assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EISCONN
     s.sendall(b"x")
     s.setblocking(True)
     assert s.recv(1) == b"x"

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import ipaddress
-import os
 import socket
 import struct
 from typing import Callable, Optional, Protocol
@@ -44,7 +42,6 @@ from ssaproxy.proto import connection as c
 
 __all__ = ["OutboundFace", "redirect", "routes_text"]
 
-_PARKING = Parking()  # one parking listener per family, for the process's life (made on first use)
 _RESET = struct.pack("ii", 1, 0)
 
 
@@ -70,14 +67,14 @@ def routes_text(outbound: Optional[OutboundFace]) -> bytes:
     return "".join(lines).encode()
 
 
-def redirect(event: c.Redirect, outbound: Optional[OutboundFace], ledger: Ledger, creds: Creds,
+def redirect(event: c.Redirect, outbound: Optional[OutboundFace], parking: Parking, ledger: Ledger, creds: Creds,
              profile: Optional[Profile]) -> None:
     """Do REDIRECT (see the module docstring); returns once OK may be sent, else ApiError.
     Owns `event.fd` and closes it on every path (the program keeps its own)."""
     sock = take(event.fd)
     try:
         destination = _destination(event, sock)
-        _check(sock)
+        _check(sock, parking)
         route = outbound.route(*destination) if outbound is not None else None
         if outbound is None or route is None:
             raise ApiError(errno.ENOENT, f"no outbound route covers {host_port(str(destination[0]), destination[1])}")
@@ -86,7 +83,7 @@ def redirect(event: c.Redirect, outbound: Optional[OutboundFace], ledger: Ledger
         if why is not None:
             raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
         try:
-            _hand_over(sock, outbound, destination, name, creds, profile,
+            _hand_over(sock, parking, outbound, destination, name, creds, profile,
                        functools.partial(ledger.give, creds.uid, Resource.SESSIONS))
         except BaseException:
             ledger.give(creds.uid, Resource.SESSIONS)
@@ -112,7 +109,7 @@ def _destination(event: c.Redirect, sock: socket.socket) -> tuple[IPAddress, int
     return ip, event.port
 
 
-def _check(sock: socket.socket) -> None:
+def _check(sock: socket.socket, parking: Parking) -> None:
     """N must be a TCP socket a connect() could start on, in our network namespace."""
     try:
         tcp = (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
@@ -126,7 +123,7 @@ def _check(sock: socket.socket) -> None:
         raise ApiError(errno.EINVAL, "the socket passed with REDIRECT is listening")
     if _connected(sock):
         raise ApiError(errno.EISCONN, "the socket passed with REDIRECT is connected already")
-    if not _PARKING.same_netns(sock):
+    if not parking.same_netns(sock):
         raise ApiError(errno.EXDEV, "the program is in another network namespace than the daemon")
 
 
@@ -150,33 +147,25 @@ def _name(given: Optional[str], route: Route) -> Optional[str]:
     return name
 
 
-def _park(sock: socket.socket) -> None:
-    """`Parking.park` on the program's socket, which must not block the daemon whatever the
-    program's blocking mode: O_NONBLOCK lives on the file the program shares, so it is set for
-    the connect() and put back as it was (a blocking program keeps a blocking socket).  A
-    program that clears it again between the two calls (from another thread) could make that
-    connect wait: TCP_SYNCNT 1 bounds such a wait to about 3 s (the kernel's SYN retries), and
-    the socket is completed at once in every other case, so the setting never matters again."""
-    fd = sock.fileno()
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+def _park(sock: socket.socket, parking: Parking) -> None:
+    """`Parking.park` (which connects with O_NONBLOCK set for that one call, whatever the
+    program's blocking mode, and puts the program's flag back).  A program that clears the flag
+    again from another thread in between could make that connect wait for a SYN answer that
+    never comes: TCP_SYNCNT 1 bounds such a wait to about 3 s.  The socket is completed at once
+    in every other case, so the setting never matters again."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    try:
-        _PARKING.park(sock)
-    finally:
-        if not flags & os.O_NONBLOCK:
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    parking.park(sock)
 
 
-def _hand_over(sock: socket.socket, outbound: OutboundFace, destination: tuple[IPAddress, int],
+def _hand_over(sock: socket.socket, parking: Parking, outbound: OutboundFace, destination: tuple[IPAddress, int],
                name: Optional[str], creds: Creds, profile: Optional[Profile],
                on_finish: Callable[[], None]) -> None:
     try:
-        _park(sock)
+        _park(sock, parking)
     except OSError as e:
         code = e.errno if e.errno in (errno.EALREADY, errno.EISCONN, errno.EINVAL) else errno.EIO
         raise ApiError(code, f"cannot take the socket over: {e.strerror or e}") from None
-    mine = _PARKING.complete(sock)  # the program's connect is done: N is ESTABLISHED
+    mine = parking.complete(sock)  # the program's connect is done: N is ESTABLISHED
     try:
         outbound.take(mine, destination, name=name, creds=creds, profile=profile, on_finish=on_finish)
     except BaseException:

@@ -4,10 +4,12 @@ Theory of operation: a control connection speaks the framed protocol of docs/api
 rules (phases, order, descriptor pairing, version) live in one `Connection(Role.DAEMON)` of
 `ssaproxy.proto.connection`: this shell feeds it bytes and descriptors, acts on the events it
 gives, and writes what its `send` returns.  After HELLO it takes options, then exactly one of
-CONNECT or UPGRADE (the daemon answers CARRIER with the program's end of a fresh carrier; the
-session's result and then its plaintext travel on the carrier) or LISTEN (the program passes
-its bound, listening TCP socket; this connection then delivers ACCEPTED frames, each with a
-carrier, and takes one ACK per ACCEPTED).  Anything malformed or out of order gets an ERROR
+CONNECT (with the program's own socket, which is parked and answered OK; the result follows
+on this connection, then the socket is completed or failed: `carrier.Parked`), UPGRADE (the
+daemon answers CARRIER with the program's end of a fresh carrier; the session's result and
+then its plaintext travel on the carrier) or LISTEN (the program passes its socket bound to
+its address and its loopback listener; answered OK{TOKEN}, after which each verified client
+is delivered to the loopback listener by `listener.Listener`).  Anything malformed or out of order gets an ERROR
 frame and the connection is closed; other programs are not affected.  The daemon never opens
 a file for a program: certificates and keys come as PEM bytes, sockets as file descriptors.
 
@@ -29,6 +31,7 @@ import errno
 import functools
 import ipaddress
 import itertools
+import os
 import resource
 import socket
 from typing import Any, Optional
@@ -40,10 +43,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.api.carrier import Carrier
+from ssaproxy.api.carrier import Carrier, Parked
 from ssaproxy.api.contexts import Contexts
 from ssaproxy.api.handover import close_fd, take
-from ssaproxy.api.listener import Listener, adopt_carrier_or_fail
+from ssaproxy.api.listener import Listener, adopt_carrier_or_fail, check_listening
+from ssaproxy.api.parking import Parking
 from ssaproxy.api.profiles import Chooser
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
 from ssaproxy.api.redirect import OutboundFace, redirect, routes_text
@@ -55,7 +59,7 @@ from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
 from ssaproxy.tls.reasons import ssl_text
 
-_MIN_UNACKED, _MAX_UNACKED = 16, 128  # accepted connections delivered, not yet taken: BACKLOG within these
+_MIN_BACKLOG, _MAX_BACKLOG = 16, 128  # deliveries in flight per listener: BACKLOG within these
 _control_ids = itertools.count(1)
 _UNSET = -2
 
@@ -93,6 +97,7 @@ class ApiFactory(Factory):
         self.contexts = Contexts()  # TLS_CONTEXT ids, per uid
         self.accepting = True  # False once the daemon drains: no new sessions or listeners
         self.successor: Optional[ApiFactory] = None  # a reload's new generation (control connections keep theirs)
+        self.parking = Parking()  # where programs' sockets wait for their CONNECT's result
         self.outbound: Optional[OutboundFace] = None  # ROUTES and REDIRECT: the outbound face, set by the wiring
         if nofile != _UNSET:
             self.fit(nofile)
@@ -122,6 +127,7 @@ class ApiFactory(Factory):
         """A reload replaces this generation: its live sessions, its users' shares and its
         accepting state go on in `new` (control connections made before keep this factory)."""
         new.active = self.active
+        new.parking = self.parking
         self.ledger.caps = new.caps
         new.ledger = self.ledger
         self.successor = new
@@ -151,6 +157,7 @@ class Control(Protocol):
         self.policy = factory.policy  # the profile's policy, or the admin's
         self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
         self.listener: Optional[Listener] = None
+        self.pending: Optional[TLSSession] = None  # a CONNECT whose result is still due on this connection
         self.closed = False
         self.paused = False
         self.control_id = next(_control_ids) & 0x7FFFFFFF
@@ -228,6 +235,9 @@ class Control(Protocol):
         self.handed = []
         if self.listener is not None:
             self.listener.close("program closed its listening socket")
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.program_gone()
         ledger = self.factory.ledger
         for res, held in self.charged.items():  # all closed above: its charge is zero now
             ledger.charge(self.uid, res, -held)
@@ -250,8 +260,8 @@ class Control(Protocol):
                 self._arm("frame", api.frame_timeout, f"a request took longer than {api.frame_timeout:g}s to arrive")
             return
         self._disarm("frame")
-        if self.conn.phase is c.Phase.FRESH or self.listener is not None:
-            self._disarm("idle")  # the HELLO deadline runs; a listener waits for its clients
+        if self.conn.phase is c.Phase.FRESH or self.listener is not None or self.pending is not None:
+            self._disarm("idle")  # the HELLO deadline runs; a listener waits for clients, a connect for its result
         elif "idle" not in self.timers:
             self._arm("idle", api.idle_timeout, f"idle for {api.idle_timeout:g}s")
 
@@ -328,13 +338,75 @@ class Control(Protocol):
             self._reply(c.Value(routes_text(self.factory.outbound)))
         elif isinstance(event, c.Redirect):
             self._redirect(event)
-        elif isinstance(event, c.Ack):
-            assert self.listener is not None and self.handed  # the connection counts ACCEPTED and ACK
-            self.handed.pop(0).close()
-            self.listener.acked()
         # c.ConnectionClosed: connectionLost follows
 
     def _connect(self, event: c.Connect) -> None:
+        sock = take(event.fd)
+        try:
+            self._check_connect(event)
+            self._program_socket(sock)
+            self._context(server=False)  # refused now, not after OK
+            self.factory.check_accepting()
+            why = self.factory.ledger.over(self.uid, Resource.SESSIONS, 1)
+            if why is not None:
+                raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
+            try:
+                self.factory.parking.park(sock)
+            except OSError as e:
+                raise ApiError(errno.EINVAL, f"cannot start connecting the program's socket: {e.strerror or e}") \
+                    from None
+        except BaseException:
+            sock.close()
+            raise
+        parked = Parked(self.factory.parking, sock, self._result)  # owns sock now
+        try:
+            session = self._session("connect", self.settings)
+        except BaseException:
+            parked.abandon()
+            raise
+        self._reply(c.Ok())
+        self.pending = session
+        session.start_connect(parked, event.host, event.port, event.family)
+
+    def _program_socket(self, sock: socket.socket) -> None:
+        """CONNECT's descriptor: an unconnected TCP socket, not listening, in our network namespace."""
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                or sock.proto not in (0, socket.IPPROTO_TCP):
+            raise ApiError(errno.EINVAL, "CONNECT needs a TCP socket")
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ApiError(errno.EINVAL, "the socket passed with CONNECT is listening")
+        try:
+            sock.getpeername()
+        except OSError:
+            pass
+        else:
+            raise ApiError(errno.EISCONN, "the socket passed with CONNECT is connected already")
+        if not self.factory.parking.same_netns(sock):
+            raise ApiError(errno.EXDEV, "the program is in another network namespace than the daemon")
+
+    def _result(self, event: c.Event) -> None:
+        """A CONNECT's result (ESTABLISHED or ERROR), sent now (not queued: the program's socket
+        is completed right after, and the frame must be there first); then this connection's
+        job is done, and it is closed."""
+        self.pending = None
+        if self.closed or self.transport is None:
+            raise ConnectionError("the control connection is gone")
+        frame = self.conn.send(event)
+        transport: Any = self.transport
+        if not transport.dataBuffer and not transport._tempDataLen and not getattr(transport, "_sendmsgQueue", None):
+            try:
+                sent = transport.socket.send(frame, socket.MSG_DONTWAIT)
+            except OSError:
+                sent = 0
+            frame = frame[sent:]
+        if frame:
+            transport.write(frame)
+        self.closed = True
+        self._disarm()
+        transport.unregisterProducer()
+        transport.loseConnection()
+
+    def _check_connect(self, event: c.Connect) -> None:
         host, port, family = event.host, event.port, event.family
         if not 0 < port < 65536:
             raise ApiError(errno.EINVAL, f"port {port} out of range")
@@ -350,9 +422,6 @@ class Control(Protocol):
         elif not is_valid_hostname(host):
             raise ApiError(errno.EINVAL, f"{host!r} is not a host name (letters, digits, hyphens, dots; "
                                          "IDNs in their xn-- form)")
-        self._context(server=False)  # refused now, not after CARRIER
-        session, carrier = self._start("connect")
-        session.start_connect(carrier, host, port, family)
 
     def _upgrade(self, event: c.Upgrade) -> None:
         sock = take(event.fd)
@@ -374,23 +443,33 @@ class Control(Protocol):
             sock.close()  # the reactor adopted its own duplicate
 
     def _listen(self, event: c.Listen) -> None:
-        sock = take(event.fd)
+        socks: list[socket.socket] = []
         try:
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
-            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
+            for i, fd in enumerate(event.fds):
+                try:
+                    socks.append(take(fd))
+                except ApiError:
+                    for rest in event.fds[i + 1:]:
+                        close_fd(rest)
+                    raise
+            public, loopback = socks
+            for sock in socks:
+                check_listening(sock, self.factory.parking)
+            if public.family != loopback.family:
+                raise ApiError(errno.EINVAL, "LISTEN's two sockets are of different families")
             self.factory.check_accepting()
             listeners = self.factory.caps.listeners
             if sum(isinstance(x, Listener) for x in self.factory.active) >= listeners:
                 raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
             ctx = self._context(server=True)
-            backlog = max(_MIN_UNACKED, min(event.backlog, _MAX_UNACKED))
+            backlog = max(_MIN_BACKLOG, min(event.backlog, _MAX_BACKLOG))
         except BaseException:
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise
-        self.listener = Listener(self, ctx, self.settings, sock, backlog)  # its acceptor owns sock now
-        self._reply(c.Ok())
+        token = os.urandom(wire.TOKEN_SIZE)
+        self.listener = Listener(self, ctx, self.settings, public, loopback, backlog, token)  # owns both now
+        self._reply(c.Ok(token))
 
     def _redirect(self, event: c.Redirect) -> None:
         """A plain connect handed over by the library (ssaproxy.api.redirect); OK once the
@@ -401,7 +480,7 @@ class Control(Protocol):
         except ApiError:
             close_fd(event.fd)
             raise
-        redirect(event, self.factory.outbound, self.factory.ledger, self.creds, self.profile)
+        redirect(event, self.factory.outbound, self.factory.parking, self.factory.ledger, self.creds, self.profile)
         self._reply(c.Ok())
 
     def _context(self, *, server: bool) -> SSL.Context:
@@ -419,7 +498,7 @@ class Control(Protocol):
 
     # ---- helpers
     def _start(self, op: str) -> tuple[TLSSession, Carrier]:
-        """A session and its carrier, the program's end sent with CARRIER; or ApiError."""
+        """UPGRADE: a session and its carrier, the program's end sent with CARRIER; or ApiError."""
         self.factory.check_accepting()
         why = self.factory.ledger.over(self.uid, Resource.FDS, 1)
         if why is not None:
@@ -455,7 +534,7 @@ class Control(Protocol):
         session.on_finish = functools.partial(ledger.give, self.uid, Resource.SESSIONS)
         return session
 
-    def _hand(self, program_end: socket.socket, event: c.Carrier | c.Accepted) -> None:
+    def _hand(self, program_end: socket.socket, event: c.Carrier) -> None:
         """Send `program_end` with its frame; it stays open here until the program has it."""
         assert self.transport is not None
         frame = self.conn.send(event)

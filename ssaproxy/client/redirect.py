@@ -89,6 +89,7 @@ class _Session:
             self.sock.close()
             raise error(errno.ECONNREFUSED, f"the ssaproxy daemon does not answer at {self.path}: "
                                             f"{e.strerror or e}") from None
+        self.sock.settimeout(0.0)  # reads and writes wait in `_io`, bounded by their own deadlines
         try:
             self.request(c.Hello(wire.VERSION))
         except BaseException:
@@ -97,7 +98,7 @@ class _Session:
 
     def request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
         try:
-            send_frame(self.sock, self.conn.send(event), fd)
+            send_frame(self.sock, self.conn.send(event), () if fd is None else (fd,))
             reply = next_event(self.sock, self.conn, control_timeout())
         except (c.ProtocolViolation, BrokenPipeError, ConnectionResetError) as e:
             raise error(errno.ECONNABORTED, f"the ssaproxy daemon closed the session: {e}") from None

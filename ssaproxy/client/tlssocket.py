@@ -1,12 +1,14 @@
 """`ssaproxy.socket`: the Secure Socket API's calls on a real file descriptor.
 
-Until it connects or listens, the object holds an ordinary TCP socket (so bind() works with
-the program's own permissions) and a control connection to the daemon.  connect() receives
-the program's end of a loopback TCP carrier, which dup2() puts in place of the object's file
-descriptor: the number never changes, and from then on the fd carries the result frame, then
-plaintext.  listen() passes the bound, listening socket to the daemon and puts the control
-connection in its place; accepted connections arrive on it, each with a carrier.  The phase
-of each socket is its session's `Connection.phase` (one vocabulary with the daemon).
+From socket() on, the object is a real TCP socket of the program's family, and (protocol
+version 2) it stays the same socket to close(): connect() passes it to the daemon, which
+parks it as a TCP connect in progress, sends the result on the control connection and then
+completes it (or resets it), so epoll registrations, dup()s and children's copies made before
+connect() stay valid, and readiness is the kernel's own.  bind()/listen()/accept() are in
+`serving`: the daemon accepts TLS clients on a second socket bound to the program's address
+and delivers each verified one to this socket, a loopback listener.  Only TCP_UPGRADE_TLS
+still puts a carrier in place of the descriptor (dup2), as in version 1.  The phase of each
+socket is its session's `Connection.phase` (one vocabulary with the daemon).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import socket as _socket_module
 import struct
 from typing import Any, Optional
 
-from ssaproxy.client import _io
+from ssaproxy.client import _io, serving
 from ssaproxy.client._io import Control, error
 from ssaproxy.client.record import SocketRecord, target
 from ssaproxy.client.values import Value, encode, split_key
@@ -30,6 +32,7 @@ from ssaproxy.proto.connection import Phase, check
 _std = _socket_module.socket
 TLS_UPGRADE_CLIENT = 1  # TCP_UPGRADE_TLS values
 TLS_UPGRADE_SERVER = 2
+_SETTLE = 2.0  # seconds: the daemon completes or resets the socket right after the result frame
 
 
 class socket(_std):
@@ -75,10 +78,11 @@ class socket(_std):
             self._set_tls(optname, value)
         elif level in (o.SOL_TCP, _socket_module.IPPROTO_TCP) and optname == o.TCP_UPGRADE_TLS:
             self._upgrade(int(value) if not isinstance(value, (bytes, bytearray)) else struct.unpack("=i", value)[0])
-        elif optlen is not None:
-            super().setsockopt(level, optname, value, optlen)
         else:
-            super().setsockopt(level, optname, value)
+            args = (value,) if optlen is None else (value, optlen)
+            super().setsockopt(level, optname, *args)
+            if not self._tls.plain:
+                serving.remember_option(self, level, optname, args)
 
     def _set_tls(self, number: int, value: Value, remember: bool = True) -> None:
         t = self._tls
@@ -108,13 +112,15 @@ class socket(_std):
                 number = o.unpack_int(raw)
                 return struct.pack("=i", number)[:buflen] if buflen else number
             return raw[:buflen] if buflen else raw
-        if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not buflen:
+        if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not t.plain:
             if t.phase == Phase.CONNECTING:
-                try:
+                with contextlib.suppress(OSError):
                     self._settle(block=False)
-                except OSError as e:
-                    return e.errno
-            return super().getsockopt(level, optname)
+            kernel = super().getsockopt(level, optname)  # read (and so cleared) in any case
+            if t.unreported["so_error"]:
+                t.unreported["so_error"] = False
+                kernel = t.failed_errno
+            return struct.pack("=i", kernel)[:buflen] if buflen else kernel
         return super().getsockopt(level, optname, buflen) if buflen else super().getsockopt(level, optname)
 
     def _get_tls(self, number: int) -> bytes:
@@ -156,9 +162,9 @@ class socket(_std):
             t.control = control
         return t.control
 
-    def _request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
+    def _request(self, event: c.Event, fds: tuple[int, ...] = ()) -> c.Event:
         try:
-            return self._session().request(event, fd)
+            return self._session().request(event, fds)
         except OSError as e:
             self._tls.error = e.strerror or str(e)
             if e.errno in (errno.ECONNABORTED, errno.EPROTO) or self._tls.conn.phase == Phase.CLOSED:
@@ -182,7 +188,7 @@ class socket(_std):
         if code == errno.EINPROGRESS:
             raise error(code, os.strerror(code))  # not a failure: TLS_ERROR stays as it was
         if code:
-            raise self._err(code, self._tls.error)
+            raise self._err(code, self._tls.error if code == self._tls.failed_errno else os.strerror(code))
 
     def connect_ex(self, address: Any) -> int:
         try:
@@ -193,12 +199,27 @@ class socket(_std):
             return e.errno or errno.EIO
 
     def _connect(self, address: Any) -> int:
+        """connect() as the kernel answers it: EINPROGRESS, then EALREADY while the attempt is
+        pending; once it ended, 0 the first time after success and EISCONN after that, or the
+        attempt's errno once after a failure (and a new attempt on the next call)."""
         t = self._tls
         if t.plain:
             super().connect(address)
             return 0
         if t.phase == Phase.CONNECTING:
-            return 0 if self._settle(block=self.gettimeout() != 0.0) else errno.EALREADY
+            try:
+                if not self._settle(block=self.gettimeout() != 0.0):
+                    return errno.EALREADY
+            except TimeoutError:
+                raise
+            except OSError:
+                pass  # FAILED now: reported below, once
+        if t.phase == Phase.CONNECTED and not t.reported:
+            t.reported = True
+            return 0
+        if t.phase == Phase.FAILED and t.unreported["connect"]:
+            t.unreported["connect"] = False
+            return t.failed_errno
         problem = check("connect", t.phase)
         if problem is not None:
             raise self._err(problem, f"connect() while {t.phase.value}")
@@ -211,18 +232,57 @@ class socket(_std):
             raise
         if name is not None and not any(n == o.TLS_REMOTE_HOSTNAME for n, _ in t.options):
             self._set_tls(o.TLS_REMOTE_HOSTNAME, name, remember=False)  # this attempt's name only
-        self._take_carrier(self._request(c.Connect(host, port, family)))
+        t.reported = False
+        t.unreported = {"connect": False, "so_error": False}
+        self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: parked now
         if self.gettimeout() == 0.0:
             return errno.EINPROGRESS
-        self._settle(block=True)
+        try:
+            self._settle(block=True)
+        except OSError:
+            t.unreported["connect"] = False  # this call reports it
+            raise
+        t.reported = True
         return 0
 
     def _settle(self, *, block: bool) -> bool:
-        """Read the connect/upgrade result off the carrier.  True once connected; False when
-        not there yet (non-blocking); the failure's errno as an OSError."""
+        """Take the connect/upgrade result (CONNECT: on the control connection; UPGRADE: on the
+        carrier).  True once connected; False when not there yet (non-blocking); the failure's
+        errno as an OSError, reported once to connect() and once to SO_ERROR."""
         t = self._tls
         if t.phase != Phase.CONNECTING:
             return t.phase == Phase.CONNECTED
+        if t.control is None:  # UPGRADE: the result is the carrier's first frame
+            return self._settle_carrier(block=block)
+        source = t.control.sock
+        try:
+            if block:
+                timeout = self.gettimeout()
+                event = _io.next_event(source, t.conn, _io.result_timeout() if timeout is None else timeout)
+            else:
+                event = _io.next_event(source, t.conn, 0)
+                if event is None and _io.wait_writable(self.fileno(), 0):
+                    # The socket was completed or reset: its result is already on its way.
+                    event = _io.next_event(source, t.conn, _SETTLE)
+                if event is None:
+                    return False
+        except TimeoutError:
+            raise
+        except OSError as e:
+            self._failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
+            raise error(t.failed_errno, t.error) from None
+        except c.RemoteProtocolError as e:
+            self._failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
+            raise error(errno.EPROTO, t.error) from None
+        t.close_control()
+        _io.wait_writable(self.fileno(), _SETTLE)  # completed (or reset) right after the frame
+        if isinstance(event, c.Error):
+            with contextlib.suppress(OSError):  # the reset's ECONNRESET: the result's errno replaces it
+                _std.getsockopt(self, _socket_module.SOL_SOCKET, _socket_module.SO_ERROR)
+        return self._result(event)
+
+    def _settle_carrier(self, *, block: bool) -> bool:
+        t = self._tls
         try:
             if block:
                 _io.wait_frame(self, self.gettimeout())  # TimeoutError leaves the frame where it is
@@ -232,19 +292,28 @@ class socket(_std):
         except TimeoutError:
             raise
         except OSError as e:
-            t.failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
+            self._failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
             raise error(t.failed_errno, t.error) from None
         except c.RemoteProtocolError as e:
-            t.failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
+            self._failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
             raise error(errno.EPROTO, t.error) from None
+        return self._result(event)
+
+    def _result(self, event: Optional[c.Event]) -> bool:
+        t = self._tls
         if isinstance(event, c.Established):
             self._established(event)
             return True
         if isinstance(event, c.Error):  # the connection is FAILED now
             t.error, t.failed_errno = event.text, event.errno
+            t.unreported = {"connect": True, "so_error": True}
         else:
-            t.failed(errno.ECONNABORTED, "the ssaproxy daemon ended the connection")
+            self._failed(errno.ECONNABORTED, "the ssaproxy daemon ended the connection")
         raise self._err(t.failed_errno, t.error)
+
+    def _failed(self, code: int, text: str) -> None:
+        self._tls.close_control()
+        self._tls.failed(code, text)
 
     def _established(self, event: c.Established | c.Accepted) -> None:
         t = self._tls
@@ -267,7 +336,7 @@ class socket(_std):
         except OSError:
             raise self._err(errno.ENOTCONN, "TCP_UPGRADE_TLS needs a connected socket") from None
         try:
-            reply = self._request(c.Upgrade(role, self.fileno()), fd=self.fileno())
+            reply = self._request(c.Upgrade(role, self.fileno()), (self.fileno(),))
             timeout = self.gettimeout()
             self._take_carrier(reply)
         except OSError:
@@ -282,57 +351,24 @@ class socket(_std):
         finally:
             self.settimeout(timeout)
 
-    # ---- serving
+    # ---- serving (see `serving`)
     def bind(self, address: Any) -> None:
-        if not self._tls.plain and self._tls.family == o.AF_HOSTNAME:
-            raise self._err(errno.EOPNOTSUPP, "an AF_HOSTNAME socket cannot bind")
-        super().bind(address)
-        self._tls.bound = True
+        if self._tls.plain:
+            super().bind(address)
+        else:
+            serving.bind(self, address)
 
     def listen(self, backlog: int = 128) -> None:
-        t = self._tls
-        if t.plain:
+        if self._tls.plain:
             super().listen(backlog)
-            return
-        problem = check("listen", t.phase)
-        if problem is not None:
-            raise self._err(problem, f"listen() while {t.phase.value}")
-        if t.phase == Phase.LISTENING:
-            return
-        super().listen(backlog)
-        t.local = super().getsockname()[:2]
-        control = self._session()
-        self._request(c.Listen(backlog, self.fileno()), fd=self.fileno())
-        timeout = self.gettimeout()
-        os.dup2(control.fileno(), self.fileno(), inheritable=False)  # accepted connections arrive here now
-        self.settimeout(timeout)
-        t.close_control()  # the session lives on, LISTENING, on this descriptor
+        else:
+            serving.listen(self, backlog)
 
     def accept(self) -> tuple["socket", Any]:
-        t = self._tls
-        if t.plain:
+        if self._tls.plain:
             fd, addr = self._accept()  # type: ignore[attr-defined]
             return type(self)(self.family, self.type, self.proto, fileno=fd), addr
-        problem = check("accept", t.phase)
-        if problem is not None:
-            raise self._err(problem, "accept() on a socket that is not listening")
-        try:
-            event = _io.next_event(self, t.conn, self.gettimeout())
-        except c.RemoteProtocolError as e:
-            raise self._err(e.errno, f"malformed message from the ssaproxy daemon: {e.text}") from None
-        if event is None:
-            raise BlockingIOError(errno.EAGAIN, "no connection ready")
-        if isinstance(event, c.ConnectionClosed):
-            raise ConnectionAbortedError(errno.ECONNABORTED, "the ssaproxy daemon closed the listening session")
-        assert isinstance(event, c.Accepted)  # the only kind the connection lets through now
-        _io.send_frame(self, t.conn.send(c.Ack()))
-        conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=event.fd)
-        conn._established(event)
-        if _socket_module.getdefaulttimeout() is None:
-            conn.settimeout(None)
-        peer = event.peer
-        address = (peer[0], peer[1], 0, 0) if t.family == _socket_module.AF_INET6 else peer
-        return conn, address
+        return serving.accept(self)
 
     # ---- addresses
     def getpeername(self) -> Any:
@@ -347,15 +383,17 @@ class socket(_std):
 
     def getsockname(self) -> Any:
         t = self._tls
+        if t.public is not None:  # bound, not listening yet: B has the program's address
+            return t.public.getsockname()
         if t.phase in (Phase.CONNECTED, Phase.LISTENING) and t.local is not None:
             return t.local if t.family != _socket_module.AF_INET6 else (*t.local, 0, 0)
         return super().getsockname()
 
-    # ---- data: the connect result comes first on the carrier
+    # ---- data: only once the connect result is known
     def _ready_for_data(self, reading: bool) -> None:
         t = self._tls
         if t.phase == Phase.CONNECTING:
-            if not self._settle(block=self.gettimeout() != 0.0) and reading:
+            if not self._settle(block=self.gettimeout() != 0.0):
                 raise BlockingIOError(errno.EAGAIN, "TLS handshake still in progress")
         elif t.phase == Phase.FAILED:
             raise self._err(errno.ENOTCONN, t.error or "not connected")
@@ -366,18 +404,23 @@ class socket(_std):
         super().shutdown(how)
 
     def dup(self) -> "socket":
+        """Another descriptor for the same socket, in any phase: the copies share one record,
+        as the kernel shares the socket (the control connection closes with the last)."""
         t = self._tls
-        if t.phase != Phase.CONNECTED and not t.plain:
-            raise self._err(errno.EOPNOTSUPP, f"dup() of an IPPROTO_TLS socket while {t.phase.value}")
         new = type(self)(t.family, self.type, self.proto, fileno=os.dup(self.fileno()))
-        new._tls.info, new._tls.peer, new._tls.local = dict(t.info), t.peer, t.local
+        new._tls = t
+        t.users += 1
         new.settimeout(self.gettimeout())
         return new
 
     def _real_close(self, _ss: Any = _csocket.socket) -> None:
-        self._tls.close_control()
-        _io.close_all(self._tls.conn.discard_fds())
-        self._tls.conn.close()
+        t = self._tls
+        t.users -= 1
+        if t.users <= 0:
+            t.close_control()
+            t.close_public()
+            _io.close_all(t.conn.discard_fds())
+            t.conn.close()
         super()._real_close(_ss)  # type: ignore[misc]
 
 
