@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from ssaproxy.addresses import host_port, plain_address
 from ssaproxy.client import redirect as r
 from tests.api_harness import ApiDaemon, free_port
-from tests.lab import poll
+from tests.lab import PEERS, poll, wait_for_text
 from tests.pki import PKI
 
 LOCAL = "127.0.0.1"
@@ -74,6 +75,18 @@ def lab(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         for name, setting in routes:
             text += (f'[[outbound.route]]\nname = "{name}"\ndestination = "127.0.0.1/32"\n'
                      f"ports = [{ports[name]}]\n{setting}\n")
+        # IPv6: an echo server on ::1 behind a route of its own (the outbound face needs a tcp6 listener).
+        six = free_port()
+        log6 = api.directory / "tls-echo6.log"
+        api.procs.append(p6 := subprocess.Popen(
+            [sys.executable, str(PEERS / "tls_server.py"), "--host", "::1", "--port", str(six), "--mode", "echo",
+             "--cert", str(good.chain), "--key", str(good.key)], stdout=log6.open("ab"), stderr=subprocess.STDOUT))
+        wait_for_text(log6, "READY", p6, 15)
+        ports["six"] = six
+        text = text.replace('"\n', f'", \'tcp6:{free_port()}:interface=\\:\\:1\']\n', 1).replace(
+            "listen = ", "listen = [", 1)
+        text += (f'[[outbound.route]]\nname = "six"\ndestination = "::1/128"\nports = [{six}]\n'
+                 'hostname = "backend.test"\n')
         api.config.write_text(api.config.read_text() + text)
         api.start()
         yield Lab(api, ports)
@@ -97,7 +110,8 @@ def test_routes_lists_the_outbound_routes_in_order(lab: Lab) -> None:
     assert [(x.action, str(x.network), x.port) for x in table] == [
         ("upgrade", "127.0.0.1/32", p["echo"]), ("upgrade", "127.0.0.1/32", p["rev"]),
         ("upgrade", "127.0.0.1/32", p["web"]), ("passthrough", "127.0.0.1/32", p["raw"]),
-        ("reject", "127.0.0.1/32", p["reject"]), ("upgrade", "127.0.0.1/32", p["untrusted"])]
+        ("reject", "127.0.0.1/32", p["reject"]), ("upgrade", "127.0.0.1/32", p["untrusted"]),
+        ("upgrade", "::1/128", p["six"])]
     assert r.match(table, "::ffff:127.0.0.1", p["echo"]) == table[0]  # IPv4-mapped matches the IPv4 lines
     assert r.match(table, LOCAL, p["unrouted"]) is None
 
@@ -322,3 +336,17 @@ def test_a_reload_changes_what_routes_and_redirect_see(pki: PKI, tmp_path: Path)
         assert "api=changed" in api.log.read_text()  # the second reload made a new API generation
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize(("host", "route"), [("::1", "six"), ("::ffff:127.0.0.1", "echo")])
+def test_an_ipv6_socket_is_handed_over_too(lab: Lab, host: str, route: str) -> None:
+    # A dual-stack socket to an IPv4-mapped address takes the IPv4 route, as the kernel would route it.
+    with socket.socket(socket.AF_INET6) as s:
+        s.settimeout(10)
+        assert r.redirect(s, (host, lab.ports[route]), path=lab.socket)
+        s.sendall(b"over six\n")
+        s.shutdown(socket.SHUT_WR)
+        assert _read_all(s) == b"over six\n"
+        here = s.getsockname()
+    record = lab.wait_conn(f"client={host_port(plain_address(here[0]), here[1])} ")
+    assert f"route={route} action=upgrade" in record and "verified=True" in record
