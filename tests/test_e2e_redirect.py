@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -350,3 +351,13 @@ def test_an_ipv6_socket_is_handed_over_too(lab: Lab, host: str, route: str) -> N
         here = s.getsockname()
     record = lab.wait_conn(f"client={host_port(plain_address(here[0]), here[1])} ")
     assert f"route={route} action=upgrade" in record and "verified=True" in record
+
+
+def test_the_programs_reset_on_close_is_kept(lab: Lab) -> None:
+    # SO_LINGER is the program's (a shared socket): the daemon turns off only a lingering close
+    # that could make its own close wait, never a program's reset-on-close.
+    linger = struct.pack("ii", 1, 0)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        assert r.redirect(s, (LOCAL, lab.ports["raw"]), path=lab.socket)
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == linger

@@ -89,8 +89,18 @@ def redirect(event: c.Redirect, outbound: Optional[OutboundFace], parking: Parki
             ledger.give(creds.uid, Resource.SESSIONS)
             raise
     finally:
-        no_linger(sock)  # a program's SO_LINGER must not make our close of the shared socket wait
-        sock.close()
+        _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close our copy of the program's socket.  A lingering SO_LINGER (on, with a timeout) would
+    make close() wait if the program has closed its own copy meanwhile: that one is turned off;
+    a reset-on-close (on, 0 s) is the program's choice and never waits, so it stays."""
+    with contextlib.suppress(OSError):
+        onoff, seconds = struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+        if onoff and seconds:
+            no_linger(sock)
+    sock.close()
 
 
 def _destination(event: c.Redirect, sock: socket.socket) -> tuple[IPAddress, int]:
