@@ -27,8 +27,10 @@ from ssaproxy.proto.connection import (
     LocalProtocolError,
     Ok,
     Phase,
+    Redirect,
     RemoteProtocolError,
     Role,
+    Routes,
     SetOption,
     Upgrade,
     Value,
@@ -274,11 +276,11 @@ def _answer(conn: Connection, event: Event) -> None:
     """Play the receiving side's part: whatever reply fits, if one is owed."""
     if conn.role == Role.DAEMON and isinstance(event, Hello):
         conn.send(Welcome(1, 1))
-    elif conn.role == Role.DAEMON and isinstance(event, (SetOption, Connect)):
+    elif conn.role == Role.DAEMON and isinstance(event, (SetOption, Connect, Redirect)):
         conn.send(Ok())
     elif conn.role == Role.DAEMON and isinstance(event, Listen):
         conn.send(Ok(b"t" * wire.TOKEN_SIZE))
-    elif conn.role == Role.DAEMON and isinstance(event, GetOption):
+    elif conn.role == Role.DAEMON and isinstance(event, (GetOption, Routes)):
         conn.send(Value(b""))
     elif conn.role == Role.DAEMON and isinstance(event, Upgrade):
         conn.send(Carrier(-1))
