@@ -153,8 +153,9 @@ def test_a_local_process_without_the_token_is_reset_and_real_clients_get_through
         if greeting:
             s.sendall(greeting)
         intruders.append(s)
-    curls = [subprocess.Popen(["curl", "-sS", "--http0.9", "--max-time", "20", "--cacert", str(pki.root_pem), "--resolve",
-                               f"backend.test:{port}:127.0.0.1", "-d", f"curl {i}\n", f"https://backend.test:{port}/"],
+    curls = [subprocess.Popen(["curl", "-sS", "--http0.9", "--max-time", "20", "--cacert", str(pki.root_pem),
+                               "--resolve", f"backend.test:{port}:127.0.0.1", "-d", f"curl {i}\n",
+                               f"https://backend.test:{port}/"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
     results = [c.communicate(timeout=40) for c in curls]
     ends = []
@@ -231,8 +232,8 @@ print(json.dumps({{"addr": addr}}), flush=True)
 """
     p = api.spawn([sys.executable, "-c", code], log)
     wait_for_text(log, "READY", p, 15)
-    r = subprocess.run(["curl", "-sS", "--http0.9", "-g", "--max-time", "10", "--cacert", str(pki.root_pem), "--resolve",
-                        f"backend.test:{port}:[::1]", "-d", "x", f"https://backend.test:{port}/"],
+    r = subprocess.run(["curl", "-sS", "--http0.9", "-g", "--max-time", "10", "--cacert", str(pki.root_pem),
+                        "--resolve", f"backend.test:{port}:[::1]", "-d", "x", f"https://backend.test:{port}/"],
                        capture_output=True, text=True, timeout=20)
     p.wait(15)
     assert r.stdout.startswith("hello POST / HTTP/1.1"), (r.stdout, r.stderr)

@@ -39,7 +39,9 @@ class _Waiter:
         self.done()
 
     def connectionLost(self, reason: Failure) -> None:
-        pass
+        # A failed connect polls OUT|ERR|HUP, which the reactor reports as a lost descriptor
+        # rather than as writable: the result is there all the same.
+        self.done()
 
     def logPrefix(self) -> str:
         return "ssaproxy-connect"
