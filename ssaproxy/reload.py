@@ -57,6 +57,7 @@ from ssaproxy.config import DEFAULT_SOURCE, Api, Config, Inbound, ListenAddress
 from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import ClientContexts, OutboundFactory
+from ssaproxy.redirected import Handover
 from ssaproxy.tls import sessions
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.load import read_config
@@ -337,6 +338,7 @@ class Reloader(service.Service):
                 raise Refused(f"api.group: the daemon's user cannot give the socket to group {api.group!r}: "
                               "restart to apply it")
         plan.api_factory = ApiFactory(api, plan.config.policy, self.reactor, profiles=plan.config.profiles)
+        plan.api_factory.outbound = Handover(plan.outbound)  # REDIRECT: the outbound face, whose config is swapped
         plan.api_factory.fit()
         if old_api is None or old_api.api.socket != api.socket:
             try:

@@ -27,8 +27,10 @@ from ssaproxy.proto.connection import (
     LocalProtocolError,
     Ok,
     Phase,
+    Redirect,
     RemoteProtocolError,
     Role,
+    Routes,
     SetOption,
     Upgrade,
     Value,
@@ -260,6 +262,7 @@ def _frames(draw: st.DrawFn) -> bytes:
         wire.Kind.CONNECT: {wire.Tag.HOST: "h", wire.Tag.PORT: 1, wire.Tag.FAMILY: 0},
         wire.Kind.LISTEN: {wire.Tag.BACKLOG: 1},
         wire.Kind.UPGRADE: {wire.Tag.ROLE: 1},
+        wire.Kind.REDIRECT: {wire.Tag.HOST: "192.0.2.1", wire.Tag.PORT: 1, wire.Tag.FAMILY: 4},
         wire.Kind.WELCOME: {wire.Tag.VERSION: 1, wire.Tag.SESSION: 1},
         wire.Kind.VALUE: {wire.Tag.VALUE: b""},
         wire.Kind.ERROR: {wire.Tag.ERRNO: 1, wire.Tag.TEXT: "x"},
@@ -273,11 +276,11 @@ def _answer(conn: Connection, event: Event) -> None:
     """Play the receiving side's part: whatever reply fits, if one is owed."""
     if conn.role == Role.DAEMON and isinstance(event, Hello):
         conn.send(Welcome(1, 1))
-    elif conn.role == Role.DAEMON and isinstance(event, (SetOption, Connect)):
+    elif conn.role == Role.DAEMON and isinstance(event, (SetOption, Connect, Redirect)):
         conn.send(Ok())
     elif conn.role == Role.DAEMON and isinstance(event, Listen):
         conn.send(Ok(b"t" * wire.TOKEN_SIZE))
-    elif conn.role == Role.DAEMON and isinstance(event, GetOption):
+    elif conn.role == Role.DAEMON and isinstance(event, (GetOption, Routes)):
         conn.send(Value(b""))
     elif conn.role == Role.DAEMON and isinstance(event, Upgrade):
         conn.send(Carrier(-1))

@@ -9,7 +9,8 @@ on this connection, then the socket is completed or failed: `carrier.Parked`), U
 daemon answers CARRIER with the program's end of a fresh carrier; the session's result and
 then its plaintext travel on the carrier) or LISTEN (the program passes its socket bound to
 its address and its loopback listener; answered OK{TOKEN}, after which each verified client
-is delivered to the loopback listener by `listener.Listener`).  Anything malformed or out of order gets an ERROR
+is delivered to the loopback listener by `listener.Listener`); the handlers are in
+`ssaproxy.api.requests`.  Anything malformed or out of order gets an ERROR
 frame and the connection is closed; other programs are not affected.  The daemon never opens
 a file for a program: certificates and keys come as PEM bytes, sockets as file descriptors.
 
@@ -28,37 +29,32 @@ with who it refused (pid, uid, gid, executable) and why.
 from __future__ import annotations
 
 import errno
-import functools
-import ipaddress
 import itertools
-import os
 import resource
 import socket
 from typing import Any, Optional
 
-from OpenSSL import SSL
 from twisted.internet import interfaces
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.api.carrier import Carrier, Parked
 from ssaproxy.api.contexts import Contexts
-from ssaproxy.api.handover import close_fd, take
-from ssaproxy.api.listener import Listener, adopt_carrier_or_fail, check_listening
+from ssaproxy.api.handover import close_fd
+from ssaproxy.api.listener import Listener
 from ssaproxy.api.parking import Parking
 from ssaproxy.api.profiles import Chooser
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
-from ssaproxy.api.session import Creds, Limits, TLSSession, identity_of
-from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, int_value, server_context
-from ssaproxy.config import Api, Policy, Profile, is_valid_hostname
+from ssaproxy.api.redirect import OutboundFace, redirect, routes_text
+from ssaproxy.api.requests import Requests
+from ssaproxy.api.session import Creds, Limits, TLSSession
+from ssaproxy.api.settings import ApiError, Settings, apply, get, int_value
+from ssaproxy.config import Api, Policy, Profile
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
-from ssaproxy.tls.reasons import ssl_text
 
-_MIN_BACKLOG, _MAX_BACKLOG = 16, 128  # deliveries in flight per listener: BACKLOG within these
 _control_ids = itertools.count(1)
 _UNSET = -2
 
@@ -97,6 +93,7 @@ class ApiFactory(Factory):
         self.accepting = True  # False once the daemon drains: no new sessions or listeners
         self.successor: Optional[ApiFactory] = None  # a reload's new generation (control connections keep theirs)
         self.parking = Parking()  # where programs' sockets wait for their CONNECT's result
+        self.outbound: Optional[OutboundFace] = None  # ROUTES and REDIRECT: the outbound face, set by the wiring
         if nofile != _UNSET:
             self.fit(nofile)
 
@@ -139,7 +136,7 @@ class ApiFactory(Factory):
 
 
 @implementer(interfaces.IFileDescriptorReceiver, interfaces.IPushProducer)
-class Control(Protocol):
+class Control(Requests, Protocol):
     """One control connection.  It is its own transport's producer: a program that sends
     requests without reading the replies stops being read once the replies fill the
     transport's buffer, so it cannot grow the daemon's memory."""
@@ -167,7 +164,7 @@ class Control(Protocol):
     # ---- Twisted events
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]  # before any refusal
+        self.creds = Creds.of(self.transport.getHandle())  # before any refusal
         self.uid = self.creds.uid
         self.profile = self.factory.chooser.choose(self.creds)
         if self.profile is not None:
@@ -177,20 +174,20 @@ class Control(Protocol):
             self._refuse(errno.EAGAIN, f"too many API connections: {why}", "limit-controls")
             return
         self.counted = True
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self.transport.registerProducer(self, True)
         api = self.factory.api
         self._arm("hello", api.hello_timeout, f"no HELLO within {api.hello_timeout:g}s of connecting")
 
     def pauseProducing(self) -> None:
         self.paused = True
-        self.transport.stopReading()  # type: ignore[union-attr]
+        self.transport.stopReading()
         if not self.closed:
             self._deadlines()  # no frame deadline while we do not read
 
     def resumeProducing(self) -> None:
         self.paused = False
         if not self.closed and self.transport is not None:
-            self.transport.startReading()  # type: ignore[attr-defined]
+            self.transport.startReading()
             self.dataReceived(b"")  # requests already read, held while paused
 
     def stopProducing(self) -> None:
@@ -333,197 +330,23 @@ class Control(Protocol):
             self._upgrade(event)
         elif isinstance(event, c.Listen):
             self._listen(event)
+        elif isinstance(event, c.Routes):
+            self._reply(c.Value(routes_text(self.factory.outbound)))
+        elif isinstance(event, c.Redirect):
+            self._redirect(event)
         # c.ConnectionClosed: connectionLost follows
 
-    def _connect(self, event: c.Connect) -> None:
-        sock = take(event.fd)
-        try:
-            self._check_connect(event)
-            self._program_socket(sock)
-            self._context(server=False)  # refused now, not after OK
-            self.factory.check_accepting()
-            why = self.factory.ledger.over(self.uid, Resource.SESSIONS, 1)
-            if why is not None:
-                raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
-            try:
-                self.factory.parking.park(sock)
-            except OSError as e:
-                raise ApiError(errno.EINVAL, f"cannot start connecting the program's socket: {e.strerror or e}") \
-                    from None
-        except BaseException:
-            sock.close()
-            raise
-        parked = Parked(self.factory.parking, sock, self._result)  # owns sock now
-        try:
-            session = self._session("connect", self.settings)
-        except BaseException:
-            parked.abandon()
-            raise
-        self._reply(c.Ok())
-        self.pending = session
-        session.start_connect(parked, event.host, event.port, event.family)
-
-    def _program_socket(self, sock: socket.socket) -> None:
-        """CONNECT's descriptor: an unconnected TCP socket, not listening, in our network namespace."""
-        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) \
-                or sock.proto not in (0, socket.IPPROTO_TCP):
-            raise ApiError(errno.EINVAL, "CONNECT needs a TCP socket")
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            raise ApiError(errno.EINVAL, "the socket passed with CONNECT is listening")
-        try:
-            sock.getpeername()
-        except OSError:
-            pass
-        else:
-            raise ApiError(errno.EISCONN, "the socket passed with CONNECT is connected already")
-        if not self.factory.parking.same_netns(sock):
-            raise ApiError(errno.EXDEV, "the program is in another network namespace than the daemon")
-
-    def _result(self, event: c.Event) -> None:
-        """A CONNECT's result (ESTABLISHED or ERROR), sent now (not queued: the program's socket
-        is completed right after, and the frame must be there first); then this connection's
-        job is done, and it is closed."""
-        self.pending = None
-        if self.closed or self.transport is None:
-            raise ConnectionError("the control connection is gone")
-        frame = self.conn.send(event)
-        transport: Any = self.transport
-        if not transport.dataBuffer and not transport._tempDataLen and not getattr(transport, "_sendmsgQueue", None):
-            try:
-                sent = transport.socket.send(frame, socket.MSG_DONTWAIT)
-            except OSError:
-                sent = 0
-            frame = frame[sent:]
-        if frame:
-            transport.write(frame)
-        self.closed = True
-        self._disarm()
-        transport.unregisterProducer()
-        transport.loseConnection()
-
-    def _check_connect(self, event: c.Connect) -> None:
-        host, port, family = event.host, event.port, event.family
-        if not 0 < port < 65536:
-            raise ApiError(errno.EINVAL, f"port {port} out of range")
-        if family not in (0, 4, 6):
-            raise ApiError(errno.EINVAL, f"family {family} unknown")
-        if family:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                raise ApiError(errno.EINVAL, f"{host!r} is not an IP address") from None
-            if address.version != family:
-                raise ApiError(errno.EAFNOSUPPORT, f"{host} is not an IPv{family} address")
-        elif not is_valid_hostname(host):
-            raise ApiError(errno.EINVAL, f"{host!r} is not a host name (letters, digits, hyphens, dots; "
-                                         "IDNs in their xn-- form)")
-
-    def _upgrade(self, event: c.Upgrade) -> None:
-        sock = take(event.fd)
-        try:
-            role = event.role
-            if role not in (wire.ROLE_CLIENT, wire.ROLE_SERVER):
-                raise ApiError(errno.EINVAL, f"role {role} unknown")
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                raise ApiError(errno.EOPNOTSUPP, "TCP_UPGRADE_TLS needs a TCP socket")
-            try:
-                sock.getpeername()
-            except OSError:
-                raise ApiError(errno.ENOTCONN, "the socket to upgrade is not connected") from None
-            server = role == wire.ROLE_SERVER
-            ctx = self._context(server=server)
-            session, carrier = self._start("upgrade-server" if server else "upgrade-client")
-            session.start_upgrade(carrier, sock, ctx if server else None)
-        finally:
-            sock.close()  # the reactor adopted its own duplicate
-
-    def _listen(self, event: c.Listen) -> None:
-        socks: list[socket.socket] = []
-        try:
-            for i, fd in enumerate(event.fds):
-                try:
-                    socks.append(take(fd))
-                except ApiError:
-                    for rest in event.fds[i + 1:]:
-                        close_fd(rest)
-                    raise
-            public, loopback = socks
-            for sock in socks:
-                check_listening(sock, self.factory.parking)
-            if public.family != loopback.family:
-                raise ApiError(errno.EINVAL, "LISTEN's two sockets are of different families")
-            self.factory.check_accepting()
-            listeners = self.factory.caps.listeners
-            if sum(isinstance(x, Listener) for x in self.factory.active) >= listeners:
-                raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
-            ctx = self._context(server=True)
-            backlog = max(_MIN_BACKLOG, min(event.backlog, _MAX_BACKLOG))
-        except BaseException:
-            for sock in socks:
-                sock.close()
-            raise
-        token = os.urandom(wire.TOKEN_SIZE)
-        self.listener = Listener(self, ctx, self.settings, public, loopback, backlog, token)  # owns both now
-        self._reply(c.Ok(token))
-
-    def _context(self, *, server: bool) -> SSL.Context:
-        """The TLS context for these settings; EINVAL (nothing started) if OpenSSL refuses them,
-        say a certificate whose key is below the policy's security level."""
-        try:
-            if server:
-                return server_context(self.settings, self.policy)
-            return client_context(self.settings, self.policy, identity_of(self.profile))
-        except ApiError:
-            raise
-        except Exception as e:  # noqa: BLE001 - OpenSSL's verdict on the program's material
-            why = ssl_text(e) or type(e).__name__
-            raise ApiError(errno.EINVAL, f"the TLS settings cannot be used: {why}") from None
-
-    # ---- helpers
-    def _start(self, op: str) -> tuple[TLSSession, Carrier]:
-        """UPGRADE: a session and its carrier, the program's end sent with CARRIER; or ApiError."""
-        self.factory.check_accepting()
-        why = self.factory.ledger.over(self.uid, Resource.FDS, 1)
-        if why is not None:
-            raise ApiError(errno.EAGAIN, f"too many descriptors in flight: {why}")
-        session = self._session(op, self.settings)
-        try:
-            carrier, program_end = adopt_carrier_or_fail(self.factory.reactor, session)
-        except OSError as e:
-            raise ApiError(errno.EAGAIN if e.errno in (errno.EMFILE, errno.ENFILE) else errno.EIO,
-                           f"the daemon cannot make a carrier connection: {e.strerror or e}") from None
-        self._hand(program_end, c.Carrier(program_end.fileno()))
-        return session, carrier
-
-    def _owner(self) -> tuple[int, Optional[str]]:
-        """Whose TLS_CONTEXT ids these are: the uid, under its profile (one profile's settings
-        are checked against its policy, and must not reach a program under another)."""
-        return self.uid, self.profile.name if self.profile is not None else None
-
-    def _session(self, op: str, settings: Settings) -> TLSSession:
-        """A session, holding one of its uid's sessions until it ends; ApiError(EAGAIN) if none is left."""
+    def _redirect(self, event: c.Redirect) -> None:
+        """A plain connect handed over by the library (ssaproxy.api.redirect); OK once the
+        outbound face runs it."""
         assert self.creds is not None
-        ledger = self.factory.ledger
-        why = ledger.take(self.uid, Resource.SESSIONS)
-        if why is not None:
-            raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
         try:
-            session = TLSSession(reactor=self.factory.reactor, policy=self.policy, settings=settings,
-                                 limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active,
-                                 profile=self.profile)
-        except BaseException:
-            ledger.give(self.uid, Resource.SESSIONS)
+            self.factory.check_accepting()
+        except ApiError:
+            close_fd(event.fd)
             raise
-        session.on_finish = functools.partial(ledger.give, self.uid, Resource.SESSIONS)
-        return session
-
-    def _hand(self, program_end: socket.socket, event: c.Carrier) -> None:
-        """Send `program_end` with its frame; it stays open here until the program has it."""
-        assert self.transport is not None
-        frame = self.conn.send(event)
-        self.handed.append(program_end)
-        self.transport.sendFileDescriptor(program_end.fileno())  # type: ignore[attr-defined]
-        self.transport.write(frame)
+        redirect(event, self.factory.outbound, self.factory.parking, self.factory.ledger, self.creds, self.profile)
+        self._reply(c.Ok())
 
     def _reply(self, event: c.Event) -> None:
         if self.transport is not None and not self.closed:
@@ -544,7 +367,7 @@ class Control(Protocol):
             self.transport.write(self.conn.refuse(code, text))
             # A paused producer would be resumed instead of disconnected once the buffer
             # drains (Twisted's doWrite): stop producing first, or the connection never ends.
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _close_fds(self) -> None:

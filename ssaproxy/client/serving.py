@@ -17,7 +17,7 @@ import contextlib
 import errno
 import socket as _socket_module
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ssaproxy.client import _io
 from ssaproxy.proto import connection as c
@@ -25,8 +25,7 @@ from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
 from ssaproxy.proto.connection import Phase, check
 
-if TYPE_CHECKING:
-    from ssaproxy.client.tlssocket import socket
+socket = Any  # the library's socket class (ssaproxy.client.tlssocket imports this module)
 
 _std = _socket_module.socket
 _LOOPBACK = {_socket_module.AF_INET: "127.0.0.1", _socket_module.AF_INET6: "::1"}
@@ -98,7 +97,7 @@ def accept(sock: socket) -> tuple[socket, Any]:
     if problem is not None:
         raise sock._err(problem, "accept() on a socket that is not listening")
     while True:
-        fd, _ = sock._accept()  # type: ignore[attr-defined]  # blocking, timeout or EAGAIN: the kernel's
+        fd, _ = sock._accept()  # blocking, timeout or EAGAIN: the kernel's
         probe = _std(sock.family, _socket_module.SOCK_STREAM, 0, fileno=fd)
         try:
             probe.settimeout(0.0)

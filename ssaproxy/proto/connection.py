@@ -42,6 +42,8 @@ from ssaproxy.proto.events import (  # noqa: F401 - the events are part of this 
     Hello,
     Listen,
     Ok,
+    Redirect,
+    Routes,
     SetOption,
     Upgrade,
     Value,
@@ -98,11 +100,13 @@ class RemoteProtocolError(ProtocolViolation):
 
 
 # ---- the rules ---------------------------------------------------------------------------
-_PROGRAM_KINDS = frozenset({Kind.HELLO, Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE})
+_PROGRAM_KINDS = frozenset({Kind.HELLO, Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE, Kind.ROUTES,
+                            Kind.REDIRECT})
 # Requests a program may send in each phase (strictly one at a time).
 _REQUESTS: dict[Phase, frozenset[Kind]] = {
     Phase.FRESH: frozenset({Kind.HELLO}),
-    Phase.OPEN: frozenset({Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE}),
+    Phase.OPEN: frozenset({Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE, Kind.ROUTES,
+                           Kind.REDIRECT}),
 }
 # The frames that may answer each request.
 _REPLIES: dict[Kind, frozenset[Kind]] = {
@@ -112,6 +116,8 @@ _REPLIES: dict[Kind, frozenset[Kind]] = {
     Kind.CONNECT: frozenset({Kind.OK, Kind.ERROR}),
     Kind.UPGRADE: frozenset({Kind.CARRIER, Kind.ERROR}),
     Kind.LISTEN: frozenset({Kind.OK, Kind.ERROR}),
+    Kind.ROUTES: frozenset({Kind.VALUE, Kind.ERROR}),
+    Kind.REDIRECT: frozenset({Kind.OK, Kind.ERROR}),
 }
 # What the daemon sends unasked: the result (on the control connection after CONNECT, on the
 # carrier after UPGRADE), and the ACCEPTED frame on a delivered connection.
@@ -126,6 +132,7 @@ _AFTER_REPLY: dict[tuple[Kind, Kind], Phase] = {
     (Kind.CONNECT, Kind.OK): Phase.CONNECTING,
     (Kind.UPGRADE, Kind.CARRIER): Phase.CONNECTING,
     (Kind.LISTEN, Kind.OK): Phase.LISTENING,
+    (Kind.REDIRECT, Kind.OK): Phase.CONNECTED,  # the socket is the outbound face's now: nothing more to say
 }
 _AFTER_UNASKED: dict[Kind, Phase] = {Kind.ESTABLISHED: Phase.CONNECTED, Kind.ERROR: Phase.FAILED}
 
@@ -141,7 +148,7 @@ _CALLS: dict[str, dict[Phase, Optional[int]]] = {
                Phase.CONNECTED: errno.EISCONN, Phase.LISTENING: errno.EISCONN, Phase.CLOSED: errno.EBADF},
 }
 _CALL_OF: dict[Kind, str] = {Kind.SETOPT: "setopt", Kind.GETOPT: "setopt", Kind.CONNECT: "connect",
-                             Kind.UPGRADE: "connect", Kind.LISTEN: "listen"}
+                             Kind.UPGRADE: "connect", Kind.LISTEN: "listen", Kind.REDIRECT: "connect"}
 
 
 def check(call: str, phase: Phase) -> Optional[int]:
@@ -351,6 +358,7 @@ class Connection:
 __all__ = [
     "MAX_FDS_HELD", "NEED_DATA", "OUTCOME_ERRNO", "Accepted", "Address", "Carrier", "Connect", "Connection",
     "ConnectionClosed", "Error", "Established", "Event", "GetOption", "Hello", "Listen", "LocalProtocolError",
-    "NeedData", "Ok", "Phase", "ProtocolViolation", "RemoteProtocolError", "Role", "SetOption", "Upgrade", "Value",
+    "NeedData", "Ok", "Phase", "ProtocolViolation", "Redirect", "RemoteProtocolError", "Role", "Routes", "SetOption",
+    "Upgrade", "Value",
     "Welcome", "check",
 ]

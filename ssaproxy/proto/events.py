@@ -51,6 +51,23 @@ class Upgrade:
 
 
 @dataclass(frozen=True)
+class Routes:
+    """Which destinations the daemon's outbound routes cover (answered with VALUE: text lines)."""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Hand the program's unconnected TCP socket to the outbound face, as if iptables had
+    redirected its connection to (host, port)."""
+
+    host: str  # an IP literal
+    port: int
+    family: int  # 4 or 6
+    name: Optional[str] = None  # what the program resolved to `host` (hostname_from = "resolved")
+    fd: int = -1
+
+
+@dataclass(frozen=True)
 class Welcome:
     version: int
     session: int
@@ -97,12 +114,13 @@ class ConnectionClosed:
 
 
 Event = Union[Hello, SetOption, GetOption, Connect, Listen, Upgrade, Welcome, Ok, Value, Error, Carrier,
-              Established, Accepted, ConnectionClosed]
+              Established, Accepted, ConnectionClosed, Routes, Redirect]
 
 KINDS: dict[type, Kind] = {
     Hello: Kind.HELLO, SetOption: Kind.SETOPT, GetOption: Kind.GETOPT, Connect: Kind.CONNECT, Listen: Kind.LISTEN,
     Upgrade: Kind.UPGRADE, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
     Carrier: Kind.CARRIER, Established: Kind.ESTABLISHED, Accepted: Kind.ACCEPTED,
+    Routes: Kind.ROUTES, Redirect: Kind.REDIRECT,
 }
 _CLASSES: dict[Kind, type] = {kind: cls for cls, kind in KINDS.items()}
 

@@ -38,6 +38,8 @@ class Kind(enum.IntEnum):
     LISTEN = 5
     UPGRADE = 6
     # 7 was ACK (version 1): not used again
+    ROUTES = 8  # the outbound routes, for redirection without iptables (docs/api.md)
+    REDIRECT = 9
     # daemon -> program
     WELCOME = 64
     OK = 65
@@ -65,6 +67,7 @@ class Tag(enum.IntEnum):
     SESSION = 14
     FAMILY = 15
     TOKEN = 16
+    NAME = 17  # REDIRECT: the host name the program resolved to HOST
 
 
 INFO_BASE = 0x1000  # tag INFO_BASE + N carries getsockopt(IPPROTO_TLS, N)'s value
@@ -72,7 +75,7 @@ ROLE_CLIENT, ROLE_SERVER = 1, 2
 
 _INTS = {Tag.VERSION, Tag.ERRNO, Tag.OPTION, Tag.PORT, Tag.ROLE, Tag.BACKLOG, Tag.PEER_PORT,
          Tag.LOCAL_PORT, Tag.SESSION, Tag.FAMILY}
-_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST}
+_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST, Tag.NAME}
 
 TOKEN_SIZE = 32  # LISTEN's OK{TOKEN}: what precedes each ACCEPTED frame on a delivered connection
 
@@ -84,6 +87,8 @@ _SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, int]] = {
     Kind.CONNECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset(), False, 1),  # the program's socket
     Kind.LISTEN: (frozenset({Tag.BACKLOG}), frozenset(), False, 2),  # [B (bound to the address), N (loopback)]
     Kind.UPGRADE: (frozenset({Tag.ROLE}), frozenset(), False, 1),
+    Kind.ROUTES: (frozenset(), frozenset(), False, 0),
+    Kind.REDIRECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset({Tag.NAME}), False, 1),  # its socket
     Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset(), False, 0),
     Kind.OK: (frozenset(), frozenset({Tag.TOKEN}), False, 0),
     Kind.VALUE: (frozenset({Tag.VALUE}), frozenset(), False, 0),
