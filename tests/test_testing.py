@@ -6,6 +6,8 @@ and reset on the carrier — which otherwise only the twistd tests reach."""
 from __future__ import annotations
 
 import errno
+import os
+import select
 import selectors
 import socket
 import struct
@@ -153,6 +155,34 @@ def test_nonblocking_connect_reports_through_writability(fake: FakeDaemon, echo_
     s.setblocking(True)
     assert s.recv(1) == b"x"
     s.close()
+
+
+def test_an_edge_triggered_registration_and_a_dup_made_before_connect_stay_valid(fake: FakeDaemon,
+                                                                                 echo_port: int) -> None:
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    s.setblocking(False)
+    copy = os.dup(s.fileno())
+    edge = select.epoll()
+    try:
+        edge.register(copy, select.EPOLLOUT | select.EPOLLET)
+        edge.poll(0)  # an unconnected socket's one OUT|HUP
+        assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EINPROGRESS
+        events = []
+        for _ in range(40):  # bounded: 6 s, the completion is due in milliseconds
+            events += edge.poll(0.05)
+            if events:
+                more = edge.poll(0.1)  # anything after the first edge counts too
+                events += more
+                if not more:
+                    break
+        assert events == [(copy, select.EPOLLOUT)], events  # one edge, on the dup
+        os.write(copy, b"via dup")
+        s.setblocking(True)
+        assert s.recv(16) == b"via dup"
+    finally:
+        edge.close()
+        os.close(copy)
+        s.close()
 
 
 def test_a_reset_reaches_the_program_as_ECONNRESET(fake: FakeDaemon) -> None:
