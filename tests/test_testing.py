@@ -5,6 +5,7 @@ and reset on the carrier — which otherwise only the twistd tests reach."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import select
@@ -240,3 +241,38 @@ def test_a_malformed_request_is_refused_like_the_daemon_does(fake: FakeDaemon) -
     message = decoder.next_message()
     assert message is not None and message.kind == wire.Kind.ERROR
     assert message.int(wire.Tag.ERRNO) == errno.EPROTO
+
+
+def test_an_asyncio_loop_connects_a_nonblocking_tls_socket_as_a_tcp_one(fake: FakeDaemon, echo_port: int) -> None:
+    """What asyncio's sock_connect does once the address is resolved: connect, EINPROGRESS, a
+    writer callback on writability, then SO_ERROR.  (sock_connect itself resolves through
+    getaddrinfo with the socket's proto, which refuses IPPROTO_TLS.)"""
+
+    async def connect(s: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EINPROGRESS
+        writable = loop.create_future()
+        loop.add_writer(s.fileno(), lambda: writable.done() or writable.set_result(None))
+        try:
+            await asyncio.wait_for(writable, 10)
+        finally:
+            loop.remove_writer(s.fileno())
+        return int(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    async def main() -> tuple[int, bytes, int]:
+        s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+        s.setblocking(False)
+        code = await connect(s)
+        reader, writer = await asyncio.open_connection(sock=s)
+        writer.write(b"from asyncio")
+        got = await asyncio.wait_for(reader.read(100), 10)
+        writer.close()
+        fake.outcomes[("127.0.0.1", echo_port)] = "verify-failed"
+        bad = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+        bad.setblocking(False)
+        try:
+            return code, got, await connect(bad)
+        finally:
+            bad.close()
+
+    assert asyncio.run(main()) == (0, b"from asyncio", errno.EPROTO)
