@@ -149,6 +149,24 @@ result["same_fd"] = s.fileno() == fd
     assert r["echo"] == "again\n" and r["same_fd"], r
 
 
+def test_an_ipv6_socket_is_parked_and_completed_over_ipv6_loopback(api: ApiDaemon, pki: PKI) -> None:
+    port = api.tls_server("echo", pki.server("good"), "--host", "::1")
+    r = api.program(f"""
+s = ssaproxy.socket(socket.AF_INET6, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+fd = s.fileno()
+s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+s.connect(("::1", {port}))
+s.sendall(b"six\\n")
+result["echo"] = s.recv(100).decode()
+result["peer"] = s.getpeername()
+result["kernel_peer"] = socket.socket.getpeername(s)[0]  # the carrier: ::1, the daemon's end
+result["same_fd"] = s.fileno() == fd
+""")
+    assert r["_exit"] == 0, r["_stderr"]
+    assert r["echo"] == "six\n" and r["peer"] == ["::1", port, 0, 0] and r["same_fd"], r
+    assert r["kernel_peer"] == "::1", r
+
+
 def test_early_writes_wait_as_on_a_tcp_socket_still_connecting(api: ApiDaemon, pki: PKI) -> None:
     port = api.tls_server("echo", pki.server("good"), "--delay", "0.5")
     r = api.program(f"""

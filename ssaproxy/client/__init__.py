@@ -5,13 +5,13 @@
     s.connect(("192.0.2.10", 443))   # after a verified handshake, or OSError(errno)
 
 Modules, one job each: `tlssocket` (the socket class), `serving` (its bind, listen and
-accept), `record` (what it knows about one socket; connect()'s address rules), `_io` (the
-control connection, frames between a socket and a `ssaproxy.proto.connection.Connection`,
-errors), `values` (option values), `starttls` (`upgrade`, `Context`), `redirect` (ROUTES and
-REDIRECT for one plain socket: what the C library does under `ssaproxy run`), `run` (`ssaproxy
-run`, `ssaproxy c-flags`); `install` is here.  The protocol's rules are the Connection's,
-shared with the daemon.  Only the standard library is used here, so a program does not load
-the daemon's code.
+accept), `result` (taking a connect's or an upgrade's result), `record` (what it knows about
+one socket; connect()'s address rules), `_io` (the control connection, frames between a
+socket and a `ssaproxy.proto.connection.Connection`, errors), `values` (option values),
+`starttls` (`upgrade`, `Context`), `redirect` (ROUTES and REDIRECT for one plain socket: what
+the C library does under `ssaproxy run`), `run` (`ssaproxy run`, `ssaproxy c-flags`); `install`
+is here.  The protocol's rules are the Connection's, shared with the daemon.  Only the standard
+library is used here, so a program does not load the daemon's code.
 """
 
 from __future__ import annotations

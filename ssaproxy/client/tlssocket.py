@@ -21,7 +21,7 @@ import socket as _socket_module
 import struct
 from typing import Any, Optional
 
-from ssaproxy.client import _io, serving
+from ssaproxy.client import _io, result, serving
 from ssaproxy.client._io import Control, error
 from ssaproxy.client.record import SocketRecord, target
 from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
@@ -32,7 +32,6 @@ from ssaproxy.proto.connection import Phase, check
 _std = _socket_module.socket
 TLS_UPGRADE_CLIENT = 1  # TCP_UPGRADE_TLS values
 TLS_UPGRADE_SERVER = 2
-_SETTLE = 2.0  # seconds: the daemon completes or resets the socket right after the result frame
 
 
 class socket(_std):
@@ -253,74 +252,8 @@ class socket(_std):
         return 0
 
     def _settle(self, *, block: bool) -> bool:
-        """Take the connect/upgrade result (CONNECT: on the control connection; UPGRADE: on the
-        carrier).  True once connected; False when not there yet (non-blocking); the failure's
-        errno as an OSError, reported once to connect() and once to SO_ERROR."""
-        t = self._tls
-        if t.phase != Phase.CONNECTING:
-            return t.phase == Phase.CONNECTED
-        if t.control is None:  # UPGRADE: the result is the carrier's first frame
-            return self._settle_carrier(block=block)
-        source = t.control.sock
-        try:
-            if block:
-                timeout = self.gettimeout()
-                event = _io.next_event(source, t.conn, _io.result_timeout() if timeout is None else timeout)
-            else:
-                event = _io.next_event(source, t.conn, 0)
-                if event is None and _io.wait_writable(self.fileno(), 0):
-                    # The socket was completed or reset: its result is already on its way.
-                    event = _io.next_event(source, t.conn, _SETTLE)
-                if event is None:
-                    return False
-        except TimeoutError:
-            raise
-        except OSError as e:
-            self._failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
-            raise error(t.failed_errno, t.error) from None
-        except c.RemoteProtocolError as e:
-            self._failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
-            raise error(errno.EPROTO, t.error) from None
-        t.close_control()
-        _io.wait_writable(self.fileno(), _SETTLE)  # completed (or reset) right after the frame
-        if isinstance(event, c.Error):
-            with contextlib.suppress(OSError):  # the reset's ECONNRESET: the result's errno replaces it
-                _std.getsockopt(self, _socket_module.SOL_SOCKET, _socket_module.SO_ERROR)
-        return self._result(event)
-
-    def _settle_carrier(self, *, block: bool) -> bool:
-        t = self._tls
-        try:
-            if block:
-                _io.wait_frame(self, self.gettimeout())  # TimeoutError leaves the frame where it is
-            elif _io.frame_ready(self) is False:
-                return False
-            event = _io.next_event(self, t.conn, 1.0)  # whole (or EOF), so this does not wait
-        except TimeoutError:
-            raise
-        except OSError as e:
-            self._failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
-            raise error(t.failed_errno, t.error) from None
-        except c.RemoteProtocolError as e:
-            self._failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
-            raise error(errno.EPROTO, t.error) from None
-        return self._result(event)
-
-    def _result(self, event: Optional[c.Event]) -> bool:
-        t = self._tls
-        if isinstance(event, c.Established):
-            self._established(event)
-            return True
-        if isinstance(event, c.Error):  # the connection is FAILED now
-            t.error, t.failed_errno = event.text, event.errno
-            t.unreported = {"connect": True, "so_error": True}
-        else:
-            self._failed(errno.ECONNABORTED, "the ssaproxy daemon ended the connection")
-        raise self._err(t.failed_errno, t.error)
-
-    def _failed(self, code: int, text: str) -> None:
-        self._tls.close_control()
-        self._tls.failed(code, text)
+        """The connect/upgrade result: see `result.settle`."""
+        return result.settle(self, block=block)
 
     def _established(self, event: c.Established | c.Accepted) -> None:
         t = self._tls
