@@ -126,9 +126,9 @@ while True:
 """
 
 
-def _s_client(pki: PKI, port: int, name: str, sigalgs: str) -> str:
+def _s_client(pki: PKI, port: int, name: str, sigalgs: str, *extra: str) -> str:
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
-                        "-CAfile", str(pki.root_pem), "-verify_return_error", "-sigalgs", sigalgs],
+                        "-CAfile", str(pki.root_pem), "-verify_return_error", "-sigalgs", sigalgs, *extra],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
     return r.stdout + r.stderr
 
@@ -147,18 +147,70 @@ def test_sni_and_key_type_choose_the_chain(api: ApiDaemon, pki: PKI, tmp_path: P
         rsa = "rsa_pss_rsae_sha256:rsa_pss_pss_sha256"
         ecdsa = "ecdsa_secp256r1_sha256"
         seen = {}
-        for name, sigalgs in (("backend.test", rsa), ("backend.test", ecdsa), ("a.wild.test", ecdsa),
-                              ("nothing.test", ecdsa)):
-            out = _s_client(pki, port, name, sigalgs)
+        for name, sigalgs, *extra in (("backend.test", rsa), ("backend.test", ecdsa), ("a.wild.test", ecdsa),
+                                      ("nothing.test", ecdsa), ("backend.test", "RSA+SHA256", "-tls1_2"),
+                                      ("backend.test", "ECDSA+SHA256", "-tls1_2")):
+            out = _s_client(pki, port, name, sigalgs, *extra)
             assert "Verify return code: 0 (ok)" in out, out[-2000:]  # each chain with its own intermediate
             subject = re.search(r"^subject=.*?CN ?= ?([^,\n]+)", out, re.M)
             bits = re.search(r"Server public key is (\d+) bit", out)
             assert subject and bits, out[-2000:]
             seen[(name, sigalgs)] = (subject.group(1), int(bits.group(1)))
+            assert ("TLSv1.2" if extra else "TLSv1.3") in out
         assert seen[("backend.test", rsa)] == ("backend.test", 2048)  # RSA and ECDSA side by side
         assert seen[("backend.test", ecdsa)] == ("backend.test", 256)
         assert seen[("a.wild.test", ecdsa)] == ("*.wild.test", 256)  # a wildcard, by service-identity
         assert seen[("nothing.test", ecdsa)] == ("*.wild.test", 256)  # no match: the first chain
+        assert seen[("backend.test", "RSA+SHA256")] == ("backend.test", 2048)  # TLS 1.2 as well
+        assert seen[("backend.test", "ECDSA+SHA256")] == ("backend.test", 256)
+    finally:
+        stop(server)
+
+
+MTLS_SERVER = """
+import socket, sys
+import ssaproxy
+port, ca, pairs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+for chain, key in zip(pairs[::2], pairs[1::2]):
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, chain)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, key)
+s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_REQUEST_PEER_AUTH, 1)
+s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, ca)
+s.bind(("127.0.0.1", port))
+s.listen()
+print("listening", flush=True)
+while True:
+    conn, addr = s.accept()
+    with conn:
+        get = lambda n: conn.getsockopt(ssaproxy.IPPROTO_TLS, n).decode()
+        print("peer", get(ssaproxy.TLS_SERVER_NAME), get(ssaproxy.TLS_PEER_IDENTITY), flush=True)
+        conn.sendall(b"hello\\n")
+"""
+
+
+def test_client_certificates_are_checked_on_every_chain(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    script = tmp_path / "mtls_server.py"
+    script.write_text(MTLS_SERVER)
+    port = free_port()
+    argv = [sys.executable, str(script), str(port), str(pki.client_ca_pem)]
+    for case in ("good_wildcard", "good"):
+        argv += [str(pki.server(case).chain), str(pki.server(case).key)]
+    log = tmp_path / "mtls.log"
+    server = api.spawn(argv, log)
+    client = pki.client("client_good")
+    try:
+        wait_for_text(log, "listening", server, 15)
+        for name in ("backend.test", "a.wild.test"):  # the second chain's context, and the first's
+            out = _s_client(pki, port, name, "ecdsa_secp256r1_sha256", "-cert", str(client.cert), "-key",
+                            str(client.key), "-cert_chain", str(client.chain))
+            assert "Verify return code: 0 (ok)" in out, out[-2000:]
+            wait_for_text(log, f"peer {name} dns:", server, 15)
+        refused = _s_client(pki, port, "backend.test", "ecdsa_secp256r1_sha256")  # no client certificate
+        assert "hello" not in refused
+        assert "no client certificate" in api.wait_event("accept verify-failed")
+        verified = [e for e in api.events() if " accept closed: " in e and "verified=True" in e]
+        assert {re.search(r"sni=(\S+)", e).group(1) for e in verified} >= {"backend.test", "a.wild.test"}  # type: ignore[union-attr]
     finally:
         stop(server)
 
