@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
+from ssaproxy.client.values import MAX_DIRECTORY, pem
 from ssaproxy.config import Policy
 from ssaproxy.proto import options as o
 from ssaproxy.tls.sni import valid_for
@@ -463,3 +464,35 @@ t.close()  # no close_notify: the server's program reads ECONNRESET
         assert log.read_text().count("Connection reset by peer") >= 2
     finally:
         stop(server)
+
+
+def test_the_library_reads_a_certificate_directory(pki: PKI, tmp_path: Path) -> None:
+    where = tmp_path / "dir"
+    where.mkdir()
+    root = Path(pki.root_pem).read_bytes()
+    (where / "a.pem").write_bytes(root + _other_root(pki))
+    (where / "notes.txt").write_text("no certificate here\n")
+    (where / "sub").mkdir()  # not read: only the directory's own regular files
+    (where / "sub" / "c.pem").write_bytes(Path(pki.server("good").chain).read_bytes())
+    (where / "1a2b3c4d.0").symlink_to("a.pem")  # as openssl rehash links: read once
+    got = pem(str(where), "anchors", directory=True)
+    assert got.count(b"-----BEGIN CERTIFICATE-----") == 2
+    with pytest.raises(OSError, match="cannot read") as e:
+        pem(str(where / "sub"), "chain")  # a directory is a file path only for the trust options
+    assert e.value.errno == errno.EISDIR
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README").write_text("nothing\n")
+    with pytest.raises(OSError, match="no PEM certificate") as e:
+        pem(str(empty), "anchors", directory=True)
+    assert e.value.errno == errno.EINVAL
+    big = tmp_path / "big"
+    big.mkdir()
+    block = b"A" * 64 + b"\n"
+    for i in range(MAX_DIRECTORY // (len(block) * 100) + 2):  # distinct blocks, over the limit together
+        body = b"".join(b"-----BEGIN CERTIFICATE-----\n" + str(i * 100 + j).encode() + block
+                        + b"-----END CERTIFICATE-----\n" for j in range(100))
+        (big / f"{i}.pem").write_bytes(body)
+    with pytest.raises(OSError, match="bytes together") as e:
+        pem(str(big), "anchors", directory=True)
+    assert e.value.errno == errno.EINVAL
