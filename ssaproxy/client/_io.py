@@ -44,23 +44,36 @@ def error(code: int, text: str) -> OSError:
 
 
 def send_frame(sock: socket.socket, frame: bytes, fds: Sequence[int] = ()) -> None:
-    """Write one frame; `fds` go as one SCM_RIGHTS message on its first byte, in order."""
-    if not fds:
-        _std.sendall(sock, frame)
-        return
-    raw = array.array("i", list(fds))
-    sent = _std.sendmsg(sock, [frame[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, raw.tobytes())])
-    if sent != 1:
-        raise OSError(errno.EIO, "could not pass the file descriptor")
-    _std.sendall(sock, frame[1:])
+    """Write one frame; `fds` go as one SCM_RIGHTS message on its first byte, in order.  The
+    socket may be non-blocking (the control connection is): a full buffer is waited out, for
+    at most CONTROL_TIMEOUT."""
+    deadline = time.monotonic() + control_timeout()
+    view = memoryview(frame)
+    while fds:
+        raw = array.array("i", list(fds))
+        try:
+            sent = _std.sendmsg(sock, [view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, raw.tobytes())])
+        except (BlockingIOError, InterruptedError):
+            _wait(sock, deadline, write=True)
+            continue
+        if sent != 1:
+            raise OSError(errno.EIO, "could not pass the file descriptor")
+        view = view[1:]
+        break
+    while view:
+        try:
+            view = view[_std.send(sock, view):]
+        except (BlockingIOError, InterruptedError):
+            _wait(sock, deadline, write=True)
 
 
-def _wait(sock: socket.socket, deadline: Optional[float]) -> None:
+def _wait(sock: socket.socket, deadline: Optional[float], write: bool = False) -> None:
     remaining = None if deadline is None else deadline - time.monotonic()
     if remaining is not None and remaining <= 0:
         raise TimeoutError("timed out")
-    ready, _, _ = select.select([sock], [], [], remaining)
-    if not ready:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(None if remaining is None else remaining * 1000):
         raise TimeoutError("timed out")
 
 
@@ -230,6 +243,7 @@ class Control:
             self.sock.close()
             raise error(e.errno or errno.ECONNREFUSED,
                         f"the ssaproxy daemon is not reachable at {path}: {e.strerror or e}") from None
+        self.sock.settimeout(0.0)  # reads and writes wait in `_wait`, bounded by their own deadlines
         try:
             self.request(c.Hello(wire.VERSION))
         except BaseException:
