@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, server_context
+from ssaproxy.client.values import MAX_DIRECTORY, pem
 from ssaproxy.config import Policy
 from ssaproxy.proto import options as o
 from ssaproxy.tls.sni import valid_for
@@ -126,9 +127,9 @@ while True:
 """
 
 
-def _s_client(pki: PKI, port: int, name: str, sigalgs: str) -> str:
+def _s_client(pki: PKI, port: int, name: str, sigalgs: str, *extra: str) -> str:
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
-                        "-CAfile", str(pki.root_pem), "-verify_return_error", "-sigalgs", sigalgs],
+                        "-CAfile", str(pki.root_pem), "-verify_return_error", "-sigalgs", sigalgs, *extra],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
     return r.stdout + r.stderr
 
@@ -147,18 +148,70 @@ def test_sni_and_key_type_choose_the_chain(api: ApiDaemon, pki: PKI, tmp_path: P
         rsa = "rsa_pss_rsae_sha256:rsa_pss_pss_sha256"
         ecdsa = "ecdsa_secp256r1_sha256"
         seen = {}
-        for name, sigalgs in (("backend.test", rsa), ("backend.test", ecdsa), ("a.wild.test", ecdsa),
-                              ("nothing.test", ecdsa)):
-            out = _s_client(pki, port, name, sigalgs)
+        for name, sigalgs, *extra in (("backend.test", rsa), ("backend.test", ecdsa), ("a.wild.test", ecdsa),
+                                      ("nothing.test", ecdsa), ("backend.test", "RSA+SHA256", "-tls1_2"),
+                                      ("backend.test", "ECDSA+SHA256", "-tls1_2")):
+            out = _s_client(pki, port, name, sigalgs, *extra)
             assert "Verify return code: 0 (ok)" in out, out[-2000:]  # each chain with its own intermediate
             subject = re.search(r"^subject=.*?CN ?= ?([^,\n]+)", out, re.M)
             bits = re.search(r"Server public key is (\d+) bit", out)
             assert subject and bits, out[-2000:]
             seen[(name, sigalgs)] = (subject.group(1), int(bits.group(1)))
+            assert ("TLSv1.2" if extra else "TLSv1.3") in out
         assert seen[("backend.test", rsa)] == ("backend.test", 2048)  # RSA and ECDSA side by side
         assert seen[("backend.test", ecdsa)] == ("backend.test", 256)
         assert seen[("a.wild.test", ecdsa)] == ("*.wild.test", 256)  # a wildcard, by service-identity
         assert seen[("nothing.test", ecdsa)] == ("*.wild.test", 256)  # no match: the first chain
+        assert seen[("backend.test", "RSA+SHA256")] == ("backend.test", 2048)  # TLS 1.2 as well
+        assert seen[("backend.test", "ECDSA+SHA256")] == ("backend.test", 256)
+    finally:
+        stop(server)
+
+
+MTLS_SERVER = """
+import socket, sys
+import ssaproxy
+port, ca, pairs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+for chain, key in zip(pairs[::2], pairs[1::2]):
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, chain)
+    s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_PRIVATE_KEY, key)
+s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_REQUEST_PEER_AUTH, 1)
+s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, ca)
+s.bind(("127.0.0.1", port))
+s.listen()
+print("listening", flush=True)
+while True:
+    conn, addr = s.accept()
+    with conn:
+        get = lambda n: conn.getsockopt(ssaproxy.IPPROTO_TLS, n).decode()
+        print("peer", get(ssaproxy.TLS_SERVER_NAME), get(ssaproxy.TLS_PEER_IDENTITY), flush=True)
+        conn.sendall(b"hello\\n")
+"""
+
+
+def test_client_certificates_are_checked_on_every_chain(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    script = tmp_path / "mtls_server.py"
+    script.write_text(MTLS_SERVER)
+    port = free_port()
+    argv = [sys.executable, str(script), str(port), str(pki.client_ca_pem)]
+    for case in ("good_wildcard", "good"):
+        argv += [str(pki.server(case).chain), str(pki.server(case).key)]
+    log = tmp_path / "mtls.log"
+    server = api.spawn(argv, log)
+    client = pki.client("client_good")
+    try:
+        wait_for_text(log, "listening", server, 15)
+        for name in ("backend.test", "a.wild.test"):  # the second chain's context, and the first's
+            out = _s_client(pki, port, name, "ecdsa_secp256r1_sha256", "-cert", str(client.cert), "-key",
+                            str(client.key), "-cert_chain", str(client.chain))
+            assert "Verify return code: 0 (ok)" in out, out[-2000:]
+            wait_for_text(log, f"peer {name} dns:", server, 15)
+        refused = _s_client(pki, port, "backend.test", "ecdsa_secp256r1_sha256")  # no client certificate
+        assert "hello" not in refused
+        assert "no client certificate" in api.wait_event("accept verify-failed")
+        verified = [e for e in api.events() if " accept closed: " in e and "verified=True" in e]
+        assert {re.search(r"sni=(\S+)", e).group(1) for e in verified} >= {"backend.test", "a.wild.test"}  # type: ignore[union-attr]
     finally:
         stop(server)
 
@@ -290,14 +343,14 @@ result["min"] = s.getsockopt(T, ssaproxy.TLS_VERSION_MIN)
 RAGGED_LISTENER = """
 import socket, sys
 import ssaproxy
-port, pem, allow = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, pem, allow, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
 s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_CERTIFICATE_CHAIN, pem)
 s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ALLOW_RAGGED_EOF, allow)
 s.bind(("127.0.0.1", port))
 s.listen()
 print("listening", flush=True)
-for _ in range(2):
+for _ in range(count):
     conn, addr = s.accept()
     got = b""
     try:
@@ -338,19 +391,21 @@ def test_a_clients_ragged_end_on_an_accepted_socket(api: ApiDaemon, pki: PKI, tm
     client.write_text(RAGGED_CLIENT)
     port = free_port()
     log = tmp_path / "listener.log"
-    server = api.spawn([sys.executable, str(script), str(port), str(_combined(pki, tmp_path)), str(allow)], log)
+    count = 12  # clients that end at once after their data, each racing the daemon's delivery to the program
+    server = api.spawn([sys.executable, str(script), str(port), str(_combined(pki, tmp_path)), str(allow),
+                        str(count)], log)
     try:
         wait_for_text(log, "listening", server, 15)
-        for _ in range(2):
+        for _ in range(count):
             r = subprocess.run([sys.executable, str(client), str(port), str(pki.root_pem)], capture_output=True,
                                text=True, timeout=20)
             assert r.returncode == 0, r.stderr
         server.wait(20)
         lines = [line for line in log.read_text().splitlines() if line.startswith(("EOF", "ERROR"))]
         if allow:
-            assert lines == ["EOF 1 b'no close_notify follows'"] * 2, log.read_text()
+            assert lines == ["EOF 1 b'no close_notify follows'"] * count, log.read_text()
         else:
-            assert lines == [f"ERROR {errno.ECONNRESET} b'no close_notify follows'"] * 2, log.read_text()
+            assert lines == [f"ERROR {errno.ECONNRESET} b'no close_notify follows'"] * count, log.read_text()
         event = api.wait_event("accept truncated")  # the log says what happened either way
         assert "no close_notify" in event or "without close_notify" in event
         if allow:
@@ -411,3 +466,35 @@ t.close()  # no close_notify: the server's program reads ECONNRESET
         assert log.read_text().count("Connection reset by peer") >= 2
     finally:
         stop(server)
+
+
+def test_the_library_reads_a_certificate_directory(pki: PKI, tmp_path: Path) -> None:
+    where = tmp_path / "dir"
+    where.mkdir()
+    root = Path(pki.root_pem).read_bytes()
+    (where / "a.pem").write_bytes(root + _other_root(pki))
+    (where / "notes.txt").write_text("no certificate here\n")
+    (where / "sub").mkdir()  # not read: only the directory's own regular files
+    (where / "sub" / "c.pem").write_bytes(Path(pki.server("good").chain).read_bytes())
+    (where / "1a2b3c4d.0").symlink_to("a.pem")  # as openssl rehash links: read once
+    got = pem(str(where), "anchors", directory=True)
+    assert got.count(b"-----BEGIN CERTIFICATE-----") == 2
+    with pytest.raises(OSError, match="cannot read") as e:
+        pem(str(where / "sub"), "chain")  # a directory is a file path only for the trust options
+    assert e.value.errno == errno.EISDIR
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README").write_text("nothing\n")
+    with pytest.raises(OSError, match="no PEM certificate") as e:
+        pem(str(empty), "anchors", directory=True)
+    assert e.value.errno == errno.EINVAL
+    big = tmp_path / "big"
+    big.mkdir()
+    block = b"A" * 64 + b"\n"
+    for i in range(MAX_DIRECTORY // (len(block) * 100) + 2):  # distinct blocks, over the limit together
+        body = b"".join(b"-----BEGIN CERTIFICATE-----\n" + str(i * 100 + j).encode() + block
+                        + b"-----END CERTIFICATE-----\n" for j in range(100))
+        (big / f"{i}.pem").write_bytes(body)
+    with pytest.raises(OSError, match="bytes together") as e:
+        pem(str(big), "anchors", directory=True)
+    assert e.value.errno == errno.EINVAL

@@ -17,7 +17,8 @@ from ssaproxy.proto import options as o
 Value = Union[bytes, bytearray, str, int, "os.PathLike[Any]"]
 
 
-MAX_READ = 1 << 20  # bytes read for one option, a directory's files together
+MAX_READ = 1 << 20  # bytes read for one option
+MAX_DIRECTORY = MAX_READ - 4096  # a directory's certificates together: one SETOPT frame (1 MiB) holds them
 
 
 def pem(value: Value, what: str, directory: bool = False) -> bytes:
@@ -58,8 +59,8 @@ def _directory(path: str, what: str) -> bytes:
             if block in seen:  # a hashed directory links several names to one file
                 continue
             seen.add(block)
-            if len(out) + len(block) > MAX_READ:
-                raise error(errno.EINVAL, f"{what}: the certificates in {path} are over {MAX_READ} bytes together")
+            if len(out) + len(block) > MAX_DIRECTORY:
+                raise error(errno.EINVAL, f"{what}: the certificates in {path} are over {MAX_DIRECTORY} bytes together")
             out += block
     if not out:
         raise error(errno.EINVAL, f"{what}: no PEM certificate in any file of {path}")

@@ -60,10 +60,8 @@ TLS_CACHE_REVOCATION = TLS_CACHED_REV_CHECKS
 TLS1_2_VERSION = 0x0303
 TLS1_3_VERSION = 0x0304
 # SSA's names for the version values, with the TLS wire numbers as values.  SSA's own header
-# numbers them 0-3; the daemon takes those too (SSA_ORDINAL_VERSIONS), so a program built
-# against either header gets the version it names.
-TLS_1_0 = 0x0301
-TLS_1_1 = 0x0302
+# numbers them 0-3 (TLS_1_0 ... TLS_1_3); the daemon takes those too (SSA_ORDINAL_VERSIONS: 0 and
+# 1 are EPERM like 0x0301/0x0302), so a program built against either header gets what it names.
 TLS_1_2 = TLS1_2_VERSION
 TLS_1_3 = TLS1_3_VERSION
 SSA_ORDINAL_VERSIONS = {0: 0x0301, 1: 0x0302, 2: TLS1_2_VERSION, 3: TLS1_3_VERSION}
@@ -146,7 +144,7 @@ def unpack_int(raw: bytes) -> int:
 # Spelled out, so that type checkers see what `from ssaproxy import *` gives (a test keeps it complete).
 __all__ = [
     "AF_HOSTNAME", "IPPROTO_TLS", "SOL_TCP", "TCP_UPGRADE_TLS", "TLS1_2_VERSION", "TLS1_3_VERSION", "TLS_ALPN",
-    "TLS_1_0", "TLS_1_1", "TLS_1_2", "TLS_1_3", "TLS_ALLOW_RAGGED_EOF", "TLS_CACHE_REVOCATION", "TLS_CHOSEN_VERSION",
+    "TLS_1_2", "TLS_1_3", "TLS_ALLOW_RAGGED_EOF", "TLS_CACHE_REVOCATION", "TLS_CHOSEN_VERSION",
     "TLS_COMPRESSION", "TLS_SERVER_OCSP_STAPLING", "TLS_TRUSTED_PEER_CERTIFICATES_ONLY",
     "TLS_CACHED_REV_CHECKS", "TLS_CERTIFICATE_CHAIN", "TLS_CHOSEN_CIPHER", "TLS_CONTEXT", "TLS_CRL_CHECKS",
     "TLS_DISABLE_CIPHER", "TLS_ENABLE_CIPHER", "TLS_ERROR", "TLS_HOSTNAME", "TLS_ID", "TLS_OCSP_CHECKS",
