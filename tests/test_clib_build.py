@@ -37,7 +37,7 @@ def test_pip_installed_the_library_headers_and_pkgconfig_file_in_the_package() -
                          "getpeername", "getsockname", "shutdown", "close", "getaddrinfo", "ssaproxy_version"}
 
 
-CONSTANTS = ["IPPROTO_TLS", "AF_HOSTNAME", "TCP_UPGRADE_TLS", "TLS_HOSTNAME", "TLS_REMOTE_HOSTNAME",
+CONSTANTS = ["IPPROTO_TLS", "AF_HOSTNAME", "TCP_UPGRADE_TLS", "TLS_HOSTNAME", "TLS_REMOTE_HOSTNAME", "TLS_1_0",
              "TLS_SERVER_NAME", "TLS_CHOSEN_VERSION", "TLS_1_2", "TLS_1_3", "TLS_CACHE_REVOCATION",
              "TLS_TRUSTED_PEER_CERTIFICATES_ONLY", "TLS_ALLOW_RAGGED_EOF"] + \
             [name for name in o.__all__ if name.startswith("TLS") and name not in ("TLS_HOSTNAME",)]

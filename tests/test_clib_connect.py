@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.api_harness import ApiDaemon, free_port
 from tests.clib import EXAMPLES, compile_c, probe, probe_binary, run
-from tests.lab import poll, stop
+from tests.lab import PEERS, poll, stop, wait_for_text
 from tests.pki import PKI
 
 
@@ -47,6 +48,25 @@ def test_a_connected_socket_answers_from_the_result(api: ApiDaemon, pki: PKI, tm
     assert out[11][3] == "options are set before connect/listen"
     # The dup() made before connect() carries the session too: the fd was never replaced.
     assert out[-1][:3] == ["recvall", "6", "EOF"] and out[-1][3] == "hello|"
+
+
+def test_the_control_connection_is_not_inherited_across_exec(api: ApiDaemon, tmp_path: Path) -> None:
+    out = probe(probe_binary(tmp_path), "socket", "inet", "settext", "85", "localhost", "execfds", env=api.env)
+    _ok(out[1])  # the control connection is open now
+    assert out[2] == ["execfds", "0", "0", "1"], out  # the child has the program's socket, not ours
+
+
+def test_ipv6_sockets_connect_and_report_the_real_peer(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "tls6.log"
+    creds = pki.server("good_localhost")
+    server = api.spawn([sys.executable, str(PEERS / "tls_server.py"), "--host", "::1", "--port", str(port),
+                        "--mode", "echo", "--cert", str(creds.chain), "--key", str(creds.key)], log)
+    wait_for_text(log, "READY", server, 15)
+    out = probe(probe_binary(tmp_path), "socket", "inet6", "settext", "85", "localhost", "connect", "::1", str(port),
+                "peer", "send", "six\n", "shutwr", "recvall", env=api.env)
+    _ok(out[2])
+    assert out[3][3] == f"::1:{port}" and out[-1][:4] == ["recvall", "4", "EOF", "six|"], out
 
 
 def test_af_hostname_lets_the_daemon_resolve_and_verify_the_name(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
@@ -154,6 +174,7 @@ def test_the_daemon_going_away_mid_connect_aborts_and_then_refuses(pki: PKI, tmp
         out, _ = pending.communicate(timeout=60)
         rows = [line.split(" ", 3) for line in out.splitlines()]
         assert rows[1][:3] == ["connect", "-1", "ECONNABORTED"], rows
+        daemon.proc.wait(20)
         after = probe(binary, "socket", "inet", "connect", "127.0.0.1", str(hold), env=daemon.env)
         assert after[1][2] in ("ECONNREFUSED", "ENOENT"), after
     finally:

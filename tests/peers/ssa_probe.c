@@ -6,6 +6,7 @@
  *   getint OPT   gettext OPT   connect HOST PORT   bind HOST PORT   listen   wait-out
  *   soerror   send TEXT   recvall   peer   sockname   dup   usedup   shutwr   close   sleep MS
  *   plainsocket (an ordinary TCP socket)   upgrade ROLE   waitfile PATH (at most 60 s)
+ *   execfds (a child program lists the descriptors it inherited)
  * Data read is printed with '|' for line ends and '.' for other unprintable bytes.
  */
 #define _GNU_SOURCE
@@ -194,6 +195,10 @@ int main(int argc, char **argv)
                 usleep(10000);
             report(op, access(a1, F_OK), errno, NULL);
             i += 1;
+        } else if (!strcmp(op, "execfds")) {
+            fflush(stdout);
+            rc = system("for f in /proc/self/fd/*; do readlink $f; done | grep -c '^socket:' | sed 's/^/execfds 0 0 /'");
+            fflush(stdout);
         } else if (!strcmp(op, "sleep")) {
             usleep((useconds_t)atoi(a1) * 1000);
             i += 1;
