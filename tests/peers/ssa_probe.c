@@ -6,7 +6,7 @@
  *   getint OPT   gettext OPT   connect HOST PORT   bind HOST PORT   listen   wait-out
  *   soerror   send TEXT   recvall   peer   sockname   dup   usedup   shutwr   close   sleep MS
  *   plainsocket (an ordinary TCP socket)   upgrade ROLE   waitfile PATH (at most 60 s)
- *   execfds (a child program lists the descriptors it inherited)
+ *   execfds (a child program lists the descriptors it inherited)   connect6 HOST PORT (an AF_INET6 address)
  * Data read is printed with '|' for line ends and '.' for other unprintable bytes.
  */
 #define _GNU_SOURCE
@@ -129,6 +129,15 @@ int main(int argc, char **argv)
             rc = !strcmp(op, "connect") ? connect(fd, (struct sockaddr *)&ss, l) : bind(fd, (struct sockaddr *)&ss, l);
             e = errno;
             report(op, rc, e, NULL);
+            i += 2;
+        } else if (!strcmp(op, "connect6")) {
+            int keep = family;
+            family = AF_INET6;
+            struct sockaddr_storage ss;
+            socklen_t l = address(a1, a2, &ss);
+            family = keep;
+            rc = connect(fd, (struct sockaddr *)&ss, l);
+            report(op, rc, errno, NULL);
             i += 2;
         } else if (!strcmp(op, "listen")) {
             rc = listen(fd, 16);
