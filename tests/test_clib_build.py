@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,19 @@ def test_pkg_config_gives_flags_that_build_a_working_program(tmp_path: Path) -> 
     build = run(["gcc", *WARNINGS, str(source), "-o", str(tmp_path / "version"), *r.stdout.split()])
     assert build.returncode == 0 and build.stderr == "", build.stderr
     assert run([str(tmp_path / "version")], cwd="/").stdout == "ssaproxy-c 2\n"
+
+
+def test_ssaproxy_c_flags_build_an_ssa_program_that_runs(tmp_path: Path) -> None:
+    """The issue's "done when": an SSA C program builds with $(ssaproxy c-flags), outside the tree."""
+    ssaproxy = str(Path(sys.executable).parent / "ssaproxy")
+    r = run([ssaproxy, "c-flags"], cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert f"-I{installed() / 'include'}" in r.stdout and "-lssaproxy" in r.stdout
+    build = run(["gcc", *WARNINGS, str(EXAMPLES / "https_client_ssa.c"), "-o", str(tmp_path / "client"),
+                 *r.stdout.split()], cwd="/")
+    assert build.returncode == 0 and build.stderr == "", build.stderr
+    usage = run([str(tmp_path / "client")], cwd="/")
+    assert usage.returncode == 2 and "usage:" in usage.stderr  # it loads and runs (no loader error)
 
 
 @pytest.mark.parametrize("source", sorted(p.name for p in EXAMPLES.glob("*.c")))

@@ -212,3 +212,23 @@ def test_a_stopping_daemon_refuses_new_connects_with_eshutdown(pki: PKI, tmp_pat
             if p is not None:
                 stop(p)
         daemon.stop()
+
+
+def test_a_session_cut_by_the_daemon_stopping_is_a_reset(pki: PKI, tmp_path: Path) -> None:
+    daemon = ApiDaemon(tmp_path / "daemon", pki, extra="[daemon]\ndrain_timeout = 1\n").start()
+    reader = None
+    try:
+        echo = daemon.tls_server("echo", pki.server("good_localhost"))
+        reader = subprocess.Popen([str(probe_binary(tmp_path)), "socket", "inet", "settext", "85", "localhost",
+                                   "connect", "127.0.0.1", str(echo), "send", "before the stop\n", "recvall"],
+                                  env=daemon.env, stdout=subprocess.PIPE, text=True)
+        assert poll(lambda: _established_to(echo), 20)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)  # the drain ends after 1 s and resets what is left
+        out, _ = reader.communicate(timeout=60)
+        rows = [line.split(" ", 3) for line in out.splitlines()]
+        assert rows[-1][:4] == ["recvall", "16", "ECONNRESET", "before the stop|"], rows  # never a clean EOF
+    finally:
+        if reader is not None:
+            stop(reader)
+        daemon.stop()
