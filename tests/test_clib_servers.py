@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.api_harness import ApiDaemon, free_port
-from tests.clib import EXAMPLES, compile_c, run
+from tests.clib import EXAMPLES, compile_c, probe_binary, run
 from tests.lab import PEERS, stop, wait_for_text
 from tests.pki import PKI
 
@@ -158,3 +158,37 @@ def test_starttls_example_upgrades_its_socket(api: ApiDaemon, pki: PKI, tmp_path
     wait_for_text(log, "READY", peer, 15)
     r = run([str(binary), "localhost", str(port)], env=api.env)
     assert r.returncode == 1 and r.stdout == "" and "STARTTLS: Protocol error" in r.stderr, r
+
+
+def test_a_server_socket_asks_for_client_certificates_and_answers_for_the_client(api: ApiDaemon, pki: PKI,
+                                                                                tmp_path: Path) -> None:
+    """The probe as a server: TLS_REQUEST_PEER_AUTH with the client CA, accept4 with flags, and
+    the accepted socket's getsockopt and getpeername answering for curl's session."""
+    creds = pki.server("good_localhost")
+    chain = tmp_path / "server.pem"
+    chain.write_bytes(Path(creds.chain).read_bytes() + Path(creds.key).read_bytes())
+    port = free_port()
+    log = tmp_path / "probe.log"
+    binary = probe_binary(tmp_path)
+    server = api.spawn([str(binary), "socket", "inet", "nonblock", "settext", "88", str(chain), "bind", "127.0.0.1",
+                        str(port), "listen", "accept", "close"], log)
+    server.wait(30)
+    rows = [line.split(" ", 3) for line in log.read_text().splitlines()]
+    assert rows[3][:3] == ["listen", "0", "0"] and rows[4][:3] == ["accept", "-1", "EAGAIN"], rows  # nobody yet
+    client = pki.client("client_good")
+    port = free_port()
+    log = tmp_path / "probe-blocking.log"
+    server = api.spawn([str(binary), "socket", "inet", "settext", "88", str(chain), "setint", "94", "1",
+                        "settext", "87", str(pki.client_ca_pem), "bind", "127.0.0.1", str(port), "listen",
+                        "accept", "nonblock", "gettext", "93", "getint", "113", "peer",
+                        "send", "HTTP/1.0 200 OK\r\n\r\nfrom the C server\n", "shutwr", "sleep", "100", "close"], log)
+    wait_for_text(log, "listen 0 0", server, 20)
+    r = run(["curl", "-sS", "--cacert", str(pki.root_pem), "--cert", str(client.chain), "--key", str(client.key),
+             "--resolve", f"localhost:{port}:127.0.0.1", f"https://localhost:{port}/"], timeout=60)
+    assert r.returncode == 0 and r.stdout == "from the C server\n", r.stderr
+    server.wait(30)
+    rows = [line.split(" ", 3) for line in log.read_text().splitlines()]
+    accepted = rows[6]
+    assert accepted[:3] == ["accept", "0", "0"] and accepted[3].startswith("127.0.0.1:"), rows
+    assert rows[7][:3] == ["gettext", "0", "0"] and "client.test" in rows[7][3], rows  # the client's SANs
+    assert rows[8][3] == str(0x0304) and rows[9][3] == accepted[3], rows  # peer: the real client

@@ -7,6 +7,7 @@
  *   soerror   send TEXT   recvall   peer   sockname   dup   usedup   shutwr   close   sleep MS
  *   plainsocket (an ordinary TCP socket)   upgrade ROLE   waitfile PATH (at most 60 s)
  *   execfds (a child program lists the descriptors it inherited)   connect6 HOST PORT (an AF_INET6 address)
+ *   accept [nonblock] (accept4; the accepted socket becomes the current one; prints the peer)
  * Data read is printed with '|' for line ends and '.' for other unprintable bytes.
  */
 #define _GNU_SOURCE
@@ -139,6 +140,17 @@ int main(int argc, char **argv)
             rc = connect(fd, (struct sockaddr *)&ss, l);
             report(op, rc, errno, NULL);
             i += 2;
+        } else if (!strcmp(op, "accept")) {
+            int nb = i + 1 < argc && !strcmp(a1, "nonblock");
+            struct sockaddr_storage ss;
+            socklen_t l = sizeof ss;
+            memset(&ss, 0, sizeof ss);
+            int c = accept4(fd, (struct sockaddr *)&ss, &l, SOCK_CLOEXEC | (nb ? SOCK_NONBLOCK : 0));
+            e = errno;
+            if (c >= 0)
+                fd = c;
+            show_addr(op, c < 0 ? -1 : 0, e, &ss);
+            i += nb;
         } else if (!strcmp(op, "listen")) {
             rc = listen(fd, 16);
             e = errno;
