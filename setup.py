@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 C_DIR = os.path.join("ssaproxy", "c")
-C_SOURCES = ["wire.c", "table.c", "options.c", "connect.c", "listen.c", "interpose.c", "redirect.c"]
+C_SOURCES = ["wire.c", "table.c", "options.c", "connect.c", "listen.c", "interpose.c", "redirect.c", "pem.c"]
 LIBRARY = "ssaproxy.c.libssaproxy"
 FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-fPIC"]
 

@@ -153,6 +153,10 @@ HIDDEN int other_fd_on(int fd_closed, dev_t dev, ino_t ino);
 HIDDEN int sockaddr_from_text(const char *host, int port, int family, struct sockaddr_storage *ss,
                               socklen_t *len);
 
+/* ---- PEM values (pem.c) */
+HIDDEN int read_pem(const char *path, unsigned char **buf, size_t *len, int dir_ok, char *why, size_t whysize);
+HIDDEN void split_key(unsigned char *pem, size_t *len, unsigned char **key, size_t *keylen);
+
 /* ---- options (options.c) */
 HIDDEN int tls_setsockopt(struct sock *s, int fd, int name, const void *value, socklen_t len);
 HIDDEN int tls_getsockopt(struct sock *s, int fd, int name, void *value, socklen_t *len);
