@@ -16,7 +16,10 @@ print("listening", flush=True)
 while True:
     conn, (address, client_port) = server.accept()
     print(f"client {address}:{client_port}", flush=True)
-    with conn, conn.makefile("rwb") as stream:
-        for line in stream:
-            stream.write(b"echo: " + line)
-            stream.flush()
+    try:
+        with conn, conn.makefile("rwb") as stream:
+            for line in stream:
+                stream.write(b"echo: " + line)
+                stream.flush()
+    except OSError as e:  # one client's reset ends its own connection, never the server
+        print(f"client {address}:{client_port}: {e.strerror or e}", flush=True)

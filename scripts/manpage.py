@@ -20,8 +20,10 @@ from ssaproxy.tap import Options
 SEE_ALSO = "twistd(1), iptables(8), ip6tables(8), openssl(1)"
 EXIT_STATUS = [
     ("0", "success; for check-config, the daemon would run the file"),
-    ("1", "check-config: the file is valid but would do nothing (a warning on stderr); other commands: "
-          "an iptables command failed"),
+    ("1", "check-config: the file is valid but would do nothing (a warning on stderr); run: the daemon did "
+          "not answer on its API socket, or the C library is not installed (nothing was run); c-flags: the C "
+          "library is not installed; other commands: an iptables command failed"),
+    ("127", "run: PROGRAM could not be executed"),
     ("2", "a configuration the daemon would refuse, or a daemon that cannot start (a port in use, a low "
           "port without root, an API socket another daemon serves, an unreadable certificate): one line on "
           "stderr naming the key or path and the reason"),

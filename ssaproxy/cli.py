@@ -80,6 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="PEM file of trust anchors for this connection (instead of the policy's)")
     conn.add_argument("--cert", metavar="FILE", help="client certificate chain (PEM file)")
     conn.add_argument("--key", metavar="FILE", help="client private key (PEM file)")
+    run = sub.add_parser(
+        "run", help="run an unmodified program with its plain TCP connections upgraded, without iptables",
+        description="Run PROGRAM with the ssaproxy C library preloaded (LD_PRELOAD): its plain TCP connections "
+        "to destinations that one of the daemon's [[outbound.route]]s covers are handed to the daemon, which "
+        "treats each exactly as a connection iptables redirected (upgrade with verification, passthrough or "
+        "reject; hostname_from = \"resolved\" verifies the name the program resolved); every other connection "
+        "is left alone.  No root, capabilities or iptables rules are needed.  The daemon is asked for its "
+        "routes first: if it does not answer, nothing is run (exit status 1).  If the daemon goes away later, "
+        "connections to those destinations fail (ECONNREFUSED), never in clear.")
+    run.add_argument("--socket", metavar="PATH",
+                     help="the daemon's API socket (default: $SSAPROXY_SOCKET, else /run/ssaproxy/api.sock)")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS",
+                     help="the program to run and its arguments")
+    flags = sub.add_parser(
+        "c-flags", help="compiler and linker flags for C programs using the ssaproxy library",
+        description="Print the flags that build a C program against this installation's ssaproxy library "
+        "(headers ssaproxy.h and in_tls.h, libssaproxy.so): `cc prog.c $(ssaproxy c-flags)`.  A pkg-config "
+        "file, ssaproxy.pc, is installed beside the library too.  Exit status 1 if the library is not "
+        "installed.")
+    which_flags = flags.add_mutually_exclusive_group()
+    which_flags.add_argument("--cflags", action="store_const", const="cflags", dest="which",
+                             help="only the compiler flags (-I)")
+    which_flags.add_argument("--libs", action="store_const", const="libs", dest="which",
+                             help="only the linker flags (-L, -Wl,-rpath, -lssaproxy)")
     status = sub.add_parser(
         "status", help="listeners, live connections and last failures, from the admin endpoint",
         description="Print the daemon's listeners, its live connections (face, age, bytes) and its last "
@@ -150,6 +174,23 @@ def _reload(pidfile: Optional[str], pid: Optional[int]) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """`ssaproxy run` and `ssaproxy c-flags` (ssaproxy.client.run)."""
+    from ssaproxy.client.run import c_flags, run  # noqa: PLC0415 - the daemon's imports stay out of a client's start
+
+    if args.command == "c-flags":
+        try:
+            print(c_flags(args.which or "all"))
+        except FileNotFoundError as e:
+            print(f"ssaproxy c-flags: {e}", file=sys.stderr)
+            return 1
+        return 0
+    program = list(args.program)
+    if program[:1] == ["--"]:
+        program = program[1:]
+    return run(program, args.socket)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ssaproxy.admin.show import run as show  # noqa: PLC0415 - the daemon's imports stay out of a client's start
 
         return show(args.admin)
+    if args.command in ("run", "c-flags"):
+        return _run(args)
     if args.command == "connect":
         from ssaproxy.client.netcat import run  # noqa: PLC0415 - the daemon's imports stay out of a client's start
 

@@ -22,6 +22,7 @@ from ssaproxy.errors import ConfigError, StartupError
 from ssaproxy.inbound import InboundFactory
 from ssaproxy.outbound import ClientContexts, OutboundFactory
 from ssaproxy.privileges import group_id
+from ssaproxy.redirected import Handover
 from ssaproxy.tls.context import client_context
 from ssaproxy.tls.server import server_context
 from ssaproxy.watch import Stamp, inbound_files
@@ -184,6 +185,7 @@ def _bind_api(plan: Plan, serving: Serving, reactor: Any, listen_api: Callable[[
             raise Refused(f"api.group: the daemon's user cannot give the socket to group {api.group!r}: "
                           "restart to apply it")
     plan.api_factory = ApiFactory(api, plan.config.policy, reactor, profiles=plan.config.profiles)
+    plan.api_factory.outbound = Handover(plan.outbound)  # REDIRECT: the outbound face, whose config is swapped
     plan.api_factory.fit()
     if old_api is None or old_api.api.socket != api.socket:
         try:

@@ -62,6 +62,7 @@ class Lifecycle:
     log: ClassVar[Logger] = Logger()
     kind: ClassVar[str] = "conn"
     _ids: ClassVar[itertools.count[int]]
+    allow_ragged_eof = False  # the relay reports the far side's truncation as EOF (an API session's option)
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
@@ -274,6 +275,7 @@ class Lifecycle:
         self.go(State.RELAYING)
         self.facts.update(self.far.facts())
         self.relay = rl = Relay(self.near, self.far, self._relay_done)
+        rl.allow_ragged_eof = self.allow_ragged_eof
         near_held, self.held["near"] = bytes(self.held["near"]), bytearray()
         far_held, self.held["far"] = bytes(self.held["far"]), bytearray()
         rl.start(near_held, self.eof["near"], far_held, self.eof["far"])

@@ -100,6 +100,9 @@ class OutboundConnection(Lifecycle):
         # The [[profile]] whose listener took this connection (its programs' owner-match rule
         # leads there), else None: the admin's [policy].
         self.profile: Optional[Profile] = None
+        # The name the program resolved to the original destination: only a connection the client
+        # library handed over (ssaproxy.redirected) has one; iptables tells no names.
+        self.resolved: Optional[str] = None
 
     # ---- accepted
     def near_ready(self) -> None:
@@ -127,10 +130,19 @@ class OutboundConnection(Lifecycle):
         if normalize(ipaddress.ip_address(here.host)) == ip and here.port == port:
             self.refuse("not-redirected", "original destination is this listener")
             return
-        self.route = self.config.outbound.match(ip, port)
+        self.route_and_act()
+
+    def route_and_act(self) -> None:
+        """The original destination is known: match a route and act on the first decision."""
+        assert self.orig is not None
+        self.route = self.config.outbound.match(*self.orig)
         if self.route is not None and self.route.action == Action.PASSTHROUGH:
             self.first = FirstBytes(tls=False)  # forwarded as they are, whatever they are: nothing to sniff
-        self.act(decide(self.orig, self.route, self.first))
+        self.act(self.decision())
+
+    def decision(self) -> Decision:
+        assert self.orig is not None
+        return decide(self.orig, self.route, self.first, self.resolved)
 
     def act(self, decision: Decision) -> None:
         assert self.orig is not None
@@ -204,7 +216,7 @@ class OutboundConnection(Lifecycle):
             if not result.complete:
                 return
             self.first = attrs.evolve(self.first, host=result.host, head_complete=True, host_error=result.error)
-            self.act(decide(self.orig, self.route, self.first))  # type: ignore[arg-type]
+            self.act(self.decision())
             if self.done:
                 return
         self._maybe_begin()
@@ -231,7 +243,7 @@ class OutboundConnection(Lifecycle):
         self.verified = False  # that upstream is gone: the record tells of the one that replaces it
         self.facts.clear()
         self.go(State.DECIDING)
-        self.act(decide(self.orig, self.route, self.first))  # type: ignore[arg-type]
+        self.act(self.decision())
         return not self.done
 
     def near_eof(self) -> None:

@@ -74,8 +74,11 @@ class Decision:
     client_key: Optional[str] = None
 
 
-def decide(destination: tuple[IPAddress, int], route: Optional[Route], first: FirstBytes = NOTHING_YET) -> Decision:
-    """The one place that says what a redirected connection becomes."""
+def decide(destination: tuple[IPAddress, int], route: Optional[Route], first: FirstBytes = NOTHING_YET,
+           resolved: Optional[str] = None) -> Decision:
+    """The one place that says what a redirected connection becomes.  `resolved`: the host
+    name the program itself resolved to this address, known only for a connection the client
+    library redirected (REDIRECT with NAME); never for one iptables redirected."""
     ip, port = destination
     if route is None:
         return Decision(step=Step.REFUSE, outcome="no-route")
@@ -88,6 +91,12 @@ def decide(destination: tuple[IPAddress, int], route: Optional[Route], first: Fi
         name: Optional[str] = route.hostname
     elif route.hostname_from == HostnameSource.ADDRESS:
         name = str(ip)
+    elif route.hostname_from == HostnameSource.RESOLVED:
+        if resolved is None:
+            return Decision(step=Step.REFUSE, outcome="no-name",
+                            detail='hostname_from = "resolved" needs the name the program resolved; only a '
+                                   "connection handed over by the client library (ssaproxy run) carries one")
+        name = resolved
     elif first.host is not None:
         name = first.host
     elif first.head_complete:

@@ -69,6 +69,9 @@ class Relay:
         self.draining = False  # the far side failed; the near side is taking what is queued
         self.far_ended = False  # client-truncated: the far side had sent its whole stream (FIN, close_notify)
         self._failure: tuple[str, Optional[str]] = ("reset", None)
+        # The program asked (TLS_ALLOW_RAGGED_EOF) to read a far side's FIN without close_notify
+        # as an end of file.  The outcome still says `truncated`.
+        self.allow_ragged_eof = False
         self._drain_call: Any = None
 
     def start(self, near_held: bytes = b"", near_eof: bool = False,
@@ -127,6 +130,9 @@ class Relay:
         self._unregister()
         if end is self.near and self.draining:
             self._finish(*self._failure)  # the program left while taking the rest
+        elif end is self.far and how == How.TRUNCATED and self.allow_ragged_eof:
+            other.close()  # what was queued, then a FIN: the program's choice, not ours
+            self._finish("truncated", f"{detail or 'no close_notify'} (reported as EOF: TLS_ALLOW_RAGGED_EOF)")
         elif end is self.far and how == How.CLEAN:
             # Orderly end of the far side: whatever the near side still sends has nowhere to go.
             other.close()

@@ -29,6 +29,7 @@ from ssaproxy.kernel import Notifier
 from ssaproxy.outbound import OutboundFactory
 from ssaproxy.privileges import Identity
 from ssaproxy.process import Process
+from ssaproxy.redirected import Handover
 from ssaproxy.reload import Reloader
 from ssaproxy.state import DaemonState, WorkerRole
 from ssaproxy.tls import sessions
@@ -294,8 +295,9 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
     # Every factory with live connections, by reference: the drain at the stop and the reload
     # (which adds to it, and keeps retired ones until their connections end) share it.
     factories: list[Any] = []
-    if config.outbound_listen:
-        factory = OutboundFactory(config, reactor)
+    outbound: Optional[OutboundFactory] = None
+    if config.outbound_listen or config.api is not None:  # the API hands connections over too (REDIRECT)
+        outbound = factory = OutboundFactory(config, reactor)
         factories.append(factory)
         for description in config.outbound_listen:  # [outbound] listen, then each [[profile]]'s
             address = ListenAddress.parse(description, "outbound.listen")
@@ -307,6 +309,7 @@ def make_service(config: Config, reactor: Any, identity: Optional[Identity] = No
         Listener(address, inbound_factory, reactor, overload, f"inbound.{inbound.name}.listen").setServiceParent(top)
     if config.api is not None:
         api_factory = ApiFactory(config.api, config.policy, reactor, profiles=config.profiles)
+        api_factory.outbound = Handover(outbound) if outbound is not None else None
         factories.append(api_factory)
         _ApiService(config.api, api_factory, reactor, identity,
                     worker.api_fd if worker is not None else None).setServiceParent(top)

@@ -11,11 +11,12 @@
 
 What is real: the wire protocol.  The fake speaks it through the same
 `ssaproxy.proto.connection.Connection` (DAEMON role) as the real daemon, on a Unix socket in
-a temporary directory, with descriptors passed as SCM_RIGHTS; the program gets a loopback TCP
-carrier put in place of its descriptor, and an ESTABLISHED or ERROR frame first on it, exactly
-as from the daemon.  Half-close and reset are relayed as the daemon does: the server's FIN
-reaches the program as EOF, the server's reset as ECONNRESET, the program's FIN as the
-server's EOF.
+a temporary directory, with descriptors passed as SCM_RIGHTS (protocol version 2): the program's
+own socket is parked as a TCP connect in progress (`ssaproxy.api.parking`, as in the daemon),
+the ESTABLISHED or ERROR frame goes on the control connection, and then the socket is
+completed (the fake's end of it relays) or reset, exactly as from the daemon.  Half-close
+and reset are relayed as the daemon does: the server's FIN reaches the program as EOF, the
+server's reset as ECONNRESET, the program's FIN as the server's EOF.
 
 What is fake, so a passing test proves nothing about them:
   * **No TLS at all.** CONNECT makes a plain TCP connection to the target (or to where
@@ -47,6 +48,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from ssaproxy.api.parking import Parking
 from ssaproxy.client import _io
 from ssaproxy.client._io import ENV_SOCKET as ENV
 from ssaproxy.proto import connection as c
@@ -84,6 +86,7 @@ class FakeDaemon:
         self._lock = threading.Lock()
         self._saved_env: Optional[str] = None
         self._session_ids = iter(range(1, 1 << 30))
+        self._parking = Parking()
 
     # ---- life
     @property
@@ -110,6 +113,7 @@ class FakeDaemon:
                     sock.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(5)
+        self._parking.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> FakeDaemon:
@@ -165,14 +169,10 @@ class FakeDaemon:
                     continue
                 if isinstance(event, c.ConnectionClosed):
                     return
-                reply = self._answer(conn, event, settings)
-                if reply is not None:
-                    frame, fd = reply
-                    _io.send_frame(sock, frame, fd)
-                    if fd is not None:
-                        os.close(fd)
-                if conn.phase == c.Phase.CONNECTING:
-                    return  # the control connection has no further use; the carrier has the session
+                if isinstance(event, c.Connect):
+                    self._connect(sock, conn, event, dict(settings))
+                    return  # the result went: the control connection has no further use
+                _io.send_frame(sock, self._answer(conn, event, settings))
         except OSError:
             return
         finally:
@@ -181,38 +181,47 @@ class FakeDaemon:
             self._track(sock, False)
             sock.close()
 
-    def _answer(self, conn: c.Connection, event: c.Event,
-                settings: dict[int, bytes]) -> Optional[tuple[bytes, Optional[int]]]:
+    def _answer(self, conn: c.Connection, event: c.Event, settings: dict[int, bytes]) -> bytes:
         if isinstance(event, c.Hello):
-            return conn.send(c.Welcome(wire.VERSION, next(self._session_ids))), None
+            return conn.send(c.Welcome(wire.VERSION, next(self._session_ids)))
         if isinstance(event, c.SetOption):
             option = o.OPTIONS.get(event.option)
             if option is None or option.unsupported or not option.settable:
-                return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)")), None
+                return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)"))
             settings[event.option] = event.value
-            return conn.send(c.Ok()), None
+            return conn.send(c.Ok())
         if isinstance(event, c.GetOption):
             option = o.OPTIONS.get(event.option)
             if option is None or option.unsupported or not option.gettable:
-                return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)")), None
+                return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)"))
             default = o.pack_int(int(event.option == o.TLS_SESSION_REUSE)) if option.kind == o.INT else b""
-            return conn.send(c.Value(settings.get(event.option, default))), None
-        if isinstance(event, (c.Listen, c.Upgrade)):
-            os.close(event.fd)
-            what = "LISTEN" if isinstance(event, c.Listen) else "UPGRADE"
-            return conn.send(c.Error(errno.EOPNOTSUPP, f"the fake daemon does not do {what}")), None
-        if isinstance(event, c.Connect):
-            ours, theirs = _carrier_pair()
-            frame = conn.send(c.Carrier(theirs.fileno()))
-            fd = os.dup(theirs.fileno())
-            theirs.close()
-            self._spawn(self._connect, conn, event, dict(settings), ours)
-            return frame, fd
-        return None  # ACK: only after LISTEN, which the fake refuses
+            return conn.send(c.Value(settings.get(event.option, default)))
+        assert isinstance(event, (c.Listen, c.Upgrade))  # the connection lets nothing else through now
+        for fd in event.fds if isinstance(event, c.Listen) else (event.fd,):
+            os.close(fd)
+        what = "LISTEN" if isinstance(event, c.Listen) else "UPGRADE"
+        return conn.send(c.Error(errno.EOPNOTSUPP, f"the fake daemon does not do {what}"))
 
     # ---- one connection's result and relay
-    def _connect(self, conn: c.Connection, event: c.Connect, settings: dict[int, bytes],
-                 carrier: socket.socket) -> None:
+    def _connect(self, control: socket.socket, conn: c.Connection, event: c.Connect,
+                 settings: dict[int, bytes]) -> None:
+        """Park the program's socket, answer OK, connect to the target, send the result on
+        the control connection, then complete the socket (and relay) or reset it."""
+        program = socket.socket(fileno=event.fd)
+        try:
+            self._parking.park(program)
+        except OSError as e:
+            program.close()
+            control.sendall(conn.send(c.Error(errno.EINVAL, f"cannot park the socket: {e.strerror} (fake daemon)")))
+            return
+        control.sendall(conn.send(c.Ok()))
+        try:
+            self._run(control, conn, event, settings, program)
+        finally:
+            program.close()
+
+    def _run(self, control: socket.socket, conn: c.Connection, event: c.Connect, settings: dict[int, bytes],
+             program: socket.socket) -> None:
         target = (event.host, event.port)
         outcome = self.outcomes.get(target)
         upstream: Optional[socket.socket] = None
@@ -231,9 +240,9 @@ class FakeDaemon:
         if upstream is None:
             code = c.OUTCOME_ERRNO.get(outcome, errno.ECONNRESET)
             try:
-                carrier.sendall(conn.send(c.Error(code, f"{outcome}: fake")))
+                control.sendall(conn.send(c.Error(code, f"{outcome}: fake")))
             finally:
-                carrier.close()  # a FIN after the result, as the daemon does
+                self._parking.fail(program)  # after the result, as the daemon does
             return
         name = settings.get(o.TLS_REMOTE_HOSTNAME, event.host.encode()).rstrip(b"\0")
         info = {n: b"" for n in o.INFO_OPTIONS}
@@ -247,10 +256,12 @@ class FakeDaemon:
         peer = upstream.getpeername()[:2]
         local = upstream.getsockname()[:2]
         try:
-            carrier.sendall(conn.send(c.Established((peer[0], peer[1]), (local[0], local[1]), info)))
+            control.sendall(conn.send(c.Established((peer[0], peer[1]), (local[0], local[1]), info)))
+            carrier = self._parking.complete(program)
+            carrier.setblocking(True)
         except OSError:
             upstream.close()
-            carrier.close()
+            self._parking.fail(program)
             return
         self._track(carrier, True)
         self._track(upstream, True)
@@ -262,17 +273,6 @@ class FakeDaemon:
         for sock in (a, b):
             self._track(sock, False)
             sock.close()
-
-
-def _carrier_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected loopback TCP pair (the carrier must carry resets, so not a Unix socket)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        theirs = socket.create_connection(listener.getsockname())
-        ours, _ = listener.accept()
-    theirs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return ours, theirs
 
 
 def _pump(src: socket.socket, dst: socket.socket, done: threading.Barrier) -> None:

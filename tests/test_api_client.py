@@ -233,7 +233,7 @@ result["bytes"] = n
         assert r["end"] == "ECONNRESET" and r["bytes"] == 1000, (mode, r)
 
 
-def test_nonblocking_connect_reports_through_readability(api: ApiDaemon, pki: PKI) -> None:
+def test_nonblocking_connect_reports_through_writability_as_tcp_does(api: ApiDaemon, pki: PKI) -> None:
     good = api.tls_server("echo", pki.server("good"))
     bad = api.tls_server("echo", pki.server("wrong_host"))
     r = api.program(f"""
@@ -243,15 +243,15 @@ def run(port):
     s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
     s.setblocking(False)
     first = s.connect_ex(("127.0.0.1", port))
-    again = s.connect_ex(("127.0.0.1", port))
     sel = selectors.DefaultSelector()
-    sel.register(s, selectors.EVENT_READ)
+    sel.register(s, selectors.EVENT_WRITE)
     ready = sel.select(timeout=10)
-    # A refused handshake may already be over at the second call, which then reports it; a
-    # further connect would start a new attempt.
-    final = again if again not in (0, errno.EALREADY) else s.connect_ex(("127.0.0.1", port))
-    out = dict(first=first, again=again, ready=len(ready), final=final)
-    if final == 0:
+    calls = [s.connect_ex(("127.0.0.1", port))]
+    error = s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR).decode()  # the next call clears it (SSA)
+    calls.append(s.connect_ex(("127.0.0.1", port)))
+    out = dict(first=first, ready=len(ready), calls=calls, error=error)
+    if calls[0] == 0:
+        sel.modify(s, selectors.EVENT_READ)
         s.sendall(b"nonblocking\\n")
         got = b""
         while not got.endswith(b"\\n"):
@@ -262,16 +262,16 @@ def run(port):
             s.recv(100)
         except BlockingIOError:
             out["would_block"] = True
-    out["error"] = s.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_ERROR).decode()
     sel.close(); s.close()
     return out
 result["good"] = run({good})
 result["bad"] = run({bad})
 """)
     g, b = r["good"], r["bad"]
-    assert g["first"] == errno.EINPROGRESS and g["again"] in (errno.EALREADY, 0), g
-    assert g["ready"] == 1 and g["final"] == 0 and g["echo"] == "nonblocking\n" and g["would_block"], g
-    assert b["first"] == errno.EINPROGRESS and b["final"] == errno.EPROTO, b
+    # connect() again: 0 once the socket is connected, then EISCONN; the failure's errno once.
+    assert g["first"] == errno.EINPROGRESS and g["ready"] == 1 and g["calls"] == [0, errno.EISCONN], g
+    assert g["echo"] == "nonblocking\n" and g["would_block"], g
+    assert b["first"] == errno.EINPROGRESS and b["ready"] == 1 and b["calls"][0] == errno.EPROTO, b
     assert "identity mismatch" in b["error"], b
 
 
@@ -432,7 +432,8 @@ result["reenabled"] = connect({port}, (ssaproxy.TLS_DISABLE_CIPHER, b"TLS_AES_25
 result["tls12"] = connect({port}, (ssaproxy.TLS_VERSION_MAX, ssaproxy.TLS1_2_VERSION))
 root = {foreign_root!r}.encode()
 result["own_anchor"] = connect({foreign}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
-result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_adds"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES, root))
+result["own_anchor_replaces"] = connect({port}, (ssaproxy.TLS_TRUSTED_PEER_CERTIFICATES_ONLY, root))
 result["policy_anchor"] = connect({foreign})
 """)
     assert r["only_chacha"]["cipher"] == "TLS_CHACHA20_POLY1305_SHA256", r
@@ -441,5 +442,6 @@ result["policy_anchor"] = connect({foreign})
     assert r["reenabled"]["cipher"] == "TLS_AES_256_GCM_SHA384", r  # the server's first choice again
     assert r["tls12"]["version"] == 0x0303 and r["tls12"]["cipher"].startswith("ECDHE-"), r
     assert r["own_anchor"]["version"] == 0x0304, r  # the program's private CA is trusted for this socket
-    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # ... instead of the policy's store
+    assert r["own_anchor_adds"]["version"] == 0x0304, r  # ... beside the policy's store (SSA)
+    assert r["own_anchor_replaces"] == {"errno": errno.EPROTO}, r  # 120: instead of the policy's store
     assert r["policy_anchor"] == {"errno": errno.EPROTO}, r

@@ -23,6 +23,14 @@ PAIRS = {  # (before, after): the most code lines a port may change, as the READ
     ("echo_server_plain.py", "echo_server_ssaproxy.py"): 3,
     ("smtp_starttls_client_ssl.py", "smtp_starttls_client_ssaproxy.py"): 2,
 }
+C_PAIRS = {  # the C examples (libssaproxy): at most 5 lines added or changed, as the README says
+    ("http_client_plain.c", "https_client_ssa.c"): 5,
+    ("echo_server_plain.c", "echo_server_ssa.c"): 5,
+    ("prefork_server_plain.c", "prefork_server_ssa.c"): 4,
+    ("threaded_server_plain.c", "threaded_server_ssa.c"): 4,
+    ("epoll_client_plain.c", "epoll_client_ssa.c"): 3,
+    ("smtp_client_plain.c", "smtp_starttls_client_ssa.c"): 5,
+}
 
 
 
@@ -46,6 +54,23 @@ def test_a_port_changes_few_lines_and_the_readme_says_how_many(pair: tuple[str, 
     readme = (REPO / "README.md").read_text()
     assert f"`{pair[1]}`" in readme and re.search(rf"{PAIRS[pair]} lines?\b[^\n]*`{pair[1]}`|`{pair[1]}`[^\n]*"
                                                   rf"\b{PAIRS[pair]} lines?\b", readme), pair
+
+
+def _c_code_lines(path: Path) -> list[str]:
+    """The C file's non-blank lines, without its opening comment."""
+    text = path.read_text()
+    assert text.startswith("/*"), path
+    return [line for line in text[text.index("*/") + 2:].splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("pair", list(C_PAIRS))
+def test_a_c_port_changes_few_lines_and_the_readme_says_how_many(pair: tuple[str, str]) -> None:
+    before, after = (_c_code_lines(EXAMPLES / name) for name in pair)
+    changed = [line for line in difflib.ndiff(before, after) if line[:2] in ("+ ", "- ")]
+    added = sum(1 for line in changed if line.startswith("+ "))
+    assert added == C_PAIRS[pair] <= 5, changed
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"`{re.escape(pair[1])}`[^\n]*\b{C_PAIRS[pair]} lines?\b", readme), pair
 
 
 def test_http_client_example_against_a_tls_server(api: ApiDaemon, pki: PKI) -> None:

@@ -821,6 +821,7 @@ def test_api_table_defaults_and_the_embedded_default_serves_it() -> None:
     ("max_sessions_per_uid = 1.5", "api.max_sessions_per_uid", "expected an integer"),
     ("max_fds_in_flight_per_uid = 0", "api.max_fds_in_flight_per_uid", "must be 1-"),
     ("max_buffer_per_uid = 1024", "api.max_buffer_per_uid", "must be 1048580-"),
+    ('allow_trust_store_replacement = "no"', "api.allow_trust_store_replacement", "expected true or false"),
     ("sockets = 1", "api.sockets", "unknown key"),
 ])
 def test_api_table_errors_name_key_and_line(body: str, key: str, message: str) -> None:

@@ -58,7 +58,7 @@ def test_enums_are_strings_so_old_comparisons_keep_working() -> None:
     assert f"{TLSVersion.TLSv1_3}" == "TLSv1.3" and str(Action.REJECT) == "reject"
     assert {"TLSv1.2": 1}[TLSVersion.TLSv1_2] == 1  # hash like the string
     assert (ACTIONS, HOSTNAME_SOURCES, TLS_VERSIONS) == (
-        ("upgrade", "passthrough", "reject"), ("http-host", "address"), ("TLSv1.2", "TLSv1.3"))
+        ("upgrade", "passthrough", "reject"), ("http-host", "address", "resolved"), ("TLSv1.2", "TLSv1.3"))
     assert all(type(s) is str for s in ACTIONS + HOSTNAME_SOURCES + TLS_VERSIONS)  # error messages show repr()
 
 

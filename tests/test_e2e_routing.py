@@ -1,7 +1,7 @@
 """Scenario: routing decisions and their failure modes, each ending in a reset and a log line.
 
 HTTP Host routing with curl as the legacy app; refusals (reject route, no route, a direct connection to the
-listener itself, no usable Host, a stalled request head); upstream failures (refused,
+listener itself, no usable Host, a stalled request head, a `resolved` route without a name); upstream failures (refused,
 connect timeout, handshake timeout); IPv6 through ip6tables.
 """
 
@@ -16,7 +16,7 @@ from tests.lab import SERVER_V4, SERVER_V6, Lab, log_events, poll
 from tests.pki import PKI
 
 P = {"web": 80, "web_tls": 23443, "reject": 23081, "refused": 23082, "dropped": 23083, "hold": 23084,
-     "v6": 23085, "unrouted": 23086}
+     "v6": 23085, "unrouted": 23086, "resolved": 23087}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,12 @@ name = "fixed"
 destination = "{SERVER_V4}/32"
 ports = [{P["refused"]}, {P["dropped"]}, {P["hold"]}]
 hostname = "backend.test"
+
+[[outbound.route]]
+name = "by-name"
+destination = "{SERVER_V4}/32"
+ports = [{P["resolved"]}]
+hostname_from = "resolved"
 
 [[outbound.route]]
 name = "six"
@@ -122,6 +128,15 @@ def test_connection_without_route_resets(lab: Lab, scene: Path) -> None:
     r = lab.client(SERVER_V4, P["unrouted"], "--send", "x")
     assert r["end"] == "reset", r
     assert " no-route: " in _event(scene, f"orig_dst={SERVER_V4}:{P['unrouted']} ")
+
+
+def test_resolved_route_resets_a_connection_iptables_redirected(lab: Lab, scene: Path) -> None:
+    # Only the client library (ssaproxy run) knows the name the program resolved: a redirected
+    # connection has none, and is reset rather than sent in clear or verified against a guess.
+    r = lab.client(SERVER_V4, P["resolved"], "--send", "secret")
+    assert r["end"] == "reset" and r["received"] == 0, r
+    event = _event(scene, f"orig_dst={SERVER_V4}:{P['resolved']} ")
+    assert " no-name: " in event and "route=by-name" in event and 'hostname_from = "resolved"' in event
 
 
 @pytest.mark.parametrize(("name", "outcome"), [("refused", "connect-refused"), ("dropped", "connect-timeout"),

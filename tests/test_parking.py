@@ -12,9 +12,11 @@ import pytest
 from ssaproxy.api.parking import Parking
 
 
-@pytest.fixture
-def parking():
-    p = Parking()
+@pytest.fixture(params=["filter", "full-queue"])
+def parking(request):
+    """Both ways of dropping SYNs: the socket filter, and (what an unprivileged daemon falls
+    back to) an accept queue kept full."""
+    p = Parking(drop_filter=request.param == "filter")
     yield p
     p.close()
 

@@ -124,3 +124,33 @@ def test_decide_is_total_and_consistent(port: int, tls: Optional[bool], host: Op
         assert route.hostname_from == "http-host" and route.hostname is None
         assert d.step is (Step.REFUSE if first.head_complete else Step.WAIT)
     assert decide((ip, port), route, first) == d  # pure: the same question, the same answer
+
+
+RESOLVED = Route(name="by-name", destination=ipaddress.ip_network("10.0.0.0/8"), tls_port=443,
+                 hostname_from="resolved")
+
+
+@pytest.mark.parametrize(("first", "resolved", "expected"), [
+    # Only the client library hands a name over (REDIRECT's NAME); without one: refused, never clear.
+    (NOTHING_YET, None, Decision(step=Step.REFUSE, outcome="no-name",
+                                 detail='hostname_from = "resolved" needs the name the program resolved; only a '
+                                        "connection handed over by the client library (ssaproxy run) carries one")),
+    (NOTHING_YET, "api.test", Decision(step=Step.UPGRADE, identity=Identity(dns_name="api.test"), port=443)),
+    (PLAIN, "api.test", Decision(step=Step.UPGRADE, identity=Identity(dns_name="api.test"), port=443)),
+    (HELLO, "api.test", Decision(step=Step.PASSTHROUGH, port=80)),  # never TLS inside TLS
+    (HELLO, None, Decision(step=Step.PASSTHROUGH, port=80)),
+])
+def test_hostname_from_resolved(first: FirstBytes, resolved: Optional[str], expected: Decision) -> None:
+    assert decide((V4, 80), RESOLVED, first, resolved) == expected
+
+
+def test_a_resolved_name_does_not_override_a_route_of_another_source() -> None:
+    # The name only counts where the admin asked for it: a fixed hostname stays the one verified.
+    route = route_for(V4, 25)
+    assert decide((V4, 25), route, NOTHING_YET, "evil.test").identity == Identity(dns_name="mail.test")
+
+
+def test_the_config_takes_hostname_from_resolved() -> None:
+    config = Config.from_toml('[outbound]\n[[outbound.route]]\nname = "r"\ndestination = "10.0.0.0/8"\n'
+                              'hostname_from = "resolved"\n')
+    assert config.outbound.routes[0].hostname_from == "resolved"

@@ -14,7 +14,6 @@ from ssaproxy.proto.connection import (
     NEED_DATA,
     OUTCOME_ERRNO,
     Accepted,
-    Ack,
     Carrier,
     Connect,
     Connection,
@@ -28,8 +27,10 @@ from ssaproxy.proto.connection import (
     LocalProtocolError,
     Ok,
     Phase,
+    Redirect,
     RemoteProtocolError,
     Role,
+    Routes,
     SetOption,
     Upgrade,
     Value,
@@ -61,12 +62,21 @@ def test_connect_conversation_both_sides_agree_on_the_phase() -> None:
     assert deliver(daemon, client, Ok()) == Ok()
     assert deliver(client, daemon, GetOption(90)) == GetOption(90)
     assert deliver(daemon, client, Value(b"h2")) == Value(b"h2")
-    assert deliver(client, daemon, Connect("192.0.2.1", 443, 4)) == Connect("192.0.2.1", 443, 4)
-    assert deliver(daemon, client, Carrier(-1), fds=[33]) == Carrier(33)  # the fd received is the one given
+    # The program's own socket rides with CONNECT; the fd received is the one given.
+    assert deliver(client, daemon, Connect("192.0.2.1", 443, 4, -1), fds=[33]) == Connect("192.0.2.1", 443, 4, 33)
+    assert deliver(daemon, client, Ok()) == Ok()
     assert client.phase == daemon.phase == Phase.CONNECTING
     result = Established(("192.0.2.1", 443), ("127.0.0.1", 5555), {113: b"\x00\x00\x03\x04"})
-    got = deliver(daemon, client, result)
+    got = deliver(daemon, client, result)  # on the control connection (version 2)
     assert got == result and (client.phase.value, daemon.phase.value) == ("connected", "connected")
+
+
+def test_connect_without_its_descriptor_is_refused() -> None:
+    client, daemon = pair()
+    daemon.receive_data(client.send(Connect("192.0.2.1", 443, 4, -1)))
+    with pytest.raises(RemoteProtocolError, match="needs 1 file descriptor") as e:
+        daemon.next_event()
+    assert e.value.errno == errno.EINVAL
 
 
 def test_failed_result_is_failed_and_an_error_reply_leaves_the_phase() -> None:
@@ -80,29 +90,27 @@ def test_failed_result_is_failed_and_an_error_reply_leaves_the_phase() -> None:
     assert client.phase == daemon.phase == Phase.FAILED
 
 
-def test_listening_pairs_descriptors_first_in_first_out() -> None:
+def test_listen_takes_two_descriptors_in_order_and_is_answered_with_a_token() -> None:
     client, daemon = pair()
-    assert deliver(client, daemon, Listen(5, -1), fds=[40]) == Listen(5, 40)
-    deliver(daemon, client, Ok())
+    assert deliver(client, daemon, Listen(5, (-1, -1)), fds=[40, 41]) == Listen(5, (40, 41))
+    token = bytes(range(wire.TOKEN_SIZE))
+    assert deliver(daemon, client, Ok(token)) == Ok(token)
     assert client.phase == daemon.phase == Phase.LISTENING
-    frames = b"".join(daemon.send(Accepted(("10.0.0.1", p), None, {}, -1)) for p in (1, 2, 3))
-    client.receive_fds([51, 52])  # the second descriptor rode on the first frame's bytes
-    client.receive_data(frames[:10])
-    assert client.next_event() is NEED_DATA
-    client.receive_data(frames[10:])
-    first = client.next_event()
-    assert isinstance(first, Accepted) and first.fd == 51 and first.peer == ("10.0.0.1", 1)
-    second = client.next_event()
-    assert isinstance(second, Accepted) and second.fd == 52
-    with pytest.raises(RemoteProtocolError) as e:
-        client.next_event()  # the third frame came without its descriptor
-    assert e.value.errno == errno.EINVAL
-    for _ in range(3):  # three ACCEPTED went out, so three ACKs are fine
-        daemon.receive_data(wire.encode(wire.Kind.ACK))
-        assert daemon.next_event() == Ack()
-    daemon.receive_data(wire.encode(wire.Kind.ACK))
-    with pytest.raises(RemoteProtocolError, match="ACK without an ACCEPTED"):
-        daemon.next_event()
+    with pytest.raises(LocalProtocolError):
+        client.send(GetOption(85))  # nothing more travels on a listener's control connection
+    # Each accepted connection carries one ACCEPTED frame, decoded in the LISTENING phase.
+    delivered = Connection(Role.CLIENT, phase=Phase.LISTENING)
+    delivered.receive_data(Connection(Role.DAEMON, phase=Phase.LISTENING).send(Accepted(("10.0.0.1", 1), None)))
+    got = delivered.next_event()
+    assert isinstance(got, Accepted) and got.peer == ("10.0.0.1", 1)
+    one = Connection(Role.DAEMON)
+    one.receive_data(Connection(Role.CLIENT).send(Hello()))
+    one.next_event()
+    one.send(Welcome(wire.VERSION, 1))
+    one.receive_fds([7])  # one descriptor where LISTEN takes two
+    one.receive_data(wire.encode(wire.Kind.LISTEN, {wire.Tag.BACKLOG: 1}))
+    with pytest.raises(RemoteProtocolError, match="needs 2 file descriptors"):
+        one.next_event()
 
 
 def test_local_errors_carry_the_posix_errno_and_change_nothing() -> None:
@@ -113,13 +121,13 @@ def test_local_errors_carry_the_posix_errno_and_change_nothing() -> None:
     with pytest.raises(LocalProtocolError, match="before the reply"):
         client.send(Hello())
     client, daemon = pair()
-    deliver(client, daemon, Connect("h.example", 443, 0))
-    deliver(daemon, client, Carrier(3), fds=[3])
+    deliver(client, daemon, Connect("h.example", 443, 0, -1), fds=[3])
+    deliver(daemon, client, Ok())
     with pytest.raises(LocalProtocolError) as e:
         client.send(SetOption(85, b"x"))
     assert e.value.errno == errno.EISCONN and client.phase == Phase.CONNECTING
     with pytest.raises(LocalProtocolError) as e:
-        client.send(Connect("h.example", 443, 0))
+        client.send(Connect("h.example", 443, 0, -1))
     assert e.value.errno == errno.EALREADY
     with pytest.raises(LocalProtocolError):
         daemon.send(Ok())  # nothing asked
@@ -144,7 +152,7 @@ def test_daemon_refusals() -> None:
 
     daemon = Connection(Role.DAEMON)
     daemon.receive_fds([5])
-    daemon.receive_data(wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: 1}))
+    daemon.receive_data(wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION}))
     assert daemon.next_event() == Hello()
     daemon.send(Welcome(1, 1))
     with pytest.raises(RemoteProtocolError, match="takes none"):
@@ -158,7 +166,7 @@ def test_daemon_refusals() -> None:
 
 def test_a_daemon_must_answer_before_reading_on() -> None:
     daemon = Connection(Role.DAEMON)
-    daemon.receive_data(wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: 1}) * 2)
+    daemon.receive_data(wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION}) * 2)
     assert daemon.next_event() == Hello()
     with pytest.raises(LocalProtocolError):
         daemon.next_event()
@@ -200,10 +208,10 @@ def test_secrets_stay_out_of_reprs() -> None:
 
 # ---- hypothesis: a conversation as bytes, split anywhere ----------------------------------
 def _program_bytes() -> list[bytes]:
-    return [wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: 1}),
+    return [wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION}),
             wire.encode(wire.Kind.SETOPT, {wire.Tag.OPTION: 85, wire.Tag.VALUE: b"backend.test"}),
             wire.encode(wire.Kind.GETOPT, {wire.Tag.OPTION: 90}),
-            wire.encode(wire.Kind.CONNECT, {wire.Tag.HOST: "h.example", wire.Tag.PORT: 443, wire.Tag.FAMILY: 0})]
+            wire.encode(wire.Kind.GETOPT, {wire.Tag.OPTION: 86})]
 
 
 def _drain(daemon: Connection) -> list[Event]:
@@ -235,7 +243,7 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if b > a]
     whole = _feed(Connection(Role.DAEMON), [data])
     assert whole == _feed(Connection(Role.DAEMON), chunks)
-    assert [type(e) for e in whole] == [Hello, SetOption, GetOption, Connect]
+    assert [type(e) for e in whole] == [Hello, SetOption, GetOption, GetOption]
 
 
 _KINDS = st.sampled_from(list(wire.Kind))
@@ -248,12 +256,13 @@ def _frames(draw: st.DrawFn) -> bytes:
         return draw(st.binary(max_size=40))
     kind = draw(_KINDS)
     table: dict[wire.Kind, dict[int, object]] = {
-        wire.Kind.HELLO: {wire.Tag.VERSION: draw(st.sampled_from([1, 1, 1, 2]))},
+        wire.Kind.HELLO: {wire.Tag.VERSION: draw(st.sampled_from([2, 2, 2, 1]))},
         wire.Kind.SETOPT: {wire.Tag.OPTION: 85, wire.Tag.VALUE: b"x"},
         wire.Kind.GETOPT: {wire.Tag.OPTION: 85},
         wire.Kind.CONNECT: {wire.Tag.HOST: "h", wire.Tag.PORT: 1, wire.Tag.FAMILY: 0},
         wire.Kind.LISTEN: {wire.Tag.BACKLOG: 1},
         wire.Kind.UPGRADE: {wire.Tag.ROLE: 1},
+        wire.Kind.REDIRECT: {wire.Tag.HOST: "192.0.2.1", wire.Tag.PORT: 1, wire.Tag.FAMILY: 4},
         wire.Kind.WELCOME: {wire.Tag.VERSION: 1, wire.Tag.SESSION: 1},
         wire.Kind.VALUE: {wire.Tag.VALUE: b""},
         wire.Kind.ERROR: {wire.Tag.ERRNO: 1, wire.Tag.TEXT: "x"},
@@ -267,14 +276,14 @@ def _answer(conn: Connection, event: Event) -> None:
     """Play the receiving side's part: whatever reply fits, if one is owed."""
     if conn.role == Role.DAEMON and isinstance(event, Hello):
         conn.send(Welcome(1, 1))
-    elif conn.role == Role.DAEMON and isinstance(event, (SetOption, Listen)):
+    elif conn.role == Role.DAEMON and isinstance(event, (SetOption, Connect, Redirect)):
         conn.send(Ok())
-    elif conn.role == Role.DAEMON and isinstance(event, GetOption):
+    elif conn.role == Role.DAEMON and isinstance(event, Listen):
+        conn.send(Ok(b"t" * wire.TOKEN_SIZE))
+    elif conn.role == Role.DAEMON and isinstance(event, (GetOption, Routes)):
         conn.send(Value(b""))
-    elif conn.role == Role.DAEMON and isinstance(event, (Connect, Upgrade)):
+    elif conn.role == Role.DAEMON and isinstance(event, Upgrade):
         conn.send(Carrier(-1))
-    elif conn.role == Role.CLIENT and isinstance(event, Accepted):
-        conn.send(Ack())
 
 
 @settings(max_examples=400, deadline=None)

@@ -5,7 +5,10 @@ and reset on the carrier — which otherwise only the twistd tests reach."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
+import select
 import selectors
 import socket
 import struct
@@ -139,19 +142,48 @@ def test_wrong_state_calls_and_options(fake: FakeDaemon, echo_port: int) -> None
     s.close()
 
 
-def test_nonblocking_connect_reports_through_readability(fake: FakeDaemon, echo_port: int) -> None:
+def test_nonblocking_connect_reports_through_writability(fake: FakeDaemon, echo_port: int) -> None:
     s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
     s.setblocking(False)
     assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EINPROGRESS
     with selectors.DefaultSelector() as sel:
-        sel.register(s, selectors.EVENT_READ)
+        sel.register(s, selectors.EVENT_WRITE)
         assert sel.select(5)
-    assert s.connect_ex(("127.0.0.1", echo_port)) == 0
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    assert s.connect_ex(("127.0.0.1", echo_port)) == 0  # as TCP: 0 once, then EISCONN
+    assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EISCONN
     s.sendall(b"x")
     s.setblocking(True)
     assert s.recv(1) == b"x"
     s.close()
+
+
+def test_an_edge_triggered_registration_and_a_dup_made_before_connect_stay_valid(fake: FakeDaemon,
+                                                                                 echo_port: int) -> None:
+    s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+    s.setblocking(False)
+    copy = os.dup(s.fileno())
+    edge = select.epoll()
+    try:
+        edge.register(copy, select.EPOLLOUT | select.EPOLLET)
+        edge.poll(0)  # an unconnected socket's one OUT|HUP
+        assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EINPROGRESS
+        events = []
+        for _ in range(40):  # bounded: 6 s, the completion is due in milliseconds
+            events += edge.poll(0.05)
+            if events:
+                more = edge.poll(0.1)  # anything after the first edge counts too
+                events += more
+                if not more:
+                    break
+        assert events == [(copy, select.EPOLLOUT)], events  # one edge, on the dup
+        os.write(copy, b"via dup")
+        s.setblocking(True)
+        assert s.recv(16) == b"via dup"
+    finally:
+        edge.close()
+        os.close(copy)
+        s.close()
 
 
 def test_a_reset_reaches_the_program_as_ECONNRESET(fake: FakeDaemon) -> None:
@@ -209,3 +241,38 @@ def test_a_malformed_request_is_refused_like_the_daemon_does(fake: FakeDaemon) -
     message = decoder.next_message()
     assert message is not None and message.kind == wire.Kind.ERROR
     assert message.int(wire.Tag.ERRNO) == errno.EPROTO
+
+
+def test_an_asyncio_loop_connects_a_nonblocking_tls_socket_as_a_tcp_one(fake: FakeDaemon, echo_port: int) -> None:
+    """What asyncio's sock_connect does once the address is resolved: connect, EINPROGRESS, a
+    writer callback on writability, then SO_ERROR.  (sock_connect itself resolves through
+    getaddrinfo with the socket's proto, which refuses IPPROTO_TLS.)"""
+
+    async def connect(s: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        assert s.connect_ex(("127.0.0.1", echo_port)) == errno.EINPROGRESS
+        writable = loop.create_future()
+        loop.add_writer(s.fileno(), lambda: writable.done() or writable.set_result(None))
+        try:
+            await asyncio.wait_for(writable, 10)
+        finally:
+            loop.remove_writer(s.fileno())
+        return int(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    async def main() -> tuple[int, bytes, int]:
+        s = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+        s.setblocking(False)
+        code = await connect(s)
+        reader, writer = await asyncio.open_connection(sock=s)
+        writer.write(b"from asyncio")
+        got = await asyncio.wait_for(reader.read(100), 10)
+        writer.close()
+        fake.outcomes[("127.0.0.1", echo_port)] = "verify-failed"
+        bad = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+        bad.setblocking(False)
+        try:
+            return code, got, await connect(bad)
+        finally:
+            bad.close()
+
+    assert asyncio.run(main()) == (0, b"from asyncio", errno.EPROTO)

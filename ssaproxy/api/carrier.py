@@ -1,5 +1,11 @@
 """The carrier: the TCP connection over loopback on which a program's socket reads and writes.
 
+Protocol version 2 (CONNECT, LISTEN): the program's own socket is the carrier's program end,
+so its descriptor never changes identity.  CONNECT parks it (`Parked`, over `parking.Parking`)
+until the session's result is known; LISTEN has the daemon connect to the program's loopback
+listener for each verified client (`ssaproxy.api.listener`).  Only UPGRADE still makes a pair
+(`make_pair`) whose program end is put in place of the program's descriptor, as in version 1.
+
 Why TCP and not the Unix socket itself: a Unix stream has no reset.  When the peer's TLS
 stream is truncated or reset, the program must read ECONNRESET, not a clean end of file, and
 only a TCP connection closed with SO_LINGER 0 gives every reader that (read(2), select, a
@@ -15,9 +21,13 @@ races to the port gets nothing.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from typing import Any, Callable
 
-from ssaproxy.streams import TCPEnd
+from ssaproxy.api.handover import close_shared
+from ssaproxy.api.parking import Parking
+from ssaproxy.streams import OneShotFactory, TCPEnd
 
 
 def make_pair() -> tuple[socket.socket, socket.socket]:
@@ -53,3 +63,52 @@ class Carrier(TCPEnd):
     established, the lifecycle holds what the program writes (bounded; beyond that the program's
     writes block in its kernel buffer) and hears an early close at once, so a program that
     gives up mid-handshake leaves nothing behind."""
+
+
+class Parked:
+    """A program's socket passed with CONNECT and parked (SYN_SENT, so it polls as a connect
+    in progress) until the session's result.  The result frame goes on the control connection
+    first (`send`), and only then is the socket completed or failed: once the program's socket
+    polls writable, the frame is already waiting for the library."""
+
+    def __init__(self, parking: Parking, sock: socket.socket, send: Callable[[Any], None]) -> None:
+        self.parking = parking
+        self.sock: socket.socket | None = sock  # our reference to the program's socket, until it is decided
+        self.send = send
+
+    def establish(self, reactor: Any, result: Any) -> Carrier:
+        """Send ESTABLISHED, complete the program's socket: our end, running, as a Carrier.
+        OSError: the socket could not be completed (it is reset instead)."""
+        sock = self.sock
+        assert sock is not None
+        try:
+            self.send(result)
+            mine = self.parking.complete(sock)
+        except OSError:
+            self.abandon()
+            raise
+        self._release()
+        carrier = Carrier()
+        try:
+            reactor.adoptStreamConnection(mine.fileno(), mine.family, OneShotFactory(carrier))
+        finally:
+            mine.close()  # the reactor holds its own duplicate
+        return carrier
+
+    def fail(self, result: Any) -> None:
+        """Send the ERROR, then end the program's connect with a reset."""
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                self.send(result)
+            self.abandon()
+
+    def abandon(self) -> None:
+        """The program left (or the result could not be sent): reset its socket, let go of it."""
+        if self.sock is not None:
+            self.parking.fail(self.sock)
+            self._release()
+
+    def _release(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            close_shared(sock)  # shared with the program: a linger it set must not make us wait

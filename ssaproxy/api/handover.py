@@ -54,6 +54,15 @@ def no_linger(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
 
 
+def close_shared(sock: socket.socket) -> None:
+    """Close our reference to a socket a program shares, never waiting for a linger it set."""
+    with contextlib.suppress(OSError):
+        onoff, seconds = struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+        if onoff and seconds:
+            no_linger(sock)
+    sock.close()
+
+
 class DontWaitSocket(socket.socket):
     """recv, send and close that never block, whatever the program sets on the shared socket
     (O_NONBLOCK on the file, SO_LINGER on the socket).  A reset (SO_LINGER 0) is left alone:

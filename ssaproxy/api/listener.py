@@ -1,25 +1,33 @@
-"""A program's listening socket, taken over by the daemon (LISTEN): connections accepted in a
-thread of their own (handover.Acceptor), their TLS handshakes in the reactor, and each verified
-connection handed to the program as ACCEPTED with a carrier, through the control connection
-that owns the listener (`ssaproxy.api.server.Control`).  Its sessions count against the
-program's user's fair share like any other (`quota`).
+"""A program's listening socket, served by the daemon (LISTEN, protocol version 2).
+
+The program passes two listening sockets: B, bound to the address it asked for, and N, on
+loopback, which the program itself accepts on.  The daemon accepts raw TLS clients on B in a
+thread of its own (handover.Acceptor), handshakes and verifies them in the reactor, and for
+each verified client opens a TCP connection to N's address and writes, before any plaintext,
+the listener's TOKEN and one ACCEPTED frame.  N is a kernel listener, so fork() and threads in
+accept() behave as on TCP; its backlog is the back-pressure, and deliveries in flight are
+bounded per listener.  The daemon keeps its copies of B and N until the control connection
+closes (nobody else may take N's port while deliveries may still go there).  Its sessions
+count against the program's user's fair share like any other (`quota`).
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any, Optional
 
 from OpenSSL import SSL
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 
 from ssaproxy.addresses import host_port
 from ssaproxy.api.carrier import Carrier
-from ssaproxy.api.handover import Acceptor, no_linger
+from ssaproxy.api.handover import Acceptor, close_shared, no_linger
+from ssaproxy.api.parking import Parking
 from ssaproxy.api.quota import Resource
 from ssaproxy.api.session import TLSSession, adopt_carrier
 from ssaproxy.api.settings import ApiError, Settings
-from ssaproxy.proto import connection as c
-from ssaproxy.proto import wire
+from ssaproxy.proto import events, wire
 from ssaproxy.streams import OneShotFactory
 from ssaproxy.tls.connection import server_stream
 from ssaproxy.tls.revcheck import for_connection
@@ -27,6 +35,17 @@ from ssaproxy.tls.stream import TLSStream
 from ssaproxy.tls.verify import ClientCheck
 
 _MAX_HANDSHAKES = 256  # per listener: TLS handshakes in progress
+_LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+
+def check_listening(sock: socket.socket, parking: Parking) -> None:
+    """One of LISTEN's sockets: a listening TCP socket in the daemon's network namespace."""
+    if sock.type != socket.SOCK_STREAM or sock.family not in _LOOPBACK or sock.proto not in (0, socket.IPPROTO_TCP):
+        raise ApiError(errno.EOPNOTSUPP, "LISTEN needs TCP sockets")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ApiError(errno.EINVAL, "a socket passed with LISTEN is not listening")
+    if not parking.same_netns(sock):
+        raise ApiError(errno.EXDEV, "the program is in another network namespace than the daemon")
 
 
 class _AcceptedStream(TLSStream):
@@ -44,25 +63,33 @@ class _AcceptedStream(TLSStream):
 
 
 class Listener:
-    """A program's listening socket, taken over: connections accepted in a thread of their
-    own (handover.Acceptor), handshakes here, verified connections to the program (ACCEPTED +
-    carrier).  Once `backlog` of them wait for the program's ACK, accepting pauses."""
+    """See the module docstring.  Once `backlog` deliveries are in flight (connecting to the
+    program's loopback listener, whose own queue is full), accepting on B pauses."""
 
-    def __init__(self, control: Any, ctx: SSL.Context, settings: Settings, sock: socket.socket,
-                 backlog: int) -> None:
+    def __init__(self, control: Any, ctx: SSL.Context, settings: Settings, public: socket.socket,
+                 loopback: socket.socket, backlog: int, token: bytes) -> None:
         self.control = control
         self.backlog = backlog
         self.ctx = ctx
         self.settings = settings
         self.factory = control.factory
-        self.unacked = 0
-        self.pending: set[TLSSession] = set()
+        self.token = token
+        self.loopback = loopback  # N: kept so that its port stays the program's while we may deliver
+        host, port = loopback.getsockname()[:2]
+        if host not in ("127.0.0.1", "::1") and not host.startswith("127."):
+            loopback.close()
+            public.close()
+            raise ApiError(errno.EINVAL, "the listener for accepted connections must be on loopback")
+        self.target = (host, port)
+        self.pending: set[TLSSession] = set()  # handshaking
+        self.delivering: set[TLSSession] = set()  # connecting to N
         self.closed = False
-        self.acceptor = Acceptor(self.factory.reactor, sock, self.accepted)
+        self.acceptor = Acceptor(self.factory.reactor, public, self.accepted)
         try:
             self.acceptor.start()  # first: if its thread cannot start, nothing was counted
-        except RuntimeError:  # no thread to be had: the socket is ours to close
-            sock.close()
+        except RuntimeError:  # no thread to be had: the sockets are ours to close
+            public.close()
+            loopback.close()
             raise
         self.factory.active.add(self)
 
@@ -104,36 +131,51 @@ class Listener:
         return stream
 
     def _ready(self, session: TLSSession) -> None:
+        """A verified client: connect to the program's loopback listener (N) for it."""
         self.pending.discard(session)
-        session.on_end = None
         if self.closed or self.control.closed:
+            session.on_end = None
             session.fail("shutdown", "the program closed its listening socket")
             return
-        why = self.factory.ledger.over(self.control.uid, Resource.FDS, 1)
-        if why is not None:  # the program is not taking its connections (no ACKs)
-            self._refused(f"an accepted connection: too many descriptors in flight: {why}")
-            session.fail("overload", why)
+        session.on_end = self._undelivered
+        self.delivering.add(session)
+        self._pace()
+        carrier = Carrier()
+        host, port = self.target
+        kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = kind(self.factory.reactor, host, port, timeout=self.factory.limits.handshake_timeout)
+        d = endpoint.connect(OneShotFactory(carrier))
+        d.addCallbacks(self._delivered, self._not_delivered, callbackArgs=(session,), errbackArgs=(session,))
+
+    def _delivered(self, carrier: Carrier, session: TLSSession) -> None:
+        self.delivering.discard(session)
+        self._pace()
+        if session.done:  # the client went away meanwhile: the program gets a reset, never a half
+            carrier.abort()
             return
-        try:
-            carrier, program_end = adopt_carrier_or_fail(self.factory.reactor, session)
-        except OSError:
-            return
+        session.on_end = None
         info = {tag - wire.INFO_BASE: raw for tag, raw in session.info_attrs.items()}
-        self.control._hand(program_end, c.Accepted(session.peer, session.local, info, program_end.fileno()))
-        self.control._recharge()  # within the share: checked above
+        frame = wire.encode(wire.Kind.ACCEPTED, events.fields_of(events.Accepted(session.peer, session.local, info)))
+        carrier.write(self.token + frame)  # one write, before any plaintext
         session.splice(carrier)
-        self.unacked += 1
-        if self.unacked >= self.backlog:
-            self.acceptor.pause(True)
+
+    def _not_delivered(self, failure: Any, session: TLSSession) -> None:
+        self.delivering.discard(session)
+        self._pace()
+        session.on_end = None
+        session.fail("overload", f"the program's listener did not take the connection: {failure.getErrorMessage()}")
+
+    def _undelivered(self, session: TLSSession) -> None:
+        self.delivering.discard(session)
+        self._pace()
+
+    def _pace(self) -> None:
+        if not self.closed:
+            self.acceptor.pause(len(self.delivering) >= self.backlog)
 
     def _refused(self, detail: str) -> None:
         self.control.log.warn("api listener refused {detail} conn_id={conn_id} pid={pid} uid={uid} gid={gid} exe={exe}",
                               detail=detail, conn_id=self.control.control_id, **self.control._who())
-
-    def acked(self) -> None:
-        self.unacked -= 1
-        if self.unacked < self.backlog and not self.closed:
-            self.acceptor.pause(False)
 
     def stop_accepting(self) -> None:
         """The daemon drains: take no more connections from the program's socket; handshakes
@@ -146,10 +188,12 @@ class Listener:
         self.closed = True
         self.factory.active.discard(self)
         self.acceptor.stop()
-        for session in list(self.pending):
+        close_shared(self.loopback)
+        for session in list(self.pending) + list(self.delivering):
             session.on_end = None
             session.fail("shutdown", why)
         self.pending.clear()
+        self.delivering.clear()
 
     def shut_down(self) -> None:
         self.close("daemon stopping")

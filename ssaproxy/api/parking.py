@@ -25,6 +25,11 @@ itself over loopback, at the moment it chooses:
 
 Requirement: the program's socket and the daemon live in one network namespace (the loopback
 addresses must be the same); `same_netns` checks it with SO_NETNS_COOKIE.
+
+Without privilege (a daemon that dropped root, a worker) the kernel may refuse a socket filter
+on a TCP socket (EPERM).  The listener then drops SYNs another way: its accept queue is kept
+full by connections of our own that are never accepted, and Linux drops a SYN for a listener
+whose accept queue is full, silently (LISTEN_OVERFLOWS).  Same behaviour, no privilege.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import select
 import socket
 import struct
 
@@ -61,11 +68,18 @@ def same_netns(theirs: socket.socket, ours: socket.socket) -> bool:
         return False
 
 
-class Parking:
-    """One parking listener per address family, made on first use, kept for the process's life."""
+_FILLERS = 8  # at most this many connections fill a parking listener's accept queue
 
-    def __init__(self) -> None:
+
+class Parking:
+    """One parking listener per address family, made on first use, kept for the process's life.
+    `drop_filter=False` makes it keep its accept queue full instead (what it falls back to when
+    the kernel refuses the filter), for tests of that way."""
+
+    def __init__(self, drop_filter: bool = True) -> None:
         self._listeners: dict[int, socket.socket] = {}
+        self._fillers: list[socket.socket] = []
+        self._drop_filter = drop_filter
 
     def listener(self, family: int) -> socket.socket:
         if family not in self._listeners:
@@ -74,14 +88,38 @@ class Parking:
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                _attach_drop_filter(lsock)  # before bind and listen: no SYN is ever answered
+                filtered = False
+                if self._drop_filter:
+                    try:
+                        _attach_drop_filter(lsock)  # before bind and listen: no SYN is ever answered
+                        filtered = True
+                    except PermissionError:
+                        pass  # unprivileged: the full accept queue below does it
                 lsock.bind((_LOOPBACK[family], 0))
                 lsock.listen(1)
+                if not filtered:
+                    self._fill(lsock)
             except BaseException:
                 lsock.close()
                 raise
             self._listeners[family] = lsock
         return self._listeners[family]
+
+    def _fill(self, lsock: socket.socket) -> None:
+        """Connect to `lsock` until a connection is no longer taken: its accept queue is full,
+        and every later SYN is dropped without an answer."""
+        address = lsock.getsockname()[:2]
+        for _ in range(_FILLERS):
+            filler = socket.socket(lsock.family, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            poller = select.poll()
+            poller.register(filler.fileno(), select.POLLOUT)
+            if not poller.poll(200):  # loopback answers at once, or never
+                filler.close()  # still SYN_SENT: dropped, the queue is full
+                return
+            self._fillers.append(filler)
+        raise OSError(errno.EIO, "the parking listener's accept queue does not fill up")
 
     def same_netns(self, sock: socket.socket) -> bool:
         return same_netns(sock, self.listener(socket.AF_INET))
@@ -93,7 +131,21 @@ class Parking:
         if family not in _LOOPBACK or sock.type != socket.SOCK_STREAM:
             raise OSError(errno.EAFNOSUPPORT, "not a TCP socket")
         address = self.listener(family).getsockname()
-        code = sock.connect_ex(address[:2])
+        # The program's socket may be blocking (O_NONBLOCK lives on the file it shares with
+        # us): a blocking connect would wait in the daemon for the SYN's answer, which never
+        # comes.  Non-blocking for this one call, then the program's own flag again.
+        flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            code = sock.connect_ex(address[:2])
+            if code in (errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT):
+                # A socket whose earlier connect failed reports that once to the next connect
+                # (the kernel's bookkeeping for the old attempt); the one after starts anew.
+                code = sock.connect_ex(address[:2])
+        finally:
+            sock.settimeout(timeout)
+            fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags)
         if code not in (errno.EINPROGRESS, errno.EAGAIN):
             raise OSError(code, f"cannot park the socket: {errno.errorcode.get(code, code)}")
 
@@ -122,6 +174,7 @@ class Parking:
             mine.close()
 
     def close(self) -> None:
-        for lsock in self._listeners.values():
-            lsock.close()
+        for sock in [*self._listeners.values(), *self._fillers]:
+            sock.close()
         self._listeners.clear()
+        self._fillers.clear()

@@ -4,10 +4,13 @@ Theory of operation: a control connection speaks the framed protocol of docs/api
 rules (phases, order, descriptor pairing, version) live in one `Connection(Role.DAEMON)` of
 `ssaproxy.proto.connection`: this shell feeds it bytes and descriptors, acts on the events it
 gives, and writes what its `send` returns.  After HELLO it takes options, then exactly one of
-CONNECT or UPGRADE (the daemon answers CARRIER with the program's end of a fresh carrier; the
-session's result and then its plaintext travel on the carrier) or LISTEN (the program passes
-its bound, listening TCP socket; this connection then delivers ACCEPTED frames, each with a
-carrier, and takes one ACK per ACCEPTED).  Anything malformed or out of order gets an ERROR
+CONNECT (with the program's own socket, which is parked and answered OK; the result follows
+on this connection, then the socket is completed or failed: `carrier.Parked`), UPGRADE (the
+daemon answers CARRIER with the program's end of a fresh carrier; the session's result and
+then its plaintext travel on the carrier) or LISTEN (the program passes its socket bound to
+its address and its loopback listener; answered OK{TOKEN}, after which each verified client
+is delivered to the loopback listener by `listener.Listener`); the handlers are in
+`ssaproxy.api.requests`.  Anything malformed or out of order gets an ERROR
 frame and the connection is closed; other programs are not affected.  The daemon never opens
 a file for a program: certificates and keys come as PEM bytes, sockets as file descriptors.
 
@@ -26,35 +29,32 @@ with who it refused (pid, uid, gid, executable) and why.
 from __future__ import annotations
 
 import errno
-import functools
-import ipaddress
 import itertools
 import resource
 import socket
 from typing import Any, Optional
 
-from OpenSSL import SSL
 from twisted.internet import interfaces
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssaproxy.api.carrier import Carrier
 from ssaproxy.api.contexts import Contexts
-from ssaproxy.api.handover import close_fd, take
-from ssaproxy.api.listener import Listener, adopt_carrier_or_fail
+from ssaproxy.api.handover import close_fd
+from ssaproxy.api.listener import Listener
+from ssaproxy.api.parking import Parking
 from ssaproxy.api.profiles import Chooser
 from ssaproxy.api.quota import Caps, Ledger, Resource, fit_to_fd_budget
-from ssaproxy.api.session import Creds, Limits, TLSSession, identity_of
-from ssaproxy.api.settings import ApiError, Settings, apply, client_context, get, int_value, server_context
-from ssaproxy.config import Api, Policy, Profile, is_valid_hostname
+from ssaproxy.api.redirect import OutboundFace, redirect, routes_text
+from ssaproxy.api.requests import Requests
+from ssaproxy.api.session import Creds, Limits, TLSSession
+from ssaproxy.api.settings import ApiError, Settings, apply, get, int_value
+from ssaproxy.config import Api, Policy, Profile
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
-from ssaproxy.tls.reasons import ssl_text
 
-_MIN_UNACKED, _MAX_UNACKED = 16, 128  # accepted connections delivered, not yet taken: BACKLOG within these
 _control_ids = itertools.count(1)
 _UNSET = -2
 
@@ -92,6 +92,8 @@ class ApiFactory(Factory):
         self.contexts = Contexts()  # TLS_CONTEXT ids, per uid
         self.accepting = True  # False once the daemon drains: no new sessions or listeners
         self.successor: Optional[ApiFactory] = None  # a reload's new generation (control connections keep theirs)
+        self.parking = Parking()  # where programs' sockets wait for their CONNECT's result
+        self.outbound: Optional[OutboundFace] = None  # ROUTES and REDIRECT: the outbound face, set by the wiring
         if nofile != _UNSET:
             self.fit(nofile)
 
@@ -120,6 +122,7 @@ class ApiFactory(Factory):
         """A reload replaces this generation: its live sessions, its users' shares and its
         accepting state go on in `new` (control connections made before keep this factory)."""
         new.active = self.active
+        new.parking = self.parking
         self.ledger.caps = new.caps
         new.ledger = self.ledger
         self.successor = new
@@ -133,7 +136,7 @@ class ApiFactory(Factory):
 
 
 @implementer(interfaces.IFileDescriptorReceiver, interfaces.IPushProducer)
-class Control(Protocol):
+class Control(Requests, Protocol):
     """One control connection.  It is its own transport's producer: a program that sends
     requests without reading the replies stops being read once the replies fill the
     transport's buffer, so it cannot grow the daemon's memory."""
@@ -149,6 +152,7 @@ class Control(Protocol):
         self.policy = factory.policy  # the profile's policy, or the admin's
         self.handed: list[socket.socket] = []  # program ends sent, closed once delivered
         self.listener: Optional[Listener] = None
+        self.pending: Optional[TLSSession] = None  # a CONNECT whose result is still due on this connection
         self.closed = False
         self.paused = False
         self.control_id = next(_control_ids) & 0x7FFFFFFF
@@ -160,7 +164,7 @@ class Control(Protocol):
     # ---- Twisted events
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.creds = Creds.of(self.transport.getHandle())  # type: ignore[attr-defined]  # before any refusal
+        self.creds = Creds.of(self.transport.getHandle())  # before any refusal
         self.uid = self.creds.uid
         self.profile = self.factory.chooser.choose(self.creds)
         if self.profile is not None:
@@ -170,20 +174,20 @@ class Control(Protocol):
             self._refuse(errno.EAGAIN, f"too many API connections: {why}", "limit-controls")
             return
         self.counted = True
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self.transport.registerProducer(self, True)
         api = self.factory.api
         self._arm("hello", api.hello_timeout, f"no HELLO within {api.hello_timeout:g}s of connecting")
 
     def pauseProducing(self) -> None:
         self.paused = True
-        self.transport.stopReading()  # type: ignore[union-attr]
+        self.transport.stopReading()
         if not self.closed:
             self._deadlines()  # no frame deadline while we do not read
 
     def resumeProducing(self) -> None:
         self.paused = False
         if not self.closed and self.transport is not None:
-            self.transport.startReading()  # type: ignore[attr-defined]
+            self.transport.startReading()
             self.dataReceived(b"")  # requests already read, held while paused
 
     def stopProducing(self) -> None:
@@ -226,6 +230,9 @@ class Control(Protocol):
         self.handed = []
         if self.listener is not None:
             self.listener.close("program closed its listening socket")
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.program_gone()
         ledger = self.factory.ledger
         for res, held in self.charged.items():  # all closed above: its charge is zero now
             ledger.charge(self.uid, res, -held)
@@ -248,8 +255,8 @@ class Control(Protocol):
                 self._arm("frame", api.frame_timeout, f"a request took longer than {api.frame_timeout:g}s to arrive")
             return
         self._disarm("frame")
-        if self.conn.phase is c.Phase.FRESH or self.listener is not None:
-            self._disarm("idle")  # the HELLO deadline runs; a listener waits for its clients
+        if self.conn.phase is c.Phase.FRESH or self.listener is not None or self.pending is not None:
+            self._disarm("idle")  # the HELLO deadline runs; a listener waits for clients, a connect for its result
         elif "idle" not in self.timers:
             self._arm("idle", api.idle_timeout, f"idle for {api.idle_timeout:g}s")
 
@@ -312,7 +319,8 @@ class Control(Protocol):
         elif isinstance(event, c.GetOption) and event.option == o.TLS_CONTEXT:
             self._reply(c.Value(o.pack_int(self.factory.contexts.register(self._owner(), self.settings))))
         elif isinstance(event, c.SetOption):
-            self.settings = apply(self.settings, policy, event.option, event.value)
+            self.settings = apply(self.settings, policy, event.option, event.value,
+                                  allow_trust_store_replacement=self.factory.api.allow_trust_store_replacement)
             self._reply(c.Ok())
         elif isinstance(event, c.GetOption):
             self._reply(c.Value(get(self.settings, policy, event.option)))
@@ -322,128 +330,23 @@ class Control(Protocol):
             self._upgrade(event)
         elif isinstance(event, c.Listen):
             self._listen(event)
-        elif isinstance(event, c.Ack):
-            assert self.listener is not None and self.handed  # the connection counts ACCEPTED and ACK
-            self.handed.pop(0).close()
-            self.listener.acked()
+        elif isinstance(event, c.Routes):
+            self._reply(c.Value(routes_text(self.factory.outbound)))
+        elif isinstance(event, c.Redirect):
+            self._redirect(event)
         # c.ConnectionClosed: connectionLost follows
 
-    def _connect(self, event: c.Connect) -> None:
-        host, port, family = event.host, event.port, event.family
-        if not 0 < port < 65536:
-            raise ApiError(errno.EINVAL, f"port {port} out of range")
-        if family not in (0, 4, 6):
-            raise ApiError(errno.EINVAL, f"family {family} unknown")
-        if family:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                raise ApiError(errno.EINVAL, f"{host!r} is not an IP address") from None
-            if address.version != family:
-                raise ApiError(errno.EAFNOSUPPORT, f"{host} is not an IPv{family} address")
-        elif not is_valid_hostname(host):
-            raise ApiError(errno.EINVAL, f"{host!r} is not a host name (letters, digits, hyphens, dots; "
-                                         "IDNs in their xn-- form)")
-        self._context(server=False)  # refused now, not after CARRIER
-        session, carrier = self._start("connect")
-        session.start_connect(carrier, host, port, family)
-
-    def _upgrade(self, event: c.Upgrade) -> None:
-        sock = take(event.fd)
-        try:
-            role = event.role
-            if role not in (wire.ROLE_CLIENT, wire.ROLE_SERVER):
-                raise ApiError(errno.EINVAL, f"role {role} unknown")
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                raise ApiError(errno.EOPNOTSUPP, "TCP_UPGRADE_TLS needs a TCP socket")
-            try:
-                sock.getpeername()
-            except OSError:
-                raise ApiError(errno.ENOTCONN, "the socket to upgrade is not connected") from None
-            server = role == wire.ROLE_SERVER
-            ctx = self._context(server=server)
-            session, carrier = self._start("upgrade-server" if server else "upgrade-client")
-            session.start_upgrade(carrier, sock, ctx if server else None)
-        finally:
-            sock.close()  # the reactor adopted its own duplicate
-
-    def _listen(self, event: c.Listen) -> None:
-        sock = take(event.fd)
-        try:
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                raise ApiError(errno.EOPNOTSUPP, "LISTEN needs a TCP socket")
-            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                raise ApiError(errno.EINVAL, "the socket passed with LISTEN is not listening")
-            self.factory.check_accepting()
-            listeners = self.factory.caps.listeners
-            if sum(isinstance(x, Listener) for x in self.factory.active) >= listeners:
-                raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
-            ctx = self._context(server=True)
-            backlog = max(_MIN_UNACKED, min(event.backlog, _MAX_UNACKED))
-        except BaseException:
-            sock.close()
-            raise
-        self.listener = Listener(self, ctx, self.settings, sock, backlog)  # its acceptor owns sock now
-        self._reply(c.Ok())
-
-    def _context(self, *, server: bool) -> SSL.Context:
-        """The TLS context for these settings; EINVAL (nothing started) if OpenSSL refuses them,
-        say a certificate whose key is below the policy's security level."""
-        try:
-            if server:
-                return server_context(self.settings, self.policy)
-            return client_context(self.settings, self.policy, identity_of(self.profile))
-        except ApiError:
-            raise
-        except Exception as e:  # noqa: BLE001 - OpenSSL's verdict on the program's material
-            why = ssl_text(e) or type(e).__name__
-            raise ApiError(errno.EINVAL, f"the TLS settings cannot be used: {why}") from None
-
-    # ---- helpers
-    def _start(self, op: str) -> tuple[TLSSession, Carrier]:
-        """A session and its carrier, the program's end sent with CARRIER; or ApiError."""
-        self.factory.check_accepting()
-        why = self.factory.ledger.over(self.uid, Resource.FDS, 1)
-        if why is not None:
-            raise ApiError(errno.EAGAIN, f"too many descriptors in flight: {why}")
-        session = self._session(op, self.settings)
-        try:
-            carrier, program_end = adopt_carrier_or_fail(self.factory.reactor, session)
-        except OSError as e:
-            raise ApiError(errno.EAGAIN if e.errno in (errno.EMFILE, errno.ENFILE) else errno.EIO,
-                           f"the daemon cannot make a carrier connection: {e.strerror or e}") from None
-        self._hand(program_end, c.Carrier(program_end.fileno()))
-        return session, carrier
-
-    def _owner(self) -> tuple[int, Optional[str]]:
-        """Whose TLS_CONTEXT ids these are: the uid, under its profile (one profile's settings
-        are checked against its policy, and must not reach a program under another)."""
-        return self.uid, self.profile.name if self.profile is not None else None
-
-    def _session(self, op: str, settings: Settings) -> TLSSession:
-        """A session, holding one of its uid's sessions until it ends; ApiError(EAGAIN) if none is left."""
+    def _redirect(self, event: c.Redirect) -> None:
+        """A plain connect handed over by the library (ssaproxy.api.redirect); OK once the
+        outbound face runs it."""
         assert self.creds is not None
-        ledger = self.factory.ledger
-        why = ledger.take(self.uid, Resource.SESSIONS)
-        if why is not None:
-            raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
         try:
-            session = TLSSession(reactor=self.factory.reactor, policy=self.policy, settings=settings,
-                                 limits=self.factory.limits, creds=self.creds, op=op, active=self.factory.active,
-                                 profile=self.profile)
-        except BaseException:
-            ledger.give(self.uid, Resource.SESSIONS)
+            self.factory.check_accepting()
+        except ApiError:
+            close_fd(event.fd)
             raise
-        session.on_finish = functools.partial(ledger.give, self.uid, Resource.SESSIONS)
-        return session
-
-    def _hand(self, program_end: socket.socket, event: c.Carrier | c.Accepted) -> None:
-        """Send `program_end` with its frame; it stays open here until the program has it."""
-        assert self.transport is not None
-        frame = self.conn.send(event)
-        self.handed.append(program_end)
-        self.transport.sendFileDescriptor(program_end.fileno())  # type: ignore[attr-defined]
-        self.transport.write(frame)
+        redirect(event, self.factory.outbound, self.factory.parking, self.factory.ledger, self.creds, self.profile)
+        self._reply(c.Ok())
 
     def _reply(self, event: c.Event) -> None:
         if self.transport is not None and not self.closed:
@@ -464,7 +367,7 @@ class Control(Protocol):
             self.transport.write(self.conn.refuse(code, text))
             # A paused producer would be resumed instead of disconnected once the buffer
             # drains (Twisted's doWrite): stop producing first, or the connection never ends.
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _close_fds(self) -> None:

@@ -1,10 +1,13 @@
 """One TLS connection made for a program: the handshake under the admin's policy and the
 program's options, then a relay between the TLS stream and the program's carrier.
 
-A session is one of: `connect` (the daemon dials), `upgrade` (STARTTLS: the program handed
-over its connected socket, client or server role) or `accept` (a connection that arrived on a
-program's listening socket).  It ends in exactly one log event, which names the program (pid,
-uid, gid, executable, from SO_PEERCRED).
+A session is one of: `connect` (the daemon dials; the program's own socket waits parked, and
+the result goes on the control connection before that socket is completed or failed),
+`upgrade` (STARTTLS: the program handed over its connected socket, client or server role; the
+result is the first frame on a fresh carrier) or `accept` (a connection that arrived on a
+program's listening socket, delivered to the program's loopback listener by `listener`).
+It ends in exactly one log event, which names the program (pid, uid, gid, executable, from
+SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.logger import Logger
 
 from ssaproxy.addresses import host_port, plain_address
-from ssaproxy.api.carrier import Carrier, make_pair
+from ssaproxy.api.carrier import Carrier, Parked, make_pair
 from ssaproxy.api.handover import adopt_connection
 from ssaproxy.api.settings import Settings, client_context
 from ssaproxy.config import Policy, Profile
@@ -29,7 +32,7 @@ from ssaproxy.lifecycle import Lifecycle, State
 from ssaproxy.policy import Identity
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
-from ssaproxy.proto.connection import OUTCOME_ERRNO
+from ssaproxy.proto.connection import OUTCOME_ERRNO, Error, Established
 from ssaproxy.streams import How, OneShotFactory, graceful_close
 from ssaproxy.tls._openssl import session_reused
 from ssaproxy.tls.connection import client_stream, server_stream, session_key
@@ -151,14 +154,17 @@ class TLSSession(Lifecycle):
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.target = ""
+        self.parked: Optional[Parked] = None  # connect: the program's socket, until the result
         self._info: dict[int, bytes] = {}
         self.on_ready: Optional[Callable[[TLSSession], None]] = None  # accept: the listener hands it over
         self.on_end: Optional[Callable[[TLSSession], None]] = None  # accept: the listener forgets it
         self.on_finish: Optional[Callable[[], None]] = None  # once, at the end: the uid's session slot back
         self.idle_timeout = limits.idle_timeout or None
+        self.allow_ragged_eof = settings.allow_ragged_eof  # a listener's applies to each accepted connection
 
     # ---- starting
-    def start_connect(self, carrier: Carrier, host: str, port: int, family: int) -> None:
+    def start_connect(self, parked: Parked, host: str, port: int, family: int) -> None:
+        self.parked = parked
         self.target = host_port(host, port)
         try:
             ip: Optional[str] = str(ipaddress.ip_address(host))
@@ -268,6 +274,16 @@ class TLSSession(Lifecycle):
             assert self.on_ready is not None
             self.on_ready(self)  # the listener makes the carrier and calls splice
             return
+        if self.parked is not None:  # connect: the result on the control connection, then the socket
+            parked, self.parked = self.parked, None
+            result = Established(self.peer, self.local, {t - wire.INFO_BASE: v for t, v in self._info.items()})
+            try:
+                carrier = parked.establish(self.reactor, result)
+            except OSError as e:
+                self.fail("no-carrier", f"cannot complete the program's socket: {e.strerror or e}")
+                return
+            self.splice(carrier)
+            return
         assert self.near is not None
         self.near.write(wire.encode(wire.Kind.ESTABLISHED, {
             wire.Tag.PEER_HOST: self.peer[0], wire.Tag.PEER_PORT: self.peer[1],
@@ -278,9 +294,6 @@ class TLSSession(Lifecycle):
         self.near = carrier
         carrier.sink = self
         self.begin_relay()
-
-    def far_data(self, data: bytes) -> None:  # never before ready
-        pass
 
     def far_lost(self, how: How, detail: Optional[str]) -> None:
         self.far = None
@@ -295,6 +308,11 @@ class TLSSession(Lifecycle):
 
     def near_lost(self, how: How, detail: Optional[str]) -> None:
         self._end("program-gone", "the program closed its socket during the handshake", error_frame=False)
+
+    def program_gone(self) -> None:
+        """connect: the program closed its control connection before the result."""
+        self._end("program-gone", "the program closed its control connection during the handshake",
+                  error_frame=False)
 
     # ---- endings
     @property
@@ -314,6 +332,13 @@ class TLSSession(Lifecycle):
         if self.done:
             return
         self.abandon_far()
+        parked, self.parked = self.parked, None
+        if parked is not None:
+            if error_frame:
+                code = OUTCOME_ERRNO.get(outcome, errno.ECONNRESET)
+                parked.fail(Error(code, f"{outcome}: {detail}" if detail else outcome))
+            else:
+                parked.abandon()
         near = self.near
         if near is not None and near.transport is not None:
             near.sink = None

@@ -15,11 +15,11 @@ import functools
 from typing import Callable, Optional
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from ssaproxy.addresses import is_ip_literal
+from ssaproxy.api import material as m
+from ssaproxy.api.material import ApiError as ApiError  # noqa: PLC0414 - re-exported from its old home
 from ssaproxy.config import Policy, TLSVersion, is_valid_hostname
 from ssaproxy.proto import options as o
 from ssaproxy.tls.context import (
@@ -32,26 +32,16 @@ from ssaproxy.tls.context import (
     use_identity,
 )
 from ssaproxy.tls.paths import PathValidator
-
-_MAX_PEM = 256 * 1024
-_MAX_KEY_BITS = 4096  # an 8192-bit RSA key costs ~40 ms of the daemon's one thread per handshake
-
-
-class ApiError(Exception):
-    """A request the daemon refuses: `code` is the errno the program gets, `text` is TLS_ERROR."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
+from ssaproxy.tls.sni import serve_by_sni, use_chain
 
 
 @attrs.frozen(kw_only=True)
 class Settings:
     hostname: Optional[str] = None
-    trust_pem: Optional[bytes] = None
-    chain_pem: Optional[bytes] = None
-    key_pem: Optional[bytes] = None
+    trust_pem: Optional[bytes] = None  # the program's anchors (87 and 120 together)
+    trust_only: bool = False  # 120 was set: the program's anchors replace the policy's
+    chains: tuple[m.Chain, ...] = ()  # TLS_CERTIFICATE_CHAIN, each with its TLS_PRIVATE_KEY
+    pending_key: Optional[bytes] = None  # a TLS_PRIVATE_KEY given before its chain
     alpn: tuple[str, ...] = ()
     ciphers: Optional[tuple[str, ...]] = None  # None: every cipher the policy allows
     disabled: frozenset[str] = frozenset()
@@ -60,6 +50,7 @@ class Settings:
     max_version: Optional[str] = None
     session_reuse: Optional[bool] = None  # TLS_SESSION_REUSE; None: policy.session_resumption
     revocation: Optional[str] = None  # None: the policy's ("off", "soft", "hard")
+    allow_ragged_eof: bool = False  # TLS_ALLOW_RAGGED_EOF: a peer's FIN without close_notify reads as EOF
 
     def reuses(self, policy: Policy) -> bool:
         return policy.session_resumption if self.session_reuse is None else self.session_reuse
@@ -120,49 +111,6 @@ def _cipher_names(value: bytes, policy: Policy, *, must_be_allowed: bool) -> tup
     return names
 
 
-def _certificates(value: bytes, what: str) -> list[x509.Certificate]:
-    if len(value) > _MAX_PEM:
-        raise ApiError(errno.EINVAL, f"{what}: more than {_MAX_PEM} bytes")
-    try:
-        certs = x509.load_pem_x509_certificates(value)
-    except ValueError as e:
-        raise ApiError(errno.EINVAL, f"{what}: not PEM certificates ({e})") from None
-    if not certs:
-        raise ApiError(errno.EINVAL, f"{what}: no certificate")
-    return certs
-
-
-def _key(value: bytes) -> object:
-    if len(value) > _MAX_PEM:
-        raise ApiError(errno.EINVAL, "private key: too large")
-    try:
-        # The full RSA consistency check costs seconds for a large key, in the reactor thread;
-        # this is the program's own key, and the pairing with its certificate is checked below.
-        key = serialization.load_pem_private_key(value, password=None, unsafe_skip_rsa_key_validation=True)
-    except TypeError:
-        raise ApiError(errno.EINVAL, "private key is encrypted; give it unencrypted (the library reads "
-                                     "it in your process)") from None
-    except (ValueError, Exception) as e:  # noqa: BLE001 - any parse failure is a bad value
-        raise ApiError(errno.EINVAL, f"private key: not a PEM private key ({type(e).__name__})") from None
-    size = getattr(key, "key_size", 0)
-    if size > _MAX_KEY_BITS:
-        raise ApiError(errno.EINVAL, f"private key of {size} bits; at most {_MAX_KEY_BITS}")
-    return key
-
-
-def _check_pair(settings: Settings) -> Settings:
-    """`settings`, if its certificate chain and private key (when both are set) belong together."""
-    if settings.chain_pem is None or settings.key_pem is None:
-        return settings
-    leaf = _certificates(settings.chain_pem, "certificate chain")[0]
-    key = _key(settings.key_pem)
-    public = key.public_key()  # type: ignore[attr-defined]
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if public.public_bytes(*fmt) != leaf.public_key().public_bytes(*fmt):
-        raise ApiError(errno.EINVAL, "the private key does not match the certificate chain's first certificate")
-    return settings
-
-
 def int_value(value: bytes) -> int:
     """An integer option's value, or EINVAL."""
     try:
@@ -173,6 +121,7 @@ def int_value(value: bytes) -> int:
 
 def _version(value: bytes) -> str:
     number = int_value(value)
+    number = o.SSA_ORDINAL_VERSIONS.get(number, number)  # SSA's own header numbers them 0-3
     if number in o.LEGACY_VERSIONS:
         raise ApiError(errno.EPERM, f"{o.LEGACY_VERSIONS[number]} is below the admin's policy (TLS 1.2 at least)")
     if number not in o.VERSION_NAMES:
@@ -180,9 +129,14 @@ def _version(value: bytes) -> str:
     return o.VERSION_NAMES[number]
 
 
-def apply(settings: Settings, policy: Policy, number: int, value: bytes) -> Settings:
-    """`settings` with option `number` set to `value`, or ApiError."""
+def apply(settings: Settings, policy: Policy, number: int, value: bytes, *,
+          allow_trust_store_replacement: bool = True) -> Settings:
+    """`settings` with option `number` set to `value`, or ApiError.  `allow_trust_store_replacement`:
+    the admin's `[api]` key of that name (False: TLS_TRUSTED_PEER_CERTIFICATES_ONLY is EPERM)."""
     _option(number, "settable", "not settable")
+    if number == o.TLS_TRUSTED_PEER_CERTIFICATES_ONLY and not allow_trust_store_replacement:
+        raise ApiError(errno.EPERM, "the admin's [api] allow_trust_store_replacement = false: a program may add "
+                                    "anchors (TLS_TRUSTED_PEER_CERTIFICATES) but not replace the trust store")
     return _SETTERS[number](settings, policy, value)  # every settable option has one (tests/test_api_proto.py)
 
 
@@ -203,18 +157,34 @@ def _set_hostname(settings: Settings, policy: Policy, value: bytes) -> Settings:
 
 
 def _set_trust(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    _certificates(value, "trusted certificates")
-    return attrs.evolve(settings, trust_pem=bytes(value))
+    """87 adds anchors to the policy's (SSA); 120 (below) makes the program's the only ones."""
+    total = (settings.trust_pem or b"") + bytes(value)
+    m.certificates(bytes(value), "trusted certificates", m.MAX_TRUST)
+    if len(total) > m.MAX_TRUST:
+        raise ApiError(errno.EINVAL, f"trusted certificates: more than {m.MAX_TRUST} bytes together")
+    return attrs.evolve(settings, trust_pem=total)
+
+
+def _set_trust_only(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    return attrs.evolve(_set_trust(settings, policy, value), trust_only=True)
 
 
 def _set_chain(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    _certificates(value, "certificate chain")
-    return _check_pair(attrs.evolve(settings, chain_pem=bytes(value)))
+    m.certificates(bytes(value), "certificate chain")
+    return attrs.evolve(settings, chains=m.add_chain(settings.chains, settings.pending_key, bytes(value)),
+                        pending_key=None)
 
 
 def _set_key(settings: Settings, policy: Policy, value: bytes) -> Settings:
-    _key(value)
-    return _check_pair(attrs.evolve(settings, key_pem=bytes(value)))
+    chains, pending = m.add_key(settings.chains, bytes(value))
+    return attrs.evolve(settings, chains=chains, pending_key=pending)
+
+
+def _set_ragged_eof(settings: Settings, policy: Policy, value: bytes) -> Settings:
+    flag = int_value(value)
+    if flag not in (0, 1):
+        raise ApiError(errno.EINVAL, "TLS_ALLOW_RAGGED_EOF is 0 or 1")
+    return attrs.evolve(settings, allow_ragged_eof=bool(flag))
 
 
 def _set_alpn(settings: Settings, policy: Policy, value: bytes) -> Settings:
@@ -306,6 +276,8 @@ _SETTERS: dict[int, Callable[[Settings, Policy, bytes], Settings]] = {
     o.TLS_CACHED_REV_CHECKS: _set_revocation,
     o.TLS_REMOTE_HOSTNAME: _set_hostname,
     o.TLS_TRUSTED_PEER_CERTIFICATES: _set_trust,
+    o.TLS_TRUSTED_PEER_CERTIFICATES_ONLY: _set_trust_only,
+    o.TLS_ALLOW_RAGGED_EOF: _set_ragged_eof,
     o.TLS_CERTIFICATE_CHAIN: _set_chain,
     o.TLS_PRIVATE_KEY: _set_key,
     o.TLS_ALPN: _set_alpn,
@@ -344,6 +316,7 @@ def get(settings: Settings, policy: Policy, number: int) -> bytes:
         o.TLS_VERSION_MIN: o.pack_int(o.VERSION_NUMBERS[low]),
         o.TLS_VERSION_MAX: o.pack_int(o.VERSION_NUMBERS[high]),
         o.TLS_SESSION_REUSE: o.pack_int(int(settings.reuses(policy))),
+        o.TLS_ALLOW_RAGGED_EOF: o.pack_int(int(settings.allow_ragged_eof)),
         **dict.fromkeys(o.REVOCATION_OPTIONS, o.pack_int(int(settings.revocation_mode(policy) != "off"))),
     }
     if number not in values:
@@ -359,32 +332,29 @@ def _base(settings: Settings, policy: Policy, *, server: bool, verify: int) -> S
     enabled = settings.enabled(policy)
     tls12 = [c for c in enabled if not c.startswith("TLS_")]
     tls13 = [c for c in enabled if c.startswith("TLS_")]
-    ctx = new_context(low if tls12 else "TLSv1.3", high if tls13 else "TLSv1.2", ":".join(tls12) or None,
-                      ":".join(tls13) or None, policy.groups, server=server, verify=verify, alpn=settings.alpn,
-                      tickets=tickets)
-    if settings.chain_pem is not None and settings.key_pem is not None:
-        certs = x509.load_pem_x509_certificates(settings.chain_pem)
-        ctx.use_certificate(crypto.X509.from_cryptography(certs[0]))
-        for extra in certs[1:]:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(_key(settings.key_pem)))  # type: ignore[arg-type]
-        ctx.check_privatekey()
-    return ctx
+    return new_context(low if tls12 else "TLSv1.3", high if tls13 else "TLSv1.2", ":".join(tls12) or None,
+                       ":".join(tls13) or None, policy.groups, server=server, verify=verify, alpn=settings.alpn,
+                       tickets=tickets)
 
 
 def _trust(ctx: SSL.Context, settings: Settings, policy: Policy, *, client_cas: bool = False) -> None:
-    """The program's trust anchors (also named to clients as acceptable CAs, for a server), or
-    the policy's."""
+    """The policy's trust anchors plus the program's (87), or the program's alone (120); for a
+    server, the program's are also named to clients as acceptable CAs."""
+    lax = policy.insecure_allow_non_rfc5280_chains
     if settings.trust_pem is None:
-        load_trust(ctx, policy.trust_store, strict=not policy.insecure_allow_non_rfc5280_chains)
+        load_trust(ctx, policy.trust_store, strict=not lax)
         return
-    own = ctx.get_cert_store()  # replaces the policy's anchors for this socket (docs/api.md)
+    anchors = m.certificates(settings.trust_pem, "trusted certificates", m.MAX_TRUST)
+    if client_cas:
+        for cert in anchors:
+            ctx.add_client_ca(crypto.X509.from_cryptography(cert))
+    if not settings.trust_only:
+        load_trust(ctx, policy.trust_store, strict=not lax, extra=anchors)  # SSA: 87 adds to the store
+        return
+    own = ctx.get_cert_store()  # 120: replaces the policy's anchors for this socket (docs/api.md)
     assert own is not None
-    anchors = x509.load_pem_x509_certificates(settings.trust_pem)
     for cert in anchors:
         own.add_cert(crypto.X509.from_cryptography(cert))
-        if client_cas:
-            ctx.add_client_ca(crypto.X509.from_cryptography(cert))
     strict_checks(ctx, PathValidator(anchors))  # a program's own anchors: always strict
 
 
@@ -397,8 +367,12 @@ def client_context(settings: Settings, policy: Policy, identity: Optional[tuple[
 
 @functools.lru_cache(maxsize=64)
 def _client_context(settings: Settings, policy: Policy, identity: Optional[tuple[str, str]]) -> SSL.Context:
+    if len(settings.chains) > 1:
+        raise ApiError(errno.EINVAL, "a client socket presents one certificate chain; several are for servers")
     ctx = _base(settings, policy, server=False, verify=REQUIRE_PEER)
-    if identity is not None and settings.chain_pem is None:
+    if settings.chains and settings.chains[0][1] is not None:
+        use_chain(ctx, settings.chains[0][0], m.private_key(settings.chains[0][1]))
+    elif identity is not None and not settings.chains:
         use_identity(ctx, *identity)
     _trust(ctx, settings, policy)
     return ctx
@@ -406,12 +380,17 @@ def _client_context(settings: Settings, policy: Policy, identity: Optional[tuple
 
 @functools.lru_cache(maxsize=64)
 def server_context(settings: Settings, policy: Policy) -> SSL.Context:
-    if settings.chain_pem is None or settings.key_pem is None:
+    if not settings.chains or any(key is None for _, key in settings.chains):
         raise ApiError(errno.EINVAL, "a TLS server needs TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY first")
-    ctx = _base(settings, policy, server=True, verify=REQUIRE_PEER if settings.request_peer_auth else SSL.VERIFY_NONE)
-    if settings.request_peer_auth:
-        _trust(ctx, settings, policy, client_cas=True)
-    return ctx
+
+    def make() -> SSL.Context:
+        verify = REQUIRE_PEER if settings.request_peer_auth else SSL.VERIFY_NONE
+        ctx = _base(settings, policy, server=True, verify=verify)
+        if settings.request_peer_auth:
+            _trust(ctx, settings, policy, client_cas=True)
+        return ctx
+
+    return serve_by_sni(make, [(chain, m.private_key(key)) for chain, key in settings.chains if key is not None])
 
 
 def clear_contexts() -> None:

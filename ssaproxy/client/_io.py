@@ -1,12 +1,14 @@
 """The library's conversation with the daemon: frame I/O (bytes and descriptors between a
-socket and a Connection), the control connection, and the errors a program sees.
+socket and a Connection), the control connection, accepted connections' first bytes, and the
+errors a program sees.
 
-Reads never go past the frame being assembled (`Connection.wanted`).  On the carrier that
-keeps the plaintext after ESTABLISHED in the kernel for the program's own reads; on a
-listening socket it means a whole frame never waits in a user-space buffer while select()
+Reads never go past the frame being assembled (`Connection.wanted`).  On an upgraded carrier
+that keeps the plaintext after ESTABLISHED in the kernel for the program's own reads; on the
+control connection it means a whole frame never waits in a user-space buffer while select()
 says the socket is empty.  Peeking cannot tell whether a frame is complete on a Unix socket
 (MSG_PEEK stops after bytes that carry descriptors), so only the carrier (TCP) is peeked at:
-`frame_ready` and `wait_frame`.
+`frame_ready` and `wait_frame`.  An accepted connection starts with the listener's token and
+one ACCEPTED frame; `read_delivery` takes exactly those bytes, within a bounded time.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import hmac
 import os
 import select
 import socket
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
@@ -40,24 +43,37 @@ def error(code: int, text: str) -> OSError:
     return _CLASSES.get(code, OSError)(code, text)
 
 
-def send_frame(sock: socket.socket, frame: bytes, fd: Optional[int] = None) -> None:
-    """Write one frame; `fd` goes as SCM_RIGHTS on its first byte."""
-    if fd is None:
-        _std.sendall(sock, frame)
-        return
-    fds = array.array("i", [fd])
-    sent = _std.sendmsg(sock, [frame[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-    if sent != 1:
-        raise OSError(errno.EIO, "could not pass the file descriptor")
-    _std.sendall(sock, frame[1:])
+def send_frame(sock: socket.socket, frame: bytes, fds: Sequence[int] = ()) -> None:
+    """Write one frame; `fds` go as one SCM_RIGHTS message on its first byte, in order.  The
+    socket may be non-blocking (the control connection is): a full buffer is waited out, for
+    at most CONTROL_TIMEOUT."""
+    deadline = time.monotonic() + control_timeout()
+    view = memoryview(frame)
+    while fds:
+        raw = array.array("i", list(fds))
+        try:
+            sent = _std.sendmsg(sock, [view[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, raw.tobytes())])
+        except (BlockingIOError, InterruptedError):
+            _wait(sock, deadline, write=True)
+            continue
+        if sent != 1:
+            raise OSError(errno.EIO, "could not pass the file descriptor")
+        view = view[1:]
+        break
+    while view:
+        try:
+            view = view[_std.send(sock, view):]
+        except (BlockingIOError, InterruptedError):
+            _wait(sock, deadline, write=True)
 
 
-def _wait(sock: socket.socket, deadline: Optional[float]) -> None:
+def _wait(sock: socket.socket, deadline: Optional[float], write: bool = False) -> None:
     remaining = None if deadline is None else deadline - time.monotonic()
     if remaining is not None and remaining <= 0:
         raise TimeoutError("timed out")
-    ready, _, _ = select.select([sock], [], [], remaining)
-    if not ready:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(None if remaining is None else remaining * 1000):
         raise TimeoutError("timed out")
 
 
@@ -126,6 +142,70 @@ def wait_frame(sock: socket.socket, timeout: Optional[float]) -> None:
         _wait(sock, deadline)
 
 
+def wait_writable(fd: int, timeout: float) -> bool:
+    """Whether `fd` polls writable (or in error: a connect that ended) within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+        except InterruptedError:
+            continue
+
+
+DELIVERY_TIMEOUT = 2.0  # seconds for an accepted connection's token and ACCEPTED frame, at most
+
+
+def read_delivery(sock: socket.socket, token: bytes, timeout: float = DELIVERY_TIMEOUT) -> Optional[c.Accepted]:
+    """The ACCEPTED frame that follows the listener's token on a connection accepted on the
+    program's loopback listener; None (the caller resets the connection) when the first bytes
+    are not the token, the frame is malformed, or it is not all there within `timeout`.  Reads
+    never go past the frame: the plaintext after it stays in the kernel for the program.
+    `sock` must be non-blocking (timeout 0): the waits are ours, bounded by `timeout`."""
+    deadline = time.monotonic() + timeout
+    head = _recv_exactly(sock, wire.TOKEN_SIZE + 4, deadline)
+    if head is None or not hmac.compare_digest(head[:wire.TOKEN_SIZE], token):
+        return None
+    try:
+        size = wire.frame_size(head[wire.TOKEN_SIZE:])
+    except wire.ProtocolError:
+        return None
+    body = _recv_exactly(sock, size - 4, deadline)
+    if body is None:
+        return None
+    conn = c.Connection(c.Role.CLIENT, phase=c.Phase.LISTENING)
+    conn.receive_data(head[wire.TOKEN_SIZE:] + body)
+    try:
+        event = conn.next_event()
+    except c.RemoteProtocolError:
+        return None
+    return event if isinstance(event, c.Accepted) else None
+
+
+def _recv_exactly(sock: socket.socket, n: int, deadline: float) -> Optional[bytes]:
+    """Exactly `n` bytes by `deadline`, or None (the end of the stream, an error, or late)."""
+    got = b""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while len(got) < n:
+        try:
+            chunk = _std.recv(sock, n - len(got), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(InterruptedError):
+                poller.poll(remaining * 1000)
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        got += chunk
+    return got
+
+
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
@@ -135,6 +215,12 @@ def close_all(fds: list[int]) -> None:
 def socket_path() -> str:
     """Where the daemon listens: $SSAPROXY_SOCKET, else the default path."""
     return os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
+
+
+def result_timeout() -> float:
+    """ssaproxy.client.RESULT_TIMEOUT: how long a blocking connect() waits for its result when
+    the socket has no timeout of its own (the daemon's deadlines end every attempt long before)."""
+    return float(getattr(sys.modules["ssaproxy.client"], "RESULT_TIMEOUT", 300.0))
 
 
 def control_timeout() -> float:
@@ -157,21 +243,22 @@ class Control:
             self.sock.close()
             raise error(e.errno or errno.ECONNREFUSED,
                         f"the ssaproxy daemon is not reachable at {path}: {e.strerror or e}") from None
+        self.sock.settimeout(0.0)  # reads and writes wait in `_wait`, bounded by their own deadlines
         try:
             self.request(c.Hello(wire.VERSION))
         except BaseException:
             self.close()
             raise
 
-    def request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
-        """Send `event` (with `fd`), return the daemon's reply; an ERROR reply is raised as
+    def request(self, event: c.Event, fds: Sequence[int] = ()) -> c.Event:
+        """Send `event` (with `fds`), return the daemon's reply; an ERROR reply is raised as
         its errno.  A Carrier's descriptor is the caller's."""
         try:
             frame = self.conn.send(event)
         except c.LocalProtocolError as e:
             raise error(e.errno, e.text) from None
         try:
-            send_frame(self.sock, frame, fd)
+            send_frame(self.sock, frame, fds)
             reply = next_event(self.sock, self.conn, control_timeout())
         except c.RemoteProtocolError as e:
             close_all(self.conn.discard_fds())

@@ -1,8 +1,9 @@
 """A Twisted client endpoint through the ssaproxy daemon: `ssa:host=example.com:port=443`.
 
 The control requests are local round trips; the handshake itself is waited for without
-blocking the reactor (the carrier becomes readable when the result arrives, docs/api.md),
-then the reactor adopts the carrier and the protocol speaks plaintext.  A truncated or reset
+blocking the reactor (the socket becomes writable once the daemon has completed or reset it,
+as a TCP connect does: docs/api.md), then the reactor adopts the socket and the protocol
+speaks plaintext.  A truncated or reset
 TLS stream reaches the protocol as connectionLost with ConnectionLost, never ConnectionDone.
 """
 
@@ -13,7 +14,7 @@ import socket as _stdsocket
 from typing import Any, Optional
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IProtocolFactory, IReadDescriptor, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint, IWriteDescriptor
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,9 +24,9 @@ from ssaproxy.client.record import family_of
 from ssaproxy.proto import options as o
 
 
-@implementer(IReadDescriptor)
+@implementer(IWriteDescriptor)
 class _Waiter:
-    """Readable once the daemon's result frame is on the carrier."""
+    """Writable once the daemon has completed (or reset) the socket, its result sent before."""
 
     def __init__(self, sock: tls_socket, done: Any) -> None:
         self.sock = sock
@@ -34,11 +35,13 @@ class _Waiter:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def doRead(self) -> None:
+    def doWrite(self) -> None:
         self.done()
 
     def connectionLost(self, reason: Failure) -> None:
-        pass
+        # A failed connect polls OUT|ERR|HUP, which the reactor reports as a lost descriptor
+        # rather than as writable: the result is there all the same.
+        self.done()
 
     def logPrefix(self) -> str:
         return "ssaproxy-connect"
@@ -76,7 +79,7 @@ class SSAClientEndpoint:
 
         def cleanup() -> None:
             if waiter is not None:
-                self.reactor.removeReader(waiter)
+                self.reactor.removeWriter(waiter)
             if timer is not None and timer.active():
                 timer.cancel()
 
@@ -101,8 +104,9 @@ class SSAClientEndpoint:
                 sock.close()
                 d.errback(error.ConnectError(string="factory built no protocol"))  # type: ignore[no-untyped-call]
                 return
-            self.reactor.adoptStreamConnection(sock.fileno(), _stdsocket.AF_INET, _Once(protocol))
-            sock.close()  # the reactor holds its own duplicate of the carrier
+            family = _stdsocket.AF_INET if sock.family == o.AF_HOSTNAME else sock.family
+            self.reactor.adoptStreamConnection(sock.fileno(), family, _Once(protocol))
+            sock.close()  # the reactor holds its own duplicate of the socket
             d.callback(protocol)
 
         def timed_out() -> None:
@@ -111,7 +115,7 @@ class SSAClientEndpoint:
             d.errback(error.TimeoutError(string=f"no verified TLS connection to {self.host}:{self.port} in time"))  # type: ignore[no-untyped-call]
 
         waiter = _Waiter(sock, ready)
-        self.reactor.addReader(waiter)
+        self.reactor.addWriter(waiter)
         timer = self.reactor.callLater(self.timeout, timed_out)
         return d
 

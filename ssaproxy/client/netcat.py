@@ -22,7 +22,7 @@ def run(host: str, port: int, *, hostname: Optional[str] = None, alpn: Optional[
     s = tls_socket(family_of(host), _stdsocket.SOCK_STREAM, o.IPPROTO_TLS)
     try:
         for number, value in ((o.TLS_REMOTE_HOSTNAME, hostname), (o.TLS_ALPN, alpn),
-                              (o.TLS_TRUSTED_PEER_CERTIFICATES, ca), (o.TLS_CERTIFICATE_CHAIN, cert),
+                              (o.TLS_TRUSTED_PEER_CERTIFICATES_ONLY, ca), (o.TLS_CERTIFICATE_CHAIN, cert),
                               (o.TLS_PRIVATE_KEY, key)):
             if value is not None:
                 s.setsockopt(o.IPPROTO_TLS, number, value.encode())

@@ -1,8 +1,9 @@
 """What the library knows about one socket, and the address rules for connect().
 
 A socket's phase is its current session's `Connection.phase`.  A session is one control
-connection plus, after CONNECT or UPGRADE, the result on the carrier; a new attempt after a
-failed one, or after the control connection broke, starts a new session.
+connection (plus, after UPGRADE, the result on the carrier); a new attempt after a failed
+one, or after the control connection broke, starts a new session.  dup() shares the record,
+as the kernel shares one socket between descriptors.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class SocketRecord:
         self.peer: Optional[tuple[str, int]] = None
         self.local: Optional[tuple[str, int]] = None
         self.bound = False
+        self.public: Optional[socket.socket] = None  # B: bound to the program's address, until LISTEN
+        self.sockopts: list[tuple[int, int, Any]] = []  # SOL_SOCKET / IPPROTO_IPV6 options, for B
+        self.token = b""  # LISTEN's: what each accepted connection starts with
+        self.reported = False  # connect() has returned 0 for this connection (then: EISCONN)
+        self.unreported = {"connect": False, "so_error": False}  # a failure each still owes once
+        self.users = 1  # socket objects sharing this record (dup)
 
     @property
     def phase(self) -> Phase:
@@ -43,6 +50,11 @@ class SocketRecord:
         if self.control is not None:
             self.control.close()
             self.control = None
+
+    def close_public(self) -> None:
+        if self.public is not None:
+            self.public.close()
+            self.public = None
 
     def drop_session(self) -> None:
         """The control connection broke before anything started: the next call opens a new
@@ -57,6 +69,7 @@ class SocketRecord:
         _io.close_all(self.conn.discard_fds())
         self.conn = c.Connection(c.Role.CLIENT, phase=Phase.FAILED)
         self.error, self.failed_errno = text, code
+        self.unreported = {"connect": True, "so_error": True}
 
 
 def target(family: int, address: Any) -> tuple[str, int, int, Optional[str]]:

@@ -1,12 +1,14 @@
 """`ssaproxy.socket`: the Secure Socket API's calls on a real file descriptor.
 
-Until it connects or listens, the object holds an ordinary TCP socket (so bind() works with
-the program's own permissions) and a control connection to the daemon.  connect() receives
-the program's end of a loopback TCP carrier, which dup2() puts in place of the object's file
-descriptor: the number never changes, and from then on the fd carries the result frame, then
-plaintext.  listen() passes the bound, listening socket to the daemon and puts the control
-connection in its place; accepted connections arrive on it, each with a carrier.  The phase
-of each socket is its session's `Connection.phase` (one vocabulary with the daemon).
+From socket() on, the object is a real TCP socket of the program's family, and (protocol
+version 2) it stays the same socket to close(): connect() passes it to the daemon, which
+parks it as a TCP connect in progress, sends the result on the control connection and then
+completes it (or resets it), so epoll registrations, dup()s and children's copies made before
+connect() stay valid, and readiness is the kernel's own.  bind()/listen()/accept() are in
+`serving`: the daemon accepts TLS clients on a second socket bound to the program's address
+and delivers each verified one to this socket, a loopback listener.  Only TCP_UPGRADE_TLS
+still puts a carrier in place of the descriptor (dup2), as in version 1.  The phase of each
+socket is its session's `Connection.phase` (one vocabulary with the daemon).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import socket as _socket_module
 import struct
 from typing import Any, Optional
 
-from ssaproxy.client import _io
+from ssaproxy.client import _io, result, serving
 from ssaproxy.client._io import Control, error
 from ssaproxy.client.record import SocketRecord, target
-from ssaproxy.client.values import Value, encode, split_key
+from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto.connection import Phase, check
@@ -72,13 +74,16 @@ class socket(_std):
     # ---- options
     def setsockopt(self, level: int, optname: int, value: Any, optlen: Optional[int] = None) -> None:
         if level == o.IPPROTO_TLS:
-            self._set_tls(optname, value)
+            with option_errors(optname, self._tls):
+                self._set_tls(optname, value)
         elif level in (o.SOL_TCP, _socket_module.IPPROTO_TCP) and optname == o.TCP_UPGRADE_TLS:
-            self._upgrade(int(value) if not isinstance(value, (bytes, bytearray)) else struct.unpack("=i", value)[0])
-        elif optlen is not None:
-            super().setsockopt(level, optname, value, optlen)
+            with option_errors(optname, self._tls):
+                self._upgrade(encoded_int(value))
         else:
-            super().setsockopt(level, optname, value)
+            args = (value,) if optlen is None else (value, optlen)
+            super().setsockopt(level, optname, *args)
+            if not self._tls.plain:
+                serving.remember_option(self, level, optname, args)
 
     def _set_tls(self, number: int, value: Value, remember: bool = True) -> None:
         t = self._tls
@@ -102,19 +107,22 @@ class socket(_std):
     def getsockopt(self, level: int, optname: int, buflen: int = 0) -> Any:
         t = self._tls
         if level == o.IPPROTO_TLS:
-            raw = self._get_tls(optname)
-            option = o.OPTIONS[optname]
-            if option.kind == o.INT:
-                number = o.unpack_int(raw)
-                return struct.pack("=i", number)[:buflen] if buflen else number
-            return raw[:buflen] if buflen else raw
-        if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not buflen:
+            with option_errors(optname, t):
+                raw = self._get_tls(optname)
+                option = o.OPTIONS[optname]
+                if option.kind == o.INT:
+                    number = o.unpack_int(raw)
+                    return struct.pack("=i", number)[:buflen] if buflen else number
+                return raw[:buflen] if buflen else raw
+        if level == _socket_module.SOL_SOCKET and optname == _socket_module.SO_ERROR and not t.plain:
             if t.phase == Phase.CONNECTING:
-                try:
+                with contextlib.suppress(OSError):
                     self._settle(block=False)
-                except OSError as e:
-                    return e.errno
-            return super().getsockopt(level, optname)
+            kernel = super().getsockopt(level, optname)  # read (and so cleared) in any case
+            if t.unreported["so_error"]:
+                t.unreported["so_error"] = False
+                kernel = t.failed_errno
+            return struct.pack("=i", kernel)[:buflen] if buflen else kernel
         return super().getsockopt(level, optname, buflen) if buflen else super().getsockopt(level, optname)
 
     def _get_tls(self, number: int) -> bytes:
@@ -125,6 +133,8 @@ class socket(_std):
             raise self._err(errno.ENOPROTOOPT, f"IPPROTO_TLS option {number}: {why}")
         if number == o.TLS_ERROR:
             return t.error.encode("utf-8")
+        if number == o.TLS_ALLOW_RAGGED_EOF and t.phase in (Phase.CONNECTED, Phase.LISTENING):
+            return next((v for n, v in reversed(t.options) if n == number), o.pack_int(0))  # the library's own
         if t.phase == Phase.CONNECTING:
             self._settle(block=self.gettimeout() != 0.0)
         if t.phase == Phase.CONNECTED:
@@ -156,9 +166,9 @@ class socket(_std):
             t.control = control
         return t.control
 
-    def _request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
+    def _request(self, event: c.Event, fds: tuple[int, ...] = ()) -> c.Event:
         try:
-            return self._session().request(event, fd)
+            return self._session().request(event, fds)
         except OSError as e:
             self._tls.error = e.strerror or str(e)
             if e.errno in (errno.ECONNABORTED, errno.EPROTO) or self._tls.conn.phase == Phase.CLOSED:
@@ -182,7 +192,7 @@ class socket(_std):
         if code == errno.EINPROGRESS:
             raise error(code, os.strerror(code))  # not a failure: TLS_ERROR stays as it was
         if code:
-            raise self._err(code, self._tls.error)
+            raise self._err(code, self._tls.error if code == self._tls.failed_errno else os.strerror(code))
 
     def connect_ex(self, address: Any) -> int:
         try:
@@ -193,12 +203,29 @@ class socket(_std):
             return e.errno or errno.EIO
 
     def _connect(self, address: Any) -> int:
+        """connect() as the kernel answers it: EINPROGRESS, then EALREADY while the attempt is
+        pending; once it ended, 0 the first time after success and EISCONN after that, or the
+        attempt's errno once after a failure (and a new attempt on the next call)."""
         t = self._tls
         if t.plain:
             super().connect(address)
             return 0
+        earlier, t.error = t.error, ""  # SSA: cleared by the next call (kept below for a result told now)
         if t.phase == Phase.CONNECTING:
-            return 0 if self._settle(block=self.gettimeout() != 0.0) else errno.EALREADY
+            try:
+                if not self._settle(block=self.gettimeout() != 0.0):
+                    return errno.EALREADY
+            except TimeoutError:
+                raise
+            except OSError:
+                pass  # FAILED now: reported below, once
+        if t.phase == Phase.CONNECTED and not t.reported:
+            t.reported = True
+            return 0
+        if t.phase == Phase.FAILED and t.unreported["connect"]:
+            t.unreported["connect"] = False
+            t.error = t.error or earlier  # the result may have been read earlier (SO_ERROR, recv)
+            return t.failed_errno
         problem = check("connect", t.phase)
         if problem is not None:
             raise self._err(problem, f"connect() while {t.phase.value}")
@@ -211,40 +238,22 @@ class socket(_std):
             raise
         if name is not None and not any(n == o.TLS_REMOTE_HOSTNAME for n, _ in t.options):
             self._set_tls(o.TLS_REMOTE_HOSTNAME, name, remember=False)  # this attempt's name only
-        self._take_carrier(self._request(c.Connect(host, port, family)))
+        t.reported = False
+        t.unreported = {"connect": False, "so_error": False}
+        self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: parked now
         if self.gettimeout() == 0.0:
             return errno.EINPROGRESS
-        self._settle(block=True)
+        try:
+            self._settle(block=True)
+        except OSError:
+            t.unreported["connect"] = False  # this call reports it
+            raise
+        t.reported = True
         return 0
 
     def _settle(self, *, block: bool) -> bool:
-        """Read the connect/upgrade result off the carrier.  True once connected; False when
-        not there yet (non-blocking); the failure's errno as an OSError."""
-        t = self._tls
-        if t.phase != Phase.CONNECTING:
-            return t.phase == Phase.CONNECTED
-        try:
-            if block:
-                _io.wait_frame(self, self.gettimeout())  # TimeoutError leaves the frame where it is
-            elif _io.frame_ready(self) is False:
-                return False
-            event = _io.next_event(self, t.conn, 1.0)  # whole (or EOF), so this does not wait
-        except TimeoutError:
-            raise
-        except OSError as e:
-            t.failed(e.errno or errno.ECONNABORTED, f"the ssaproxy daemon ended the connection: {e.strerror or e}")
-            raise error(t.failed_errno, t.error) from None
-        except c.RemoteProtocolError as e:
-            t.failed(errno.EPROTO, f"malformed result from the ssaproxy daemon: {e.text}")
-            raise error(errno.EPROTO, t.error) from None
-        if isinstance(event, c.Established):
-            self._established(event)
-            return True
-        if isinstance(event, c.Error):  # the connection is FAILED now
-            t.error, t.failed_errno = event.text, event.errno
-        else:
-            t.failed(errno.ECONNABORTED, "the ssaproxy daemon ended the connection")
-        raise self._err(t.failed_errno, t.error)
+        """The connect/upgrade result: see `result.settle`."""
+        return result.settle(self, block=block)
 
     def _established(self, event: c.Established | c.Accepted) -> None:
         t = self._tls
@@ -267,7 +276,7 @@ class socket(_std):
         except OSError:
             raise self._err(errno.ENOTCONN, "TCP_UPGRADE_TLS needs a connected socket") from None
         try:
-            reply = self._request(c.Upgrade(role, self.fileno()), fd=self.fileno())
+            reply = self._request(c.Upgrade(role, self.fileno()), (self.fileno(),))
             timeout = self.gettimeout()
             self._take_carrier(reply)
         except OSError:
@@ -282,57 +291,26 @@ class socket(_std):
         finally:
             self.settimeout(timeout)
 
-    # ---- serving
+    # ---- serving (see `serving`)
     def bind(self, address: Any) -> None:
-        if not self._tls.plain and self._tls.family == o.AF_HOSTNAME:
-            raise self._err(errno.EOPNOTSUPP, "an AF_HOSTNAME socket cannot bind")
-        super().bind(address)
-        self._tls.bound = True
+        if self._tls.plain:
+            super().bind(address)
+        else:
+            serving.bind(self, address)
 
     def listen(self, backlog: int = 128) -> None:
-        t = self._tls
-        if t.plain:
+        if self._tls.plain:
             super().listen(backlog)
-            return
-        problem = check("listen", t.phase)
-        if problem is not None:
-            raise self._err(problem, f"listen() while {t.phase.value}")
-        if t.phase == Phase.LISTENING:
-            return
-        super().listen(backlog)
-        t.local = super().getsockname()[:2]
-        control = self._session()
-        self._request(c.Listen(backlog, self.fileno()), fd=self.fileno())
-        timeout = self.gettimeout()
-        os.dup2(control.fileno(), self.fileno(), inheritable=False)  # accepted connections arrive here now
-        self.settimeout(timeout)
-        t.close_control()  # the session lives on, LISTENING, on this descriptor
+        else:
+            self._tls.error = ""  # SSA: TLS_ERROR is cleared by the next call
+            serving.listen(self, backlog)
 
     def accept(self) -> tuple["socket", Any]:
-        t = self._tls
-        if t.plain:
+        if self._tls.plain:
             fd, addr = self._accept()  # type: ignore[attr-defined]
             return type(self)(self.family, self.type, self.proto, fileno=fd), addr
-        problem = check("accept", t.phase)
-        if problem is not None:
-            raise self._err(problem, "accept() on a socket that is not listening")
-        try:
-            event = _io.next_event(self, t.conn, self.gettimeout())
-        except c.RemoteProtocolError as e:
-            raise self._err(e.errno, f"malformed message from the ssaproxy daemon: {e.text}") from None
-        if event is None:
-            raise BlockingIOError(errno.EAGAIN, "no connection ready")
-        if isinstance(event, c.ConnectionClosed):
-            raise ConnectionAbortedError(errno.ECONNABORTED, "the ssaproxy daemon closed the listening session")
-        assert isinstance(event, c.Accepted)  # the only kind the connection lets through now
-        _io.send_frame(self, t.conn.send(c.Ack()))
-        conn = type(self)(t.family, _socket_module.SOCK_STREAM, o.IPPROTO_TLS, fileno=event.fd)
-        conn._established(event)
-        if _socket_module.getdefaulttimeout() is None:
-            conn.settimeout(None)
-        peer = event.peer
-        address = (peer[0], peer[1], 0, 0) if t.family == _socket_module.AF_INET6 else peer
-        return conn, address
+        self._tls.error = ""
+        return serving.accept(self)
 
     # ---- addresses
     def getpeername(self) -> Any:
@@ -347,15 +325,17 @@ class socket(_std):
 
     def getsockname(self) -> Any:
         t = self._tls
+        if t.public is not None:  # bound, not listening yet: B has the program's address
+            return t.public.getsockname()
         if t.phase in (Phase.CONNECTED, Phase.LISTENING) and t.local is not None:
             return t.local if t.family != _socket_module.AF_INET6 else (*t.local, 0, 0)
         return super().getsockname()
 
-    # ---- data: the connect result comes first on the carrier
+    # ---- data: only once the connect result is known
     def _ready_for_data(self, reading: bool) -> None:
         t = self._tls
         if t.phase == Phase.CONNECTING:
-            if not self._settle(block=self.gettimeout() != 0.0) and reading:
+            if not self._settle(block=self.gettimeout() != 0.0):
                 raise BlockingIOError(errno.EAGAIN, "TLS handshake still in progress")
         elif t.phase == Phase.FAILED:
             raise self._err(errno.ENOTCONN, t.error or "not connected")
@@ -366,18 +346,23 @@ class socket(_std):
         super().shutdown(how)
 
     def dup(self) -> "socket":
+        """Another descriptor for the same socket, in any phase: the copies share one record,
+        as the kernel shares the socket (the control connection closes with the last)."""
         t = self._tls
-        if t.phase != Phase.CONNECTED and not t.plain:
-            raise self._err(errno.EOPNOTSUPP, f"dup() of an IPPROTO_TLS socket while {t.phase.value}")
         new = type(self)(t.family, self.type, self.proto, fileno=os.dup(self.fileno()))
-        new._tls.info, new._tls.peer, new._tls.local = dict(t.info), t.peer, t.local
+        new._tls = t
+        t.users += 1
         new.settimeout(self.gettimeout())
         return new
 
     def _real_close(self, _ss: Any = _csocket.socket) -> None:
-        self._tls.close_control()
-        _io.close_all(self._tls.conn.discard_fds())
-        self._tls.conn.close()
+        t = self._tls
+        t.users -= 1
+        if t.users <= 0:
+            t.close_control()
+            t.close_public()
+            _io.close_all(t.conn.discard_fds())
+            t.conn.close()
         super()._real_close(_ss)  # type: ignore[misc]
 
 

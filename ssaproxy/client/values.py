@@ -5,10 +5,11 @@ process: the daemon never opens a file a program names (docs/api.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from ssaproxy.client._io import error
 from ssaproxy.proto import options as o
@@ -16,20 +17,54 @@ from ssaproxy.proto import options as o
 Value = Union[bytes, bytearray, str, int, "os.PathLike[Any]"]
 
 
-def pem(value: Value, what: str) -> bytes:
-    """PEM bytes as given, or read from the path given."""
+MAX_READ = 1 << 20  # bytes read for one option
+MAX_DIRECTORY = MAX_READ - 4096  # a directory's certificates together: one SETOPT frame (1 MiB) holds them
+
+
+def pem(value: Value, what: str, directory: bool = False) -> bytes:
+    """PEM bytes as given, or read from the path given; with `directory`, a directory path
+    gives the certificates of every regular file in it (a hashed CA directory, say)."""
     if isinstance(value, (bytes, bytearray)) and b"-----BEGIN" in value:
         return bytes(value)
     if isinstance(value, str) and "-----BEGIN" in value:
         return value.encode("ascii")
-    if isinstance(value, int):
+    if not isinstance(value, (bytes, bytearray, str, os.PathLike)):
         raise error(errno.EINVAL, f"{what}: give PEM bytes or a file path")
     path = os.fsdecode(bytes(value).rstrip(b"\x00") if isinstance(value, (bytes, bytearray)) else value)
+    if "\x00" in path:
+        raise error(errno.EINVAL, f"{what}: a path with a NUL byte")
     try:
+        if directory and os.path.isdir(path):
+            return _directory(path, what)
         with open(path, "rb") as f:
-            return f.read(1 << 20)
+            return f.read(MAX_READ)
     except OSError as e:
         raise error(e.errno or errno.EINVAL, f"{what}: cannot read {path}: {e.strerror}") from None
+
+
+def _directory(path: str, what: str) -> bytes:
+    """The PEM certificates of every regular file in `path` (not below), in name order; files
+    holding none (a README, a CRL) are skipped.  EINVAL if there are none, or over MAX_READ."""
+    out, seen = b"", set()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):  # follows links: a hashed directory is links to files
+            continue
+        with open(full, "rb") as f:
+            data = f.read(MAX_READ + 1)
+        blocks = [b"-----BEGIN CERTIFICATE-----" + block.split(b"-----END CERTIFICATE-----")[0]
+                  + b"-----END CERTIFICATE-----\n" for block in data.split(b"-----BEGIN CERTIFICATE-----")[1:]
+                  if b"-----END CERTIFICATE-----" in block]
+        for block in blocks:
+            if block in seen:  # a hashed directory links several names to one file
+                continue
+            seen.add(block)
+            if len(out) + len(block) > MAX_DIRECTORY:
+                raise error(errno.EINVAL, f"{what}: the certificates in {path} are over {MAX_DIRECTORY} bytes together")
+            out += block
+    if not out:
+        raise error(errno.EINVAL, f"{what}: no PEM certificate in any file of {path}")
+    return out
 
 
 def split_key(pem_bytes: bytes) -> tuple[bytes, Optional[bytes]]:
@@ -48,7 +83,8 @@ def encode(number: int, value: Value) -> bytes:
     kind = option.kind if option else o.TEXT
     name = option.name if option else str(number)
     if kind == o.PEM:
-        return pem(value, name)
+        return pem(value, name, directory=number in (o.TLS_TRUSTED_PEER_CERTIFICATES,
+                                                     o.TLS_TRUSTED_PEER_CERTIFICATES_ONLY))
     if kind == o.INT:
         if isinstance(value, bool) or not isinstance(value, (int, bytes, bytearray)):
             raise error(errno.EINVAL, f"{name} takes an integer")
@@ -68,3 +104,24 @@ def decode(number: int, raw: bytes) -> Any:
     """A getsockopt value as the library returns it: int options as ints, others as bytes."""
     option = o.OPTIONS.get(number)
     return o.unpack_int(raw) if option is not None and option.kind == o.INT else raw
+
+
+def encoded_int(value: Any) -> int:
+    """An int as setsockopt(2) takes it: a Python int, or a C int's 4 bytes."""
+    return int(value) if not isinstance(value, (bytes, bytearray)) else int(struct.unpack("=i", value)[0])
+
+
+@contextlib.contextmanager
+def option_errors(number: int, record: Any) -> Iterator[None]:
+    """Around one option call: TLS_ERROR (`record.error`) is cleared first, as SSA does (reading
+    TLS_ERROR keeps it), and a value of the wrong type or size fails with OSError(EINVAL), as
+    setsockopt(2) would, never with another exception."""
+    if number != o.TLS_ERROR:
+        record.error = ""
+    try:
+        yield
+    except OSError:
+        raise
+    except (TypeError, ValueError, OverflowError, struct.error, LookupError) as e:
+        record.error = f"option {number}: bad value ({type(e).__name__}: {e})"
+        raise error(errno.EINVAL, record.error) from None

@@ -53,6 +53,9 @@ class Api:
     max_fds_in_flight_per_uid: int = 64
     max_buffer: int = 64 << 20  # bytes of requests not yet whole, all users together
     max_buffer_per_uid: int = 2 << 20  # at least one largest frame (1 MiB + 4)
+    # TLS_TRUSTED_PEER_CERTIFICATES_ONLY (120): may a program replace the policy's trust anchors
+    # with its own for its sockets (EPERM when false)?  TLS_TRUSTED_PEER_CERTIFICATES (87) only adds.
+    allow_trust_store_replacement: bool = True
 
 
 def parse_api(r: Reader) -> Api:
@@ -78,7 +81,8 @@ def parse_api(r: Reader) -> Api:
               max_fds_in_flight=r.bounded("max_fds_in_flight", 1024, 1, 1_000_000),
               max_fds_in_flight_per_uid=r.bounded("max_fds_in_flight_per_uid", 64, 1, 1_000_000),
               max_buffer=r.bounded("max_buffer", 64 << 20, LARGEST_FRAME, 1 << 40),
-              max_buffer_per_uid=r.bounded("max_buffer_per_uid", 2 << 20, LARGEST_FRAME, 1 << 40))
+              max_buffer_per_uid=r.bounded("max_buffer_per_uid", 2 << 20, LARGEST_FRAME, 1 << 40),
+              allow_trust_store_replacement=r.take("allow_trust_store_replacement", bool, True))
     r.done()
     return api
 

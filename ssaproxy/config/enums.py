@@ -24,6 +24,7 @@ class HostnameSource(enum.StrEnum):
 
     HTTP_HOST = "http-host"
     ADDRESS = "address"
+    RESOLVED = "resolved"  # the name the program resolved (given by the client library with REDIRECT)
 
 
 class TLSVersion(enum.StrEnum):

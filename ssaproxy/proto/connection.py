@@ -6,8 +6,11 @@ events come out of `next_event` (or `NEED_DATA`); `send(event)` checks that the 
 legal now and returns the frame's bytes.  Neither side reads or writes anything here, so the
 daemon's Twisted protocol, the blocking library and `ssaproxy.testing` share one rulebook.
 
-One session spans the control connection and, after CONNECT or UPGRADE, the first frame on
-the carrier (the result): the library feeds that frame to the same object.
+One session is one control connection.  After CONNECT (answered OK) the result, ESTABLISHED
+or ERROR, arrives on it too; after UPGRADE (answered CARRIER) the result is the first frame on
+the carrier, and the library feeds that frame to the same object.  After LISTEN (answered
+OK{TOKEN}) nothing more travels on it; each accepted connection's ACCEPTED frame arrives on
+that connection itself, and `Connection(Role.CLIENT, phase=Phase.LISTENING)` decodes it.
 
 Two kinds of mistake are kept apart.  `RemoteProtocolError`: the peer sent something this
 protocol does not allow; the connection is then dead, and a daemon answers with `refuse()`.
@@ -28,7 +31,6 @@ from ssaproxy.proto import wire
 from ssaproxy.proto.events import (  # noqa: F401 - the events are part of this module's API
     KINDS,
     Accepted,
-    Ack,
     Address,
     Carrier,
     Connect,
@@ -40,6 +42,8 @@ from ssaproxy.proto.events import (  # noqa: F401 - the events are part of this 
     Hello,
     Listen,
     Ok,
+    Redirect,
+    Routes,
     SetOption,
     Upgrade,
     Value,
@@ -61,9 +65,9 @@ class Phase(enum.Enum):
 
     FRESH = "fresh"  # no session yet: HELLO is the only request
     OPEN = "open"  # WELCOME seen: options, then one of CONNECT, UPGRADE, LISTEN
-    CONNECTING = "connecting"  # CARRIER handed over; the result (first frame on the carrier) is due
+    CONNECTING = "connecting"  # CONNECT answered OK (result due here) or UPGRADE CARRIER (result on the carrier)
     CONNECTED = "connected"  # ESTABLISHED: the carrier carries plaintext; the protocol is done
-    LISTENING = "listening"  # ACCEPTED frames (each with a carrier), one ACK each
+    LISTENING = "listening"  # OK{TOKEN}: accepted connections arrive on the program's own listener
     FAILED = "failed"  # the result was ERROR; a new attempt needs a new session
     CLOSED = "closed"  # refused, broken, or closed by its owner
 
@@ -96,23 +100,27 @@ class RemoteProtocolError(ProtocolViolation):
 
 
 # ---- the rules ---------------------------------------------------------------------------
-_PROGRAM_KINDS = frozenset({Kind.HELLO, Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE, Kind.ACK})
-# Requests a program may send in each phase (strictly one at a time, except ACK: no reply).
+_PROGRAM_KINDS = frozenset({Kind.HELLO, Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE, Kind.ROUTES,
+                            Kind.REDIRECT})
+# Requests a program may send in each phase (strictly one at a time).
 _REQUESTS: dict[Phase, frozenset[Kind]] = {
     Phase.FRESH: frozenset({Kind.HELLO}),
-    Phase.OPEN: frozenset({Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE}),
-    Phase.LISTENING: frozenset({Kind.ACK}),
+    Phase.OPEN: frozenset({Kind.SETOPT, Kind.GETOPT, Kind.CONNECT, Kind.LISTEN, Kind.UPGRADE, Kind.ROUTES,
+                           Kind.REDIRECT}),
 }
 # The frames that may answer each request.
 _REPLIES: dict[Kind, frozenset[Kind]] = {
     Kind.HELLO: frozenset({Kind.WELCOME, Kind.ERROR}),
     Kind.SETOPT: frozenset({Kind.OK, Kind.ERROR}),
     Kind.GETOPT: frozenset({Kind.VALUE, Kind.ERROR}),
-    Kind.CONNECT: frozenset({Kind.CARRIER, Kind.ERROR}),
+    Kind.CONNECT: frozenset({Kind.OK, Kind.ERROR}),
     Kind.UPGRADE: frozenset({Kind.CARRIER, Kind.ERROR}),
     Kind.LISTEN: frozenset({Kind.OK, Kind.ERROR}),
+    Kind.ROUTES: frozenset({Kind.VALUE, Kind.ERROR}),
+    Kind.REDIRECT: frozenset({Kind.OK, Kind.ERROR}),
 }
-# What the daemon sends unasked: the result on the carrier, and accepted connections.
+# What the daemon sends unasked: the result (on the control connection after CONNECT, on the
+# carrier after UPGRADE), and the ACCEPTED frame on a delivered connection.
 _UNASKED: dict[Phase, frozenset[Kind]] = {
     Phase.CONNECTING: frozenset({Kind.ESTABLISHED, Kind.ERROR}),
     Phase.LISTENING: frozenset({Kind.ACCEPTED}),
@@ -121,9 +129,10 @@ _UNASKED: dict[Phase, frozenset[Kind]] = {
 _AFTER_REPLY: dict[tuple[Kind, Kind], Phase] = {
     (Kind.HELLO, Kind.WELCOME): Phase.OPEN,
     (Kind.HELLO, Kind.ERROR): Phase.CLOSED,
-    (Kind.CONNECT, Kind.CARRIER): Phase.CONNECTING,
+    (Kind.CONNECT, Kind.OK): Phase.CONNECTING,
     (Kind.UPGRADE, Kind.CARRIER): Phase.CONNECTING,
     (Kind.LISTEN, Kind.OK): Phase.LISTENING,
+    (Kind.REDIRECT, Kind.OK): Phase.CONNECTED,  # the socket is the outbound face's now: nothing more to say
 }
 _AFTER_UNASKED: dict[Kind, Phase] = {Kind.ESTABLISHED: Phase.CONNECTED, Kind.ERROR: Phase.FAILED}
 
@@ -139,7 +148,7 @@ _CALLS: dict[str, dict[Phase, Optional[int]]] = {
                Phase.CONNECTED: errno.EISCONN, Phase.LISTENING: errno.EISCONN, Phase.CLOSED: errno.EBADF},
 }
 _CALL_OF: dict[Kind, str] = {Kind.SETOPT: "setopt", Kind.GETOPT: "setopt", Kind.CONNECT: "connect",
-                             Kind.UPGRADE: "connect", Kind.LISTEN: "listen", Kind.ACK: "accept"}
+                             Kind.UPGRADE: "connect", Kind.LISTEN: "listen", Kind.REDIRECT: "connect"}
 
 
 def check(call: str, phase: Phase) -> Optional[int]:
@@ -177,7 +186,6 @@ class Connection:
         self._broken: Optional[RemoteProtocolError] = None
         self._fds: deque[int] = deque()
         self._owed: Optional[Kind] = None  # the request waiting for its reply
-        self._unacked = 0  # ACCEPTED frames not yet acknowledged
         self._eof = False
         self.session: Optional[int] = None  # the daemon's identifier, from WELCOME
 
@@ -261,18 +269,17 @@ class Connection:
         problem = self._problem(m.kind, peer)
         if problem is not None:
             self._break(errno.EPROTO, problem)
-        fd: Optional[int] = None
-        if wire.carries_fd(m.kind):
-            if not self._fds:
-                self._break(errno.EINVAL, f"{m.kind.name} needs a file descriptor (SCM_RIGHTS)")
-            fd = self._fds.popleft()
-        if self.role == Role.CLIENT and self._fds and self._phase != Phase.LISTENING:
+        want = wire.fd_count(m.kind)
+        if len(self._fds) < want:
+            self._break(errno.EINVAL, f"{m.kind.name} needs {want} file descriptor{'s' * (want > 1)} (SCM_RIGHTS)")
+        fds = tuple(self._fds.popleft() for _ in range(want))
+        if self.role == Role.CLIENT and self._fds:
             # The library waits for each reply before the next request: nothing can follow.
             self._break(errno.EPROTO, f"a file descriptor came with {m.kind.name}, which takes none")
         if m.kind == Kind.HELLO and m.int(Tag.VERSION) != wire.VERSION:
             self._break(errno.EPROTONOSUPPORT, f"protocol version {m.int(Tag.VERSION)} unknown; this daemon "
                                                f"speaks {wire.VERSION}")
-        event = event_of(m, fd)
+        event = event_of(m, fds)
         self._advance(m.kind)
         if isinstance(event, Welcome):
             self.session = event.session
@@ -326,8 +333,6 @@ class Connection:
                 return f"{kind.name} before the reply to {self._owed.name}"
             if kind not in _REQUESTS.get(phase, frozenset()):
                 return f"{kind.name} not allowed now ({phase.value})"
-            if kind == Kind.ACK and self._unacked == 0:
-                return "ACK without an ACCEPTED"
             return None
         if self._owed is not None:
             if kind not in _REPLIES[self._owed]:
@@ -340,24 +345,20 @@ class Connection:
     def _advance(self, kind: Kind) -> None:
         """Move on after `kind` went (either way); `_problem` has allowed it."""
         if kind in _PROGRAM_KINDS:
-            if kind == Kind.ACK:
-                self._unacked -= 1
-            else:
-                self._owed = kind
+            self._owed = kind
             return
         if self._owed is not None:
             request, self._owed = self._owed, None
             self._phase = _AFTER_REPLY.get((request, kind), self._phase)
-        elif kind == Kind.ACCEPTED:
-            self._unacked += 1
-        else:
+        elif kind != Kind.ACCEPTED:  # one ACCEPTED per delivered connection: its phase stays
             self._phase = _AFTER_UNASKED[kind]
 
 
 
 __all__ = [
-    "MAX_FDS_HELD", "NEED_DATA", "OUTCOME_ERRNO", "Accepted", "Ack", "Address", "Carrier", "Connect", "Connection",
+    "MAX_FDS_HELD", "NEED_DATA", "OUTCOME_ERRNO", "Accepted", "Address", "Carrier", "Connect", "Connection",
     "ConnectionClosed", "Error", "Established", "Event", "GetOption", "Hello", "Listen", "LocalProtocolError",
-    "NeedData", "Ok", "Phase", "ProtocolViolation", "RemoteProtocolError", "Role", "SetOption", "Upgrade", "Value",
+    "NeedData", "Ok", "Phase", "ProtocolViolation", "Redirect", "RemoteProtocolError", "Role", "Routes", "SetOption",
+    "Upgrade", "Value",
     "Welcome", "check",
 ]

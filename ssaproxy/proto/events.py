@@ -35,12 +35,13 @@ class Connect:
     host: str
     port: int
     family: int  # 4, 6, or 0 (a host name the daemon resolves)
+    fd: int  # the program's own socket (SCM_RIGHTS on the frame's first byte): the carrier to be
 
 
 @dataclass(frozen=True)
 class Listen:
     backlog: int
-    fd: int  # travels as SCM_RIGHTS on the frame's first byte; the sender passes it
+    fds: tuple[int, ...]  # (B, N): bound to the program's address, and on loopback; one SCM_RIGHTS
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,20 @@ class Upgrade:
 
 
 @dataclass(frozen=True)
-class Ack:
-    pass
+class Routes:
+    """Which destinations the daemon's outbound routes cover (answered with VALUE: text lines)."""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Hand the program's unconnected TCP socket to the outbound face, as if iptables had
+    redirected its connection to (host, port)."""
+
+    host: str  # an IP literal
+    port: int
+    family: int  # 4 or 6
+    name: Optional[str] = None  # what the program resolved to `host` (hostname_from = "resolved")
+    fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class Welcome:
 
 @dataclass(frozen=True)
 class Ok:
-    pass
+    token: Optional[bytes] = field(default=None, repr=False)  # LISTEN's answer: wire.TOKEN_SIZE bytes
 
 
 @dataclass(frozen=True)
@@ -92,8 +105,7 @@ class Established:
 class Accepted:
     peer: Address
     local: Optional[Address]
-    info: Mapping[int, bytes] = field(hash=False, repr=False)
-    fd: int = -1
+    info: Mapping[int, bytes] = field(default_factory=dict, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -101,22 +113,24 @@ class ConnectionClosed:
     """The peer ended the stream at a frame boundary."""
 
 
-Event = Union[Hello, SetOption, GetOption, Connect, Listen, Upgrade, Ack, Welcome, Ok, Value, Error, Carrier,
-              Established, Accepted, ConnectionClosed]
+Event = Union[Hello, SetOption, GetOption, Connect, Listen, Upgrade, Welcome, Ok, Value, Error, Carrier,
+              Established, Accepted, ConnectionClosed, Routes, Redirect]
 
 KINDS: dict[type, Kind] = {
     Hello: Kind.HELLO, SetOption: Kind.SETOPT, GetOption: Kind.GETOPT, Connect: Kind.CONNECT, Listen: Kind.LISTEN,
-    Upgrade: Kind.UPGRADE, Ack: Kind.ACK, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
+    Upgrade: Kind.UPGRADE, Welcome: Kind.WELCOME, Ok: Kind.OK, Value: Kind.VALUE, Error: Kind.ERROR,
     Carrier: Kind.CARRIER, Established: Kind.ESTABLISHED, Accepted: Kind.ACCEPTED,
+    Routes: Kind.ROUTES, Redirect: Kind.REDIRECT,
 }
 _CLASSES: dict[Kind, type] = {kind: cls for cls, kind in KINDS.items()}
 
 
 # One rule instead of a converter per message: a field travels in the tag of its own name
-# (`Connect.host` in Tag.HOST), except `fd` (SCM_RIGHTS, not an attribute) and the addresses
-# and info of ESTABLISHED and ACCEPTED, which `_addresses` spells out.
+# (`Connect.host` in Tag.HOST), except `fd`/`fds` (SCM_RIGHTS, not attributes) and the
+# addresses and info of ESTABLISHED and ACCEPTED, which `fields_of` spells out.  A field that
+# is None (an optional attribute) is left out.
 def _tagged(cls: type) -> list[tuple[str, Tag]]:
-    return [(f.name, Tag[f.name.upper()]) for f in dataclasses.fields(cls) if f.name != "fd"]
+    return [(f.name, Tag[f.name.upper()]) for f in dataclasses.fields(cls) if f.name not in ("fd", "fds")]
 
 
 def fields_of(event: Event) -> dict[int, object]:
@@ -127,17 +141,22 @@ def fields_of(event: Event) -> dict[int, object]:
         for number, raw in event.info.items():
             fields[wire.INFO_BASE + number] = raw
         return fields
-    return {tag: getattr(event, name) for name, tag in _tagged(type(event))}
+    values = {tag: getattr(event, name) for name, tag in _tagged(type(event))}
+    return {tag: value for tag, value in values.items() if value is not None}
 
 
-def event_of(m: wire.Message, fd: Optional[int]) -> Event:
-    """The event for a frame; `fd` is the descriptor it carries (the connection has checked
-    that one came when the kind takes one)."""
+def event_of(m: wire.Message, fds: tuple[int, ...] = ()) -> Event:
+    """The event for a frame; `fds` are the descriptors it carries (the connection has
+    checked that as many came as the kind takes)."""
     cls = _CLASSES[m.kind]
-    carried: dict[str, Any] = {"fd": fd} if wire.carries_fd(m.kind) else {}
+    carried: dict[str, Any] = {}
+    if wire.fd_count(m.kind) == 1:
+        carried["fd"] = fds[0]
+    elif wire.fd_count(m.kind) > 1:
+        carried["fds"] = tuple(fds)
     if cls in (Established, Accepted):
         peer = (m.text(Tag.PEER_HOST), m.int(Tag.PEER_PORT))
         local = (m.text(Tag.LOCAL_HOST), m.int(Tag.LOCAL_PORT)) if Tag.LOCAL_HOST in m.attrs and Tag.LOCAL_PORT in \
             m.attrs else None
         return cast(Event, cls(peer, local, m.info, **carried))
-    return cast(Event, cls(**{name: m.value(tag) for name, tag in _tagged(cls)}, **carried))
+    return cast(Event, cls(**{name: m.value(tag) for name, tag in _tagged(cls) if tag in m.attrs}, **carried))

@@ -46,10 +46,25 @@ TLS_ENABLE_CIPHER = 110
 TLS_VERSION_MIN = 111
 TLS_VERSION_MAX = 112
 TLS_VERSION_CONN = 113
+TLS_TRUSTED_PEER_CERTIFICATES_ONLY = 120  # ours: replaces the policy's anchors (87 adds to them)
+TLS_ALLOW_RAGGED_EOF = 121  # ours: a peer's FIN without close_notify reads as EOF, not ECONNRESET
+
+TLS_COMPRESSION = 101  # SSA: never supported here (ENOPROTOOPT): compression is CRIME's door
+TLS_SERVER_OCSP_STAPLING = 122  # SSA: the daemon's inbound listeners staple; a program's cannot (ENOPROTOOPT)
+
+# SSA's second-generation names for the same numbers (aliases: one option, two spellings).
+TLS_CHOSEN_VERSION = TLS_VERSION_CONN
+TLS_CACHE_REVOCATION = TLS_CACHED_REV_CHECKS
 
 # Values of the version options: the TLS wire versions.
 TLS1_2_VERSION = 0x0303
 TLS1_3_VERSION = 0x0304
+# SSA's names for the version values, with the TLS wire numbers as values.  SSA's own header
+# numbers them 0-3 (TLS_1_0 ... TLS_1_3); the daemon takes those too (SSA_ORDINAL_VERSIONS: 0 and
+# 1 are EPERM like 0x0301/0x0302), so a program built against either header gets what it names.
+TLS_1_2 = TLS1_2_VERSION
+TLS_1_3 = TLS1_3_VERSION
+SSA_ORDINAL_VERSIONS = {0: 0x0301, 1: 0x0302, 2: TLS1_2_VERSION, 3: TLS1_3_VERSION}
 VERSION_NAMES = {TLS1_2_VERSION: "TLSv1.2", TLS1_3_VERSION: "TLSv1.3"}
 VERSION_NUMBERS = {name: number for number, name in VERSION_NAMES.items()}
 LEGACY_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1"}  # known, and below any policy we allow
@@ -84,6 +99,7 @@ _TABLE = [
     Option(TLS_TRUSTED_CIPHERS, "TLS_TRUSTED_CIPHERS", TEXT, settable=True, gettable=True),
     Option(TLS_CHOSEN_CIPHER, "TLS_CHOSEN_CIPHER", TEXT, gettable=True, connected_only=True),
     Option(TLS_ERROR, "TLS_ERROR", TEXT, gettable=True),
+    Option(TLS_COMPRESSION, "TLS_COMPRESSION", INT, unsupported="TLS compression is never used"),
     Option(TLS_REVOCATION_CHECKS, "TLS_REVOCATION_CHECKS", INT, settable=True, gettable=True),
     Option(TLS_OCSP_STAPLED_CHECKS, "TLS_OCSP_STAPLED_CHECKS", INT, settable=True, gettable=True),
     Option(TLS_OCSP_CHECKS, "TLS_OCSP_CHECKS", INT, settable=True, gettable=True),
@@ -96,6 +112,10 @@ _TABLE = [
     Option(TLS_VERSION_MIN, "TLS_VERSION_MIN", INT, settable=True, gettable=True),
     Option(TLS_VERSION_MAX, "TLS_VERSION_MAX", INT, settable=True, gettable=True),
     Option(TLS_VERSION_CONN, "TLS_VERSION_CONN", INT, gettable=True, connected_only=True),
+    Option(TLS_TRUSTED_PEER_CERTIFICATES_ONLY, "TLS_TRUSTED_PEER_CERTIFICATES_ONLY", PEM, settable=True),
+    Option(TLS_ALLOW_RAGGED_EOF, "TLS_ALLOW_RAGGED_EOF", INT, settable=True, gettable=True),
+    Option(TLS_SERVER_OCSP_STAPLING, "TLS_SERVER_OCSP_STAPLING", INT,
+           unsupported="stapling is for the daemon's inbound listeners ([[inbound]] ocsp_stapling)"),
 ]
 OPTIONS: dict[int, Option] = {o.number: o for o in _TABLE}
 # Reported in ESTABLISHED / ACCEPTED, so that a connected socket answers them without a
@@ -124,6 +144,8 @@ def unpack_int(raw: bytes) -> int:
 # Spelled out, so that type checkers see what `from ssaproxy import *` gives (a test keeps it complete).
 __all__ = [
     "AF_HOSTNAME", "IPPROTO_TLS", "SOL_TCP", "TCP_UPGRADE_TLS", "TLS1_2_VERSION", "TLS1_3_VERSION", "TLS_ALPN",
+    "TLS_1_2", "TLS_1_3", "TLS_ALLOW_RAGGED_EOF", "TLS_CACHE_REVOCATION", "TLS_CHOSEN_VERSION",
+    "TLS_COMPRESSION", "TLS_SERVER_OCSP_STAPLING", "TLS_TRUSTED_PEER_CERTIFICATES_ONLY",
     "TLS_CACHED_REV_CHECKS", "TLS_CERTIFICATE_CHAIN", "TLS_CHOSEN_CIPHER", "TLS_CONTEXT", "TLS_CRL_CHECKS",
     "TLS_DISABLE_CIPHER", "TLS_ENABLE_CIPHER", "TLS_ERROR", "TLS_HOSTNAME", "TLS_ID", "TLS_OCSP_CHECKS",
     "TLS_OCSP_STAPLED_CHECKS", "TLS_PEER_CERTIFICATE_CHAIN", "TLS_PEER_IDENTITY", "TLS_PRIVATE_KEY",

@@ -16,7 +16,7 @@ import enum
 import struct
 from typing import Mapping, Optional
 
-VERSION = 1
+VERSION = 2  # the daemon answers only this version
 MAX_FRAME = 1 << 20  # certificate chains and keys fit easily; anything larger is hostile
 MAX_ATTRS = 64
 _LEN = struct.Struct("!I")
@@ -37,7 +37,9 @@ class Kind(enum.IntEnum):
     CONNECT = 4
     LISTEN = 5
     UPGRADE = 6
-    ACK = 7
+    # 7 was ACK (version 1): not used again
+    ROUTES = 8  # the outbound routes, for redirection without iptables (docs/api.md)
+    REDIRECT = 9
     # daemon -> program
     WELCOME = 64
     OK = 65
@@ -64,6 +66,8 @@ class Tag(enum.IntEnum):
     LOCAL_PORT = 13
     SESSION = 14
     FAMILY = 15
+    TOKEN = 16
+    NAME = 17  # REDIRECT: the host name the program resolved to HOST
 
 
 INFO_BASE = 0x1000  # tag INFO_BASE + N carries getsockopt(IPPROTO_TLS, N)'s value
@@ -71,33 +75,41 @@ ROLE_CLIENT, ROLE_SERVER = 1, 2
 
 _INTS = {Tag.VERSION, Tag.ERRNO, Tag.OPTION, Tag.PORT, Tag.ROLE, Tag.BACKLOG, Tag.PEER_PORT,
          Tag.LOCAL_PORT, Tag.SESSION, Tag.FAMILY}
-_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST}
+_TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST, Tag.NAME}
 
-# kind -> (required tags, optional tags, carries info attributes, carries a file descriptor)
-_SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, bool]] = {
-    Kind.HELLO: (frozenset({Tag.VERSION}), frozenset(), False, False),
-    Kind.SETOPT: (frozenset({Tag.OPTION, Tag.VALUE}), frozenset(), False, False),
-    Kind.GETOPT: (frozenset({Tag.OPTION}), frozenset(), False, False),
-    Kind.CONNECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset(), False, False),
-    Kind.LISTEN: (frozenset({Tag.BACKLOG}), frozenset(), False, True),
-    Kind.UPGRADE: (frozenset({Tag.ROLE}), frozenset(), False, True),
-    Kind.ACK: (frozenset(), frozenset(), False, False),
-    Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset(), False, False),
-    Kind.OK: (frozenset(), frozenset(), False, False),
-    Kind.VALUE: (frozenset({Tag.VALUE}), frozenset(), False, False),
-    Kind.ERROR: (frozenset({Tag.ERRNO, Tag.TEXT}), frozenset(), False, False),
-    Kind.CARRIER: (frozenset(), frozenset(), False, True),
+TOKEN_SIZE = 32  # LISTEN's OK{TOKEN}: what precedes each ACCEPTED frame on a delivered connection
+
+# kind -> (required tags, optional tags, carries info attributes, how many file descriptors)
+_SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, int]] = {
+    Kind.HELLO: (frozenset({Tag.VERSION}), frozenset(), False, 0),
+    Kind.SETOPT: (frozenset({Tag.OPTION, Tag.VALUE}), frozenset(), False, 0),
+    Kind.GETOPT: (frozenset({Tag.OPTION}), frozenset(), False, 0),
+    Kind.CONNECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset(), False, 1),  # the program's socket
+    Kind.LISTEN: (frozenset({Tag.BACKLOG}), frozenset(), False, 2),  # [B (bound to the address), N (loopback)]
+    Kind.UPGRADE: (frozenset({Tag.ROLE}), frozenset(), False, 1),
+    Kind.ROUTES: (frozenset(), frozenset(), False, 0),
+    Kind.REDIRECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset({Tag.NAME}), False, 1),  # its socket
+    Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset(), False, 0),
+    Kind.OK: (frozenset(), frozenset({Tag.TOKEN}), False, 0),
+    Kind.VALUE: (frozenset({Tag.VALUE}), frozenset(), False, 0),
+    Kind.ERROR: (frozenset({Tag.ERRNO, Tag.TEXT}), frozenset(), False, 0),
+    Kind.CARRIER: (frozenset(), frozenset(), False, 1),
     Kind.ESTABLISHED: (frozenset({Tag.PEER_HOST, Tag.PEER_PORT}), frozenset({Tag.LOCAL_HOST, Tag.LOCAL_PORT}),
-                       True, False),
+                       True, 0),
     Kind.ACCEPTED: (frozenset({Tag.PEER_HOST, Tag.PEER_PORT}), frozenset({Tag.LOCAL_HOST, Tag.LOCAL_PORT}),
-                    True, True),
+                    True, 0),
 }
 
 
-def carries_fd(kind: Kind) -> bool:
-    """Whether a frame of this kind travels with exactly one file descriptor (SCM_RIGHTS on
-    its first byte)."""
+def fd_count(kind: Kind) -> int:
+    """How many file descriptors travel with a frame of this kind (one SCM_RIGHTS message on
+    its first byte, in the order the kind defines)."""
     return _SCHEMA[kind][3]
+
+
+def carries_fd(kind: Kind) -> bool:
+    """Whether a frame of this kind travels with file descriptors."""
+    return _SCHEMA[kind][3] > 0
 
 
 class Message:

@@ -20,11 +20,12 @@ import os
 from typing import Optional, Sequence
 
 import attrs
-from OpenSSL import SSL
+from cryptography import x509
+from OpenSSL import SSL, crypto
 
 from ssaproxy.config import Policy, TLSVersion
 from ssaproxy.tls._openssl import set_groups_list, x509_strict_flags
-from ssaproxy.tls.paths import PathValidator
+from ssaproxy.tls.paths import PathValidator, load_anchors
 from ssaproxy.tls.revcheck import status_callback
 from ssaproxy.tls.verify import install, verify_callback
 
@@ -118,16 +119,25 @@ def client_context(policy: Policy, certificate: Optional[str] = None, key: Optio
     return ctx
 
 
-def load_trust(ctx: SSL.Context, trust_store: Optional[str], *, strict: bool = True) -> None:
+def load_trust(ctx: SSL.Context, trust_store: Optional[str], *, strict: bool = True,
+               extra: Sequence[x509.Certificate] = ()) -> None:
     """The admin's trust anchors (None: the system's; a directory: hashed), for OpenSSL and,
-    read once here, for cryptography's verifier beside it; then strict checking."""
+    read once here, for cryptography's verifier beside it; then strict checking.  `extra`: more
+    anchors beside them (a program's TLS_TRUSTED_PEER_CERTIFICATES)."""
+    store = ctx.get_cert_store()
+    assert store is not None
+    for cert in extra:
+        store.add_cert(crypto.X509.from_cryptography(cert))
     if trust_store and os.path.isdir(trust_store):
         ctx.load_verify_locations(None, trust_store)
     elif trust_store:
         ctx.load_verify_locations(trust_store)
     else:
         ctx.set_default_verify_paths()
-    strict_checks(ctx, PathValidator.from_location(trust_store or None, strict=strict))
+    if extra:
+        strict_checks(ctx, PathValidator([*load_anchors(trust_store or None), *extra], strict=strict))
+    else:
+        strict_checks(ctx, PathValidator.from_location(trust_store or None, strict=strict))
 
 
 def strict_checks(ctx: SSL.Context, validator: PathValidator) -> None:

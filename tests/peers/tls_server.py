@@ -172,6 +172,7 @@ def handle(raw: socket.socket, ctx: ssl.SSLContext | None, args: argparse.Namesp
             serve_halfclose(raw, args)
             return
         assert ctx is not None
+        time.sleep(args.delay)  # a slow server: the handshake starts this late
         try:
             # suppress_ragged_eofs=False: a TCP end without close_notify must show as such.
             conn = ctx.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False)
@@ -198,6 +199,7 @@ def main() -> None:
     p.add_argument("--ciphers")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--max-conns", type=int, default=1000)
+    p.add_argument("--delay", type=float, default=0, help="seconds before each TLS handshake starts")
     args = p.parse_args()
 
     ctx = None

@@ -1,0 +1,246 @@
+/* IPPROTO_TLS client sockets (docs/design/api-v2.md §3): the program's own socket N is the
+ * carrier.  CONNECT hands N to the daemon, which parks it (a TCP connect in progress), answers
+ * OK, and later writes ESTABLISHED or ERROR on the control connection before completing or
+ * resetting N.  So N polls writable only once the result is waiting for us. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "include/ssaproxy.h"
+#include "internal.h"
+
+#define RESULT_WAIT_MS 180000  /* the daemon's connect + handshake deadlines, with a margin */
+
+/* The attempt's errno, reported once (connect or SO_ERROR, whichever asks first). */
+static int take_failure(struct sock *s)
+{
+    int e = s->failed_errno ? s->failed_errno : ECONNABORTED;
+    s->failed_errno = 0;
+    return e;
+}
+
+int settle(struct sock *s, int fd, int block)
+{
+    for (int spins = 0; s->phase == P_CONNECTING && s->busy; spins++) {
+        if (!block || spins > RESULT_WAIT_MS)
+            return 0;  /* another thread is reading the result */
+        table_unlock();
+        usleep(1000);
+        table_lock();
+    }
+    if (s->phase == P_CONNECTED)
+        return 1;
+    if (s->phase != P_CONNECTING)
+        return -(s->failed_errno ? s->failed_errno : ENOTCONN);
+    if (!block && !readable_now(s->control))
+        return 0;
+    s->busy = 1;
+    int control = s->control;
+    table_unlock();
+    struct frame f;
+    int r = control_recv(control, &f, block ? RESULT_WAIT_MS : 2000);
+    if (r == 0 && f.kind == K_ESTABLISHED)
+        wait_fd(fd, POLLOUT, 5000);  /* the daemon completes N right after the frame */
+    table_lock();
+    s->busy = 0;
+    if (r) {
+        s->phase = P_FAILED;
+        s->failed_errno = r == -ETIMEDOUT ? ETIMEDOUT : ECONNABORTED;
+        sock_error(s, "the ssaproxy daemon ended the connection before the result (%s)", strerror(-r));
+    } else if (f.kind == K_ESTABLISHED) {
+        sock_set_info(s, &f);
+        s->phase = P_CONNECTED;
+    } else {
+        char why[sizeof s->error];
+        s->failed_errno = frame_error(&f, why, sizeof why);
+        snprintf(s->error, sizeof s->error, "%s", why);
+        s->phase = P_FAILED;
+    }
+    if (r == 0)
+        frame_free(&f);
+    sock_close_control(s);
+    if (s->phase == P_FAILED) {
+        /* After an ERROR frame the daemon resets N at once: let the reset land (bounded), then
+         * clear the kernel's ECONNRESET, which the attempt's own errno replaces. */
+        struct pollfd p = {.fd = fd, .events = 0};
+        for (int64_t end = now_ms() + 2000; r == 0 && now_ms() < end;)
+            if (poll(&p, 1, 50) > 0 && (p.revents & (POLLERR | POLLHUP)))
+                break;
+        int e = 0;
+        socklen_t l = sizeof e;
+        real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);
+        return -s->failed_errno;
+    }
+    return 1;
+}
+
+/* The destination as the daemon takes it: host text, port, family code (4, 6, 0 = a name). */
+static int target(struct sock *s, const struct sockaddr *a, socklen_t len, char *host, size_t hsize,
+                  int *port, int *fam)
+{
+    if (a == NULL)
+        return -EFAULT;
+    if (a->sa_family == AF_INET && len >= sizeof(struct sockaddr_in) && s->family != AF_INET6) {
+        const struct sockaddr_in *in = (const void *)a;
+        inet_ntop(AF_INET, &in->sin_addr, host, (socklen_t)hsize);
+        *port = ntohs(in->sin_port);
+        *fam = 4;
+        return 0;
+    }
+    if (a->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6) && s->family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)a;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, (socklen_t)hsize);
+        *port = ntohs(in6->sin6_port);
+        *fam = 6;
+        return 0;
+    }
+    if (a->sa_family == AF_HOSTNAME && s->family == AF_HOSTNAME && len > offsetof(struct sockaddr_host, sin_addr)) {
+        const struct sockaddr_host *h = (const void *)a;
+        size_t room = len - offsetof(struct sockaddr_host, sin_addr);
+        if (room > sizeof h->sin_addr.name)
+            room = sizeof h->sin_addr.name;
+        const unsigned char *end = memchr(h->sin_addr.name, '\0', room);
+        size_t n = end ? (size_t)(end - h->sin_addr.name) : room;
+        if (n == 0 || n > 253 || n >= hsize)
+            return -EINVAL;
+        memcpy(host, h->sin_addr.name, n);
+        host[n] = '\0';
+        *port = ntohs(h->sin_port);
+        *fam = 0;
+        return 0;
+    }
+    return -EAFNOSUPPORT;
+}
+
+static int set_name(struct sock *s, const char *name)
+{
+    struct out o;
+    struct frame f;
+    out_start(&o, K_SETOPT);
+    out_int(&o, T_OPTION, TLS_REMOTE_HOSTNAME);
+    out_text(&o, T_VALUE, name);
+    int r = control_request(s->control, &o, NULL, 0, &f, 30000);
+    out_free(&o);
+    if (r)
+        return -ECONNABORTED;
+    if (f.kind != K_OK)
+        r = -frame_error(&f, s->error, sizeof s->error);
+    frame_free(&f);
+    return r;
+}
+
+/* Called with the table locked; returns with it locked. */
+int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
+{
+    int block = !(fcntl(fd, F_GETFL) & O_NONBLOCK);
+    /* Linux's answers for TCP: EALREADY while pending; after success 0 the first time, then
+     * EISCONN; after failure the attempt's errno once, and the call after that starts anew. */
+    if (s->phase == P_CONNECTING) {
+        int r = settle(s, fd, block);
+        if (r == 0) {
+            errno = EALREADY;
+            return -1;
+        }
+        if (r < 0) {
+            errno = take_failure(s);
+            return -1;
+        }
+    }
+    if (s->phase == P_FAILED && s->failed_errno) {
+        errno = take_failure(s);
+        return -1;
+    }
+    if (s->phase == P_CONNECTED && !s->success_told) {
+        s->success_told = 1;
+        return 0;
+    }
+    if (s->phase == P_CONNECTED || s->phase == P_LISTENING) {
+        errno = s->phase == P_CONNECTED ? EISCONN : EINVAL;
+        return -1;
+    }
+    if (s->busy) {
+        errno = EALREADY;
+        return -1;
+    }
+    if (s->bound) {
+        sock_error(s, "connect() after bind(): the daemon picks the source address");
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    char host[256];
+    int port, fam;
+    int r = target(s, a, len, host, sizeof host, &port, &fam);
+    if (r) {
+        sock_error(s, "connect(): %s", strerror(-r));
+        errno = -r;
+        return -1;
+    }
+    s->error[0] = '\0';
+    s->failed_errno = 0;
+    int fl = fcntl(fd, F_GETFL);
+    s->busy = 1;
+    table_unlock();
+    r = session(s);
+    if (r == 0 && fam == 0 && !s->have_name)
+        r = set_name(s, host);
+    struct frame f = {0};
+    char why[sizeof s->error] = "";
+    if (r == 0) {
+        struct out o;
+        out_start(&o, K_CONNECT);
+        out_text(&o, T_HOST, host);
+        out_int(&o, T_PORT, port);
+        out_int(&o, T_FAMILY, fam);
+        r = control_request(s->control, &o, &fd, 1, &f, 30000);
+        out_free(&o);
+        if (r) {
+            snprintf(why, sizeof why, "the ssaproxy daemon did not answer CONNECT: %s", strerror(-r));
+            r = r == -ETIMEDOUT ? r : -ECONNABORTED;
+        } else if (f.kind != K_OK) {
+            r = -frame_error(&f, why, sizeof why);
+        }
+        frame_free(&f);
+    }
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
+    table_lock();
+    s->busy = 0;
+    if (r) {
+        if (why[0])
+            snprintf(s->error, sizeof s->error, "%s", why);
+        sock_close_control(s);  /* the next attempt starts a new session (options replayed) */
+        errno = -r;
+        return -1;
+    }
+    s->phase = P_CONNECTING;
+    if (!block) {
+        errno = EINPROGRESS;
+        return -1;
+    }
+    r = settle(s, fd, 1);
+    if (r == 1) {
+        s->success_told = 1;
+        return 0;
+    }
+    errno = r < 0 ? take_failure(s) : ETIMEDOUT;
+    return -1;
+}
+
+/* SO_ERROR on a socket whose connect is in progress or failed: the attempt's errno, once. */
+int tls_so_error(struct sock *s, int fd, void *value, socklen_t *len)
+{
+    if (s->phase == P_CONNECTING)
+        settle(s, fd, 0);
+    if (s->phase == P_FAILED && s->failed_errno && value != NULL && len != NULL && *len >= (socklen_t)sizeof(int)) {
+        int e = take_failure(s);
+        memcpy(value, &e, sizeof e);
+        *len = sizeof e;
+        return 0;
+    }
+    return real.getsockopt(fd, SOL_SOCKET, SO_ERROR, value, len);
+}

@@ -1,0 +1,260 @@
+/* Redirection without iptables (docs/design/api-v2.md §6), active with SSAPROXY_REDIRECT=1
+ * (`ssaproxy run`).  A plain TCP connect() whose destination matches one of the daemon's
+ * outbound routes is handed to the daemon with REDIRECT, as if iptables had redirected it; the
+ * daemon decides everything.  If the daemon cannot take it, the connect fails (ECONNREFUSED):
+ * never a plaintext connection to a destination the admin wants upgraded. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "include/ssaproxy.h"
+#include "internal.h"
+
+struct route {
+    int family;  /* AF_INET or AF_INET6 */
+    unsigned char net[16];
+    int prefix;
+    int port;    /* 0: any */
+};
+#define MAX_ROUTES 256
+static struct route routes[MAX_ROUTES];
+static int nroutes = -1;  /* -1: not known yet */
+static pthread_mutex_t rlock = PTHREAD_MUTEX_INITIALIZER;
+
+#define NAMES 512
+static struct { int family; unsigned char addr[16]; char name[254]; } names[NAMES];
+static unsigned next_name;
+
+/* "<action> <network-cidr> <port>" lines. */
+static int parse_routes(const char *text)
+{
+    int n = 0;
+    const char *p = text;
+    while (p != NULL && *p && n < MAX_ROUTES) {
+        char action[32], cidr[80];
+        int port;
+        const char *eol = strchr(p, '\n');
+        if (sscanf(p, "%31s %79s %d", action, cidr, &port) == 3) {
+            struct route *r = &routes[n];
+            char *slash = strchr(cidr, '/');
+            r->prefix = -1;
+            if (slash) {
+                *slash = '\0';
+                r->prefix = atoi(slash + 1);
+            }
+            memset(r->net, 0, sizeof r->net);
+            if (inet_pton(AF_INET, cidr, r->net) == 1) {
+                r->family = AF_INET;
+                if (r->prefix < 0 || r->prefix > 32)
+                    r->prefix = 32;
+            } else if (inet_pton(AF_INET6, cidr, r->net) == 1) {
+                r->family = AF_INET6;
+                if (r->prefix < 0 || r->prefix > 128)
+                    r->prefix = 128;
+            } else {
+                return -1;
+            }
+            r->port = port;
+            n++;
+        }
+        p = eol ? eol + 1 : NULL;
+    }
+    return n;
+}
+
+/* The routes: SSAPROXY_ROUTES, else the daemon's ROUTES answer.  -1 when neither is known. */
+static int load_routes(void)
+{
+    pthread_mutex_lock(&rlock);
+    if (nroutes < 0) {
+        const char *env = getenv("SSAPROXY_ROUTES");
+        if (env != NULL) {
+            nroutes = parse_routes(env);
+        } else {
+            char why[256];
+            int fd = control_open(why, sizeof why);
+            if (fd >= 0) {
+                struct out o;
+                struct frame f;
+                out_start(&o, K_ROUTES);
+                if (control_request(fd, &o, NULL, 0, &f, 30000) == 0) {
+                    const struct attr *v = frame_get(&f, T_VALUE);
+                    if (f.kind == K_VALUE && v != NULL) {
+                        char *text = strndup((const char *)v->value, v->size);
+                        if (text != NULL)
+                            nroutes = parse_routes(text);
+                        free(text);
+                    }
+                    frame_free(&f);
+                }
+                out_free(&o);
+                real.close(fd);
+            }
+        }
+    }
+    int n = nroutes;
+    pthread_mutex_unlock(&rlock);
+    return n;
+}
+
+void redirect_init(void) {}
+
+static int in_net(const unsigned char *addr, const unsigned char *net, int prefix)
+{
+    for (int bit = 0; bit < prefix; bit += 8) {
+        int take = prefix - bit >= 8 ? 8 : prefix - bit;
+        unsigned mask = (0xffu << (8 - take)) & 0xffu;
+        if ((addr[bit / 8] & mask) != (net[bit / 8] & mask))
+            return 0;
+    }
+    return 1;
+}
+
+/* The destination as (family, 16 bytes, port, text); IPv4-mapped IPv6 as IPv4. */
+static int destination(const struct sockaddr *a, socklen_t len, int *fam, unsigned char *addr, int *port)
+{
+    memset(addr, 0, 16);
+    if (a->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const void *)a;
+        memcpy(addr, &in->sin_addr, 4);
+        *port = ntohs(in->sin_port);
+        *fam = AF_INET;
+        return 0;
+    }
+    if (a->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const void *)a;
+        *port = ntohs(in6->sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            memcpy(addr, &in6->sin6_addr.s6_addr[12], 4);
+            *fam = AF_INET;
+        } else {
+            memcpy(addr, &in6->sin6_addr, 16);
+            *fam = AF_INET6;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+static int lookup_name(int fam, const unsigned char *addr, char *name, size_t size)
+{
+    int found = 0;
+    pthread_mutex_lock(&rlock);
+    for (unsigned i = 0; i < NAMES && !found; i++) {
+        unsigned k = (next_name + NAMES - 1 - i) % NAMES;  /* the newest first */
+        if (names[k].family == fam && memcmp(names[k].addr, addr, fam == AF_INET ? 4 : 16) == 0) {
+            snprintf(name, size, "%s", names[k].name);
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&rlock);
+    return found;
+}
+
+int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handled)
+{
+    int fam, port;
+    unsigned char addr[16];
+    *handled = 0;
+    if (a == NULL || (a->sa_family != AF_INET && a->sa_family != AF_INET6) || destination(a, len, &fam, addr, &port))
+        return 0;
+    int type = 0, proto = 0;
+    socklen_t l = sizeof type;
+    if (real.getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) || type != SOCK_STREAM)
+        return 0;
+    l = sizeof proto;
+    if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) || proto != IPPROTO_TCP)
+        return 0;
+    int n = load_routes();
+    int match = n < 0;  /* no route table at all: refuse, never guess plaintext */
+    for (int i = 0; i < n && !match; i++)
+        match = routes[i].family == fam && (routes[i].port == 0 || routes[i].port == port) &&
+                in_net(addr, routes[i].net, routes[i].prefix);
+    if (!match)
+        return 0;
+    *handled = 1;
+    char host[INET6_ADDRSTRLEN], name[254], why[256];
+    inet_ntop(fam, addr, host, sizeof host);
+    int has_name = lookup_name(fam, addr, name, sizeof name);
+    int control = n < 0 ? -ECONNREFUSED : control_open(why, sizeof why);
+    if (control < 0) {
+        errno = ECONNREFUSED;  /* the daemon is absent: no plaintext to a routed destination */
+        return -1;
+    }
+    struct out o;
+    struct frame f;
+    out_start(&o, K_REDIRECT);
+    out_text(&o, T_HOST, host);
+    out_int(&o, T_PORT, port);
+    out_int(&o, T_FAMILY, fam == AF_INET ? 4 : 6);
+    if (has_name)
+        out_text(&o, T_NAME, name);
+    int fl = fcntl(fd, F_GETFL);
+    int r = control_request(control, &o, &fd, 1, &f, 30000);
+    out_free(&o);
+    real.close(control);
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
+    if (r) {
+        errno = ECONNREFUSED;
+        return -1;
+    }
+    int code = f.kind == K_OK ? 0 : frame_error(&f, why, sizeof why);
+    frame_free(&f);
+    if (code == ENOENT) {  /* the daemon's routes changed: no route, so no redirection */
+        *handled = 0;
+        return 0;
+    }
+    if (code) {
+        errno = code;
+        return -1;
+    }
+    if (fl & O_NONBLOCK) {
+        errno = EINPROGRESS;
+        return -1;
+    }
+    if (wait_fd(fd, POLLOUT, 30000) != 0) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    int e = 0;
+    l = sizeof e;
+    real.getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res)
+{
+    if (real.getaddrinfo == NULL)
+        real_init();
+    int r = real.getaddrinfo(node, service, hints, res);
+    if (r != 0 || !ssa_redirect || node == NULL || strlen(node) > 253)
+        return r;
+    unsigned char probe[16];
+    if (inet_pton(AF_INET, node, probe) == 1 || inet_pton(AF_INET6, node, probe) == 1)
+        return r;  /* an address is not a name */
+    pthread_mutex_lock(&rlock);
+    for (struct addrinfo *ai = *res; ai != NULL; ai = ai->ai_next) {
+        int fam;
+        unsigned char addr[16];
+        int port;
+        if (ai->ai_addr == NULL || destination(ai->ai_addr, ai->ai_addrlen, &fam, addr, &port))
+            continue;
+        unsigned k = next_name++ % NAMES;
+        names[k].family = fam;
+        memcpy(names[k].addr, addr, 16);
+        snprintf(names[k].name, sizeof names[k].name, "%s", node);
+    }
+    pthread_mutex_unlock(&rlock);
+    return r;
+}
