@@ -34,11 +34,15 @@ def _config_with_test_certs(text: str, pki: PKI, tmp: Path) -> str:
 
 def test_dockerfile_copies_files_that_exist_and_runs_unprivileged() -> None:
     text = (DOCKER / "Dockerfile").read_text()
-    sources = [src for line in text.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
+    # Sources in the build context (a COPY --from=STAGE copies from an earlier stage instead).
+    sources = [src for line in text.splitlines() if line.startswith("COPY ") and "--from=" not in line
+               for src in line.split()[1:-1]]
     assert sources, "no COPY lines found"
     for src in sources:
         assert (REPO / src).exists(), src
     assert re.search(r"^USER 10001$", text, re.M)
+    assert "setup.py" in sources  # it builds the C library: without it the image would lack it
+    assert re.search(r"^COPY --from=build /wheels /wheels$", text, re.M)
     assert "HEALTHCHECK" in text and "healthcheck.py" in text
     assert 'ENTRYPOINT ["twistd", "--nodaemon", "--pidfile=", "ssaproxy"]' in text
 
