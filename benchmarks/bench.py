@@ -123,18 +123,7 @@ class Bench:
         chain, key, root = write_pki(Path(w), bp.HOSTNAME)  # ECDSA P-256 throughout
         self.ca, self.chain, self.key = str(root), str(chain), str(key)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        here = os.path.dirname(os.path.abspath(__file__))
-        with open(f"{w}/backend.log", "w") as err:
-            self.backend = subprocess.Popen(
-                [sys.executable, os.path.join(here, "bench_backend.py"), "--cert", self.chain, "--key", self.key,
-                 "--tls", "{}:{}".format(*bp.BACKEND_TLS), "--plain", "{}:{}".format(*bp.BACKEND_PLAIN),
-                 "--max-seconds", str(int(self.p["budget"] + 120))],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
-        ready = self.backend.stdout.readline().split()  # type: ignore[union-attr]
-        if not ready or ready[0] != "READY":
-            raise RuntimeError(f"the backend did not start (see {w}/backend.log)")
-        self.backend_pids = [self.backend.pid] + [int(x) for x in ready[1:]]
-        bp.wait_listening([bp.BACKEND_TLS[1], bp.BACKEND_PLAIN[1]], self.backend, "backend")
+        self.backend, self.backend_pids = bp.start_backend(w, self.chain, self.key, self.p["budget"] + 120)
         self.iptables_rule = ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", bp.VIRTUAL_ADDR[0], "--dport",
                               str(bp.VIRTUAL_ADDR[1]), "-j", "REDIRECT", "--to-ports",
                               str(bp.CLIENT_PORTS["ssaproxy"])]

@@ -159,6 +159,24 @@ def stop_process(proc: subprocess.Popen, what: str, timeout: float = 15.0) -> No
         pass
 
 
+def start_backend(work: str, chain: str, key: str, max_seconds: float) -> tuple[subprocess.Popen, list[int]]:
+    """bench_backend.py on BACKEND_TLS and BACKEND_PLAIN, listening; (its process, its PIDs
+    with the pre-forked workers').  It ends itself after `max_seconds` if nobody stops it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(f"{work}/backend.log", "w") as err:
+        backend = subprocess.Popen(
+            [sys.executable, os.path.join(here, "bench_backend.py"), "--cert", chain, "--key", key,
+             "--tls", "{}:{}".format(*BACKEND_TLS), "--plain", "{}:{}".format(*BACKEND_PLAIN),
+             "--max-seconds", str(int(max_seconds))],
+            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
+    ready = backend.stdout.readline().split()  # type: ignore[union-attr]
+    if not ready or ready[0] != "READY":
+        stop_process(backend, "backend")
+        raise RuntimeError(f"the backend did not start (see {work}/backend.log)")
+    wait_listening([BACKEND_TLS[1], BACKEND_PLAIN[1]], backend, "backend")
+    return backend, [backend.pid] + [int(x) for x in ready[1:]]
+
+
 class Proc:
     """A proxy we start (pinned with taskset when `cpus` is set) and stop by PID."""
 
