@@ -275,6 +275,8 @@ class Run:
                 log(f"  round {rnd + 1}, {name}")
                 self.measure(name)
         after = stats(self.ca)
+        with open("/proc/loadavg") as f:
+            self.info["machine"] = f"{self.info['machine']}, at the end {' '.join(f.read().split()[:3])}"
         self.info["backend during the rounds"] = {k: after[k] - before[k] - (k == "handshakes") for k in after}
         if after["resumed"] != before["resumed"]:
             self.notes.append(f"{after['resumed'] - before['resumed']} handshakes were resumed (full ones expected)")
