@@ -61,7 +61,6 @@ SIZES = {
     "smoke": dict(rounds=1, conns=3, bulk_mb=1, budget=90.0),  # every path once; figures meaningless
 }
 CLIENTS = ("C libssaproxy", "C OpenSSL", "Python ssaproxy.socket", "Python ssl")
-THROUGH_DAEMON = ("C libssaproxy", "Python ssaproxy.socket")
 # (figure, label, format, which way is better)
 ROWS = [
     ("connect_p50_us", "connect + handshake, p50 (us wall)", "{:.0f}", "lower"),
