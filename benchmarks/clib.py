@@ -330,37 +330,6 @@ def run_inner(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_outer(args: argparse.Namespace, argv: list[str]) -> int:
-    if os.geteuid() != 0:
-        print("clib.py needs root (a network namespace of its own)", file=sys.stderr)
-        return 2
-    for tool in ("ip", "taskset", "gcc"):
-        if shutil.which(tool) is None:
-            print(f"clib.py needs {tool}", file=sys.stderr)
-            return 2
-    ns = f"ssap-clib-{os.getpid()}"
-    limit = float(SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]["budget"]) + 180
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    inner = None
-    rc = 1
-    try:
-        inner = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(HERE / "clib.py"), "--inner", *argv],
-                                 stdin=subprocess.DEVNULL)
-        try:
-            rc = inner.wait(limit)
-        except subprocess.TimeoutExpired:
-            print(f"clib.py: the run did not finish in {limit:.0f}s; stopping it", file=sys.stderr)
-            bp.stop_process(inner, "benchmark", timeout=15)
-    except (KeyboardInterrupt, SystemExit):
-        if inner is not None:
-            bp.stop_process(inner, "benchmark", timeout=15)
-        rc = 130
-    finally:
-        bp.remove_namespace(ns)  # anything still in it was started by this run
-    return rc
-
-
 def main() -> int:
     if sys.argv[1:2] == ["--client"]:
         return python_client(sys.argv[2:])
@@ -378,13 +347,9 @@ def main() -> int:
         args.json = os.path.abspath(args.json)
     if args.inner:
         return run_inner(args)
-    argv, skip = [], False
-    for a in sys.argv[1:]:  # everything but --json, which goes again as an absolute path
-        if skip or a.startswith("--json"):
-            skip = a == "--json"
-            continue
-        argv.append(a)
-    return run_outer(args, argv + (["--json", args.json] if args.json else []))
+    budget = SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]["budget"]
+    return bp.run_in_namespace(__file__, args.json, float(budget) + 180, ("taskset", "gcc"),
+                               "a network namespace of its own")
 
 
 if __name__ == "__main__":
