@@ -123,18 +123,7 @@ class Bench:
         chain, key, root = write_pki(Path(w), bp.HOSTNAME)  # ECDSA P-256 throughout
         self.ca, self.chain, self.key = str(root), str(chain), str(key)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        here = os.path.dirname(os.path.abspath(__file__))
-        with open(f"{w}/backend.log", "w") as err:
-            self.backend = subprocess.Popen(
-                [sys.executable, os.path.join(here, "bench_backend.py"), "--cert", self.chain, "--key", self.key,
-                 "--tls", "{}:{}".format(*bp.BACKEND_TLS), "--plain", "{}:{}".format(*bp.BACKEND_PLAIN),
-                 "--max-seconds", str(int(self.p["budget"] + 120))],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
-        ready = self.backend.stdout.readline().split()  # type: ignore[union-attr]
-        if not ready or ready[0] != "READY":
-            raise RuntimeError(f"the backend did not start (see {w}/backend.log)")
-        self.backend_pids = [self.backend.pid] + [int(x) for x in ready[1:]]
-        bp.wait_listening([bp.BACKEND_TLS[1], bp.BACKEND_PLAIN[1]], self.backend, "backend")
+        self.backend, self.backend_pids = bp.start_backend(w, self.chain, self.key, self.p["budget"] + 120)
         self.iptables_rule = ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", bp.VIRTUAL_ADDR[0], "--dport",
                               str(bp.VIRTUAL_ADDR[1]), "-j", "REDIRECT", "--to-ports",
                               str(bp.CLIENT_PORTS["ssaproxy"])]
@@ -419,38 +408,6 @@ def run_inner(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_outer(args: argparse.Namespace, argv: list[str]) -> int:
-    if os.geteuid() != 0:
-        print("bench.py needs root (network namespace, iptables)", file=sys.stderr)
-        return 2
-    for tool in ("ip", "iptables", "taskset", "haproxy"):
-        if shutil.which(tool) is None:
-            print(f"bench.py needs {tool}", file=sys.stderr)
-            return 2
-    ns = f"ssap-bench-{os.getpid()}"
-    budget = SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]["budget"]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    inner = None
-    rc = 1
-    try:
-        inner = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__), "--inner",
-                                  *argv], stdin=subprocess.DEVNULL)
-        try:
-            rc = inner.wait(budget + 180)
-        except subprocess.TimeoutExpired:
-            print(f"bench.py: the run did not finish in {budget + 180:.0f}s; stopping it", file=sys.stderr)
-            bp.stop_process(inner, "benchmark", timeout=15)
-            rc = 1
-    except (KeyboardInterrupt, SystemExit):
-        if inner is not None:
-            bp.stop_process(inner, "benchmark", timeout=15)
-        rc = 130
-    finally:
-        bp.remove_namespace(ns)  # anything still in it was started by this run
-    return rc
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -472,13 +429,9 @@ def main() -> int:
         return run_inner(args)
     if any(m not in MODES for m in args.modes.split(",")):
         parser.error(f"--modes: choose from {','.join(MODES)}")
-    argv, skip = [], False
-    for a in sys.argv[1:]:  # everything but --json, which goes again as an absolute path
-        if skip or a.startswith("--json"):
-            skip = a == "--json"
-            continue
-        argv.append(a)
-    return run_outer(args, argv + (["--json", args.json] if args.json else []))
+    budget = SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]["budget"]
+    return bp.run_in_namespace(__file__, args.json, float(budget) + 180, ("iptables", "taskset", "haproxy"),
+                               "network namespace, iptables")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,66 @@ def stop_process(proc: subprocess.Popen, what: str, timeout: float = 15.0) -> No
         pass
 
 
+def start_backend(work: str, chain: str, key: str, max_seconds: float) -> tuple[subprocess.Popen, list[int]]:
+    """bench_backend.py on BACKEND_TLS and BACKEND_PLAIN, listening; (its process, its PIDs
+    with the pre-forked workers').  It ends itself after `max_seconds` if nobody stops it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(f"{work}/backend.log", "w") as err:
+        backend = subprocess.Popen(
+            [sys.executable, os.path.join(here, "bench_backend.py"), "--cert", chain, "--key", key,
+             "--tls", "{}:{}".format(*BACKEND_TLS), "--plain", "{}:{}".format(*BACKEND_PLAIN),
+             "--max-seconds", str(int(max_seconds))],
+            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
+    ready = backend.stdout.readline().split()  # type: ignore[union-attr]
+    if not ready or ready[0] != "READY":
+        stop_process(backend, "backend")
+        raise RuntimeError(f"the backend did not start (see {work}/backend.log)")
+    wait_listening([BACKEND_TLS[1], BACKEND_PLAIN[1]], backend, "backend")
+    return backend, [backend.pid] + [int(x) for x in ready[1:]]
+
+
+def run_in_namespace(script: str, json_path: str | None, limit: float, tools: tuple[str, ...], why: str) -> int:
+    """Run `script --inner` with this process's arguments (--json given again as `json_path`,
+    absolute) in a network namespace made for it, and delete the namespace afterwards, ending
+    whatever is left in it.  Needs root and `tools`; stops the run after `limit` seconds."""
+    name = os.path.basename(script)
+    if os.geteuid() != 0:
+        print(f"{name} needs root ({why})", file=sys.stderr)
+        return 2
+    for tool in ("ip", *tools):
+        if shutil.which(tool) is None:
+            print(f"{name} needs {tool}", file=sys.stderr)
+            return 2
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # everything but --json, which goes again as an absolute path
+        if skip or a.startswith("--json"):
+            skip = a == "--json"
+            continue
+        argv.append(a)
+    argv += ["--json", json_path] if json_path else []
+    ns = f"ssap-{name.removesuffix('.py')}-{os.getpid()}"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    inner = None
+    rc = 1
+    try:
+        inner = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, os.path.abspath(script), "--inner",
+                                  *argv], stdin=subprocess.DEVNULL)
+        try:
+            rc = inner.wait(limit)
+        except subprocess.TimeoutExpired:
+            print(f"{name}: the run did not finish in {limit:.0f}s; stopping it", file=sys.stderr)
+            stop_process(inner, "benchmark", timeout=15)
+            rc = 1
+    except (KeyboardInterrupt, SystemExit):
+        if inner is not None:
+            stop_process(inner, "benchmark", timeout=15)
+        rc = 130
+    finally:
+        remove_namespace(ns)  # anything still in it was started by this run
+    return rc
+
+
 class Proc:
     """A proxy we start (pinned with taskset when `cpus` is set) and stop by PID."""
 
