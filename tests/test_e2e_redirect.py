@@ -20,6 +20,7 @@ import pytest
 
 from ssaproxy.addresses import host_port, plain_address
 from ssaproxy.client import redirect as r
+from ssaproxy.proto.connection import Redirect
 from tests.api_harness import ApiDaemon, free_port
 from tests.lab import PEERS, poll, wait_for_text
 from tests.pki import PKI
@@ -361,3 +362,35 @@ def test_the_programs_reset_on_close_is_kept(lab: Lab) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         assert r.redirect(s, (LOCAL, lab.ports["raw"]), path=lab.socket)
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == linger
+
+
+def test_a_draining_daemon_refuses_redirect_and_lets_handed_over_connections_finish(pki: PKI,
+                                                                                    tmp_path: Path) -> None:
+    api = ApiDaemon(tmp_path, pki)
+    try:
+        echo = api.tls_server("plainecho", None)
+        api.config.write_text(api.config.read_text() + "[daemon]\ndrain_timeout = 20\n" +
+                              f'[outbound]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
+                              f'[[outbound.route]]\nname = "raw"\ndestination = "127.0.0.1/32"\nports = [{echo}]\n'
+                              'action = "passthrough"\n')
+        api.start()
+        held = socket.socket()
+        held.settimeout(10)
+        assert r.redirect(held, (LOCAL, echo), path=api.socket)
+        with r._Session(api.socket) as session, socket.socket() as late:  # greeted before the stop
+            assert api.proc is not None
+            api.proc.send_signal(signal.SIGTERM)
+            assert poll(lambda: "draining 1 live connections (outbound=1" in api.log.read_text(), 10), \
+                api.log.read_text()[-2000:]
+            with pytest.raises(OSError, match="the daemon is stopping") as e:
+                session.request(Redirect(LOCAL, echo, 4), late.fileno())
+            assert e.value.errno == errno.ESHUTDOWN
+        # The connection handed over before the stop is served to its end, then the drain ends.
+        held.sendall(b"still served")
+        held.shutdown(socket.SHUT_WR)
+        assert _read_all(held) == b"still served"
+        held.close()
+        assert api.proc.wait(20) == -signal.SIGTERM  # twistd re-raises the signal, once the drain ended
+        assert "drain ended (every connection finished)" in api.log.read_text()
+    finally:
+        api.stop()
