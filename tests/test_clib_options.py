@@ -104,3 +104,15 @@ def test_a_program_in_another_network_namespace_gets_exdev(api: ApiDaemon, tmp_p
     rows = [line.split(" ", 3) for line in r.stdout.splitlines()]
     assert r.returncode == 0 and rows[1][:3] == ["connect", "-1", "EXDEV"], (rows, r.stderr)
     assert "namespace" in rows[2][3], rows
+
+
+def test_a_pem_value_that_fills_a_frame_is_einval_not_a_crash(api: ApiDaemon, tmp_path: Path) -> None:
+    """A trust file of exactly 1 MiB (the library's own PEM limit) with the option's framing
+    would not fit one frame: the call is EINVAL with a reason, never heap corruption."""
+    big = tmp_path / "big.pem"
+    head = b"-----BEGIN CERTIFICATE-----\n"
+    big.write_bytes(head + b"A" * ((1 << 20) - len(head)))
+    out = probe(probe_binary(tmp_path), "socket", "inet", "settext", "87", str(big), "gettext", "100",
+                env=api.env)
+    assert out[1][:3] == ["settext", "-1", "EINVAL"], out
+    assert "big.pem" in out[2][3], out

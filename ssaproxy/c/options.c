@@ -195,6 +195,8 @@ int tls_setsockopt(struct sock *s, int fd, int name, const void *value, socklen_
                 return fail(s, -r, why);
             }
         } else {
+            if (n > MAX_FRAME - 64)  /* as read_pem: the value must fit one SETOPT frame */
+                return fail(s, EINVAL, "the value is larger than one frame holds (1 MiB less 64 bytes)");
             v = malloc(n ? n : 1);
             if (v == NULL)
                 return fail(s, ENOMEM, "out of memory");

@@ -13,7 +13,8 @@
 
 #include "internal.h"
 
-#define PEM_LIMIT (1u << 20)
+/* Below MAX_FRAME: the value travels in one SETOPT frame with its option number and framing. */
+#define PEM_LIMIT (MAX_FRAME - 64)
 
 /* Append the PEM in `path` (a file, or each regular file of a directory) to buf. */
 int read_pem(const char *path, unsigned char **buf, size_t *len, int dir_ok, char *why, size_t whysize)
@@ -73,7 +74,7 @@ int read_pem(const char *path, unsigned char **buf, size_t *len, int dir_ok, cha
         *len += (size_t)n;
         if (*len > PEM_LIMIT) {
             real.close(fd);
-            snprintf(why, whysize, "%.400s: more than 1 MiB of PEM", path);
+            snprintf(why, whysize, "%.400s: more PEM than one frame holds (1 MiB less 64 bytes)", path);
             return -EINVAL;
         }
     }
