@@ -149,10 +149,33 @@ static int set_pairs(struct sock *s, int n1, unsigned char *v1, size_t l1, int n
     return 0;
 }
 
+/* Called with the table locked.  While another thread talks to the daemon for this socket
+ * (busy), wait for it (the table unlocked meanwhile): the two calls then take turns on one
+ * control connection, as if in sequence.  The socket's record afterwards (the same one, or a
+ * new one if an upgrade replaced the file), or NULL with errno set. */
+static struct sock *wait_idle(struct sock *s, int fd)
+{
+    for (int spins = 0; s != NULL && s->busy; spins++) {
+        if (spins > 200000) {  /* longer than any wait of the other call (180 s) */
+            errno = EALREADY;
+            return NULL;
+        }
+        table_unlock();
+        usleep(1000);
+        table_lock();
+        s = table_find(fd);
+    }
+    if (s == NULL)
+        errno = EBADF;
+    return s;
+}
+
 int tls_setsockopt(struct sock *s, int fd, int name, const void *value, socklen_t len)
 {
-    (void)fd;
     const struct option_def *d = find(name);
+    s = wait_idle(s, fd);
+    if (s == NULL)
+        return -1;
     s->error[0] = '\0';
     if (s->phase != P_FRESH && s->phase != P_FAILED && s->phase != P_UPGRADABLE)
         return fail(s, EISCONN, "options are set before connect/listen");
@@ -260,6 +283,8 @@ int tls_getsockopt(struct sock *s, int fd, int name, void *value, socklen_t *len
                                                                              : "not readable");
     if (name == TLS_ERROR)
         return give(value, len, (const unsigned char *)s->error, strlen(s->error), 0);
+    if (s->phase != P_CONNECTING && (s = wait_idle(s, fd)) == NULL)  /* a connect's result: settle waits */
+        return -1;
     s->error[0] = '\0';
     if (s->phase == P_CONNECTING) {
         int flags = fcntl(fd, F_GETFL);

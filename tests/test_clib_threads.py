@@ -1,0 +1,77 @@
+"""The C library's per-socket state under threads, against a scripted daemon that answers as
+the real one does but lets the test choose when: two threads calling into the daemon for one
+socket take turns on one control connection instead of each opening its own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from ssaproxy.proto import wire
+from tests.clib import compile_c, run
+from tests.lab import PEERS
+
+
+class SlowWelcome:
+    """A daemon on a Unix socket that holds its first WELCOME until a second control connection
+    arrives or `hold` seconds pass, then answers HELLO with WELCOME and SETOPT with OK."""
+
+    def __init__(self, path: Path, marker: Path, hold: float = 3.0) -> None:
+        self.marker = marker
+        self.hold = hold
+        self.connections = 0
+        self.second = threading.Event()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(8)
+        self.server.settimeout(30)
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        for _ in range(8):
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections > 1:
+                self.second.set()
+            worker = threading.Thread(target=self._serve, args=(conn, self.connections == 1), daemon=True)
+            self.threads.append(worker)
+            worker.start()
+
+    def _serve(self, conn: socket.socket, first: bool) -> None:
+        conn.settimeout(30)
+        decoder = wire.Decoder()
+        with conn:
+            for _ in range(16):
+                data = conn.recv(65536)
+                if not data:
+                    return
+                decoder.receive_data(data)
+                while (message := decoder.next_message()) is not None:
+                    if message.kind == wire.Kind.HELLO:
+                        if first:
+                            self.marker.touch()
+                            self.second.wait(self.hold)
+                        conn.sendall(wire.encode(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: 1}))
+                    else:
+                        conn.sendall(wire.encode(wire.Kind.OK))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_two_threads_setting_options_share_one_control_connection(tmp_path: Path) -> None:
+    binary = compile_c(PEERS / "two_threads_setopt.c", tmp_path)
+    marker = tmp_path / "first-hello"
+    daemon = SlowWelcome(tmp_path / "api.sock", marker)
+    try:
+        r = run([str(binary), str(marker)], env={"SSAPROXY_SOCKET": str(tmp_path / "api.sock")})
+    finally:
+        daemon.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["first 0 0", "second 0 0"], r.stdout
+    assert daemon.connections == 1, "the second thread opened a control connection of its own"
