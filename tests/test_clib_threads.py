@@ -1,6 +1,7 @@
 """The C library's per-socket state under threads, against a scripted daemon that answers as
 the real one does but lets the test choose when: two threads calling into the daemon for one
-socket take turns on one control connection instead of each opening its own."""
+socket take turns on one control connection instead of each opening its own, and a socket
+closed by one thread while another talks to the daemon for it leaves nothing open behind."""
 
 from __future__ import annotations
 
@@ -69,9 +70,23 @@ def test_two_threads_setting_options_share_one_control_connection(tmp_path: Path
     marker = tmp_path / "first-hello"
     daemon = SlowWelcome(tmp_path / "api.sock", marker)
     try:
-        r = run([str(binary), str(marker)], env={"SSAPROXY_SOCKET": str(tmp_path / "api.sock")})
+        r = run([str(binary), str(marker), "setopt"], env={"SSAPROXY_SOCKET": str(tmp_path / "api.sock")})
     finally:
         daemon.close()
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["first 0 0", "second 0 0"], r.stdout
     assert daemon.connections == 1, "the second thread opened a control connection of its own"
+
+
+def test_a_socket_closed_while_another_thread_sets_an_option_leaves_no_descriptor(tmp_path: Path) -> None:
+    binary = compile_c(PEERS / "two_threads_setopt.c", tmp_path)
+    marker = tmp_path / "first-hello"
+    daemon = SlowWelcome(tmp_path / "api.sock", marker, hold=1.0)
+    try:
+        r = run([str(binary), str(marker), "close"], env={"SSAPROXY_SOCKET": str(tmp_path / "api.sock")})
+    finally:
+        daemon.close()
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("first "), r.stdout
+    assert lines[1] == "sockets 0", f"the control connection outlived the socket: {r.stdout}"

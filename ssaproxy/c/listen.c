@@ -20,6 +20,8 @@
 #include "include/ssaproxy.h"
 #include "internal.h"
 
+HIDDEN int forget_if_closed(struct sock *s, int fd);  /* table.c */
+
 static void loopback(int family, struct sockaddr_storage *ss, socklen_t *len)
 {
     memset(ss, 0, sizeof *ss);
@@ -121,6 +123,11 @@ int tls_listen(struct sock *s, int fd, int backlog)
     fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
     table_lock();
     s->busy = 0;
+    if (forget_if_closed(s, fd)) {  /* closed by another thread meanwhile: the daemon lets go too */
+        frame_free(&f);
+        errno = r ? -r : EBADF;
+        return -1;
+    }
     if (r == 0) {
         s->phase = P_LISTENING;
         real.close(s->b_fd);  /* the daemon holds B now */

@@ -13,6 +13,8 @@
 #include "include/ssaproxy.h"
 #include "internal.h"
 
+HIDDEN int forget_if_closed(struct sock *s, int fd);  /* table.c */
+
 enum okind { O_TEXT, O_INT, O_PEM };
 #define SET 1
 #define GET 2
@@ -237,6 +239,11 @@ int tls_setsockopt(struct sock *s, int fd, int name, const void *value, socklen_
     s->busy = 0;
     free(v);
     free(key);
+    if (forget_if_closed(s, fd)) {  /* closed by another thread meanwhile */
+        if (r)
+            errno = -r;
+        return r ? -1 : 0;
+    }
     if (r == 0 && name == TLS_REMOTE_HOSTNAME)
         s->have_name = 1;
     if (r) {
@@ -327,6 +334,11 @@ int tls_getsockopt(struct sock *s, int fd, int name, void *value, socklen_t *len
     }
     table_lock();
     s->busy = 0;
+    if (forget_if_closed(s, fd)) {  /* closed by another thread meanwhile */
+        frame_free(&f);
+        errno = r ? -r : EBADF;
+        return -1;
+    }
     if (r) {
         if (why[0])
             snprintf(s->error, sizeof s->error, "%s", why);

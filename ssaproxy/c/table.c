@@ -211,3 +211,18 @@ int other_fd_on(int fd_closed, dev_t dev, ino_t ino)
     closedir(d);
     return found;
 }
+
+/* After a call that ran with the table unlocked (s was busy): close() keeps a busy record, so
+ * if fd no longer refers to s's socket and no other descriptor of this process does, the
+ * program closed it meanwhile and the record (with its control connection) goes now.
+ * Table locked by the caller; 1 when s was forgotten (it must not be touched again). */
+HIDDEN int forget_if_closed(struct sock *s, int fd);
+int forget_if_closed(struct sock *s, int fd)
+{
+    struct stat st;
+    if (s->busy || (fstat(fd, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino) ||
+        other_fd_on(-1, s->dev, s->ino))
+        return 0;
+    table_forget(s);
+    return 1;
+}

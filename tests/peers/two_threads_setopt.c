@@ -1,12 +1,16 @@
-/* Two threads set options on one fresh IPPROTO_TLS socket: the first is still opening the
- * socket's control connection (the daemon has not welcomed it yet) when the second starts.
- * Prints "first <rc> <errno>" and "second <rc> <errno>".  argv[1]: a file that appears once
- * the daemon has the first HELLO (at most 10 s). */
+/* A thread sets an option on a fresh IPPROTO_TLS socket and, while it is still opening the
+ * socket's control connection (the daemon has not welcomed it yet), the main thread either
+ * sets another option (argv[2] "setopt") or closes the socket ("close").  Prints
+ * "first <rc> <errno>", then "second <rc> <errno>" or "sockets <n>" (socket descriptors the
+ * process still has once both are done).  argv[1]: a file that appears once the daemon has
+ * the first HELLO (at most 10 s). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <dirent.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <ssaproxy.h>
 
@@ -21,9 +25,25 @@ static void *first(void *arg)
     return NULL;
 }
 
+static int open_sockets(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        char path[300], target[64] = "";
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        if (readlink(path, target, sizeof target - 1) > 0 && strncmp(target, "socket:", 7) == 0)
+            n++;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2)
+    if (argc != 3)
         return 2;
     fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
     pthread_t t;
@@ -31,6 +51,13 @@ int main(int argc, char **argv)
         return 3;
     for (int i = 0; i < 1000 && access(argv[1], F_OK) != 0; i++)
         usleep(10000);
+    if (!strcmp(argv[2], "close")) {
+        close(fd);
+        pthread_join(t, NULL);
+        printf("first %d %s\nsockets %d\n", first_rc, first_errno ? strerrorname_np(first_errno) : "0",
+               open_sockets());
+        return 0;
+    }
     int rc = setsockopt(fd, IPPROTO_TLS, TLS_ALPN, "h2", 2);
     int e = rc ? errno : 0;
     pthread_join(t, NULL);
