@@ -6,6 +6,7 @@ closed by one thread while another talks to the daemon for it leaves nothing ope
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -90,3 +91,14 @@ def test_a_socket_closed_while_another_thread_sets_an_option_leaves_no_descripto
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("first "), r.stdout
     assert lines[1] == "sockets 0", f"the control connection outlived the socket: {r.stdout}"
+
+
+def test_a_signal_handler_may_close_a_descriptor_that_is_not_a_socket(tmp_path: Path) -> None:
+    """docs/c-library.md: closing a descriptor that is not a socket never takes the library's
+    lock, so a handler that closes a pipe cannot deadlock on a close() it interrupted."""
+    binary = compile_c(PEERS / "close_in_handler.c", tmp_path, "-ldl")
+    try:
+        r = run([str(binary)], env={"SSAPROXY_SOCKET": str(tmp_path / "absent.sock")}, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("close() in the signal handler deadlocked") from None
+    assert r.returncode == 0 and r.stdout == "closed 0 0\n", (r.stdout, r.stderr)

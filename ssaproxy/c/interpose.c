@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "include/ssaproxy.h"
@@ -272,7 +273,8 @@ int shutdown(int fd, int how)
 int close(int fd)
 {
     ENSURE();
-    if (!OURS())
+    struct stat st;  /* fstat is async-signal-safe: a handler may close a pipe or a file */
+    if (!OURS() || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
         return real.close(fd);
     table_lock();
     struct sock *s = table_find(fd);
