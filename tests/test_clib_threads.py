@@ -58,7 +58,8 @@ class SlowWelcome:
                         if first:
                             self.marker.touch()
                             self.second.wait(self.hold)
-                        conn.sendall(wire.encode(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: 1}))
+                        welcome = {wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: 1}
+                        conn.sendall(wire.encode(wire.Kind.WELCOME, welcome))
                     else:
                         conn.sendall(wire.encode(wire.Kind.OK))
 
