@@ -113,6 +113,33 @@ def _listener_ports(pid: int) -> set[int]:
     return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={pid}," in line}
 
 
+def test_an_idle_stranger_on_the_loopback_listener_does_not_hold_up_verified_clients(api: ApiDaemon, pki: PKI,
+                                                                                      tmp_path: Path) -> None:
+    """Any local user can connect to the listener's loopback port.  A connection that sends
+    nothing is not even handed to accept() (TCP_DEFER_ACCEPT), so the one acceptor serves the
+    verified client first, and the stranger is still waiting (not reset) once it has."""
+    binary = compile_c(EXAMPLES / "threaded_server_ssa.c", tmp_path)
+    port = free_port()
+    server = _start(api, binary, [str(port), "1", str(_combined(pki.server("good_localhost"), tmp_path / "c.pem"))],
+                    tmp_path / "threaded.log")
+    try:
+        inner = _listener_ports(server.pid) - {port}
+        assert len(inner) == 1, inner
+        with socket.create_connection(("127.0.0.1", inner.pop()), timeout=30) as stranger:
+            r = _curl(pki, port)
+            assert r.returncode == 0 and r.stdout == "served by thread 0\n", r.stderr
+            stranger.setblocking(False)
+            try:
+                data = stranger.recv(100)
+            except BlockingIOError:
+                data = b"still waiting"
+            except ConnectionResetError:
+                data = b"reset"
+        assert data == b"still waiting", f"the stranger was taken (and reset) before the client: {data!r}"
+    finally:
+        stop(server)
+
+
 def test_a_stranger_on_the_loopback_listener_is_reset_and_never_delivered(api: ApiDaemon, pki: PKI,
                                                                           tmp_path: Path) -> None:
     binary = compile_c(EXAMPLES / "threaded_server_ssa.c", tmp_path)

@@ -22,6 +22,9 @@
 
 HIDDEN int forget_if_closed(struct sock *s, int fd);  /* table.c */
 
+#define DEFER_S 30         /* TCP_DEFER_ACCEPT on N, seconds */
+#define EMPTY_LOOK_MS 100  /* how long a deferred connection with no data yet is waited for */
+
 static void loopback(int family, struct sockaddr_storage *ss, socklen_t *len)
 {
     memset(ss, 0, sizeof *ss);
@@ -89,6 +92,11 @@ int tls_listen(struct sock *s, int fd, int backlog)
         if (tls_bind(s, fd, (struct sockaddr *)&any, l) != 0)
             return -1;
     }
+    /* Any local user can connect to N.  The daemon writes the token and ACCEPTED in one go
+     * right after connecting, so N defers accept() until data arrives: a stranger that sends
+     * nothing reaches accept() only after DEFER_S, and is reset there without a wait. */
+    int defer = DEFER_S;
+    real.setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer);
     if (real.listen(s->b_fd, backlog) != 0 || real.listen(fd, backlog) != 0)
         return -1;
     int fl = fcntl(fd, F_GETFL);
@@ -168,12 +176,27 @@ static int recv_exact(int c, unsigned char *buf, size_t n, int64_t deadline)
     return 0;
 }
 
-/* The delivered connection c's token and ACCEPTED frame (at most 2 s, never a byte more). */
-static int take_delivery(int c, const unsigned char *token, struct frame *f)
+/* The delivered connection c's token and ACCEPTED frame (at most 2 s, never a byte more).
+ * Only a connection whose first bytes match the token may make us wait: one whose bytes
+ * differ is refused at once, and on a deferring listener (`deferred`) one with no bytes at all
+ * after a short look (the daemon's data comes with its connection, a stranger's may never). */
+static int take_delivery(int c, const unsigned char *token, struct frame *f, int deferred)
 {
     unsigned char head[TOKEN_SIZE + 4];
     int64_t deadline = now_ms() + 2000;
     memset(f, 0, sizeof *f);
+    ssize_t n;
+    while ((n = recv(c, head, TOKEN_SIZE, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR)
+        continue;
+    if (n == 0 || (n < 0 && errno != EAGAIN))
+        return -1;
+    if (n < 0 && deferred && wait_fd(c, POLLIN, EMPTY_LOOK_MS) != 0)
+        return -1;
+    unsigned early = 0;
+    for (ssize_t i = 0; i < n; i++)
+        early |= (unsigned)(head[i] ^ token[i]);
+    if (early != 0)
+        return -1;
     if (recv_exact(c, head, sizeof head, deadline) != 0)
         return -1;
     unsigned diff = 0;
@@ -199,7 +222,10 @@ int tls_accept(struct sock *s, int fd, struct sockaddr *addr, socklen_t *alen, i
 {
     unsigned char token[TOKEN_SIZE];
     memcpy(token, s->token, TOKEN_SIZE);
-    int family = s->family;
+    int family = s->family, deferred = 0;
+    socklen_t dl = sizeof deferred;
+    if (real.getsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &deferred, &dl) != 0)
+        deferred = 0;
     table_unlock();
     int c;
     struct frame f;
@@ -211,7 +237,7 @@ int tls_accept(struct sock *s, int fd, struct sockaddr *addr, socklen_t *alen, i
             errno = e;
             return -1;
         }
-        if (take_delivery(c, token, &f) == 0)
+        if (take_delivery(c, token, &f, deferred) == 0)
             break;
         reset_close(c);  /* not the daemon's, or malformed, or late: the next one */
     }
