@@ -31,7 +31,10 @@ What is fake, so a passing test proves nothing about them:
     CONNECT to that target fail with that outcome's errno (`OUTCOME_ERRNO`, the daemon's
     table) and the text `"<outcome>: fake"`; a refused or unreachable TCP connection fails as
     `refused` / `unreachable` would.
-  * **No LISTEN and no UPGRADE** (STARTTLS): both are answered ERROR(EOPNOTSUPP).
+  * **LISTEN without TLS.** The fake accepts plain TCP clients on the program's bound socket
+    and delivers each to its loopback listener with the token and an ACCEPTED frame, as the
+    daemon does (no handshake, no client certificate; the same honest "no handshake" info).
+  * **No UPGRADE** (STARTTLS): answered ERROR(EOPNOTSUPP).
   * No credentials, no logs, no limits, no timeouts beyond `connect_timeout`.
 """
 
@@ -54,6 +57,7 @@ from ssaproxy.client._io import ENV_SOCKET as ENV
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
+from ssaproxy.proto.events import fields_of
 
 Target = tuple[str, int]
 
@@ -152,6 +156,7 @@ class FakeDaemon:
         conn = c.Connection(c.Role.DAEMON)
         settings: dict[int, bytes] = {}
         self._track(sock, True)
+        listening: list[socket.socket] = []  # a LISTEN's two sockets, until this connection closes
         try:
             while conn.phase != c.Phase.CLOSED:
                 try:
@@ -172,12 +177,20 @@ class FakeDaemon:
                 if isinstance(event, c.Connect):
                     self._connect(sock, conn, event, dict(settings))
                     return  # the result went: the control connection has no further use
+                if isinstance(event, c.Listen):
+                    listening += self._listen(sock, conn, event, dict(settings))
+                    continue
                 _io.send_frame(sock, self._answer(conn, event, settings))
         except OSError:
             return
         finally:
             for fd in conn.discard_fds():
                 os.close(fd)
+            for i, held in enumerate(listening):  # the program closed its listening socket: it stops
+                if i == 0:  # B, which only the listener thread accepts on (N is the program's own)
+                    with contextlib.suppress(OSError):
+                        held.shutdown(socket.SHUT_RDWR)
+                held.close()
             self._track(sock, False)
             sock.close()
 
@@ -196,11 +209,40 @@ class FakeDaemon:
                 return conn.send(c.Error(errno.ENOPROTOOPT, f"IPPROTO_TLS option {event.option} (fake daemon)"))
             default = o.pack_int(int(event.option == o.TLS_SESSION_REUSE)) if option.kind == o.INT else b""
             return conn.send(c.Value(settings.get(event.option, default)))
-        assert isinstance(event, (c.Listen, c.Upgrade))  # the connection lets nothing else through now
-        for fd in event.fds if isinstance(event, c.Listen) else (event.fd,):
-            os.close(fd)
-        what = "LISTEN" if isinstance(event, c.Listen) else "UPGRADE"
-        return conn.send(c.Error(errno.EOPNOTSUPP, f"the fake daemon does not do {what}"))
+        assert isinstance(event, c.Upgrade)  # the connection lets nothing else through now
+        os.close(event.fd)
+        return conn.send(c.Error(errno.EOPNOTSUPP, "the fake daemon does not do UPGRADE"))
+
+    # ---- a listener: plain TCP clients delivered to the program's loopback listener
+    def _listen(self, control: socket.socket, conn: c.Connection, event: c.Listen,
+                settings: dict[int, bytes]) -> list[socket.socket]:
+        public, loopback = (socket.socket(fileno=fd) for fd in event.fds)
+        if not all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for s in (public, loopback)):
+            public.close()
+            loopback.close()
+            control.sendall(conn.send(c.Error(errno.EINVAL, "LISTEN needs two listening sockets (fake daemon)")))
+            return []
+        token = os.urandom(wire.TOKEN_SIZE)
+        control.sendall(conn.send(c.Ok(token)))
+        self._spawn(self._serve_listener, public, loopback.getsockname()[:2], token, settings)
+        return [public, loopback]
+
+    def _serve_listener(self, public: socket.socket, target: Target, token: bytes, settings: dict[int, bytes]) -> None:
+        while True:
+            try:
+                client, peer = public.accept()  # ends when the control connection's end shuts it down
+            except OSError:
+                return
+            try:
+                program = socket.create_connection(target, self.connect_timeout)
+                program.settimeout(None)
+                info = _info(settings, b"")
+                frame = wire.encode(wire.Kind.ACCEPTED, fields_of(c.Accepted(peer[:2], client.getsockname()[:2], info)))
+                program.sendall(token + frame)
+            except OSError:
+                client.close()
+                continue
+            self._relay(client, program)
 
     # ---- one connection's result and relay
     def _connect(self, control: socket.socket, conn: c.Connection, event: c.Connect,
@@ -244,15 +286,7 @@ class FakeDaemon:
             finally:
                 self._parking.fail(program)  # after the result, as the daemon does
             return
-        name = settings.get(o.TLS_REMOTE_HOSTNAME, event.host.encode()).rstrip(b"\0")
-        info = {n: b"" for n in o.INFO_OPTIONS}
-        info.update({o.TLS_REMOTE_HOSTNAME: name, o.TLS_SERVER_NAME: name, o.TLS_VERSION_CONN: o.pack_int(0),
-                     o.TLS_RESUMED_SESSION: o.pack_int(0),
-                     o.TLS_SESSION_REUSE: settings.get(o.TLS_SESSION_REUSE, o.pack_int(1)),
-                     o.TLS_REQUEST_PEER_AUTH: settings.get(o.TLS_REQUEST_PEER_AUTH, o.pack_int(0)),
-                     o.TLS_VERSION_MIN: settings.get(o.TLS_VERSION_MIN, o.pack_int(o.TLS1_2_VERSION)),
-                     o.TLS_VERSION_MAX: settings.get(o.TLS_VERSION_MAX, o.pack_int(o.TLS1_3_VERSION)),
-                     o.TLS_ALPN: b"", o.TLS_TRUSTED_CIPHERS: settings.get(o.TLS_TRUSTED_CIPHERS, b"")})
+        info = _info(settings, settings.get(o.TLS_REMOTE_HOSTNAME, event.host.encode()).rstrip(b"\0"))
         peer = upstream.getpeername()[:2]
         local = upstream.getsockname()[:2]
         try:
@@ -263,16 +297,32 @@ class FakeDaemon:
             upstream.close()
             self._parking.fail(program)
             return
-        self._track(carrier, True)
-        self._track(upstream, True)
-        done = threading.Barrier(2, action=lambda: self._close_pair(carrier, upstream))
-        self._spawn(_pump, upstream, carrier, done)
-        self._spawn(_pump, carrier, upstream, done)
+        self._relay(carrier, upstream)
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        self._track(a, True)
+        self._track(b, True)
+        done = threading.Barrier(2, action=lambda: self._close_pair(a, b))
+        self._spawn(_pump, a, b, done)
+        self._spawn(_pump, b, a, done)
 
     def _close_pair(self, a: socket.socket, b: socket.socket) -> None:
         for sock in (a, b):
             self._track(sock, False)
             sock.close()
+
+
+def _info(settings: Mapping[int, bytes], name: bytes) -> dict[int, bytes]:
+    """The getsockopt values of a connection with no handshake: honest zeros and blanks."""
+    info = {n: b"" for n in o.INFO_OPTIONS}
+    info.update({o.TLS_REMOTE_HOSTNAME: name, o.TLS_SERVER_NAME: name, o.TLS_VERSION_CONN: o.pack_int(0),
+                 o.TLS_RESUMED_SESSION: o.pack_int(0),
+                 o.TLS_SESSION_REUSE: settings.get(o.TLS_SESSION_REUSE, o.pack_int(1)),
+                 o.TLS_REQUEST_PEER_AUTH: settings.get(o.TLS_REQUEST_PEER_AUTH, o.pack_int(0)),
+                 o.TLS_VERSION_MIN: settings.get(o.TLS_VERSION_MIN, o.pack_int(o.TLS1_2_VERSION)),
+                 o.TLS_VERSION_MAX: settings.get(o.TLS_VERSION_MAX, o.pack_int(o.TLS1_3_VERSION)),
+                 o.TLS_ALPN: b"", o.TLS_TRUSTED_CIPHERS: settings.get(o.TLS_TRUSTED_CIPHERS, b"")})
+    return info
 
 
 def _pump(src: socket.socket, dst: socket.socket, done: threading.Barrier) -> None:

@@ -8,6 +8,7 @@ program as an errno or a reset, never as a clean end."""
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ssaproxy.proto import wire
 from tests.api_harness import ApiDaemon, free_port
 from tests.lab import poll, stop
 from tests.pki import PKI
@@ -270,3 +272,67 @@ def test_the_daemon_stopping_reaches_programs_as_errnos_and_resets(pki: PKI, tmp
     if sig == signal.SIGTERM:
         assert "daemon stopping" in held, held
     assert ended == f'{{"end": {errno.ECONNRESET}}}', ended  # never a clean end of data
+
+
+def _ask(api: ApiDaemon, kind: wire.Kind, fields: dict[int, object], fds: list[int],
+         before: tuple[bytes, ...] = ()) -> tuple[int, str]:
+    """One request with `fds` after HELLO on a raw control connection: the ERROR's errno and
+    text ((0, "") for an answer that is not an ERROR)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(api.socket)
+        s.sendall(wire.encode(wire.Kind.HELLO, {wire.Tag.VERSION: wire.VERSION}) + b"".join(before))
+        frame = wire.encode(kind, fields)
+        if fds:
+            s.sendmsg([frame[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+            s.sendall(frame[1:])
+        else:
+            s.sendall(frame)
+        decoder = wire.Decoder()
+        replies: list[wire.Message] = []
+        while len(replies) < 2 + len(before):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            decoder.receive_data(chunk)
+            while (m := decoder.next_message()) is not None:
+                replies.append(m)
+    assert replies and replies[0].kind == wire.Kind.WELCOME, replies
+    last = replies[-1]
+    return (last.int(wire.Tag.ERRNO), last.text(wire.Tag.TEXT)) if last.kind == wire.Kind.ERROR else (0, "")
+
+
+def test_the_daemon_checks_the_sockets_it_is_given(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    connect = {wire.Tag.HOST: "192.0.2.1", wire.Tag.PORT: 443, wire.Tag.FAMILY: 4}
+    server = socket.create_server(("127.0.0.1", 0))
+    connected = socket.create_connection(server.getsockname())
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    public = socket.create_server(("127.0.0.1", 0))
+    wildcard = socket.create_server(("0.0.0.0", 0))
+    idle = socket.socket()
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    creds = pki.server("good")
+    certificate = (wire.encode(wire.Kind.SETOPT, {wire.Tag.OPTION: 88, wire.Tag.VALUE: Path(creds.chain).read_bytes()}),
+                   wire.encode(wire.Kind.SETOPT, {wire.Tag.OPTION: 89, wire.Tag.VALUE: Path(creds.key).read_bytes()}))
+    with open(regular) as f:
+        codes = {
+            "connected": _ask(api, wire.Kind.CONNECT, connect, [connected.fileno()]),
+            "listening": _ask(api, wire.Kind.CONNECT, connect, [server.fileno()]),
+            "udp": _ask(api, wire.Kind.CONNECT, connect, [udp.fileno()]),
+            "file": _ask(api, wire.Kind.CONNECT, connect, [f.fileno()]),
+            "no fd": _ask(api, wire.Kind.CONNECT, connect, []),
+            "listen one fd": _ask(api, wire.Kind.LISTEN, {wire.Tag.BACKLOG: 4}, [public.fileno()]),
+            "listen idle N": _ask(api, wire.Kind.LISTEN, {wire.Tag.BACKLOG: 4}, [public.fileno(), idle.fileno()]),
+            "listen N not on loopback": _ask(api, wire.Kind.LISTEN, {wire.Tag.BACKLOG: 4},
+                                             [public.fileno(), wildcard.fileno()], certificate),
+        }
+    for sock in (server, connected, udp, public, wildcard, idle):
+        sock.close()
+    assert {k: v[0] for k, v in codes.items()} == {
+        "connected": errno.EISCONN, "listening": errno.EINVAL, "udp": errno.EINVAL, "file": errno.ENOTSOCK,
+        "no fd": errno.EINVAL, "listen one fd": errno.EINVAL, "listen idle N": errno.EINVAL,
+        "listen N not on loopback": errno.EINVAL}, codes
+    assert "needs 2 file descriptors" in codes["listen one fd"][1], codes
+    assert "not listening" in codes["listen idle N"][1], codes
+    assert "must be on loopback" in codes["listen N not on loopback"][1], codes

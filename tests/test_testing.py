@@ -206,12 +206,33 @@ def test_a_reset_reaches_the_program_as_ECONNRESET(fake: FakeDaemon) -> None:
     _stop(listener)
 
 
-def test_listen_and_upgrade_are_not_faked(fake: FakeDaemon, echo_port: int) -> None:
+def test_listen_delivers_plain_clients_with_their_address_and_upgrade_is_not_faked(fake: FakeDaemon,
+                                                                                   echo_port: int) -> None:
     srv = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
     srv.bind(("127.0.0.1", 0))
-    with pytest.raises(OSError, match="the fake daemon does not do LISTEN") as e:
-        srv.listen()
-    assert e.value.errno == errno.EOPNOTSUPP
+    srv.listen()
+    address = srv.getsockname()
+    assert address != socket.socket.getsockname(srv)  # the program's address, not the loopback listener's
+    clients = [socket.create_connection(address, timeout=10) for _ in range(2)]
+    for i, client in enumerate(clients):
+        client.sendall(b"client %d" % i)
+    srv.settimeout(10)
+    for _ in clients:
+        conn, peer = srv.accept()
+        i = [cl.getsockname() for cl in clients].index(peer)  # accept gives the client's real address
+        conn.settimeout(10)
+        assert conn.recv(100) == b"client %d" % i  # and nothing of the token or the frame
+        assert conn.getsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_VERSION_CONN) == 0  # no TLS: the fake
+        conn.close()
+    intruder = socket.create_connection(socket.socket.getsockname(srv), timeout=10)
+    intruder.sendall(b"x" * 40)
+    srv.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        srv.accept()  # the intruder was reset, and nothing else waits
+    with pytest.raises(ConnectionResetError):
+        intruder.recv(10)
+    for sock in (*clients, intruder):
+        sock.close()
     srv.close()
     plain = socket.create_connection(("127.0.0.1", echo_port))
     with pytest.raises(OSError, match="the fake daemon does not do UPGRADE") as e:
