@@ -1,8 +1,9 @@
 """`ssaproxy.socket`: the Secure Socket API's calls on a real file descriptor.
 
 From socket() on, the object is a real TCP socket of the program's family, and (protocol
-version 2) it stays the same socket to close(): connect() passes it to the daemon, which
-parks it as a TCP connect in progress, sends the result on the control connection and then
+version 2) it stays the same socket to close(): connect() parks it (a TCP connect in progress
+to the daemon's parking address, `ssaproxy.client.park`) and passes it to the daemon, which
+checks it, sends the result on the control connection and then
 completes it (or resets it), so epoll registrations, dup()s and children's copies made before
 connect() stay valid, and readiness is the kernel's own.  bind()/listen()/accept() are in
 `serving`: the daemon accepts TLS clients on a second socket bound to the program's address
@@ -23,6 +24,7 @@ from typing import Any, Optional
 
 from ssaproxy.client import _io, result, serving
 from ssaproxy.client._io import Control, error
+from ssaproxy.client.park import park, unpark
 from ssaproxy.client.record import SocketRecord, target
 from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
 from ssaproxy.proto import connection as c
@@ -240,7 +242,16 @@ class socket(_std):
             self._set_tls(o.TLS_REMOTE_HOSTNAME, name, remember=False)  # this attempt's name only
         t.reported = False
         t.unreported = {"connect": False, "so_error": False}
-        self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: parked now
+        try:
+            park(self.fileno(), self._session().park_ports)  # SYN_SENT to the daemon's parking address
+        except OSError as e:
+            t.error = e.strerror or str(e)
+            raise
+        try:
+            self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: held parked now
+        except OSError:
+            unpark(self.fileno())  # refused: unconnected again, as before the call
+            raise
         if self.gettimeout() == 0.0:
             return errno.EINPROGRESS
         try:
