@@ -60,7 +60,7 @@ SO_NETNS_COOKIE = 71  # Linux 5.14
 _SO_ATTACH_FILTER = 26
 _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, 0: keep no byte of any packet
 _LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV = 1, 2, 3  # tcp_info.tcpi_state (include/net/tcp_states.h)
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_CLOSE_WAIT = 1, 2, 3, 8  # tcp_info.tcpi_state (tcp_states.h)
 COMPLETE_TIMEOUT = 2.0  # a completion on loopback takes microseconds; past this, it failed
 
 
@@ -190,11 +190,13 @@ class Parking:
 
     @staticmethod
     def finished(mine: socket.socket) -> Optional[bool]:
-        """D's connect: None while in progress, True once established, False once failed."""
+        """D's connect: None while in progress, True once established (whatever the program did
+        with its end since), False once failed."""
         if mine.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             return False
         state = tcp_state(mine)
-        return None if state in (TCP_SYN_SENT, TCP_SYN_RECV) else state == TCP_ESTABLISHED
+        # CLOSE_WAIT: established, and the program has already written and shut down its side.
+        return None if state in (TCP_SYN_SENT, TCP_SYN_RECV) else state in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
 
     @staticmethod
     def verified(sock: socket.socket, mine: socket.socket) -> bool:

@@ -22,7 +22,7 @@ from typing import Optional
 
 from ssaproxy.client._io import error
 
-__all__ = ["park", "unpark"]
+__all__ = ["park", "refusal", "try_park", "unpark"]
 
 _LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 _STALE = (errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT)
@@ -58,3 +58,20 @@ def unpark(fd: int) -> None:
     """Back to unconnected (connect with AF_UNSPEC), so a later connect starts anew."""
     unspec = (ctypes.c_char * 16)()  # struct sockaddr with sa_family AF_UNSPEC (0)
     _libc.connect(fd, unspec, ctypes.c_uint(16))
+
+
+def try_park(fd: int, ports: tuple[Optional[int], Optional[int]]) -> Optional[str]:
+    """`park`, or why it could not: the request then goes with the socket as it is, and the
+    daemon's checks say what is wrong with it (another network namespace, say, where loopback
+    is not the daemon's) rather than a guess of ours."""
+    try:
+        park(fd, ports)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def refusal(e: OSError, unparked: Optional[str]) -> str:
+    """The daemon's refusal, with why the socket could not be parked when that is the reason."""
+    text = e.strerror or str(e)
+    return f"{text} (it could not be parked: {unparked})" if unparked and e.errno == errno.EINVAL else text

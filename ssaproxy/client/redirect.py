@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ssaproxy.client._io import control_timeout, error, next_event, park_ports, send_frame, socket_path
-from ssaproxy.client.park import park, unpark
+from ssaproxy.client.park import refusal, try_park, unpark
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
 
@@ -139,13 +139,15 @@ def redirect(sock: socket.socket, address: tuple[str, int], *, name: Optional[st
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     with _Session(path) as session:
-        park(sock.fileno(), session.park_ports)  # the daemon only checks it, then completes it
+        unparked = try_park(sock.fileno(), session.park_ports)  # the daemon only checks it, then completes it
         try:
             session.request(c.Redirect(str(ip), port, ip.version, name), sock.fileno())
         except OSError as e:
             unpark(sock.fileno())  # unconnected again: the program's own connect may follow
             if e.errno == errno.ENOENT:
                 return False
+            if unparked and e.errno == errno.EINVAL:
+                raise error(e.errno, refusal(e, unparked)) from None
             raise
     _wait_connected(sock)
     return True

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from ssaproxy.client import _io, result, serving
 from ssaproxy.client._io import Control, error
-from ssaproxy.client.park import park, unpark
+from ssaproxy.client.park import refusal, try_park, unpark
 from ssaproxy.client.record import SocketRecord, target
 from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
 from ssaproxy.proto import connection as c
@@ -243,14 +243,17 @@ class socket(_std):
         t.reported = False
         t.unreported = {"connect": False, "so_error": False}
         try:
-            park(self.fileno(), self._session().park_ports)  # SYN_SENT to the daemon's parking address
+            ports = self._session().park_ports
         except OSError as e:
             t.error = e.strerror or str(e)
             raise
+        unparked = try_park(self.fileno(), ports)  # SYN_SENT to the daemon's parking address
         try:
             self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: held parked now
-        except OSError:
+        except OSError as e:
             unpark(self.fileno())  # refused: unconnected again, as before the call
+            if unparked and e.errno == errno.EINVAL:
+                raise self._err(e.errno, refusal(e, unparked)) from None
             raise
         if self.gettimeout() == 0.0:
             return errno.EINPROGRESS
