@@ -257,8 +257,8 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
             }
         }
         frame_free(&f);
-        if (r)
-            unpark_fd(fd);  /* refused: unconnected again, as before the call */
+        if (r && !unparked)
+            unpark_fd(fd);  /* refused: unconnected again, as before the call (only if we parked it) */
     }
     fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK: the program's choice, whatever happened meanwhile */
     table_lock();

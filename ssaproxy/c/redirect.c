@@ -198,19 +198,23 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
     if (has_name)
         out_text(&o, T_NAME, name);
     int fl = fcntl(fd, F_GETFL);
-    park_fd(fd, park);  /* best effort: if it failed, the daemon's checks say what is wrong */
+    /* Best effort: if it failed, the daemon's checks say what is wrong (EISCONN for a program
+     * that calls connect() again to learn the result, say), and only a socket we parked is
+     * unparked below: AF_UNSPEC would cut a connected one. */
+    int parked = park_fd(fd, park) == 0;
     int r = control_request(control, &o, &fd, 1, &f, 30000);
     out_free(&o);
     real.close(control);
     fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK: the program's choice, whatever happened meanwhile */
     if (r) {
-        unpark_fd(fd);
+        if (parked)
+            unpark_fd(fd);
         errno = ECONNREFUSED;
         return -1;
     }
     int code = f.kind == K_OK ? 0 : frame_error(&f, why, sizeof why);
     frame_free(&f);
-    if (code)
+    if (code && parked)
         unpark_fd(fd);  /* unconnected again: a direct connect (ENOENT) or the program's next try */
     if (code == ENOENT) {  /* the daemon's routes changed: no route, so no redirection */
         *handled = 0;

@@ -143,7 +143,8 @@ def redirect(sock: socket.socket, address: tuple[str, int], *, name: Optional[st
         try:
             session.request(c.Redirect(str(ip), port, ip.version, name), sock.fileno())
         except OSError as e:
-            unpark(sock.fileno())  # unconnected again: the program's own connect may follow
+            if unparked is None:  # only what we parked: AF_UNSPEC would cut a connected socket
+                unpark(sock.fileno())  # unconnected again: the program's own connect may follow
             if e.errno == errno.ENOENT:
                 return False
             if unparked and e.errno == errno.EINVAL:

@@ -242,19 +242,7 @@ class socket(_std):
             self._set_tls(o.TLS_REMOTE_HOSTNAME, name, remember=False)  # this attempt's name only
         t.reported = False
         t.unreported = {"connect": False, "so_error": False}
-        try:
-            ports = self._session().park_ports
-        except OSError as e:
-            t.error = e.strerror or str(e)
-            raise
-        unparked = try_park(self.fileno(), ports)  # SYN_SENT to the daemon's parking address
-        try:
-            self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: held parked now
-        except OSError as e:
-            unpark(self.fileno())  # refused: unconnected again, as before the call
-            if unparked and e.errno == errno.EINVAL:
-                raise self._err(e.errno, refusal(e, unparked)) from None
-            raise
+        self._park_and_connect(host, port, family)  # OK: held parked now
         if self.gettimeout() == 0.0:
             return errno.EINPROGRESS
         try:
@@ -264,6 +252,23 @@ class socket(_std):
             raise
         t.reported = True
         return 0
+
+    def _park_and_connect(self, host: str, port: int, family: int) -> None:
+        """Park the socket (SYN_SENT to the daemon's parking address), then CONNECT with it."""
+        try:
+            ports = self._session().park_ports
+        except OSError as e:
+            self._tls.error = e.strerror or str(e)
+            raise
+        unparked = try_park(self.fileno(), ports)
+        try:
+            self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))
+        except OSError as e:
+            if unparked is None:
+                unpark(self.fileno())  # refused: unconnected again, as before the call (only if we parked it)
+            if unparked and e.errno == errno.EINVAL:
+                raise self._err(e.errno, refusal(e, unparked)) from None
+            raise
 
     def _settle(self, *, block: bool) -> bool:
         """The connect/upgrade result: see `result.settle`."""
