@@ -249,6 +249,13 @@ def test_a_completion_from_another_parking_does_not_connect(parking):
         park(program.fileno(), parking.ports())
         with pytest.raises(OSError, match="could not be completed"):
             other.complete_waiting(program, timeout=1.0)
+        clock = MemoryReactorClock()  # the same through the daemon's reactor-side completion
+        completion, results = _completed(clock, other, program)
+        if not results:
+            select.select([], [completion], [], 2)
+            completion.doWrite()
+        assert len(results) == 1 and results[0][0] is None, results
+        assert completion not in clock.getWriters()
     finally:
         program.close()
         other.close()

@@ -82,7 +82,10 @@ class Completion:
             self._finish(True, "")
 
     def connectionLost(self, reason: Any) -> None:
-        self._finish(False, "the reactor stopped")
+        """The reactor saw an error or hang-up on D (a reset: N was not waiting for it), or
+        it is stopping: either way no carrier."""
+        if self._mine is not None and self._done is not None:
+            self._finish(False, "the program's socket did not answer as a parked one")
 
     def _timed_out(self, timeout: float) -> None:
         self._timer = None
