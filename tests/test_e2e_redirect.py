@@ -282,7 +282,7 @@ def test_redirected_connections_count_under_the_uids_session_share(lab: Lab) -> 
 
 @pytest.mark.parametrize("blocking", [True, False])
 def test_the_programs_blocking_mode_is_kept(lab: Lab, blocking: bool) -> None:
-    # O_NONBLOCK lives on the file the program shares with the daemon: the daemon's non-blocking
+    # O_NONBLOCK lives on the file the program shares with the daemon: the library's non-blocking
     # park must not leave a blocking program with a non-blocking socket (or the other way round).
     with socket.socket() as s:
         s.setblocking(blocking)
