@@ -157,11 +157,15 @@ def test_resolved_route_without_a_name_is_refused_before_anything_starts(lab: La
         assert nc.value.errno == errno.ENOTCONN
 
 
+def _send_then_read(s: socket.socket, data: bytes) -> bytes:
+    s.sendall(data)
+    return _read_all(s)
+
+
 def test_a_wrong_resolved_name_fails_verification_and_the_program_reads_a_reset(lab: Lab) -> None:
     with lab.open("rev", name="other.test") as s:
         with pytest.raises(ConnectionResetError):  # the reset may come before our write, or after
-            s.sendall(b"secret\n")
-            _read_all(s)  # never a byte, never a clean end
+            _send_then_read(s, b"secret\n")  # never a byte, never a clean end
         here = s.getsockname()
     record = lab.wait_conn(f"client={here[0]}:{here[1]} ")
     assert " verify-failed: " in record and "hostname=other.test" in record
