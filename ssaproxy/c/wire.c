@@ -318,7 +318,7 @@ int control_request(int fd, struct out *o, const int *fds, int nfds, struct fram
     return control_recv(fd, reply, timeout_ms);
 }
 
-int control_open(char *why, size_t whysize)
+int control_open(char *why, size_t whysize, int park[2])
 {
     real_init();
     const char *path = getenv(SSAPROXY_ENV_SOCKET);
@@ -358,6 +358,13 @@ int control_open(char *why, size_t whysize)
         frame_free(&f);
         real.close(fd);
         return -e;
+    }
+    if (park != NULL) {
+        int32_t p4 = 0, p6 = 0;
+        frame_int(&f, T_PARK_PORT4, &p4);
+        frame_int(&f, T_PARK_PORT6, &p6);
+        park[0] = p4 > 0 && p4 < 65536 ? p4 : 0;
+        park[1] = p6 > 0 && p6 < 65536 ? p6 : 0;
     }
     frame_free(&f);
     return fd;
