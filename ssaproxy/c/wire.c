@@ -313,9 +313,12 @@ int control_recv(int fd, struct frame *f, int timeout_ms)
 int control_request(int fd, struct out *o, const int *fds, int nfds, struct frame *reply, int timeout_ms)
 {
     int r = control_send(fd, o, fds, nfds);
-    if (r)
+    /* EPIPE / ECONNRESET: the daemon closed at once, which is how it refuses a control
+     * connection beyond a share; its ERROR frame (EAGAIN) may still wait to be read. */
+    if (r && r != -EPIPE && r != -ECONNRESET)
         return r;
-    return control_recv(fd, reply, timeout_ms);
+    int got = control_recv(fd, reply, timeout_ms);
+    return got && r ? r : got;
 }
 
 int control_open(char *why, size_t whysize, int park[2])
@@ -332,8 +335,9 @@ int control_open(char *why, size_t whysize, int park[2])
     strcpy(a.sun_path, path);
     int fd = real.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(why, whysize, "no socket for the ssaproxy daemon: %s", strerror(errno));
-        return -errno;
+        int e = errno;
+        snprintf(why, whysize, "no socket for the ssaproxy daemon: %s", strerror(e));
+        return -e;
     }
     if (real.connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         int e = errno;
