@@ -1,5 +1,5 @@
-/* IPPROTO_TLS client sockets (docs/design/api-v2.md §3): the program's own socket N is the
- * carrier.  We park N (a non-blocking connect to the daemon's parking address, which drops the
+/* IPPROTO_TLS client sockets (docs/api.md, "Parking" and "Connecting"): the program's own
+ * socket N is the carrier.  We park N (a non-blocking connect to the daemon's parking address, which drops the
  * SYN: a TCP connect in progress) and hand it over with CONNECT; the daemon only checks it,
  * answers OK, and later writes ESTABLISHED or ERROR on the control connection before
  * completing or resetting N.  So N polls writable only once the result is waiting for us. */

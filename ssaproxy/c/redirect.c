@@ -1,5 +1,5 @@
-/* Redirection without iptables (docs/design/api-v2.md §6), active with SSAPROXY_REDIRECT=1
- * (`ssaproxy run`).  A plain TCP connect() whose destination matches one of the daemon's
+/* Redirection without iptables (docs/api.md, "Redirection without iptables"), active with
+ * SSAPROXY_REDIRECT=1 (`ssaproxy run`).  A plain TCP connect() whose destination matches one of the daemon's
  * outbound routes is handed to the daemon with REDIRECT, as if iptables had redirected it; the
  * daemon decides everything.  If the daemon cannot take it, the connect fails (ECONNREFUSED):
  * never a plaintext connection to a destination the admin wants upgraded. */
