@@ -11,8 +11,9 @@
 
 What is real: the wire protocol.  The fake speaks it through the same
 `ssaproxy.proto.connection.Connection` (DAEMON role) as the real daemon, on a Unix socket in
-a temporary directory, with descriptors passed as SCM_RIGHTS (protocol version 2): the program's
-own socket is parked as a TCP connect in progress (`ssaproxy.api.parking`, as in the daemon),
+a temporary directory, with descriptors passed as SCM_RIGHTS (protocol version 2): WELCOME names
+the fake's parking ports, the library parks the program's own socket there as a TCP connect in
+progress and the fake checks it (`ssaproxy.api.parking`, as in the daemon),
 the ESTABLISHED or ERROR frame goes on the control connection, and then the socket is
 completed (the fake's end of it relays) or reset, exactly as from the daemon.  Half-close
 and reset are relayed as the daemon does: the server's FIN reaches the program as EOF, the
@@ -196,7 +197,7 @@ class FakeDaemon:
 
     def _answer(self, conn: c.Connection, event: c.Event, settings: dict[int, bytes]) -> bytes:
         if isinstance(event, c.Hello):
-            return conn.send(c.Welcome(wire.VERSION, next(self._session_ids)))
+            return conn.send(c.Welcome(wire.VERSION, next(self._session_ids), *self._parking.ports()))
         if isinstance(event, c.SetOption):
             option = o.OPTIONS.get(event.option)
             if option is None or option.unsupported or not option.settable:
@@ -247,14 +248,15 @@ class FakeDaemon:
     # ---- one connection's result and relay
     def _connect(self, control: socket.socket, conn: c.Connection, event: c.Connect,
                  settings: dict[int, bytes]) -> None:
-        """Park the program's socket, answer OK, connect to the target, send the result on
-        the control connection, then complete the socket (and relay) or reset it."""
+        """Check the program's socket is parked, answer OK, connect to the target, send the
+        result on the control connection, then complete the socket (and relay) or reset it
+        (each a bounded wait in this connection's own thread)."""
         program = socket.socket(fileno=event.fd)
         try:
-            self._parking.park(program)
+            self._parking.check(program)  # the library parked it, as for the daemon
         except OSError as e:
             program.close()
-            control.sendall(conn.send(c.Error(errno.EINVAL, f"cannot park the socket: {e.strerror} (fake daemon)")))
+            control.sendall(conn.send(c.Error(errno.EINVAL, f"{e.strerror} (fake daemon)")))
             return
         control.sendall(conn.send(c.Ok()))
         try:
@@ -284,18 +286,18 @@ class FakeDaemon:
             try:
                 control.sendall(conn.send(c.Error(code, f"{outcome}: fake")))
             finally:
-                self._parking.fail(program)  # after the result, as the daemon does
+                self._parking.fail_waiting(program)  # after the result, as the daemon does
             return
         info = _info(settings, settings.get(o.TLS_REMOTE_HOSTNAME, event.host.encode()).rstrip(b"\0"))
         peer = upstream.getpeername()[:2]
         local = upstream.getsockname()[:2]
         try:
             control.sendall(conn.send(c.Established((peer[0], peer[1]), (local[0], local[1]), info)))
-            carrier = self._parking.complete(program)
+            carrier = self._parking.complete_waiting(program)
             carrier.setblocking(True)
         except OSError:
             upstream.close()
-            self._parking.fail(program)
+            self._parking.fail_waiting(program)
             return
         self._relay(carrier, upstream)
 

@@ -321,6 +321,7 @@ def test_the_daemon_checks_the_sockets_it_is_given(api: ApiDaemon, pki: PKI, tmp
             "listening": _ask(api, wire.Kind.CONNECT, connect, [server.fileno()]),
             "udp": _ask(api, wire.Kind.CONNECT, connect, [udp.fileno()]),
             "file": _ask(api, wire.Kind.CONNECT, connect, [f.fileno()]),
+            "not parked": _ask(api, wire.Kind.CONNECT, connect, [idle.fileno()]),  # the library parks first
             "no fd": _ask(api, wire.Kind.CONNECT, connect, []),
             "listen one fd": _ask(api, wire.Kind.LISTEN, {wire.Tag.BACKLOG: 4}, [public.fileno()]),
             "listen idle N": _ask(api, wire.Kind.LISTEN, {wire.Tag.BACKLOG: 4}, [public.fileno(), idle.fileno()]),
@@ -331,8 +332,9 @@ def test_the_daemon_checks_the_sockets_it_is_given(api: ApiDaemon, pki: PKI, tmp
         sock.close()
     assert {k: v[0] for k, v in codes.items()} == {
         "connected": errno.EISCONN, "listening": errno.EINVAL, "udp": errno.EINVAL, "file": errno.ENOTSOCK,
-        "no fd": errno.EINVAL, "listen one fd": errno.EINVAL, "listen idle N": errno.EINVAL,
+        "not parked": errno.EINVAL, "no fd": errno.EINVAL, "listen one fd": errno.EINVAL, "listen idle N": errno.EINVAL,
         "listen N not on loopback": errno.EINVAL}, codes
+    assert "the socket was not parked" in codes["not parked"][1], codes
     assert "needs 2 file descriptors" in codes["listen one fd"][1], codes
     assert "not listening" in codes["listen idle N"][1], codes
     assert "must be on loopback" in codes["listen N not on loopback"][1], codes

@@ -40,7 +40,10 @@ def control(hello=True):
     s.settimeout(5)
     s.connect(PATH)
     if hello:
-        s.sendall(HELLO)
+        try:
+            s.sendall(HELLO)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once (a share is full): its ERROR frame waits to be read
     return s
 def reply(s, timeout=5.0):
     '''The next frame's kind and errno (None for no ERROR), or "eof"; "none" if nothing came in time.'''

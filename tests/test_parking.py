@@ -1,5 +1,6 @@
-"""ssaproxy.api.parking against the kernel: a parked socket polls like a TCP connect in
-progress, and completes or fails with the readiness events of TCP."""
+"""ssaproxy.api.parking against the kernel: a socket the library parked (ssaproxy.client.park)
+polls like a TCP connect in progress, and completes or fails with the readiness events of TCP;
+the daemon only checks it, and its completion (ssaproxy.api.completion) never blocks."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import select
 import socket
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
-from ssaproxy.api.parking import Parking
+from ssaproxy.api.completion import complete
+from ssaproxy.api.parking import Parking, tcp_state
+from ssaproxy.client.park import park, unpark
 
 
 @pytest.fixture(params=["filter", "full-queue"])
@@ -31,13 +35,14 @@ def test_a_parked_socket_is_neither_readable_nor_writable_until_completed(parkin
         # Registered before connect, as an event loop may do: the registration must stay valid.
         edge.register(program.fileno(), select.EPOLLIN | select.EPOLLOUT | select.EPOLLET)
         edge.poll(0)  # a fresh TCP socket reports OUT|HUP once, as without us
-        parking.park(program)
+        park(program.fileno(), parking.ports())
         level.register(program.fileno(), select.EPOLLIN | select.EPOLLOUT)
         assert level.poll(0.2) == []
         assert edge.poll(0.1) == []
         with pytest.raises(BlockingIOError):
             program.send(b"early")
-        daemon_end = parking.complete(program)
+        parking.check(program)
+        daemon_end = parking.complete_waiting(program)
         try:
             assert edge.poll(1) == [(program.fileno(), select.EPOLLOUT)]
             assert edge.poll(0.05) == []  # one edge
@@ -61,9 +66,9 @@ def test_a_failed_socket_reads_a_reset(parking):
     program.setblocking(False)
     poller = select.epoll()
     try:
-        parking.park(program)
+        park(program.fileno(), parking.ports())
         poller.register(program.fileno(), select.EPOLLIN | select.EPOLLOUT)
-        parking.fail(program)
+        parking.fail_waiting(program)
         events = dict(poller.poll(1))
         assert events[program.fileno()] & select.EPOLLOUT
         assert events[program.fileno()] & (select.EPOLLERR | select.EPOLLHUP)
@@ -93,19 +98,167 @@ def test_nobody_else_can_complete_a_parked_socket(parking):
         prober.close()
 
 
-def test_a_connected_socket_cannot_be_parked(parking):
+def test_only_a_parked_socket_passes_the_check(parking):
+    """check() only looks (TCP_INFO): fresh, connected, listening, UDP and disconnected sockets
+    are "not parked"; begin() refuses them the same way, without connecting anything."""
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
+    fresh = socket.socket()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    parked = socket.socket()
     try:
-        with pytest.raises(OSError, match="cannot park"):
-            parking.park(client)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with pytest.raises(OSError, match="not a TCP socket"):
-            parking.park(udp)
-        udp.close()
+        for sock in (client, server, fresh, udp):
+            with pytest.raises(OSError, match="not parked"):
+                parking.check(sock)
+            with pytest.raises(OSError, match="not parked"):
+                parking.begin(sock)
+        park(parked.fileno(), parking.ports())
+        assert parked.getblocking()  # the program's blocking mode is back
+        parking.check(parked)
+        unpark(parked.fileno())  # what the library does when the daemon refuses the request
+        with pytest.raises(OSError, match="not parked"):
+            parking.check(parked)
+        park(parked.fileno(), parking.ports())  # and it can be parked again
+        parking.check(parked)
     finally:
-        client.close()
-        server.close()
+        for sock in (client, server, fresh, udp, parked):
+            sock.close()
+
+
+def test_park_needs_a_port_for_the_family():
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(OSError, match="no parking address") as caught:
+            park(sock.fileno(), (1234, 0))
+        assert caught.value.errno == errno.EAFNOSUPPORT
+    finally:
+        sock.close()
+
+
+def _completed(reactor, parking, sock):
+    results = []
+    completion = complete(reactor, parking, sock, lambda mine, why: results.append((mine, why)))
+    return completion, results
+
+
+def test_completion_hands_over_a_verified_d(parking):
+    """D non-blocking, established and N's other end; on loopback it is usually done by the
+    time connect() returns, else the reactor's writability event finishes it."""
+    reactor = MemoryReactorClock()
+    program = socket.socket()
+    try:
+        park(program.fileno(), parking.ports())
+        completion, results = _completed(reactor, parking, program)
+        if not results:
+            assert completion in reactor.getWriters()
+            select.select([], [completion], [], 2)
+            completion.doWrite()
+        assert completion not in reactor.getWriters()
+        [(mine, why)] = results
+        assert mine is not None and why == ""
+        assert not mine.getblocking()
+        assert mine.getpeername() == program.getsockname()
+        assert not reactor.getDelayedCalls()
+        mine.close()
+    finally:
+        program.close()
+
+
+def _pending(clock, parking, program, fillers):
+    """A completion that waits: between the check and D's connect, the program disconnects N
+    and makes it a listener whose accept queue is full, so D's SYN is dropped."""
+    program.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    park(program.fileno(), parking.ports())
+    results = []
+    real_check = parking.check
+
+    def check_then_turn(sock):
+        real_check(sock)
+        unpark(program.fileno())
+        program.listen(0)
+        fill(program, fillers)
+
+    parking.check = check_then_turn
+    try:
+        completion = complete(clock, parking, program, lambda mine, why: results.append((mine, why)))
+    finally:
+        parking.check = real_check
+    return completion, results
+
+
+def test_completion_of_a_listener_with_a_full_queue_fails_at_its_deadline(parking):
+    """D's SYN is dropped: the completion waits in the reactor, not in a call, and fails at its
+    deadline with D reset; N is left to the program."""
+    clock = MemoryReactorClock()
+    program = socket.socket()
+    fillers = []
+    try:
+        completion, results = _pending(clock, parking, program, fillers)
+        assert results == []  # nothing answered D: it waits, registered, not in a call
+        assert completion in clock.getWriters()
+        for _ in range(3):
+            completion.doWrite()  # spurious wake-ups change nothing
+        assert results == []
+        clock.advance(2.0)
+        assert results and results[0][0] is None and "did not complete" in results[0][1]
+        assert completion not in clock.getWriters()
+        assert tcp_state(program) == 10  # still the program's listener
+    finally:
+        for sock in (program, *fillers):
+            sock.close()
+
+
+def fill(listener, fillers):
+    """Fill `listener`'s accept queue: connect until a connection is no longer taken."""
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+        if not select.select([], [filler], [], 0.3)[1]:
+            return  # still SYN_SENT: dropped, the queue is full
+    raise AssertionError("the accept queue does not fill up")
+
+
+def test_cancelled_completion_never_reports(parking):
+    """A session that ends while its completion waits cancels it: D gone, no callback."""
+    clock = MemoryReactorClock()
+    program = socket.socket()
+    fillers = []
+    try:
+        completion, results = _pending(clock, parking, program, fillers)
+        assert results == [] and completion in clock.getWriters()
+        completion.cancel()
+        assert completion.fileno() == -1
+        completion.doWrite()
+        clock.advance(5)
+        assert results == []
+        assert completion not in clock.getWriters()
+        assert not clock.getDelayedCalls()
+    finally:
+        for sock in (program, *fillers):
+            sock.close()
+
+
+def test_a_completion_from_another_parking_does_not_connect(parking):
+    """N parked at one daemon's address and completed by another's: D's SYN meets no socket
+    that answers it as N (a reset), and the completion fails closed."""
+    other = Parking()
+    program = socket.socket()
+    try:
+        park(program.fileno(), parking.ports())
+        with pytest.raises(OSError, match="could not be completed"):
+            other.complete_waiting(program, timeout=1.0)
+        clock = MemoryReactorClock()  # the same through the daemon's reactor-side completion
+        completion, results = _completed(clock, other, program)
+        if not results:
+            select.select([], [completion], [], 2)
+            completion.doWrite()
+        assert len(results) == 1 and results[0][0] is None, results
+        assert completion not in clock.getWriters()
+    finally:
+        program.close()
+        other.close()
 
 
 def test_same_netns(parking):

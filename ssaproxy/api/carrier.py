@@ -1,10 +1,11 @@
 """The carrier: the TCP connection over loopback on which a program's socket reads and writes.
 
 Protocol version 2 (CONNECT, LISTEN): the program's own socket is the carrier's program end,
-so its descriptor never changes identity.  CONNECT parks it (`Parked`, over `parking.Parking`)
-until the session's result is known; LISTEN has the daemon connect to the program's loopback
-listener for each verified client (`ssaproxy.api.listener`).  Only UPGRADE still makes a pair
-(`make_pair`) whose program end is put in place of the program's descriptor, as in version 1.
+so its descriptor never changes identity.  The library parks it before CONNECT, and the
+daemon holds it (`Parked`, over `parking.Parking`) until the session's result is known;
+LISTEN has the daemon connect to the program's loopback listener for each verified client
+(`ssaproxy.api.listener`).  Only UPGRADE still makes a pair (`make_pair`) whose program end is
+put in place of the program's descriptor, as in version 1.
 
 Why TCP and not the Unix socket itself: a Unix stream has no reset.  When the peer's TLS
 stream is truncated or reset, the program must read ECONNRESET, not a clean end of file, and
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from ssaproxy.api.completion import Completion, complete
 from ssaproxy.api.handover import close_shared
-from ssaproxy.api.parking import Parking
+from ssaproxy.api.parking import Parking, reset
 from ssaproxy.streams import OneShotFactory, TCPEnd
 
 
@@ -66,34 +68,49 @@ class Carrier(TCPEnd):
 
 
 class Parked:
-    """A program's socket passed with CONNECT and parked (SYN_SENT, so it polls as a connect
-    in progress) until the session's result.  The result frame goes on the control connection
-    first (`send`), and only then is the socket completed or failed: once the program's socket
-    polls writable, the frame is already waiting for the library."""
+    """A program's socket passed with CONNECT, parked by the library (SYN_SENT, so it polls as
+    a connect in progress) until the session's result.  The result frame goes on the control
+    connection first (`send`), and only then is the socket completed or failed: once the
+    program's socket polls writable, the frame is already waiting for the library.  Completing
+    never blocks (`ssaproxy.api.completion`): its end comes later, through callbacks."""
 
-    def __init__(self, parking: Parking, sock: socket.socket, send: Callable[[Any], None]) -> None:
+    def __init__(self, parking: Parking, sock: socket.socket, send: Callable[[Any], None], reactor: Any) -> None:
         self.parking = parking
         self.sock: socket.socket | None = sock  # our reference to the program's socket, until it is decided
         self.send = send
+        self.reactor = reactor
+        self._completion: Optional[Completion] = None
 
-    def establish(self, reactor: Any, result: Any) -> Carrier:
-        """Send ESTABLISHED, complete the program's socket: our end, running, as a Carrier.
-        OSError: the socket could not be completed (it is reset instead)."""
+    def establish(self, result: Any, ready: Callable[[Carrier], None], failed: Callable[[str], None]) -> None:
+        """Send ESTABLISHED, then complete the program's socket: `ready(carrier)` with our end
+        running, or `failed(why)` (the program's socket reset, or left as the program made it
+        if it is not parked any more).  Neither runs after `abandon`."""
         sock = self.sock
         assert sock is not None
         try:
             self.send(result)
-            mine = self.parking.complete(sock)
-        except OSError:
+        except Exception as e:  # noqa: BLE001 - the control connection is gone: the program left
             self.abandon()
-            raise
-        self._release()
-        carrier = Carrier()
-        try:
-            reactor.adoptStreamConnection(mine.fileno(), mine.family, OneShotFactory(carrier))
-        finally:
+            failed(f"the result could not be sent: {e}")
+            return
+
+        def done(mine: Optional[socket.socket], why: str) -> None:
+            self._completion = None
+            self._release()
+            if mine is None:
+                failed(why)
+                return
+            carrier = Carrier()
+            try:
+                self.reactor.adoptStreamConnection(mine.fileno(), mine.family, OneShotFactory(carrier))
+            except OSError as e:
+                reset(mine)
+                failed(e.strerror or str(e))
+                return
             mine.close()  # the reactor holds its own duplicate
-        return carrier
+            ready(carrier)
+
+        self._completion = complete(self.reactor, self.parking, sock, done)
 
     def fail(self, result: Any) -> None:
         """Send the ERROR, then end the program's connect with a reset."""
@@ -103,12 +120,22 @@ class Parked:
             self.abandon()
 
     def abandon(self) -> None:
-        """The program left (or the result could not be sent): reset its socket, let go of it."""
-        if self.sock is not None:
-            self.parking.fail(self.sock)
-            self._release()
+        """The program left (or the result could not be sent): reset its socket, let go of it.
+        A completion under way is cancelled (our end reset); otherwise one is started only to be
+        reset (fire and forget, bounded like any completion)."""
+        completion, self._completion = self._completion, None
+        if completion is not None:
+            completion.cancel()
+        elif self.sock is not None:
+            complete(self.reactor, self.parking, self.sock, _reset_when_done)
+        self._release()
 
     def _release(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:
             close_shared(sock)  # shared with the program: a linger it set must not make us wait
+
+
+def _reset_when_done(mine: Optional[socket.socket], why: str) -> None:
+    if mine is not None:
+        reset(mine)

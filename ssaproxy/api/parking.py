@@ -4,24 +4,36 @@ Theory of operation.  A program's TLS socket must keep its identity from socket(
 an epoll registration, a dup() or a child's copy made before connect() must stay valid, and a
 non-blocking connect must report its end through the same readiness events as TCP (writability,
 edge-triggered included; SO_ERROR).  So the daemon never replaces the program's descriptor: the
-program passes it (SCM_RIGHTS shares the open file) and the daemon connects *that* socket to
-itself over loopback, at the moment it chooses:
+program passes it (SCM_RIGHTS shares the open file) and the daemon connects *to* that socket
+over loopback, at the moment it chooses.  The daemon never calls connect() *on* it: O_NONBLOCK
+lives on the open file it shares with the program, so a program thread could make any such
+call block the daemon's one event loop.
 
-1. `park(sock)`: a non-blocking connect of the program's socket to a *parking* listener, a
-   loopback listener whose classic-BPF socket filter drops every packet.  The SYN vanishes
-   without a reset, so the socket stays in SYN_SENT: neither readable nor writable, exactly a
-   TCP connect still in progress.  (Its own retransmissions, after 1 s, 3 s, ..., vanish too;
-   the kernel would give up after about two minutes, longer than any of the daemon's deadlines.)
-2. `complete(sock)`: a new socket, bound to the parking address, connects to the program's
-   socket's address.  Both ends have sent a SYN to each other: a TCP simultaneous open, which
-   Linux completes within the connect call on loopback.  The program's socket becomes
-   ESTABLISHED (one writability edge, SO_ERROR 0) and the new socket is the daemon's end.
+1. Parking is the library's: WELCOME names this worker's parking ports (`ports`), and before
+   CONNECT or REDIRECT the library makes a non-blocking connect of its socket N to the parking
+   address of N's family, a loopback listener whose classic-BPF socket filter drops every
+   packet.  The SYN vanishes without a reset, so N stays in SYN_SENT: neither readable nor
+   writable, exactly a TCP connect still in progress.  (Its own retransmissions, after 1 s,
+   3 s, ..., vanish too; the kernel gives up after about two minutes.)
+2. `check(sock)`: the daemon only looks: TCP_INFO's state must be SYN_SENT (a stream socket,
+   not listening); anything else is EINVAL "the socket was not parked".  The state says
+   nothing of *where* N's SYN went; step 3 checks that by construction.
+3. `begin(sock)` looks again (the program may have changed N meanwhile) and starts completing
+   it: a socket D of ours, bound to the parking address, makes a non-blocking connect to N's
+   address.  If N's SYN_SENT is towards D's address, both ends have sent a SYN to each other:
+   a TCP simultaneous open, and both become ESTABLISHED (N polls writable once, SO_ERROR 0).
+   If it is not (N never parked here, or since disconnected, or now a listener), D meets no
+   socket that answers, a reset, or a full accept queue: `finished` sees D fail, or the caller's
+   deadline passes, and the session fails closed.  `verified` then checks the pair: N
+   ESTABLISHED with D's address as its peer and D's peer as its own, so D is N's other end and
+   nothing else's.  Nothing here blocks: D is our own socket and non-blocking from the start;
+   the waiting is the caller's (`ssaproxy.api.completion` in the reactor, bounded).
    Binding the parking address needs SO_REUSEPORT under the same uid as the listener, so no
    other user can complete someone's parked socket (processes of the daemon's own uid could:
    run the daemon under a user of its own, as the packaging does).
-3. `fail(sock)`: complete, then reset the daemon's end at once (SO_LINGER 0).  The program's
-   socket polls writable with POLLERR|POLLHUP, and reading or writing gives ECONNRESET.  The
-   library reports the real reason (the result frame sent before on the control connection).
+4. Failing N: complete it, then reset D (SO_LINGER 0).  N polls writable with POLLERR|POLLHUP,
+   and reading or writing gives ECONNRESET.  The library reports the real reason (the result
+   frame sent before on the control connection).
 
 Requirement: the program's socket and the daemon live in one network namespace (the loopback
 addresses must be the same); `same_netns` checks it with SO_NETNS_COOKIE.
@@ -37,17 +49,34 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import select
 import socket
 import struct
+from typing import Optional
 
-__all__ = ["Parking", "same_netns"]
+__all__ = ["COMPLETE_TIMEOUT", "Parking", "reset", "same_netns", "tcp_state"]
 
 SO_NETNS_COOKIE = 71  # Linux 5.14
 _SO_ATTACH_FILTER = 26
 _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, 0: keep no byte of any packet
 _LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_CLOSE_WAIT = 1, 2, 3, 8  # tcp_info.tcpi_state (tcp_states.h)
+COMPLETE_TIMEOUT = 2.0  # a completion on loopback takes microseconds; past this, it failed
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of `sock` (TCP_INFO's first byte); -1 if it has none."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    except OSError:
+        return -1
+
+
+def reset(mine: socket.socket) -> None:
+    """Close our end with a reset (SO_LINGER 0): the other end reads ECONNRESET, never an end."""
+    with contextlib.suppress(OSError):
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    mine.close()
 
 
 def _attach_drop_filter(sock: socket.socket) -> None:
@@ -124,54 +153,82 @@ class Parking:
     def same_netns(self, sock: socket.socket) -> bool:
         return same_netns(sock, self.listener(socket.AF_INET))
 
-    def park(self, sock: socket.socket) -> None:
-        """Start the program's socket connecting to the parking address.  OSError: it cannot
-        (not a TCP socket of a family we park, already connected, ...)."""
-        family = sock.family
-        if family not in _LOOPBACK or sock.type != socket.SOCK_STREAM:
-            raise OSError(errno.EAFNOSUPPORT, "not a TCP socket")
-        address = self.listener(family).getsockname()
-        # The program's socket may be blocking (O_NONBLOCK lives on the file it shares with
-        # us): a blocking connect would wait in the daemon for the SYN's answer, which never
-        # comes.  Non-blocking for this one call, then the program's own flag again.
-        flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
-        timeout = sock.gettimeout()
-        sock.settimeout(0.0)
-        try:
-            code = sock.connect_ex(address[:2])
-            if code in (errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT):
-                # A socket whose earlier connect failed reports that once to the next connect
-                # (the kernel's bookkeeping for the old attempt); the one after starts anew.
-                code = sock.connect_ex(address[:2])
-        finally:
-            sock.settimeout(timeout)
-            fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags)
-        if code not in (errno.EINPROGRESS, errno.EAGAIN):
-            raise OSError(code, f"cannot park the socket: {errno.errorcode.get(code, code)}")
+    def ports(self) -> tuple[int, int]:
+        """WELCOME's PARK_PORT4 and PARK_PORT6: where the library parks a socket of each family
+        (0: the daemon cannot park that family here, say no ::1 in this namespace)."""
+        found = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                found.append(self.listener(family).getsockname()[1])
+            except OSError:
+                found.append(0)
+        return found[0], found[1]
 
-    def complete(self, sock: socket.socket) -> socket.socket:
-        """Connect to the parked socket (simultaneous open); the daemon's end of the carrier,
-        non-blocking, with TCP_NODELAY."""
+    def check(self, sock: socket.socket) -> None:
+        """N must be parked: a TCP socket in SYN_SENT.  OSError(EINVAL) otherwise.  Only looks:
+        nothing here can block, whatever the program does to N meanwhile."""
+        if sock.family not in _LOOPBACK or sock.type != socket.SOCK_STREAM or tcp_state(sock) != TCP_SYN_SENT:
+            raise OSError(errno.EINVAL, "the socket was not parked")
+
+    def begin(self, sock: socket.socket) -> socket.socket:
+        """Start completing the parked N: D, our end, non-blocking, its connect to N started
+        (see the module docstring).  OSError: N is not parked any more, or D failed at once."""
+        self.check(sock)
         family = sock.family
-        mine = socket.socket(family, socket.SOCK_STREAM)
+        mine = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             mine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             mine.bind(self.listener(family).getsockname())
-            mine.settimeout(2.0)  # loopback completes within the call; this only bounds a bug
-            mine.connect(sock.getsockname()[:2])
-            mine.setblocking(False)
+            code = mine.connect_ex(sock.getsockname()[:2])
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, f"cannot complete the socket: {errno.errorcode.get(code, code)}")
             mine.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             mine.close()
             raise
         return mine
 
-    def fail(self, sock: socket.socket) -> None:
-        """End the program's connect with a reset; it reads the reason on its control connection."""
+    @staticmethod
+    def finished(mine: socket.socket) -> Optional[bool]:
+        """D's connect: None while in progress, True once established (whatever the program did
+        with its end since), False once failed."""
+        if mine.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return False
+        state = tcp_state(mine)
+        # CLOSE_WAIT: established, and the program has already written and shut down its side.
+        return None if state in (TCP_SYN_SENT, TCP_SYN_RECV) else state in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
+
+    @staticmethod
+    def verified(sock: socket.socket, mine: socket.socket) -> bool:
+        """D established is N's other end: N is connected (the kernel names no peer for a socket
+        in SYN_SENT, closed or listening) with D's address as its peer, and D's peer is N's own
+        address (a 4-tuple no other pair of sockets can have at once)."""
+        try:
+            return bool(sock.getpeername()[:2] == mine.getsockname()[:2]
+                        and sock.getsockname()[:2] == mine.getpeername()[:2])
+        except OSError:
+            return False
+
+    def complete_waiting(self, sock: socket.socket, timeout: float = COMPLETE_TIMEOUT) -> socket.socket:
+        """`begin`, then wait (poll, bounded) until D is N's other end: for a caller with a
+        thread of its own per connection (the fake daemon), never for the reactor.  OSError
+        (and D reset) if it is not."""
+        mine = self.begin(sock)
+        try:
+            poller = select.poll()
+            poller.register(mine.fileno(), select.POLLOUT)
+            poller.poll(int(timeout * 1000))
+            if not (self.finished(mine) and self.verified(sock, mine)):
+                raise OSError(errno.ECONNRESET, "the parked socket could not be completed")
+        except BaseException:
+            reset(mine)
+            raise
+        return mine
+
+    def fail_waiting(self, sock: socket.socket, timeout: float = COMPLETE_TIMEOUT) -> None:
+        """End N's connect with a reset (bounded wait; the fake daemon's way)."""
         with contextlib.suppress(OSError):
-            mine = self.complete(sock)
-            mine.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            mine.close()
+            reset(self.complete_waiting(sock, timeout))
 
     def close(self) -> None:
         for sock in [*self._listeners.values(), *self._fillers]:

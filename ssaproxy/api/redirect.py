@@ -5,13 +5,14 @@ The library asks ROUTES once (one text line per outbound route: `<action> <cidr>
 for a plain connect() whose destination one of them covers it sends REDIRECT{HOST, PORT, FAMILY,
 [NAME]} with the program's own, still unconnected socket N.  Here:
 
-1. N is checked: a TCP socket, not connected, not listening, in the daemon's network namespace.
+1. N is checked: a TCP socket, not connected, not listening, in the daemon's network namespace,
+   parked by the library (SYN_SENT: `Parking.check`; the daemon never calls connect() on it).
 2. The destination is looked up with the outbound face's own match (`Handover.route`): no route
    (the config changed since ROUTES) is ENOENT, and the library connects N directly, as a program
    without an iptables rule would; a `hostname_from = "resolved"` upgrade route with no NAME is
    ECONNREFUSED (never plaintext).
-3. One of the program's uid's API sessions is taken (EAGAIN beyond its share), N is parked and
-   completed at once (`ssaproxy.api.parking`: N becomes ESTABLISHED, exactly as a connect that
+3. One of the program's uid's API sessions is taken (EAGAIN beyond its share), N is completed
+   (`ssaproxy.api.completion`, never blocking: N becomes ESTABLISHED, exactly as a connect that
    iptables redirected to a local listener), and the daemon's end D goes to the outbound face as
    an accepted connection whose original destination is (HOST, PORT).  Only then is OK sent:
    anything that failed before is an ERROR with nothing started, and the library never reports
@@ -29,11 +30,12 @@ import functools
 import ipaddress
 import socket
 import struct
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from ssaproxy.addresses import IPAddress, host_port
+from ssaproxy.api.completion import complete
 from ssaproxy.api.handover import no_linger, take
-from ssaproxy.api.parking import Parking
+from ssaproxy.api.parking import Parking, reset
 from ssaproxy.api.quota import Ledger, Resource
 from ssaproxy.api.settings import ApiError
 from ssaproxy.config import Action, HostnameSource, Profile, Route, is_valid_hostname
@@ -41,9 +43,6 @@ from ssaproxy.kernel import Creds
 from ssaproxy.proto import connection as c
 
 __all__ = ["OutboundFace", "redirect", "routes_text"]
-
-_RESET = struct.pack("ii", 1, 0)
-
 
 class OutboundFace(Protocol):
     """What the API sees of the outbound face (`ssaproxy.redirected.Handover`)."""
@@ -68,9 +67,11 @@ def routes_text(outbound: Optional[OutboundFace]) -> bytes:
 
 
 def redirect(event: c.Redirect, outbound: Optional[OutboundFace], parking: Parking, ledger: Ledger, creds: Creds,
-             profile: Optional[Profile]) -> None:
-    """Do REDIRECT (see the module docstring); returns once OK may be sent, else ApiError.
-    Owns `event.fd` and closes it on every path (the program keeps its own)."""
+             profile: Optional[Profile], reactor: Any, done: Callable[[Optional[ApiError]], None]) -> None:
+    """Do REDIRECT (see the module docstring).  ApiError for what is refused at once; else the
+    completion is started and `done(None)` (OK may be sent: the outbound face runs D) or
+    `done(ApiError)` follows, maybe before this returns.  Owns `event.fd` and closes it on every
+    path (the program keeps its own)."""
     sock = take(event.fd)
     try:
         destination = _destination(event, sock)
@@ -82,14 +83,29 @@ def redirect(event: c.Redirect, outbound: Optional[OutboundFace], parking: Parki
         why = ledger.take(creds.uid, Resource.SESSIONS)
         if why is not None:
             raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
-        try:
-            _hand_over(sock, parking, outbound, destination, name, creds, profile,
-                       functools.partial(ledger.give, creds.uid, Resource.SESSIONS))
-        except BaseException:
-            ledger.give(creds.uid, Resource.SESSIONS)
-            raise
-    finally:
+    except BaseException:
         _close(sock)
+        raise
+    give = functools.partial(ledger.give, creds.uid, Resource.SESSIONS)
+    face = outbound
+
+    def completed(mine: Optional[socket.socket], why: str) -> None:
+        _close(sock)
+        if mine is None:
+            give()
+            done(ApiError(errno.EIO, f"cannot take the socket over: {why}"))
+            return
+        try:
+            face.take(mine, destination, name=name, creds=creds, profile=profile, on_finish=give)
+        except Exception as e:  # noqa: BLE001 - the outbound face refused it: an error for this program
+            reset(mine)  # the program reads a reset, not an end
+            give()
+            done(ApiError(errno.EIO, f"the outbound face cannot take the connection: {type(e).__name__}"))
+            return
+        mine.close()  # the reactor holds its own duplicate
+        done(None)
+
+    complete(reactor, parking, sock, completed)
 
 
 def _close(sock: socket.socket) -> None:
@@ -120,7 +136,7 @@ def _destination(event: c.Redirect, sock: socket.socket) -> tuple[IPAddress, int
 
 
 def _check(sock: socket.socket, parking: Parking) -> None:
-    """N must be a TCP socket a connect() could start on, in our network namespace."""
+    """N must be a TCP socket, not connected, not listening, in our network namespace, parked."""
     try:
         tcp = (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP)
@@ -135,6 +151,11 @@ def _check(sock: socket.socket, parking: Parking) -> None:
         raise ApiError(errno.EISCONN, "the socket passed with REDIRECT is connected already")
     if not parking.same_netns(sock):
         raise ApiError(errno.EXDEV, "the program is in another network namespace than the daemon")
+    try:
+        parking.check(sock)  # only looks: the library parked it (docs/api.md)
+    except OSError:
+        raise ApiError(errno.EINVAL, "the socket was not parked (the library connects it to the parking address "
+                                     "from WELCOME before REDIRECT)") from None
 
 
 def _connected(sock: socket.socket) -> bool:
@@ -155,32 +176,3 @@ def _name(given: Optional[str], route: Route) -> Optional[str]:
         raise ApiError(errno.ECONNREFUSED, f'no name: route {route.name!r} verifies the name the program resolved '
                                            '(hostname_from = "resolved"), and none came with this connection')
     return name
-
-
-def _park(sock: socket.socket, parking: Parking) -> None:
-    """`Parking.park` (which connects with O_NONBLOCK set for that one call, whatever the
-    program's blocking mode, and puts the program's flag back).  A program that clears the flag
-    again from another thread in between could make that connect wait for a SYN answer that
-    never comes: TCP_SYNCNT 1 bounds such a wait to about 3 s.  The socket is completed at once
-    in every other case, so the setting never matters again."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
-    parking.park(sock)
-
-
-def _hand_over(sock: socket.socket, parking: Parking, outbound: OutboundFace, destination: tuple[IPAddress, int],
-               name: Optional[str], creds: Creds, profile: Optional[Profile],
-               on_finish: Callable[[], None]) -> None:
-    try:
-        _park(sock, parking)
-    except OSError as e:
-        code = e.errno if e.errno in (errno.EALREADY, errno.EISCONN, errno.EINVAL) else errno.EIO
-        raise ApiError(code, f"cannot take the socket over: {e.strerror or e}") from None
-    mine = parking.complete(sock)  # the program's connect is done: N is ESTABLISHED
-    try:
-        outbound.take(mine, destination, name=name, creds=creds, profile=profile, on_finish=on_finish)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            mine.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)  # the program reads a reset, not an end
-        raise
-    finally:
-        mine.close()  # the reactor holds its own duplicate

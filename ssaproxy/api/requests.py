@@ -1,4 +1,4 @@
-"""What the API's requests do: CONNECT (the program's socket parked, the result on the control
+"""What the API's requests do: CONNECT (the program's parked socket held, the result on the control
 connection), UPGRADE (a carrier in place of the program's socket), LISTEN (the program's two
 listening sockets served), and the sessions and TLS contexts they start.  A mixin of
 `ssaproxy.api.server.Control`, which owns the connection's I/O, deadlines and shares."""
@@ -61,15 +61,10 @@ class Requests:
             why = self.factory.ledger.over(self.uid, Resource.SESSIONS, 1)
             if why is not None:
                 raise ApiError(errno.EAGAIN, f"too many TLS sessions open: {why}")
-            try:
-                self.factory.parking.park(sock)
-            except OSError as e:
-                raise ApiError(errno.EINVAL, f"cannot start connecting the program's socket: {e.strerror or e}") \
-                    from None
         except BaseException:
             sock.close()
             raise
-        parked = Parked(self.factory.parking, sock, self._result)  # owns sock now
+        parked = Parked(self.factory.parking, sock, self._result, self.factory.reactor)  # owns sock now
         try:
             session = self._session("connect", self.settings)
         except BaseException:
@@ -80,7 +75,8 @@ class Requests:
         session.start_connect(parked, event.host, event.port, event.family)
 
     def _program_socket(self, sock: socket.socket) -> None:
-        """CONNECT's descriptor: an unconnected TCP socket, not listening, in our network namespace."""
+        """CONNECT's descriptor: a TCP socket, not connected, not listening, in our network
+        namespace, parked by the library (SYN_SENT)."""
         if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) \
                 or sock.proto not in (0, socket.IPPROTO_TCP):
             raise ApiError(errno.EINVAL, "CONNECT needs a TCP socket")
@@ -94,6 +90,11 @@ class Requests:
             raise ApiError(errno.EISCONN, "the socket passed with CONNECT is connected already")
         if not self.factory.parking.same_netns(sock):
             raise ApiError(errno.EXDEV, "the program is in another network namespace than the daemon")
+        try:
+            self.factory.parking.check(sock)  # only looks: the library parked it (docs/api.md)
+        except OSError:
+            raise ApiError(errno.EINVAL, "the socket was not parked (the library connects it to the parking "
+                                         "address from WELCOME before CONNECT)") from None
 
     def _result(self, event: c.Event) -> None:
         """A CONNECT's result (ESTABLISHED or ERROR), sent now (not queued: the program's socket

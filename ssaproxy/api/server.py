@@ -312,7 +312,8 @@ class Control(Requests, Protocol):
         policy = self.policy
         if isinstance(event, c.Hello):
             self._disarm("hello")
-            self._reply(c.Welcome(wire.VERSION, self.control_id))
+            port4, port6 = self.factory.parking.ports()  # where the library parks its sockets
+            self._reply(c.Welcome(wire.VERSION, self.control_id, port4, port6))
         elif isinstance(event, c.SetOption) and event.option == o.TLS_CONTEXT:
             self.settings = self.factory.contexts.adopt(self._owner(), int_value(event.value), self.settings)
             self._reply(c.Ok())
@@ -338,15 +339,19 @@ class Control(Requests, Protocol):
 
     def _redirect(self, event: c.Redirect) -> None:
         """A plain connect handed over by the library (ssaproxy.api.redirect); OK once the
-        outbound face runs it."""
+        outbound face runs it (after the completion, which may end later: `_redirected`)."""
         assert self.creds is not None
         try:
             self.factory.check_accepting()
         except ApiError:
             close_fd(event.fd)
             raise
-        redirect(event, self.factory.outbound, self.factory.parking, self.factory.ledger, self.creds, self.profile)
-        self._reply(c.Ok())
+        redirect(event, self.factory.outbound, self.factory.parking, self.factory.ledger, self.creds, self.profile,
+                 self.factory.reactor, self._redirected)
+
+    def _redirected(self, error: Optional[ApiError]) -> None:
+        """REDIRECT's answer, once its completion ended (nothing if the program left meanwhile)."""
+        self._reply(c.Ok() if error is None else c.Error(error.code, error.text))
 
     def _reply(self, event: c.Event) -> None:
         if self.transport is not None and not self.closed:

@@ -28,7 +28,7 @@ from ssaproxy.api.handover import adopt_connection
 from ssaproxy.api.settings import Settings, client_context
 from ssaproxy.config import Policy, Profile
 from ssaproxy.kernel import Creds
-from ssaproxy.lifecycle import Lifecycle, State
+from ssaproxy.lifecycle import Lifecycle, State, fail_closed
 from ssaproxy.policy import Identity
 from ssaproxy.proto import options as o
 from ssaproxy.proto import wire
@@ -275,20 +275,29 @@ class TLSSession(Lifecycle):
             self.on_ready(self)  # the listener makes the carrier and calls splice
             return
         if self.parked is not None:  # connect: the result on the control connection, then the socket
-            parked, self.parked = self.parked, None
             result = Established(self.peer, self.local, {t - wire.INFO_BASE: v for t, v in self._info.items()})
-            try:
-                carrier = parked.establish(self.reactor, result)
-            except OSError as e:
-                self.fail("no-carrier", f"cannot complete the program's socket: {e.strerror or e}")
-                return
-            self.splice(carrier)
+            # The far end's bytes are held meanwhile; an end of the session before the
+            # completion's abandons it (`_end`), and neither callback runs then.
+            self.parked.establish(result, self._completed, self._not_completed)
             return
         assert self.near is not None
         self.near.write(wire.encode(wire.Kind.ESTABLISHED, {
             wire.Tag.PEER_HOST: self.peer[0], wire.Tag.PEER_PORT: self.peer[1],
             wire.Tag.LOCAL_HOST: self.local[0], wire.Tag.LOCAL_PORT: self.local[1], **self._info}))
         self.begin_relay()
+
+    @fail_closed
+    def _completed(self, carrier: Carrier) -> None:
+        self.parked = None
+        if self.done:  # cannot happen (an end abandons the completion first): never relay then
+            carrier.abort()
+            return
+        self.splice(carrier)
+
+    @fail_closed
+    def _not_completed(self, why: str) -> None:
+        self.parked = None  # the ESTABLISHED frame went: no ERROR can follow it
+        self.fail("no-carrier", f"cannot complete the program's socket: {why}")
 
     def splice(self, carrier: Carrier) -> None:
         self.near = carrier

@@ -1,7 +1,8 @@
-/* IPPROTO_TLS client sockets (docs/design/api-v2.md §3): the program's own socket N is the
- * carrier.  CONNECT hands N to the daemon, which parks it (a TCP connect in progress), answers
- * OK, and later writes ESTABLISHED or ERROR on the control connection before completing or
- * resetting N.  So N polls writable only once the result is waiting for us. */
+/* IPPROTO_TLS client sockets (docs/api.md, "Parking" and "Connecting"): the program's own
+ * socket N is the carrier.  We park N (a non-blocking connect to the daemon's parking address, which drops the
+ * SYN: a TCP connect in progress) and hand it over with CONNECT; the daemon only checks it,
+ * answers OK, and later writes ESTABLISHED or ERROR on the control connection before
+ * completing or resetting N.  So N polls writable only once the result is waiting for us. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -16,6 +17,49 @@
 #include "internal.h"
 
 #define RESULT_WAIT_MS 180000  /* the daemon's connect + handshake deadlines, with a margin */
+
+int park_fd(int fd, const int park[2])
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (real.getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return -errno;
+    struct sockaddr_storage to = {0};
+    if (ss.ss_family == AF_INET && park[0] > 0) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&to;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)park[0]);
+        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        len = sizeof *in;
+    } else if (ss.ss_family == AF_INET6 && park[1] > 0) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&to;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)park[1]);
+        in6->sin6_addr = in6addr_loopback;
+        len = sizeof *in6;
+    } else {
+        return -EAFNOSUPPORT;  /* the daemon named no parking address for this family */
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        return -errno;
+    int r = real.connect(fd, (struct sockaddr *)&to, len), e = r ? errno : 0;
+    if (e == ECONNRESET || e == ECONNABORTED || e == ECONNREFUSED || e == ETIMEDOUT) {
+        /* An earlier failed connect reports itself once to the next; the one after starts anew. */
+        r = real.connect(fd, (struct sockaddr *)&to, len);
+        e = r ? errno : 0;
+    }
+    fcntl(fd, F_SETFL, fl);  /* the program's own blocking mode */
+    return e == EINPROGRESS || e == EAGAIN ? 0 : -(e ? e : EIO);
+}
+
+void unpark_fd(int fd)
+{
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    int saved = errno;
+    real.connect(fd, &unspec, sizeof unspec);
+    errno = saved;
+}
 
 /* The attempt's errno, reported once (connect or SO_ERROR, whichever asks first). */
 static int take_failure(struct sock *s)
@@ -191,6 +235,9 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
         r = set_name(s, host);
     struct frame f = {0};
     char why[sizeof s->error] = "";
+    int unparked = 0;  /* why N could not be parked: the daemon's checks say what is wrong */
+    if (r == 0)
+        unparked = park_fd(fd, s->park);
     if (r == 0) {
         struct out o;
         out_start(&o, K_CONNECT);
@@ -204,10 +251,16 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
             r = r == -ETIMEDOUT ? r : -ECONNABORTED;
         } else if (f.kind != K_OK) {
             r = -frame_error(&f, why, sizeof why);
+            if (r == -EINVAL && unparked) {
+                size_t n = strlen(why);
+                snprintf(why + n, sizeof why - n, " (it could not be parked: %s)", strerror(-unparked));
+            }
         }
         frame_free(&f);
+        if (r && !unparked)
+            unpark_fd(fd);  /* refused: unconnected again, as before the call (only if we parked it) */
     }
-    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK: the program's choice, whatever happened meanwhile */
     table_lock();
     s->busy = 0;
     if (r) {

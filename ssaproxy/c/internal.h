@@ -49,6 +49,7 @@ enum tag {
     T_VERSION = 1, T_ERRNO = 2, T_TEXT = 3, T_OPTION = 4, T_VALUE = 5, T_HOST = 6, T_PORT = 7,
     T_ROLE = 8, T_BACKLOG = 9, T_PEER_HOST = 10, T_PEER_PORT = 11, T_LOCAL_HOST = 12,
     T_LOCAL_PORT = 13, T_SESSION = 14, T_FAMILY = 15, T_TOKEN = 16, T_NAME = 17,
+    T_PARK_PORT4 = 18, T_PARK_PORT6 = 19,
 };
 #define INFO_BASE 0x1000
 #define MAX_FRAME (1u << 20)
@@ -86,8 +87,14 @@ HIDDEN int frame_int(const struct frame *f, unsigned tag, int32_t *value);
 HIDDEN size_t frame_text(const struct frame *f, unsigned tag, char *buf, size_t size);
 
 /* A control connection: connect + HELLO/WELCOME.  Returns the fd (close-on-exec, non-blocking)
- * or -errno with `why` filled in. */
-HIDDEN int control_open(char *why, size_t whysize);
+ * or -errno with `why` filled in.  park (may be NULL) gets WELCOME's parking ports for IPv4 and
+ * IPv6 (0 where none was named). */
+HIDDEN int control_open(char *why, size_t whysize, int park[2]);
+/* Park fd before CONNECT or REDIRECT (docs/api.md): a non-blocking connect to the daemon's
+ * parking address for fd's family, the program's O_NONBLOCK put back.  0, or -errno. */
+HIDDEN int park_fd(int fd, const int park[2]);
+/* Undo it (connect with AF_UNSPEC) after a refusal, so the socket can connect again. */
+HIDDEN void unpark_fd(int fd);
 /* Send a frame (with up to two fds on its first byte) and, unless reply is NULL, wait at most
  * timeout_ms for the reply frame.  0, or -errno. */
 HIDDEN int control_send(int fd, struct out *o, const int *fds, int nfds);
@@ -120,6 +127,7 @@ struct sock {
     int plain;       /* an ordinary TCP socket that set an IPPROTO_TLS option (for an upgrade) */
     int busy;        /* a thread is talking to the daemon for it */
     int control;     /* -1 or the control connection */
+    int park[2];     /* its WELCOME's parking ports (IPv4, IPv6) */
     int bound;
     int b_fd;        /* the program's real listening socket, bound where it asked (until LISTEN) */
     int failed_errno;     /* the attempt's errno, not yet reported */

@@ -1,4 +1,4 @@
-/* IPPROTO_TLS servers (docs/design/api-v2.md §4) and TCP_UPGRADE_TLS (§5).
+/* IPPROTO_TLS servers (docs/api.md, "Listening") and TCP_UPGRADE_TLS ("The conversation").
  *
  * bind() puts the program's address on a second socket B; N itself listens on loopback.  The
  * daemon takes both, accepts TLS clients on B, and delivers each verified client as a new

@@ -113,7 +113,7 @@ int session(struct sock *s)
     if (s->control >= 0)
         return 0;
     char why[sizeof s->error];
-    int fd = control_open(why, sizeof why);
+    int fd = control_open(why, sizeof why, s->park);
     if (fd < 0) {
         snprintf(s->error, sizeof s->error, "%s", why);
         return fd;

@@ -1,5 +1,5 @@
-/* Redirection without iptables (docs/design/api-v2.md §6), active with SSAPROXY_REDIRECT=1
- * (`ssaproxy run`).  A plain TCP connect() whose destination matches one of the daemon's
+/* Redirection without iptables (docs/api.md, "Redirection without iptables"), active with
+ * SSAPROXY_REDIRECT=1 (`ssaproxy run`).  A plain TCP connect() whose destination matches one of the daemon's
  * outbound routes is handed to the daemon with REDIRECT, as if iptables had redirected it; the
  * daemon decides everything.  If the daemon cannot take it, the connect fails (ECONNREFUSED):
  * never a plaintext connection to a destination the admin wants upgraded. */
@@ -79,7 +79,7 @@ static int load_routes(void)
             nroutes = parse_routes(env);
         } else {
             char why[256];
-            int fd = control_open(why, sizeof why);
+            int fd = control_open(why, sizeof why, NULL);
             if (fd >= 0) {
                 struct out o;
                 struct frame f;
@@ -183,7 +183,8 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
     char host[INET6_ADDRSTRLEN], name[254], why[256];
     inet_ntop(fam, addr, host, sizeof host);
     int has_name = lookup_name(fam, addr, name, sizeof name);
-    int control = n < 0 ? -ECONNREFUSED : control_open(why, sizeof why);
+    int park[2] = {0, 0};
+    int control = n < 0 ? -ECONNREFUSED : control_open(why, sizeof why, park);
     if (control < 0) {
         errno = ECONNREFUSED;  /* the daemon is absent: no plaintext to a routed destination */
         return -1;
@@ -197,16 +198,24 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
     if (has_name)
         out_text(&o, T_NAME, name);
     int fl = fcntl(fd, F_GETFL);
+    /* Best effort: if it failed, the daemon's checks say what is wrong (EISCONN for a program
+     * that calls connect() again to learn the result, say), and only a socket we parked is
+     * unparked below: AF_UNSPEC would cut a connected one. */
+    int parked = park_fd(fd, park) == 0;
     int r = control_request(control, &o, &fd, 1, &f, 30000);
     out_free(&o);
     real.close(control);
-    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK lives on the file the daemon shares: the program's choice */
+    fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK: the program's choice, whatever happened meanwhile */
     if (r) {
+        if (parked)
+            unpark_fd(fd);
         errno = ECONNREFUSED;
         return -1;
     }
     int code = f.kind == K_OK ? 0 : frame_error(&f, why, sizeof why);
     frame_free(&f);
+    if (code && parked)
+        unpark_fd(fd);  /* unconnected again: a direct connect (ENOENT) or the program's next try */
     if (code == ENOENT) {  /* the daemon's routes changed: no route, so no redirection */
         *handled = 0;
         return 0;

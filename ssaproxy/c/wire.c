@@ -313,12 +313,15 @@ int control_recv(int fd, struct frame *f, int timeout_ms)
 int control_request(int fd, struct out *o, const int *fds, int nfds, struct frame *reply, int timeout_ms)
 {
     int r = control_send(fd, o, fds, nfds);
-    if (r)
+    /* EPIPE / ECONNRESET: the daemon closed at once, which is how it refuses a control
+     * connection beyond a share; its ERROR frame (EAGAIN) may still wait to be read. */
+    if (r && r != -EPIPE && r != -ECONNRESET)
         return r;
-    return control_recv(fd, reply, timeout_ms);
+    int got = control_recv(fd, reply, timeout_ms);
+    return got && r ? r : got;
 }
 
-int control_open(char *why, size_t whysize)
+int control_open(char *why, size_t whysize, int park[2])
 {
     real_init();
     const char *path = getenv(SSAPROXY_ENV_SOCKET);
@@ -332,8 +335,9 @@ int control_open(char *why, size_t whysize)
     strcpy(a.sun_path, path);
     int fd = real.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(why, whysize, "no socket for the ssaproxy daemon: %s", strerror(errno));
-        return -errno;
+        int e = errno;
+        snprintf(why, whysize, "no socket for the ssaproxy daemon: %s", strerror(e));
+        return -e;
     }
     if (real.connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         int e = errno;
@@ -358,6 +362,13 @@ int control_open(char *why, size_t whysize)
         frame_free(&f);
         real.close(fd);
         return -e;
+    }
+    if (park != NULL) {
+        int32_t p4 = 0, p6 = 0;
+        frame_int(&f, T_PARK_PORT4, &p4);
+        frame_int(&f, T_PARK_PORT6, &p6);
+        park[0] = p4 > 0 && p4 < 65536 ? p4 : 0;
+        park[1] = p6 > 0 && p6 < 65536 ? p6 : 0;
     }
     frame_free(&f);
     return fd;

@@ -229,6 +229,13 @@ def control_timeout() -> float:
     return float(getattr(sys.modules["ssaproxy.client"], "CONTROL_TIMEOUT", 30.0))
 
 
+def park_ports(welcome: c.Event) -> tuple[Optional[int], Optional[int]]:
+    """WELCOME's parking ports (IPv4, IPv6)."""
+    if isinstance(welcome, c.Welcome):
+        return welcome.park_port4, welcome.park_port6
+    return None, None
+
+
 class Control:
     """One control connection: connected and greeted (HELLO, WELCOME) on construction."""
 
@@ -245,10 +252,12 @@ class Control:
                         f"the ssaproxy daemon is not reachable at {path}: {e.strerror or e}") from None
         self.sock.settimeout(0.0)  # reads and writes wait in `_wait`, bounded by their own deadlines
         try:
-            self.request(c.Hello(wire.VERSION))
+            welcome = self.request(c.Hello(wire.VERSION))
         except BaseException:
             self.close()
             raise
+        # Where the library parks a socket before CONNECT (ssaproxy.client.park).
+        self.park_ports = park_ports(welcome)
 
     def request(self, event: c.Event, fds: Sequence[int] = ()) -> c.Event:
         """Send `event` (with `fds`), return the daemon's reply; an ERROR reply is raised as
@@ -258,7 +267,10 @@ class Control:
         except c.LocalProtocolError as e:
             raise error(e.errno, e.text) from None
         try:
-            send_frame(self.sock, frame, fds)
+            try:
+                send_frame(self.sock, frame, fds)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed at once, a refusal (a share is full): its ERROR frame may wait to be read
             reply = next_event(self.sock, self.conn, control_timeout())
         except c.RemoteProtocolError as e:
             close_all(self.conn.discard_fds())

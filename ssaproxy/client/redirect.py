@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ssaproxy.client._io import control_timeout, error, next_event, send_frame, socket_path
+from ssaproxy.client._io import control_timeout, error, next_event, park_ports, send_frame, socket_path
+from ssaproxy.client.park import refusal, try_park, unpark
 from ssaproxy.proto import connection as c
 from ssaproxy.proto import wire
 
@@ -91,7 +92,7 @@ class _Session:
                                             f"{e.strerror or e}") from None
         self.sock.settimeout(0.0)  # reads and writes wait in `_io`, bounded by their own deadlines
         try:
-            self.request(c.Hello(wire.VERSION))
+            self.park_ports = park_ports(self.request(c.Hello(wire.VERSION)))
         except BaseException:
             self.sock.close()
             raise
@@ -138,11 +139,16 @@ def redirect(sock: socket.socket, address: tuple[str, int], *, name: Optional[st
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     with _Session(path) as session:
+        unparked = try_park(sock.fileno(), session.park_ports)  # the daemon only checks it, then completes it
         try:
             session.request(c.Redirect(str(ip), port, ip.version, name), sock.fileno())
         except OSError as e:
+            if unparked is None:  # only what we parked: AF_UNSPEC would cut a connected socket
+                unpark(sock.fileno())  # unconnected again: the program's own connect may follow
             if e.errno == errno.ENOENT:
                 return False
+            if unparked and e.errno == errno.EINVAL:
+                raise error(e.errno, refusal(e, unparked)) from None
             raise
     _wait_connected(sock)
     return True

@@ -1,8 +1,9 @@
 """`ssaproxy.socket`: the Secure Socket API's calls on a real file descriptor.
 
 From socket() on, the object is a real TCP socket of the program's family, and (protocol
-version 2) it stays the same socket to close(): connect() passes it to the daemon, which
-parks it as a TCP connect in progress, sends the result on the control connection and then
+version 2) it stays the same socket to close(): connect() parks it (a TCP connect in progress
+to the daemon's parking address, `ssaproxy.client.park`) and passes it to the daemon, which
+checks it, sends the result on the control connection and then
 completes it (or resets it), so epoll registrations, dup()s and children's copies made before
 connect() stay valid, and readiness is the kernel's own.  bind()/listen()/accept() are in
 `serving`: the daemon accepts TLS clients on a second socket bound to the program's address
@@ -23,6 +24,7 @@ from typing import Any, Optional
 
 from ssaproxy.client import _io, result, serving
 from ssaproxy.client._io import Control, error
+from ssaproxy.client.park import refusal, try_park, unpark
 from ssaproxy.client.record import SocketRecord, target
 from ssaproxy.client.values import Value, encode, encoded_int, option_errors, split_key
 from ssaproxy.proto import connection as c
@@ -240,7 +242,7 @@ class socket(_std):
             self._set_tls(o.TLS_REMOTE_HOSTNAME, name, remember=False)  # this attempt's name only
         t.reported = False
         t.unreported = {"connect": False, "so_error": False}
-        self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))  # OK: parked now
+        self._park_and_connect(host, port, family)  # OK: held parked now
         if self.gettimeout() == 0.0:
             return errno.EINPROGRESS
         try:
@@ -250,6 +252,23 @@ class socket(_std):
             raise
         t.reported = True
         return 0
+
+    def _park_and_connect(self, host: str, port: int, family: int) -> None:
+        """Park the socket (SYN_SENT to the daemon's parking address), then CONNECT with it."""
+        try:
+            ports = self._session().park_ports
+        except OSError as e:
+            self._tls.error = e.strerror or str(e)
+            raise
+        unparked = try_park(self.fileno(), ports)
+        try:
+            self._request(c.Connect(host, port, family, self.fileno()), (self.fileno(),))
+        except OSError as e:
+            if unparked is None:
+                unpark(self.fileno())  # refused: unconnected again, as before the call (only if we parked it)
+            if unparked and e.errno == errno.EINVAL:
+                raise self._err(e.errno, refusal(e, unparked)) from None
+            raise
 
     def _settle(self, *, block: bool) -> bool:
         """The connect/upgrade result: see `result.settle`."""

@@ -71,6 +71,12 @@ class Redirect:
 class Welcome:
     version: int
     session: int
+    # Where the library parks a socket before CONNECT or REDIRECT (docs/api.md): the ports of
+    # the parking listeners on 127.0.0.1 and ::1 of the worker serving this connection.  The
+    # daemon always sends both (0: that family cannot be parked); None only from a peer that
+    # left them out.
+    park_port4: Optional[int] = None
+    park_port6: Optional[int] = None
 
 
 @dataclass(frozen=True)

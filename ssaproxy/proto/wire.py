@@ -68,13 +68,15 @@ class Tag(enum.IntEnum):
     FAMILY = 15
     TOKEN = 16
     NAME = 17  # REDIRECT: the host name the program resolved to HOST
+    PARK_PORT4 = 18  # WELCOME: the port of this worker's parking listener on 127.0.0.1 (0: none)
+    PARK_PORT6 = 19  # WELCOME: the same on ::1
 
 
 INFO_BASE = 0x1000  # tag INFO_BASE + N carries getsockopt(IPPROTO_TLS, N)'s value
 ROLE_CLIENT, ROLE_SERVER = 1, 2
 
 _INTS = {Tag.VERSION, Tag.ERRNO, Tag.OPTION, Tag.PORT, Tag.ROLE, Tag.BACKLOG, Tag.PEER_PORT,
-         Tag.LOCAL_PORT, Tag.SESSION, Tag.FAMILY}
+         Tag.LOCAL_PORT, Tag.SESSION, Tag.FAMILY, Tag.PARK_PORT4, Tag.PARK_PORT6}
 _TEXTS = {Tag.TEXT, Tag.HOST, Tag.PEER_HOST, Tag.LOCAL_HOST, Tag.NAME}
 
 TOKEN_SIZE = 32  # LISTEN's OK{TOKEN}: what precedes each ACCEPTED frame on a delivered connection
@@ -89,7 +91,7 @@ _SCHEMA: dict[Kind, tuple[frozenset[Tag], frozenset[Tag], bool, int]] = {
     Kind.UPGRADE: (frozenset({Tag.ROLE}), frozenset(), False, 1),
     Kind.ROUTES: (frozenset(), frozenset(), False, 0),
     Kind.REDIRECT: (frozenset({Tag.HOST, Tag.PORT, Tag.FAMILY}), frozenset({Tag.NAME}), False, 1),  # its socket
-    Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset(), False, 0),
+    Kind.WELCOME: (frozenset({Tag.VERSION, Tag.SESSION}), frozenset({Tag.PARK_PORT4, Tag.PARK_PORT6}), False, 0),
     Kind.OK: (frozenset(), frozenset({Tag.TOKEN}), False, 0),
     Kind.VALUE: (frozenset({Tag.VALUE}), frozenset(), False, 0),
     Kind.ERROR: (frozenset({Tag.ERRNO, Tag.TEXT}), frozenset(), False, 0),
