@@ -267,10 +267,9 @@ class Control:
         except c.LocalProtocolError as e:
             raise error(e.errno, e.text) from None
         try:
-            try:
+            # Closed at once is a refusal (a share is full): its ERROR frame may wait to be read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 send_frame(self.sock, frame, fds)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # closed at once, a refusal (a share is full): its ERROR frame may wait to be read
             reply = next_event(self.sock, self.conn, control_timeout())
         except c.RemoteProtocolError as e:
             close_all(self.conn.discard_fds())
