@@ -142,7 +142,7 @@ def test_several_acceptors_each_client_served_exactly_once_and_intact(api: ApiDa
         assert all(s["who"].startswith("child-") for s in served), served
 
 
-def test_a_local_process_without_the_token_is_reset_and_real_clients_get_through(api: ApiDaemon, pki: PKI,
+def test_a_local_process_without_the_token_is_never_delivered_and_real_clients_get_through(api: ApiDaemon, pki: PKI,
                                                                                  tmp_path: Path) -> None:
     port, log, server, stop_file, ready = _start(api, pki, tmp_path, "threads", 1)
     loopback = tuple(ready["loopback"])
@@ -160,11 +160,14 @@ def test_a_local_process_without_the_token_is_reset_and_real_clients_get_through
     results = [c.communicate(timeout=40) for c in curls]
     ends = []
     for s in intruders:
+        s.settimeout(3)
         try:
             data = s.recv(100)
             ends.append("eof" if not data else f"data {data!r}")
         except ConnectionResetError:
             ends.append("reset")
+        except TimeoutError:
+            ends.append("waiting")  # silent: deferred, it never reached accept() at all
         finally:
             s.close()
     stop_file.write_text("")
@@ -173,7 +176,32 @@ def test_a_local_process_without_the_token_is_reset_and_real_clients_get_through
         assert out.startswith("thread-0 POST / HTTP/1.1"), (out, err)  # the echo of curl's request line
     served = _served(log)
     assert len(served) == 3 and all(s["peer"][0] == "127.0.0.1" for s in served), served  # no intruder accepted
-    assert ends == ["reset", "reset", "reset"], ends
+    assert ends == ["waiting", "reset", "reset"], ends
+
+
+def test_strangers_sending_a_byte_do_not_hold_up_accept(api: ApiDaemon, pki: PKI, tmp_path: Path) -> None:
+    """Any local user can connect to the program's loopback listener.  Twenty strangers that
+    each send one byte (never a whole token) must not make the one acceptor wait for each of
+    them: the first bytes are looked at briefly, not for the whole delivery timeout (2 s each:
+    40 s, beyond curl's --max-time below)."""
+    port, log, server, stop_file, ready = _start(api, pki, tmp_path, "threads", 1)
+    loopback = tuple(ready["loopback"])
+    strangers = []
+    try:
+        for i in range(20):
+            s = socket.create_connection(loopback, timeout=10)
+            s.sendall(bytes([i]))
+            strangers.append(s)
+        curl = subprocess.run(["curl", "-sS", "--http0.9", "--max-time", "20", "--cacert", str(pki.root_pem),
+                               "--resolve", f"backend.test:{port}:127.0.0.1", "-d", "after strangers\n",
+                               f"https://backend.test:{port}/"], capture_output=True, text=True, timeout=40)
+    finally:
+        for s in strangers:
+            s.close()
+        stop_file.write_text("")
+        server.wait(30)
+    assert curl.stdout.startswith("thread-0 POST / HTTP/1.1"), (curl.stdout, curl.stderr)
+    assert len(_served(log)) == 1
 
 
 def test_closing_the_listener_stops_it_in_the_daemon(api: ApiDaemon, pki: PKI) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import struct
@@ -398,3 +399,22 @@ def test_a_draining_daemon_refuses_redirect_and_lets_handed_over_connections_fin
         assert "drain ended (every connection finished)" in api.log.read_text()
     finally:
         api.stop()
+
+
+def test_a_socket_numbered_above_1023_is_handed_over(lab: Lab) -> None:
+    """The wait for the completed socket polls: select() cannot take descriptor 1024 or above
+    (it raised ValueError after the daemon had already taken the socket)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))  # root may raise both
+    try:
+        plain = socket.socket()
+        high = os.dup2(plain.fileno(), 1500)
+        plain.close()
+        with socket.socket(fileno=high) as s:
+            s.settimeout(10)
+            assert r.redirect(s, (LOCAL, lab.ports["echo"]), path=lab.socket)
+            s.sendall(b"numbered high\n")
+            s.shutdown(socket.SHUT_WR)
+            assert _read_all(s) == b"numbered high\n"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

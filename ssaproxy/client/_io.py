@@ -155,6 +155,8 @@ def wait_writable(fd: int, timeout: float) -> bool:
 
 
 DELIVERY_TIMEOUT = 2.0  # seconds for an accepted connection's token and ACCEPTED frame, at most
+HEAD_TIMEOUT = 0.1  # seconds for its first bytes (the token and the frame's length): a stranger costs no more
+DEFER_ACCEPT = 30  # TCP_DEFER_ACCEPT on the loopback listener: a connection reaches accept() once it sent data
 
 
 def read_delivery(sock: socket.socket, token: bytes, timeout: float = DELIVERY_TIMEOUT) -> Optional[c.Accepted]:
@@ -162,11 +164,18 @@ def read_delivery(sock: socket.socket, token: bytes, timeout: float = DELIVERY_T
     program's loopback listener; None (the caller resets the connection) when the first bytes
     are not the token, the frame is malformed, or it is not all there within `timeout`.  Reads
     never go past the frame: the plaintext after it stays in the kernel for the program.
-    `sock` must be non-blocking (timeout 0): the waits are ours, bounded by `timeout`."""
-    deadline = time.monotonic() + timeout
-    head = _recv_exactly(sock, wire.TOKEN_SIZE + 4, deadline)
+    `sock` must be non-blocking (timeout 0): the waits are ours, bounded by `timeout`.
+
+    Any local user can connect to the loopback listener, so what a stranger can make accept()
+    wait is bounded by HEAD_TIMEOUT, not `timeout`: the daemon writes the token and the frame
+    in one write, and the listener defers accept() until data arrived (DEFER_ACCEPT), so the
+    token and the length are there at once; only the rest of a frame that came with the right
+    token (the daemon's) is waited for longer."""
+    start = time.monotonic()
+    head = _recv_exactly(sock, wire.TOKEN_SIZE + 4, start + min(HEAD_TIMEOUT, timeout))
     if head is None or not hmac.compare_digest(head[:wire.TOKEN_SIZE], token):
         return None
+    deadline = start + timeout
     try:
         size = wire.frame_size(head[wire.TOKEN_SIZE:])
     except wire.ProtocolError:

@@ -160,9 +160,10 @@ def _wait_connected(sock: socket.socket) -> None:
     is connected and then reset, as with iptables, and the program's next read or write says so
     (reading SO_ERROR here would clear it, and a later read would see a clean end)."""
     deadline = time.monotonic() + control_timeout()
+    poller = select.poll()  # not select(): any descriptor number, 1024 and above included
+    poller.register(sock.fileno(), select.POLLOUT)
     while True:
-        _, writable, _ = select.select([], [sock], [], max(0.0, deadline - time.monotonic()))
-        if writable:
+        if poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             break
         if time.monotonic() >= deadline:
             raise error(errno.ETIMEDOUT, "the redirected socket did not become connected")

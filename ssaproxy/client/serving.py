@@ -76,6 +76,9 @@ def listen(sock: socket, backlog: int) -> None:
     public = t.public
     assert public is not None
     public.listen(backlog)
+    # Any local user can connect to N; only connections that sent something (the daemon's
+    # token, at once) reach accept(), so a silent stranger cannot hold it up (_io.read_delivery).
+    _std.setsockopt(sock, _socket_module.IPPROTO_TCP, _socket_module.TCP_DEFER_ACCEPT, _io.DEFER_ACCEPT)
     _std.listen(sock, backlog)
     reply = sock._request(c.Listen(backlog, (public.fileno(), sock.fileno())), (public.fileno(), sock.fileno()))
     token = reply.token if isinstance(reply, c.Ok) else None
