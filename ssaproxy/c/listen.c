@@ -177,7 +177,7 @@ static int recv_exact(int c, unsigned char *buf, size_t n, int64_t deadline)
 }
 
 /* The delivered connection c's token and ACCEPTED frame (at most 2 s, never a byte more).
- * Only a connection whose first bytes match the token may make us wait: one whose bytes
+ * Only a connection whose first bytes are the token may make us wait long: one whose bytes
  * differ is refused at once, and on a deferring listener (`deferred`) one with no bytes at all
  * after a short look (the daemon's data comes with its connection, a stranger's may never). */
 static int take_delivery(int c, const unsigned char *token, struct frame *f, int deferred)
@@ -197,7 +197,10 @@ static int take_delivery(int c, const unsigned char *token, struct frame *f, int
         early |= (unsigned)(head[i] ^ token[i]);
     if (early != 0)
         return -1;
-    if (recv_exact(c, head, sizeof head, deadline) != 0)
+    /* The daemon writes the token and the frame in one write: its first bytes are all there
+     * at once.  A stranger that sent a few bytes matching the token's start is given no longer
+     * than a short look for the rest; only a whole right token earns the wait for the frame. */
+    if (recv_exact(c, head, sizeof head, now_ms() + EMPTY_LOOK_MS) != 0)
         return -1;
     unsigned diff = 0;
     for (size_t i = 0; i < TOKEN_SIZE; i++)
