@@ -170,9 +170,7 @@ class Requests:
             if public.family != loopback.family:
                 raise ApiError(errno.EINVAL, "LISTEN's two sockets are of different families")
             self.factory.check_accepting()
-            listeners = self.factory.caps.listeners
-            if sum(isinstance(x, Listener) for x in self.factory.active) >= listeners:
-                raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
+            self._check_listener_shares()
             ctx = self._context(server=True)
             backlog = max(_MIN_BACKLOG, min(event.backlog, _MAX_BACKLOG))
         except BaseException:
@@ -182,6 +180,19 @@ class Requests:
         token = os.urandom(wire.TOKEN_SIZE)
         self.listener = Listener(self, ctx, self.settings, public, loopback, backlog, token)  # owns both now
         self._reply(c.Ok(token))
+
+    def _check_listener_shares(self) -> None:
+        """The daemon's listening sockets, all users together, and each user's share: half of
+        them, as for every other limit, so that one user cannot take every slot."""
+        listeners = self.factory.caps.listeners
+        serving = [x for x in self.factory.active if isinstance(x, Listener)]
+        if len(serving) >= listeners:
+            raise ApiError(errno.EAGAIN, f"the daemon serves {listeners} listening sockets already")
+        uid = self.creds.uid if self.creds is not None else None
+        share = max(1, listeners // 2)
+        if sum(getattr(x.control.creds, "uid", None) == uid for x in serving) >= share:
+            raise ApiError(errno.EAGAIN, f"this user's programs serve {share} listening sockets already "
+                                         f"(each user's share: half of the daemon's {listeners})")
 
     def _context(self, *, server: bool) -> SSL.Context:
         """The TLS context for these settings; EINVAL (nothing started) if OpenSSL refuses them,
