@@ -54,13 +54,12 @@ from typing import Any, Optional
 from prometheus_client import multiprocess
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.tcp import _resolveIPv6
 from twisted.logger import Logger
 
 from ssaproxy import kernel, reuseport
-from ssaproxy.capacity import Overload, Port, listen_text
-from ssaproxy.config import Config, ListenAddress
+from ssaproxy.config import Config
 from ssaproxy.errors import ConfigError, StartupError
+from ssaproxy.groups import bind_group, tcp_listeners
 from ssaproxy.kernel import Notifier
 from ssaproxy.logs import worker_event
 from ssaproxy.privileges import Identity
@@ -73,41 +72,6 @@ RESTART_STEADY = 10.0
 FIRST_CHILD_FD = 5  # 0-2 stdio, 3 the start-up document, 4 readiness
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 LINE_LIMIT = 1 << 20  # a worker's log line longer than this is cut (a bug, not a log record)
-
-
-def tcp_listeners(config: Config) -> list[tuple[str, ListenAddress]]:
-    """Every TCP listener of `config` as (config key, address)."""
-    found = [("outbound.listen", ListenAddress.parse(d, "outbound.listen")) for d in config.outbound.listen]
-    found += [(f"profile.{p.name}.listen", ListenAddress.parse(d, f"profile.{p.name}.listen"))
-              for p in config.profiles for d in p.listen]
-    found += [(f"inbound.{i.name}.listen", ListenAddress.parse(i.listen, f"inbound.{i.name}.listen"))
-              for i in config.inbound]
-    if config.admin is not None:
-        found.append(("admin.listen", ListenAddress.parse(config.admin.listen, "admin.listen")))
-    return found
-
-
-def bind_group(address: ListenAddress, key: str, count: int, reactor: Any) -> list[socket.socket]:
-    """`count` listening sockets on `address`, grouped by SO_REUSEPORT; a StartupError in words."""
-    sockets: list[socket.socket] = []
-    port_number = address.port
-    try:
-        for _ in range(count):
-            maker = Port(address, None, reactor, Overload(reactor))
-            maker.reuse_port = True
-            sock = maker.createInternetSocket()
-            sockets.append(sock)
-            where = (_resolveIPv6(address.interface, port_number) if maker.addressFamily == socket.AF_INET6
-                     else (address.interface, port_number))
-            sock.bind(where)
-            sock.listen(address.backlog or kernel.somaxconn())
-            port_number = sock.getsockname()[1]  # port 0: the others join the one the first was given
-            sock.setblocking(True)  # the worker's Port makes its own copy non-blocking
-    except OSError as e:
-        for s in sockets:
-            s.close()
-        raise StartupError(key, f"cannot listen on {listen_text(address)}: {_os_text(e)}") from None
-    return sockets
 
 
 class _Worker(protocol.ProcessProtocol):

@@ -33,7 +33,7 @@ def test_worker_count_default() -> None:
 def test_the_main_process_binds_every_profile_listener() -> None:
     """Bound before the privilege drop, kept across worker restarts: never left for a local
     user to take while no worker holds it."""
-    from ssaproxy.supervisor import tcp_listeners  # noqa: PLC0415
+    from ssaproxy.groups import tcp_listeners  # noqa: PLC0415
 
     config = Config.from_toml('[outbound]\nlisten = "tcp:15001:interface=127.0.0.1"\n'
                               '[[outbound.route]]\nname = "r"\ndestination = "192.0.2.1/32"\nports = [80]\n'
