@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.api_harness import ApiDaemon, free_port, wait_port
-from tests.clib import run
+from tests.clib import preload_env, run
 from tests.lab import poll, stop
 from tests.pki import PKI
 
@@ -117,5 +117,26 @@ def test_destinations_no_route_covers_are_left_alone(routed: tuple[ApiDaemon, di
         wait_port(port, web)
         r = _run(daemon, "curl", "-sS", f"http://localhost:{port}/page.txt", user="root")
         assert r.returncode == 0 and r.stdout == "plain and unrouted\n", r.stderr
+    finally:
+        stop(web)
+
+
+def test_an_unreadable_route_table_hands_every_connect_to_the_daemon(routed: tuple[ApiDaemon, dict[str, int]],
+                                                                     tmp_path: Path) -> None:
+    # A table the library cannot read whole: the daemon decides each connect.  Its route
+    # still upgrades; a destination it does not route gets ENOENT and is connected directly.
+    daemon, plain = routed
+    (tmp_path / "page.txt").write_text("plain and unrouted\n")
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path),
+                            str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, web)
+        env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket,
+                          SSAPROXY_ROUTES="upgrade 198.51.100.0/24\n")  # no port: unreadable
+        routed_r = run(["curl", "-sS", f"http://localhost:{plain['http']}/unreadable-table"], env=env, cwd="/")
+        assert routed_r.returncode == 0 and routed_r.stdout == "hello from the TLS server\n", routed_r
+        free = run(["curl", "-sS", f"http://localhost:{port}/page.txt"], env=env, cwd="/")
+        assert free.returncode == 0 and free.stdout == "plain and unrouted\n", free
     finally:
         stop(web)

@@ -228,8 +228,10 @@ static int peer_of(struct sock *s, int fd, struct sockaddr *addr, socklen_t *len
 {
     if (s->plain)
         return real.getpeername(fd, addr, len);
-    if (s->phase == P_CONNECTING)
-        settle(s, fd, 0);
+    if (s->phase == P_CONNECTING && settle(s, fd, 0) == SETTLE_GONE) {
+        errno = EBADF;
+        return -1;
+    }
     if (s->phase == P_CONNECTED && s->peer_len)
         return give_addr(&s->peer, s->peer_len, addr, len);
     errno = ENOTCONN;
@@ -259,8 +261,10 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 
 static int shut(struct sock *s, int fd, int how)
 {
-    if (s->phase == P_CONNECTING)
-        settle(s, fd, 1);  /* a FIN before the result would read as "the program left" */
+    if (s->phase == P_CONNECTING && settle(s, fd, 1) == SETTLE_GONE) {  /* a FIN before the result would read as "the program left" */
+        errno = EBADF;
+        return -1;
+    }
     return real.shutdown(fd, how);
 }
 
