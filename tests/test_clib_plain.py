@@ -5,9 +5,11 @@ redirection failing closed (never plaintext to a routed destination) when the da
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -159,3 +161,24 @@ def test_a_route_table_with_a_line_it_cannot_read_fails_closed(bad: str, tmp_pat
                                                                web: tuple[int, Path]) -> None:
     # Unreadable: every plain TCP connect goes to the daemon, and here there is none.
     _refused_never_plaintext(bad.replace("{port}", str(web[0])), tmp_path, web)
+
+
+def test_a_set_user_id_program_ignores_its_callers_daemon_socket(tmp_path: Path) -> None:
+    # SSAPROXY_SOCKET comes from whoever runs the program: a set-user-ID program must not
+    # hand its sockets (and what it sets on them) to a "daemon" its caller names.
+    shared = Path(tempfile.mkdtemp(prefix="ssaproxy-suid-"))
+    try:
+        shared.chmod(0o755)
+        binary = shutil.copy(probe_binary(tmp_path), shared / "probe")
+        fake = _unix_socket_without_listener(shared / "fake.sock")
+        (shared / "fake.sock").chmod(0o777)
+        env = {"SSAPROXY_SOCKET": str(shared / "fake.sock")}
+        steps = ("socket", "inet", "connect", "127.0.0.1", "9", "gettext", "100")
+        plain = probe(Path(binary), *steps, env=env, user="nobody")
+        assert str(shared / "fake.sock") in plain[2][3], plain  # an ordinary program: its caller's socket
+        os.chmod(binary, 0o4755)  # set-user-ID root
+        suid = probe(Path(binary), *steps, env=env, user="nobody")
+        assert suid[1][1] == "-1" and "/run/ssaproxy/api.sock" in suid[2][3], suid  # the default, never the caller's
+        fake.close()
+    finally:
+        shutil.rmtree(shared)

@@ -103,3 +103,18 @@ def test_a_signal_handler_may_close_a_descriptor_that_is_not_a_socket(tmp_path: 
     except subprocess.TimeoutExpired:
         raise AssertionError("close() in the signal handler deadlocked") from None
     assert r.returncode == 0 and r.stdout == "closed 0 0\n", (r.stdout, r.stderr)
+
+
+def test_a_socket_closed_during_its_connect_lets_its_control_connection_go(tmp_path: Path) -> None:
+    # The program closes the socket while the daemon has not yet welcomed the connect, and a
+    # new socket takes its number: the connect hands the new one over (the daemon says OK),
+    # but the closed socket's record, and its control connection, must go.
+    binary = compile_c(PEERS / "two_threads_setopt.c", tmp_path)
+    marker = tmp_path / "first-hello"
+    daemon = SlowWelcome(tmp_path / "api.sock", marker, hold=1.0)
+    try:
+        r = run([str(binary), str(marker), "connect"], env={"SSAPROXY_SOCKET": str(tmp_path / "api.sock")})
+    finally:
+        daemon.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["first -1 EBADF", "reused 1", "sockets 1"], r.stdout
