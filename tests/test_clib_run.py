@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.api_harness import ApiDaemon, free_port, wait_port
-from tests.clib import preload_env, run
+from tests.clib import preload_env, probe, probe_binary, run
 from tests.lab import poll, stop
 from tests.pki import PKI
 
@@ -140,3 +140,23 @@ def test_an_unreadable_route_table_hands_every_connect_to_the_daemon(routed: tup
         assert free.returncode == 0 and free.stdout == "plain and unrouted\n", free
     finally:
         stop(web)
+
+
+def test_a_used_up_session_share_refuses_a_non_blocking_redirect(pki: PKI, tmp_path: Path) -> None:
+    # The daemon's EAGAIN (this user's sessions used up) would read as "in progress" to a
+    # non-blocking connect(): the library makes it ECONNREFUSED.
+    daemon = ApiDaemon(tmp_path / "limited", pki, extra="max_sessions_per_uid = 1\n")
+    hold = daemon.tls_server("hold", None)
+    plain = free_port()
+    daemon.config.write_text(daemon.config.read_text() + f'[outbound]\nlisten = ["tcp:{free_port()}:interface=127.0.0.1"]\n'
+                             f'[[outbound.route]]\nname = "held"\ndestination = "127.0.0.1/32"\nports = [{plain}]\n'
+                             f'tls_port = {hold}\nhostname = "localhost"\n')
+    daemon.start()
+    try:
+        env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket)
+        out = probe(probe_binary(tmp_path), "plainsocket", "nonblock", "connect", "127.0.0.1", str(plain),
+                    "plainsocket", "nonblock", "connect", "127.0.0.1", str(plain), env=env)
+    finally:
+        daemon.stop()
+    assert out[1][:3] == ["connect", "-1", "EINPROGRESS"], out  # the one session this user may hold
+    assert out[3][:3] == ["connect", "-1", "ECONNREFUSED"], out
