@@ -148,7 +148,8 @@ def test_a_used_up_session_share_refuses_a_non_blocking_redirect(pki: PKI, tmp_p
     daemon = ApiDaemon(tmp_path / "limited", pki, extra="max_sessions_per_uid = 1\n")
     hold = daemon.tls_server("hold", None)
     plain = free_port()
-    daemon.config.write_text(daemon.config.read_text() + f'[outbound]\nlisten = ["tcp:{free_port()}:interface=127.0.0.1"]\n'
+    daemon.config.write_text(daemon.config.read_text()
+                             + f'[outbound]\nlisten = ["tcp:{free_port()}:interface=127.0.0.1"]\n'
                              f'[[outbound.route]]\nname = "held"\ndestination = "127.0.0.1/32"\nports = [{plain}]\n'
                              f'tls_port = {hold}\nhostname = "localhost"\n')
     daemon.start()

@@ -10,8 +10,9 @@ import subprocess
 import threading
 from pathlib import Path
 
+from ssaproxy.api.parking import Parking
 from ssaproxy.proto import wire
-from tests.clib import compile_c, run
+from tests.clib import compile_c, probe, probe_binary, run
 from tests.lab import PEERS
 
 
@@ -118,3 +119,71 @@ def test_a_socket_closed_during_its_connect_lets_its_control_connection_go(tmp_p
         daemon.close()
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["first -1 EBADF", "reused 1", "sockets 1"], r.stdout
+
+
+class ResultBeforeCompletion:
+    """A daemon on a Unix socket that parks as the real one does (ssaproxy.api.parking) and
+    answers CONNECT with OK and ESTABLISHED in one write, but never completes the program's
+    socket: the result waits while the kernel's connect is still in progress."""
+
+    def __init__(self, path: Path) -> None:
+        self.parking = Parking()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(4)
+        self.server.settimeout(30)
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        conn.settimeout(30)
+        decoder = wire.Decoder()
+        with conn:
+            for _ in range(16):
+                try:
+                    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2)
+                except OSError:  # the program ended (a reset: it left a reply unread)
+                    return
+                self.held += [socket.socket(fileno=fd) for fd in fds]
+                if not data:
+                    return
+                decoder.receive_data(data)
+                while (message := decoder.next_message()) is not None:
+                    if message.kind == wire.Kind.HELLO:
+                        park4, park6 = self.parking.ports()
+                        conn.sendall(wire.encode(wire.Kind.WELCOME, {
+                            wire.Tag.VERSION: wire.VERSION, wire.Tag.SESSION: 1,
+                            wire.Tag.PARK_PORT4: park4, wire.Tag.PARK_PORT6: park6}))
+                    elif message.kind == wire.Kind.CONNECT:
+                        conn.sendall(wire.encode(wire.Kind.OK) + wire.encode(wire.Kind.ESTABLISHED, {
+                            wire.Tag.PEER_HOST: "192.0.2.7", wire.Tag.PEER_PORT: 443,
+                            wire.Tag.LOCAL_HOST: "127.0.0.1", wire.Tag.LOCAL_PORT: 40000}))
+                    else:
+                        conn.sendall(wire.encode(wire.Kind.OK))
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.held:
+            sock.close()
+        self.parking.close()
+
+
+def test_non_blocking_calls_on_a_pending_connect_never_wait(tmp_path: Path) -> None:
+    # The result frame is there but the socket is still connecting (the daemon completes it
+    # right after, normally): a non-blocking socket hears "in progress", as from the kernel,
+    # instead of the library waiting (once up to 5 s) for the socket to become writable.
+    daemon = ResultBeforeCompletion(tmp_path / "api.sock")
+    try:
+        out = probe(probe_binary(tmp_path), "socket", "inet", "nonblock", "connect", "127.0.0.1", "443",
+                    "peer", "soerror", "connect", "127.0.0.1", "443", "peer",
+                    env={"SSAPROXY_SOCKET": str(tmp_path / "api.sock")})
+    finally:
+        daemon.close()
+    assert [row[:3] for row in out] == [["socket", "0", "0"], ["connect", "-1", "EINPROGRESS"],
+                                        ["peer", "-1", "ENOTCONN"], ["soerror", "0", "0"],
+                                        ["connect", "-1", "EALREADY"], ["peer", "-1", "ENOTCONN"]], out
