@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ssaproxy.api.parking import Parking
 from ssaproxy.proto import wire
-from tests.clib import compile_c, probe, probe_binary, run
+from tests.clib import compile_c, preload_env, probe, probe_binary, run
 from tests.lab import PEERS
 
 
@@ -187,3 +187,77 @@ def test_non_blocking_calls_on_a_pending_connect_never_wait(tmp_path: Path) -> N
     assert [row[:3] for row in out] == [["socket", "0", "0"], ["connect", "-1", "EINPROGRESS"],
                                         ["peer", "-1", "ENOTCONN"], ["soerror", "0", "0"],
                                         ["connect", "-1", "EALREADY"], ["peer", "-1", "ENOTCONN"]], out
+
+
+class HeldRoutes:
+    """A daemon on a Unix socket that welcomes every control connection and answers ROUTES
+    with an empty table, but holds the first ROUTES answer until a second ROUTES request has
+    been answered (or 30 s pass); `marker` appears once it holds the first."""
+
+    def __init__(self, path: Path, marker: Path) -> None:
+        self.marker = marker
+        self.second = threading.Event()
+        self.routes = 0
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(4)
+        self.server.settimeout(30)
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        for _ in range(4):
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            worker = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(worker)
+            worker.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        decoder = wire.Decoder()
+        with conn:
+            for _ in range(8):
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                decoder.receive_data(data)
+                while (message := decoder.next_message()) is not None:
+                    if message.kind == wire.Kind.HELLO:
+                        conn.sendall(wire.encode(wire.Kind.WELCOME, {wire.Tag.VERSION: wire.VERSION,
+                                                                     wire.Tag.SESSION: 1}))
+                        continue
+                    self.routes += 1
+                    if self.routes == 1:
+                        self.marker.touch()
+                        self.second.wait(30)
+                    conn.sendall(wire.encode(wire.Kind.VALUE, {wire.Tag.VALUE: b""}))
+                    self.second.set()
+
+    def close(self) -> None:
+        self.second.set()
+        self.server.close()
+
+
+def test_a_fork_while_a_thread_waits_for_the_routes_leaves_the_child_free(tmp_path: Path) -> None:
+    binary = compile_c(PEERS / "fork_during_routes.c", tmp_path, link=False)
+    marker = tmp_path / "first-routes"
+    daemon = HeldRoutes(tmp_path / "api.sock", marker)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connects to it are refused
+    port = closed.getsockname()[1]
+    try:
+        r = run([str(binary), str(marker), str(port)],
+                env=preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=str(tmp_path / "api.sock")))
+    finally:
+        daemon.close()
+        closed.close()
+    assert r.returncode == 0, r.stderr
+    # No route covers the port (the table is empty): both connects are libc's, refused.
+    assert r.stdout.splitlines() == ["child exit 0", "thread -1 ECONNREFUSED"], r.stdout
+    assert daemon.routes == 2
