@@ -7,6 +7,7 @@ of plaintext; destinations no route covers are untouched."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -161,3 +162,25 @@ def test_a_used_up_session_share_refuses_a_non_blocking_redirect(pki: PKI, tmp_p
         daemon.stop()
     assert out[1][:3] == ["connect", "-1", "EINPROGRESS"], out  # the one session this user may hold
     assert out[3][:3] == ["connect", "-1", "ECONNREFUSED"], out
+
+
+def test_a_redirected_socket_shows_the_destination_the_program_asked_for(routed: tuple[ApiDaemon, dict[str, int]],
+                                                                          tmp_path: Path) -> None:
+    # As with iptables redirection: getpeername() is the original destination, not the
+    # daemon's loopback end; a socket the library did not redirect keeps the kernel's answer.
+    daemon, plain = routed
+    env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket)
+    binary = probe_binary(tmp_path)
+    out = probe(binary, "plainsocket", "connect", "127.0.0.1", str(plain["http"]), "peer",
+                "plainsocket", "nonblock", "connect", "127.0.0.1", str(plain["http"]), "peer", env=env)
+    assert [row[:3] for row in out] == [["plainsocket", "0", "0"], ["connect", "0", "0"], ["peer", "0", "0"],
+                                        ["plainsocket", "0", "0"], ["connect", "-1", "EINPROGRESS"],
+                                        ["peer", "0", "0"]], out
+    assert out[2][3] == out[5][3] == f"127.0.0.1:{plain['http']}", out
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        direct = probe(binary, "plainsocket", "connect", "127.0.0.1", str(port), "peer", env=env)
+    finally:
+        listener.close()
+    assert direct[2][:4] == ["peer", "0", "0", f"127.0.0.1:{port}"], direct

@@ -180,5 +180,8 @@ HIDDEN int settle(struct sock *s, int fd, int block);
 /* ---- redirection (redirect.c) */
 HIDDEN int redirect_connect(int fd, const struct sockaddr *addr, socklen_t len, int *handled);
 HIDDEN void redirect_init(void);
+/* getpeername() of a socket the library redirected: the destination the program asked for;
+ * 0, or -1 when fd is not one (then the caller asks libc). */
+HIDDEN int redirect_peer(int fd, struct sockaddr *addr, socklen_t *len);
 
 #endif

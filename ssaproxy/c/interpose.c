@@ -241,6 +241,8 @@ static int peer_of(struct sock *s, int fd, struct sockaddr *addr, socklen_t *len
 int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 {
     ENSURE();
+    if (ssa_redirect && redirect_peer(fd, addr, len) == 0)
+        return 0;
     WITH_SOCK(fd, real.getpeername(fd, addr, len), peer_of(s, fd, addr, len));
 }
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "include/ssaproxy.h"
@@ -35,6 +36,66 @@ static pthread_mutex_t rlock = PTHREAD_MUTEX_INITIALIZER;
 #define NAMES 512
 static struct { int family; unsigned char addr[16]; char name[254]; } names[NAMES];
 static unsigned next_name;
+
+/* Sockets the library redirected, so getpeername() gives the destination the program asked
+ * for (as iptables redirection would) instead of the daemon's loopback end.  A record holds
+ * only while the socket is the one recorded: same identity, same local address, still
+ * connected to the same loopback peer; the oldest of more than REDIRECTED are forgotten. */
+#define REDIRECTED 1024
+static struct redirected {
+    dev_t dev;
+    ino_t ino;
+    struct sockaddr_storage local, via, dest;
+    socklen_t local_len, via_len, dest_len;
+} redirected[REDIRECTED];
+static unsigned next_redirected;
+static atomic_int any_redirected;
+
+static void remember_destination(int fd, const struct sockaddr *a, socklen_t len)
+{
+    struct redirected r = {0};
+    struct stat st;
+    r.local_len = sizeof r.local;
+    r.via_len = sizeof r.via;
+    if (len > sizeof r.dest || fstat(fd, &st) != 0 ||
+        real.getsockname(fd, (struct sockaddr *)&r.local, &r.local_len) != 0 ||
+        real.getpeername(fd, (struct sockaddr *)&r.via, &r.via_len) != 0)
+        return;
+    r.dev = st.st_dev;
+    r.ino = st.st_ino;
+    memcpy(&r.dest, a, len);
+    r.dest_len = len;
+    pthread_mutex_lock(&rlock);
+    redirected[next_redirected++ % REDIRECTED] = r;
+    pthread_mutex_unlock(&rlock);
+    atomic_store(&any_redirected, 1);
+}
+
+int redirect_peer(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    if (!atomic_load(&any_redirected) || addr == NULL || len == NULL)
+        return -1;
+    struct stat st;
+    struct sockaddr_storage local, via;
+    socklen_t local_len = sizeof local, via_len = sizeof via;
+    if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+        real.getsockname(fd, (struct sockaddr *)&local, &local_len) != 0 ||
+        real.getpeername(fd, (struct sockaddr *)&via, &via_len) != 0)
+        return -1;
+    int found = -1;
+    pthread_mutex_lock(&rlock);
+    for (unsigned i = 0; i < REDIRECTED && found < 0; i++) {
+        const struct redirected *r = &redirected[i];
+        if (r->dest_len && r->dev == st.st_dev && r->ino == st.st_ino && r->local_len == local_len &&
+            r->via_len == via_len && !memcmp(&r->local, &local, local_len) && !memcmp(&r->via, &via, via_len)) {
+            memcpy(addr, &r->dest, *len < r->dest_len ? *len : r->dest_len);
+            *len = r->dest_len;
+            found = 0;
+        }
+    }
+    pthread_mutex_unlock(&rlock);
+    return found;
+}
 
 static int parse_route(const char *line, struct route *r)
 {
@@ -270,6 +331,7 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
         errno = code == EAGAIN ? ECONNREFUSED : code;
         return -1;
     }
+    remember_destination(fd, a, len);  /* completed when OK came */
     if (fl & O_NONBLOCK) {
         errno = EINPROGRESS;
         return -1;
