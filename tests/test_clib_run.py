@@ -107,40 +107,37 @@ def test_nc_and_redis_cli_talk_through_the_upgrade(routed: tuple[ApiDaemon, dict
     assert redis.returncode == 0 and redis.stdout.strip() == "PING", redis
 
 
-def test_destinations_no_route_covers_are_left_alone(routed: tuple[ApiDaemon, dict[str, int]],
-                                                     tmp_path: Path) -> None:
-    daemon, _ = routed
+@pytest.fixture
+def unrouted(tmp_path: Path) -> Iterator[int]:
+    """A plain HTTP server on 127.0.0.1 (no route covers its port) serving page.txt; its port."""
     (tmp_path / "page.txt").write_text("plain and unrouted\n")
     port = free_port()
     web = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path),
                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, web)
-        r = _run(daemon, "curl", "-sS", f"http://localhost:{port}/page.txt", user="root")
-        assert r.returncode == 0 and r.stdout == "plain and unrouted\n", r.stderr
+        yield port
     finally:
         stop(web)
+
+
+def test_destinations_no_route_covers_are_left_alone(routed: tuple[ApiDaemon, dict[str, int]], unrouted: int) -> None:
+    daemon, _ = routed
+    r = _run(daemon, "curl", "-sS", f"http://localhost:{unrouted}/page.txt", user="root")
+    assert r.returncode == 0 and r.stdout == "plain and unrouted\n", r.stderr
 
 
 def test_an_unreadable_route_table_hands_every_connect_to_the_daemon(routed: tuple[ApiDaemon, dict[str, int]],
-                                                                     tmp_path: Path) -> None:
+                                                                     unrouted: int) -> None:
     # A table the library cannot read whole: the daemon decides each connect.  Its route
     # still upgrades; a destination it does not route gets ENOENT and is connected directly.
     daemon, plain = routed
-    (tmp_path / "page.txt").write_text("plain and unrouted\n")
-    port = free_port()
-    web = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path),
-                            str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, web)
-        env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket,
-                          SSAPROXY_ROUTES="upgrade 198.51.100.0/24\n")  # no port: unreadable
-        routed_r = run(["curl", "-sS", f"http://localhost:{plain['http']}/unreadable-table"], env=env, cwd="/")
-        assert routed_r.returncode == 0 and routed_r.stdout == "hello from the TLS server\n", routed_r
-        free = run(["curl", "-sS", f"http://localhost:{port}/page.txt"], env=env, cwd="/")
-        assert free.returncode == 0 and free.stdout == "plain and unrouted\n", free
-    finally:
-        stop(web)
+    env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket,
+                      SSAPROXY_ROUTES="upgrade 198.51.100.0/24\n")  # no port: unreadable
+    routed_r = run(["curl", "-sS", f"http://localhost:{plain['http']}/unreadable-table"], env=env, cwd="/")
+    assert routed_r.returncode == 0 and routed_r.stdout == "hello from the TLS server\n", routed_r
+    free = run(["curl", "-sS", f"http://localhost:{unrouted}/page.txt"], env=env, cwd="/")
+    assert free.returncode == 0 and free.stdout == "plain and unrouted\n", free
 
 
 def test_a_used_up_session_share_refuses_a_non_blocking_redirect(pki: PKI, tmp_path: Path) -> None:
