@@ -5,9 +5,11 @@ redirection failing closed (never plaintext to a routed destination) when the da
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -131,3 +133,52 @@ def test_a_routed_destination_without_the_daemon_is_refused_never_plaintext(tmp_
     finally:
         stop(proc)
     assert "GET /page.txt" not in log.read_text()  # the routed server never saw a plaintext request
+
+
+def _refused_never_plaintext(routes: str, tmp_path: Path, web: tuple[int, Path]) -> None:
+    """With the daemon absent and these routes, curl to the web server is refused (curl: 7)
+    and the server never sees the request."""
+    port, log = web
+    env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_ROUTES=routes, SSAPROXY_SOCKET=str(tmp_path / "absent.sock"))
+    r = run(["curl", "-sS", f"http://127.0.0.1:{port}/page.txt"], env=env)
+    assert r.returncode == 7 and r.stdout == "", r
+    assert "GET /page.txt" not in log.read_text()
+
+
+def test_a_route_after_the_256th_line_is_still_routed(tmp_path: Path, web: tuple[int, Path]) -> None:
+    port, _ = web
+    # One line per route and port: 300 lines before the one that covers the web server.
+    many = "".join(f"upgrade 192.0.2.{i % 256}/32 {1000 + i}\n" for i in range(300))
+    _refused_never_plaintext(many + f"upgrade 127.0.0.0/8 {port}\n", tmp_path, web)
+
+
+@pytest.mark.parametrize("bad", ["upgrade 127.0.0.0/8\n",            # no port: once skipped
+                                 "upgrade 127.0.0.0/33 {port}\n",     # once narrowed to 127.0.0.0/32
+                                 "upgrade 127.0.0.0/x {port}\n",
+                                 "upgrade 127.0.0.0/8 {port} extra\n",
+                                 "upgrade 198.51.100.0/24 0\nnot a route\n"])
+def test_a_route_table_with_a_line_it_cannot_read_fails_closed(bad: str, tmp_path: Path,
+                                                               web: tuple[int, Path]) -> None:
+    # Unreadable: every plain TCP connect goes to the daemon, and here there is none.
+    _refused_never_plaintext(bad.replace("{port}", str(web[0])), tmp_path, web)
+
+
+def test_a_set_user_id_program_ignores_its_callers_daemon_socket(tmp_path: Path) -> None:
+    # SSAPROXY_SOCKET comes from whoever runs the program: a set-user-ID program must not
+    # hand its sockets (and what it sets on them) to a "daemon" its caller names.
+    shared = Path(tempfile.mkdtemp(prefix="ssaproxy-suid-"))
+    try:
+        shared.chmod(0o755)
+        binary = shutil.copy(probe_binary(tmp_path), shared / "probe")
+        fake = _unix_socket_without_listener(shared / "fake.sock")
+        (shared / "fake.sock").chmod(0o777)
+        env = {"SSAPROXY_SOCKET": str(shared / "fake.sock")}
+        steps = ("socket", "inet", "connect", "127.0.0.1", "9", "gettext", "100")
+        plain = probe(Path(binary), *steps, env=env, user="nobody")
+        assert str(shared / "fake.sock") in plain[2][3], plain  # an ordinary program: its caller's socket
+        os.chmod(binary, 0o4755)  # set-user-ID root
+        suid = probe(Path(binary), *steps, env=env, user="nobody")
+        assert suid[1][1] == "-1" and "/run/ssaproxy/api.sock" in suid[2][3], suid  # the default, never the caller's
+        fake.close()
+    finally:
+        shutil.rmtree(shared)

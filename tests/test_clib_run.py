@@ -7,6 +7,7 @@ of plaintext; destinations no route covers are untouched."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.api_harness import ApiDaemon, free_port, wait_port
-from tests.clib import run
+from tests.clib import preload_env, probe, probe_binary, run
 from tests.lab import poll, stop
 from tests.pki import PKI
 
@@ -106,16 +107,77 @@ def test_nc_and_redis_cli_talk_through_the_upgrade(routed: tuple[ApiDaemon, dict
     assert redis.returncode == 0 and redis.stdout.strip() == "PING", redis
 
 
-def test_destinations_no_route_covers_are_left_alone(routed: tuple[ApiDaemon, dict[str, int]],
-                                                     tmp_path: Path) -> None:
-    daemon, _ = routed
+@pytest.fixture
+def unrouted(tmp_path: Path) -> Iterator[int]:
+    """A plain HTTP server on 127.0.0.1 (no route covers its port) serving page.txt; its port."""
     (tmp_path / "page.txt").write_text("plain and unrouted\n")
     port = free_port()
     web = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path),
                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, web)
-        r = _run(daemon, "curl", "-sS", f"http://localhost:{port}/page.txt", user="root")
-        assert r.returncode == 0 and r.stdout == "plain and unrouted\n", r.stderr
+        yield port
     finally:
         stop(web)
+
+
+def test_destinations_no_route_covers_are_left_alone(routed: tuple[ApiDaemon, dict[str, int]], unrouted: int) -> None:
+    daemon, _ = routed
+    r = _run(daemon, "curl", "-sS", f"http://localhost:{unrouted}/page.txt", user="root")
+    assert r.returncode == 0 and r.stdout == "plain and unrouted\n", r.stderr
+
+
+def test_an_unreadable_route_table_hands_every_connect_to_the_daemon(routed: tuple[ApiDaemon, dict[str, int]],
+                                                                     unrouted: int) -> None:
+    # A table the library cannot read whole: the daemon decides each connect.  Its route
+    # still upgrades; a destination it does not route gets ENOENT and is connected directly.
+    daemon, plain = routed
+    env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket,
+                      SSAPROXY_ROUTES="upgrade 198.51.100.0/24\n")  # no port: unreadable
+    routed_r = run(["curl", "-sS", f"http://localhost:{plain['http']}/unreadable-table"], env=env, cwd="/")
+    assert routed_r.returncode == 0 and routed_r.stdout == "hello from the TLS server\n", routed_r
+    free = run(["curl", "-sS", f"http://localhost:{unrouted}/page.txt"], env=env, cwd="/")
+    assert free.returncode == 0 and free.stdout == "plain and unrouted\n", free
+
+
+def test_a_used_up_session_share_refuses_a_non_blocking_redirect(pki: PKI, tmp_path: Path) -> None:
+    # The daemon's EAGAIN (this user's sessions used up) would read as "in progress" to a
+    # non-blocking connect(): the library makes it ECONNREFUSED.
+    daemon = ApiDaemon(tmp_path / "limited", pki, extra="max_sessions_per_uid = 1\n")
+    hold = daemon.tls_server("hold", None)
+    plain = free_port()
+    daemon.config.write_text(daemon.config.read_text()
+                             + f'[outbound]\nlisten = ["tcp:{free_port()}:interface=127.0.0.1"]\n'
+                             f'[[outbound.route]]\nname = "held"\ndestination = "127.0.0.1/32"\nports = [{plain}]\n'
+                             f'tls_port = {hold}\nhostname = "localhost"\n')
+    daemon.start()
+    try:
+        env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket)
+        out = probe(probe_binary(tmp_path), "plainsocket", "nonblock", "connect", "127.0.0.1", str(plain),
+                    "plainsocket", "nonblock", "connect", "127.0.0.1", str(plain), env=env)
+    finally:
+        daemon.stop()
+    assert out[1][:3] == ["connect", "-1", "EINPROGRESS"], out  # the one session this user may hold
+    assert out[3][:3] == ["connect", "-1", "ECONNREFUSED"], out
+
+
+def test_a_redirected_socket_shows_the_destination_the_program_asked_for(routed: tuple[ApiDaemon, dict[str, int]],
+                                                                          tmp_path: Path) -> None:
+    # As with iptables redirection: getpeername() is the original destination, not the
+    # daemon's loopback end; a socket the library did not redirect keeps the kernel's answer.
+    daemon, plain = routed
+    env = preload_env(SSAPROXY_REDIRECT="1", SSAPROXY_SOCKET=daemon.socket)
+    binary = probe_binary(tmp_path)
+    out = probe(binary, "plainsocket", "connect", "127.0.0.1", str(plain["http"]), "peer",
+                "plainsocket", "nonblock", "connect", "127.0.0.1", str(plain["http"]), "peer", env=env)
+    assert [row[:3] for row in out] == [["plainsocket", "0", "0"], ["connect", "0", "0"], ["peer", "0", "0"],
+                                        ["plainsocket", "0", "0"], ["connect", "-1", "EINPROGRESS"],
+                                        ["peer", "0", "0"]], out
+    assert out[2][3] == out[5][3] == f"127.0.0.1:{plain['http']}", out
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        direct = probe(binary, "plainsocket", "connect", "127.0.0.1", str(port), "peer", env=env)
+    finally:
+        listener.close()
+    assert direct[2][:4] == ["peer", "0", "0", f"127.0.0.1:{port}"], direct

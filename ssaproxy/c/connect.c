@@ -82,17 +82,28 @@ int settle(struct sock *s, int fd, int block)
         return 1;
     if (s->phase != P_CONNECTING)
         return -(s->failed_errno ? s->failed_errno : ENOTCONN);
-    if (!block && !readable_now(s->control))
-        return 0;
+    if (!block) {
+        /* Never wait: the daemon writes its result, then completes or resets N, so the answer
+         * is ready once N polls writable (or in error) with the frame waiting, or once the
+         * control connection hung up; until then "pending", as the kernel says. */
+        struct pollfd p[2] = {{.fd = s->control, .events = POLLIN}, {.fd = fd, .events = POLLOUT}};
+        if (poll(p, 2, 0) <= 0 || !p[0].revents || (!p[1].revents && !(p[0].revents & (POLLHUP | POLLERR))))
+            return 0;
+    }
     s->busy = 1;
     int control = s->control;
     table_unlock();
     struct frame f;
-    int r = control_recv(control, &f, block ? RESULT_WAIT_MS : 2000);
-    if (r == 0 && f.kind == K_ESTABLISHED)
+    int r = control_recv(control, &f, block ? RESULT_WAIT_MS : 0);
+    if (r == 0 && f.kind == K_ESTABLISHED && block)
         wait_fd(fd, POLLOUT, 5000);  /* the daemon completes N right after the frame */
     table_lock();
     s->busy = 0;
+    if (forget_if_closed(s, fd)) {  /* closed by another thread meanwhile: the control connection went */
+        if (r == 0)
+            frame_free(&f);
+        return SETTLE_GONE;
+    }
     if (r) {
         s->phase = P_FAILED;
         s->failed_errno = r == -ETIMEDOUT ? ETIMEDOUT : ECONNABORTED;
@@ -113,7 +124,7 @@ int settle(struct sock *s, int fd, int block)
         /* After an ERROR frame the daemon resets N at once: let the reset land (bounded), then
          * clear the kernel's ECONNRESET, which the attempt's own errno replaces. */
         struct pollfd p = {.fd = fd, .events = 0};
-        for (int64_t end = now_ms() + 2000; r == 0 && now_ms() < end;)
+        for (int64_t end = now_ms() + (block ? 2000 : 0); r == 0 && now_ms() < end;)
             if (poll(&p, 1, 50) > 0 && (p.revents & (POLLERR | POLLHUP)))
                 break;
         int e = 0;
@@ -187,6 +198,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
      * EISCONN; after failure the attempt's errno once, and the call after that starts anew. */
     if (s->phase == P_CONNECTING) {
         int r = settle(s, fd, block);
+        if (r == SETTLE_GONE) {
+            errno = EBADF;
+            return -1;
+        }
         if (r == 0) {
             errno = EALREADY;
             return -1;
@@ -263,6 +278,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
     fcntl(fd, F_SETFL, fl);  /* O_NONBLOCK: the program's choice, whatever happened meanwhile */
     table_lock();
     s->busy = 0;
+    if (forget_if_closed(s, fd)) {  /* closed by another thread meanwhile: its control connection goes */
+        errno = EBADF;
+        return -1;
+    }
     if (r) {
         if (why[0])
             snprintf(s->error, sizeof s->error, "%s", why);
@@ -276,6 +295,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
         return -1;
     }
     r = settle(s, fd, 1);
+    if (r == SETTLE_GONE) {
+        errno = EBADF;
+        return -1;
+    }
     if (r == 1) {
         s->success_told = 1;
         return 0;
@@ -287,8 +310,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
 /* SO_ERROR on a socket whose connect is in progress or failed: the attempt's errno, once. */
 int tls_so_error(struct sock *s, int fd, void *value, socklen_t *len)
 {
-    if (s->phase == P_CONNECTING)
-        settle(s, fd, 0);
+    if (s->phase == P_CONNECTING && settle(s, fd, 0) == SETTLE_GONE) {
+        errno = EBADF;
+        return -1;
+    }
     if (s->phase == P_FAILED && s->failed_errno && value != NULL && len != NULL && *len >= (socklen_t)sizeof(int)) {
         int e = take_failure(s);
         memcpy(value, &e, sizeof e);

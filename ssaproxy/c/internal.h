@@ -153,6 +153,9 @@ HIDDEN void table_unlock(void);
 HIDDEN struct sock *table_find(int fd);
 HIDDEN struct sock *table_add(int fd, int family, int phase);  /* locked by the caller; replaces a stale record */
 HIDDEN void table_forget(struct sock *s);                        /* locked by the caller */
+/* After a call that ran with the table unlocked: 1 when the program closed fd meanwhile and s
+ * was forgotten (it must not be touched again), else 0.  Locked by the caller. */
+HIDDEN int forget_if_closed(struct sock *s, int fd);
 HIDDEN void sock_set_info(struct sock *s, const struct frame *f);
 HIDDEN void sock_error(struct sock *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 HIDDEN void sock_close_control(struct sock *s);
@@ -169,10 +172,16 @@ HIDDEN void split_key(unsigned char *pem, size_t *len, unsigned char **key, size
 HIDDEN int tls_setsockopt(struct sock *s, int fd, int name, const void *value, socklen_t len);
 HIDDEN int tls_getsockopt(struct sock *s, int fd, int name, void *value, socklen_t *len);
 HIDDEN int session(struct sock *s);  /* s->control open, HELLO done, options replayed: 0/-errno */
-HIDDEN int settle(struct sock *s, int fd, int block);  /* 1 connected, 0 pending, -errno */
+/* 1 connected, 0 pending, -errno; SETTLE_GONE when the program closed fd meanwhile (s was
+ * forgotten: do not touch it).  With block 0 it never waits. */
+#define SETTLE_GONE 2
+HIDDEN int settle(struct sock *s, int fd, int block);
 
 /* ---- redirection (redirect.c) */
 HIDDEN int redirect_connect(int fd, const struct sockaddr *addr, socklen_t len, int *handled);
 HIDDEN void redirect_init(void);
+/* getpeername() of a socket the library redirected: the destination the program asked for;
+ * 0, or -1 when fd is not one (then the caller asks libc). */
+HIDDEN int redirect_peer(int fd, struct sockaddr *addr, socklen_t *len);
 
 #endif

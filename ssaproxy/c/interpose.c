@@ -228,8 +228,10 @@ static int peer_of(struct sock *s, int fd, struct sockaddr *addr, socklen_t *len
 {
     if (s->plain)
         return real.getpeername(fd, addr, len);
-    if (s->phase == P_CONNECTING)
-        settle(s, fd, 0);
+    if (s->phase == P_CONNECTING && settle(s, fd, 0) == SETTLE_GONE) {
+        errno = EBADF;
+        return -1;
+    }
     if (s->phase == P_CONNECTED && s->peer_len)
         return give_addr(&s->peer, s->peer_len, addr, len);
     errno = ENOTCONN;
@@ -239,6 +241,8 @@ static int peer_of(struct sock *s, int fd, struct sockaddr *addr, socklen_t *len
 int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
 {
     ENSURE();
+    if (ssa_redirect && redirect_peer(fd, addr, len) == 0)
+        return 0;
     WITH_SOCK(fd, real.getpeername(fd, addr, len), peer_of(s, fd, addr, len));
 }
 
@@ -259,8 +263,10 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 
 static int shut(struct sock *s, int fd, int how)
 {
-    if (s->phase == P_CONNECTING)
-        settle(s, fd, 1);  /* a FIN before the result would read as "the program left" */
+    if (s->phase == P_CONNECTING && settle(s, fd, 1) == SETTLE_GONE) {  /* a FIN before the result would read as "the program left" */
+        errno = EBADF;
+        return -1;
+    }
     return real.shutdown(fd, how);
 }
 

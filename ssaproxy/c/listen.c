@@ -20,7 +20,6 @@
 #include "include/ssaproxy.h"
 #include "internal.h"
 
-HIDDEN int forget_if_closed(struct sock *s, int fd);  /* table.c */
 
 #define DEFER_S 30         /* TCP_DEFER_ACCEPT on N, seconds */
 #define EMPTY_LOOK_MS 100  /* how long a deferred connection with no data yet is waited for */

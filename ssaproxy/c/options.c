@@ -13,7 +13,6 @@
 #include "include/ssaproxy.h"
 #include "internal.h"
 
-HIDDEN int forget_if_closed(struct sock *s, int fd);  /* table.c */
 
 enum okind { O_TEXT, O_INT, O_PEM };
 #define SET 1
@@ -296,6 +295,10 @@ int tls_getsockopt(struct sock *s, int fd, int name, void *value, socklen_t *len
     if (s->phase == P_CONNECTING) {
         int flags = fcntl(fd, F_GETFL);
         int r = settle(s, fd, !(flags & O_NONBLOCK));
+        if (r == SETTLE_GONE) {
+            errno = EBADF;
+            return -1;
+        }
         if (r < 0 && s->phase != P_FAILED) {
             errno = -r;
             return -1;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "include/ssaproxy.h"
@@ -23,88 +24,191 @@ struct route {
     int prefix;
     int port;    /* 0: any */
 };
-#define MAX_ROUTES 256
-static struct route routes[MAX_ROUTES];
-static int nroutes = -1;  /* -1: not known yet */
+/* The table, built once and never changed after: readers use it without the lock.  Until it is
+ * known whole (nroutes < 0: not loaded yet, the daemon unreachable, or a line we cannot read),
+ * every plain TCP connect is handed to the daemon, which answers ENOENT where no route applies. */
+static struct route *routes;
+static int nroutes = -1;
+static int routes_bad;  /* SSAPROXY_ROUTES or the daemon's answer had a line we cannot read */
+/* Never held across a wait (nor daemon I/O); taken around fork() (redirect_init). */
 static pthread_mutex_t rlock = PTHREAD_MUTEX_INITIALIZER;
 
 #define NAMES 512
 static struct { int family; unsigned char addr[16]; char name[254]; } names[NAMES];
 static unsigned next_name;
 
-/* "<action> <network-cidr> <port>" lines. */
-static int parse_routes(const char *text)
+/* Sockets the library redirected, so getpeername() gives the destination the program asked
+ * for (as iptables redirection would) instead of the daemon's loopback end.  A record holds
+ * only while the socket is the one recorded: same identity, same local address, still
+ * connected to the same loopback peer; the oldest of more than REDIRECTED are forgotten. */
+#define REDIRECTED 1024
+static struct redirected {
+    dev_t dev;
+    ino_t ino;
+    struct sockaddr_storage local, via, dest;
+    socklen_t local_len, via_len, dest_len;
+} redirected[REDIRECTED];
+static unsigned next_redirected;
+static atomic_int any_redirected;
+
+static void remember_destination(int fd, const struct sockaddr *a, socklen_t len)
 {
-    int n = 0;
-    const char *p = text;
-    while (p != NULL && *p && n < MAX_ROUTES) {
-        char action[32], cidr[80];
-        int port;
-        const char *eol = strchr(p, '\n');
-        if (sscanf(p, "%31s %79s %d", action, cidr, &port) == 3) {
-            struct route *r = &routes[n];
-            char *slash = strchr(cidr, '/');
-            r->prefix = -1;
-            if (slash) {
-                *slash = '\0';
-                r->prefix = atoi(slash + 1);
-            }
-            memset(r->net, 0, sizeof r->net);
-            if (inet_pton(AF_INET, cidr, r->net) == 1) {
-                r->family = AF_INET;
-                if (r->prefix < 0 || r->prefix > 32)
-                    r->prefix = 32;
-            } else if (inet_pton(AF_INET6, cidr, r->net) == 1) {
-                r->family = AF_INET6;
-                if (r->prefix < 0 || r->prefix > 128)
-                    r->prefix = 128;
-            } else {
-                return -1;
-            }
-            r->port = port;
-            n++;
+    struct redirected r = {0};
+    struct stat st;
+    r.local_len = sizeof r.local;
+    r.via_len = sizeof r.via;
+    if (len > sizeof r.dest || fstat(fd, &st) != 0 ||
+        real.getsockname(fd, (struct sockaddr *)&r.local, &r.local_len) != 0 ||
+        real.getpeername(fd, (struct sockaddr *)&r.via, &r.via_len) != 0)
+        return;
+    r.dev = st.st_dev;
+    r.ino = st.st_ino;
+    memcpy(&r.dest, a, len);
+    r.dest_len = len;
+    pthread_mutex_lock(&rlock);
+    redirected[next_redirected++ % REDIRECTED] = r;
+    pthread_mutex_unlock(&rlock);
+    atomic_store(&any_redirected, 1);
+}
+
+int redirect_peer(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    if (!atomic_load(&any_redirected) || addr == NULL || len == NULL)
+        return -1;
+    struct stat st;
+    struct sockaddr_storage local, via;
+    socklen_t local_len = sizeof local, via_len = sizeof via;
+    if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+        real.getsockname(fd, (struct sockaddr *)&local, &local_len) != 0 ||
+        real.getpeername(fd, (struct sockaddr *)&via, &via_len) != 0)
+        return -1;
+    int found = -1;
+    pthread_mutex_lock(&rlock);
+    for (unsigned i = 0; i < REDIRECTED && found < 0; i++) {
+        const struct redirected *r = &redirected[i];
+        if (r->dest_len && r->dev == st.st_dev && r->ino == st.st_ino && r->local_len == local_len &&
+            r->via_len == via_len && !memcmp(&r->local, &local, local_len) && !memcmp(&r->via, &via, via_len)) {
+            memcpy(addr, &r->dest, *len < r->dest_len ? *len : r->dest_len);
+            *len = r->dest_len;
+            found = 0;
         }
+    }
+    pthread_mutex_unlock(&rlock);
+    return found;
+}
+
+static int parse_route(const char *line, struct route *r)
+{
+    char action[32], cidr[80], extra[2], *end;
+    int port;
+    if (sscanf(line, "%31s %79s %d %1s", action, cidr, &port, extra) != 3 || port < 0 || port > 65535)
+        return -1;
+    char *slash = strchr(cidr, '/');
+    long prefix = -1;
+    if (slash) {
+        *slash = '\0';
+        prefix = strtol(slash + 1, &end, 10);
+        if (slash[1] == '\0' || *end != '\0' || prefix < 0)
+            return -1;
+    }
+    memset(r->net, 0, sizeof r->net);
+    if (inet_pton(AF_INET, cidr, r->net) == 1)
+        r->family = AF_INET;
+    else if (inet_pton(AF_INET6, cidr, r->net) == 1)
+        r->family = AF_INET6;
+    else
+        return -1;
+    int bits = r->family == AF_INET ? 32 : 128;
+    if (prefix > bits)
+        return -1;  /* never narrowed to fit: that would leave part of the network unrouted */
+    r->prefix = prefix < 0 ? bits : (int)prefix;
+    r->port = port;
+    return 0;
+}
+
+/* "<action> <network-cidr> <port>" lines, as many as there are: the number, with *table (to
+ * free), or -1 (nothing to free) when a line cannot be read or memory runs out. */
+static int parse_routes(const char *text, struct route **table)
+{
+    size_t lines = 1;
+    for (const char *p = text; *p; p++)
+        lines += *p == '\n';
+    struct route *t = calloc(lines, sizeof *t);
+    if (t == NULL)
+        return -1;
+    int n = 0;
+    for (const char *p = text; p != NULL && *p;) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        char line[160];
+        int blank = strspn(p, " \t\r") >= len;
+        if (!blank && (len >= sizeof line || (memcpy(line, p, len), line[len] = '\0', parse_route(line, &t[n])))) {
+            free(t);
+            return -1;
+        }
+        n += !blank;
         p = eol ? eol + 1 : NULL;
     }
+    *table = t;
     return n;
 }
 
-/* The routes: SSAPROXY_ROUTES, else the daemon's ROUTES answer.  -1 when neither is known. */
-static int load_routes(void)
+/* The daemon's ROUTES answer as text (to free), or NULL. */
+static char *ask_routes(void)
+{
+    char why[256], *text = NULL;
+    int fd = control_open(why, sizeof why, NULL);
+    if (fd < 0)
+        return NULL;
+    struct out o;
+    struct frame f;
+    out_start(&o, K_ROUTES);
+    if (control_request(fd, &o, NULL, 0, &f, 30000) == 0) {
+        const struct attr *v = frame_get(&f, T_VALUE);
+        if (f.kind == K_VALUE && v != NULL)
+            text = strndup((const char *)v->value, v->size);
+        frame_free(&f);
+    }
+    out_free(&o);
+    real.close(fd);
+    return text;
+}
+
+/* The routes: SSAPROXY_ROUTES, else the daemon's ROUTES answer.  The count with *table, or -1
+ * when the table is not known whole (every connect then goes to the daemon). */
+static int load_routes(const struct route **table)
 {
     pthread_mutex_lock(&rlock);
-    if (nroutes < 0) {
-        const char *env = getenv("SSAPROXY_ROUTES");
-        if (env != NULL) {
-            nroutes = parse_routes(env);
-        } else {
-            char why[256];
-            int fd = control_open(why, sizeof why, NULL);
-            if (fd >= 0) {
-                struct out o;
-                struct frame f;
-                out_start(&o, K_ROUTES);
-                if (control_request(fd, &o, NULL, 0, &f, 30000) == 0) {
-                    const struct attr *v = frame_get(&f, T_VALUE);
-                    if (f.kind == K_VALUE && v != NULL) {
-                        char *text = strndup((const char *)v->value, v->size);
-                        if (text != NULL)
-                            nroutes = parse_routes(text);
-                        free(text);
-                    }
-                    frame_free(&f);
-                }
-                out_free(&o);
-                real.close(fd);
-            }
-        }
-    }
-    int n = nroutes;
+    int n = nroutes, bad = routes_bad;
+    *table = routes;
     pthread_mutex_unlock(&rlock);
+    if (n >= 0 || bad)
+        return n;
+    const char *env = secure_getenv("SSAPROXY_ROUTES");  /* a set-user-ID program asks the daemon */
+    char *text = env != NULL ? strdup(env) : ask_routes();  /* unlocked: the daemon may take 30 s */
+    struct route *t = NULL;
+    int had = text != NULL, got = had ? parse_routes(text, &t) : -1;
+    free(text);
+    pthread_mutex_lock(&rlock);
+    if (nroutes < 0 && !routes_bad && got >= 0) {
+        routes = t;
+        nroutes = got;
+        t = NULL;
+    } else if (nroutes < 0 && got < 0 && had) {
+        routes_bad = 1;  /* it will not read better next time */
+    }
+    n = nroutes;
+    *table = routes;
+    pthread_mutex_unlock(&rlock);
+    free(t);
     return n;
 }
 
-void redirect_init(void) {}
+static void on_prepare(void) { pthread_mutex_lock(&rlock); }
+static void on_parent(void) { pthread_mutex_unlock(&rlock); }
+static void on_child(void) { pthread_mutex_unlock(&rlock); }
+
+void redirect_init(void) { pthread_atfork(on_prepare, on_parent, on_child); }
 
 static int in_net(const unsigned char *addr, const unsigned char *net, int prefix)
 {
@@ -172,11 +276,12 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
     l = sizeof proto;
     if (real.getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) || proto != IPPROTO_TCP)
         return 0;
-    int n = load_routes();
-    int match = n < 0;  /* no route table at all: refuse, never guess plaintext */
+    const struct route *table;
+    int n = load_routes(&table);
+    int match = n < 0;  /* no complete route table: the daemon decides, never guess plaintext */
     for (int i = 0; i < n && !match; i++)
-        match = routes[i].family == fam && (routes[i].port == 0 || routes[i].port == port) &&
-                in_net(addr, routes[i].net, routes[i].prefix);
+        match = table[i].family == fam && (table[i].port == 0 || table[i].port == port) &&
+                in_net(addr, table[i].net, table[i].prefix);
     if (!match)
         return 0;
     *handled = 1;
@@ -184,7 +289,7 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
     inet_ntop(fam, addr, host, sizeof host);
     int has_name = lookup_name(fam, addr, name, sizeof name);
     int park[2] = {0, 0};
-    int control = n < 0 ? -ECONNREFUSED : control_open(why, sizeof why, park);
+    int control = control_open(why, sizeof why, park);
     if (control < 0) {
         errno = ECONNREFUSED;  /* the daemon is absent: no plaintext to a routed destination */
         return -1;
@@ -221,9 +326,12 @@ int redirect_connect(int fd, const struct sockaddr *a, socklen_t len, int *handl
         return 0;
     }
     if (code) {
-        errno = code;
+        /* EAGAIN (the user's share of sessions used up) would read as "in progress" to a
+         * non-blocking connect: a refusal. */
+        errno = code == EAGAIN ? ECONNREFUSED : code;
         return -1;
     }
+    remember_destination(fd, a, len);  /* completed when OK came */
     if (fl & O_NONBLOCK) {
         errno = EINPROGRESS;
         return -1;

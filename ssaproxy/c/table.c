@@ -37,7 +37,7 @@ static void resolve(void)
     FIND(setsockopt); FIND(getsockopt); FIND(getpeername); FIND(getsockname); FIND(shutdown);
     FIND(close); FIND(getaddrinfo);
     pthread_atfork(on_prepare, on_parent, on_child);
-    const char *r = getenv("SSAPROXY_REDIRECT");
+    const char *r = secure_getenv("SSAPROXY_REDIRECT");
     ssa_redirect = r != NULL && strcmp(r, "1") == 0;
     if (ssa_redirect)
         redirect_init();
@@ -216,7 +216,6 @@ int other_fd_on(int fd_closed, dev_t dev, ino_t ino)
  * if fd no longer refers to s's socket and no other descriptor of this process does, the
  * program closed it meanwhile and the record (with its control connection) goes now.
  * Table locked by the caller; 1 when s was forgotten (it must not be touched again). */
-HIDDEN int forget_if_closed(struct sock *s, int fd);
 int forget_if_closed(struct sock *s, int fd)
 {
     struct stat st;

@@ -64,11 +64,17 @@ static void out_reserve(struct out *o, size_t more)
 {
     if (o->failed || o->len + more <= o->cap)
         return;
+    if (more > MAX_FRAME + 4 || o->len + more > MAX_FRAME + 4) {  /* before realloc: o->buf stays valid */
+        o->failed = 1;
+        return;
+    }
     size_t cap = o->cap ? o->cap : 256;
     while (cap < o->len + more)
         cap *= 2;
+    if (cap > MAX_FRAME + 4)
+        cap = MAX_FRAME + 4;
     unsigned char *b = realloc(o->buf, cap);
-    if (b == NULL || cap > MAX_FRAME + 4) {
+    if (b == NULL) {
         o->failed = 1;
         return;
     }
@@ -293,14 +299,16 @@ int control_recv(int fd, struct frame *f, int timeout_ms)
     int64_t deadline = now_ms() + timeout_ms;
     unsigned char head[4];
     int r = read_exact(fd, head, 4, f, deadline);
-    if (r)
+    uint32_t len = r ? 0 : get32(head);
+    if (r == 0 && (len < 2 || len > MAX_FRAME))
+        r = -EPROTO;
+    unsigned char *body = r ? NULL : malloc(len);
+    if (r == 0 && body == NULL)
+        r = -ENOMEM;
+    if (r) {
+        frame_free(f);  /* descriptors that came with the bytes read so far */
         return r;
-    uint32_t len = get32(head);
-    if (len < 2 || len > MAX_FRAME)
-        return -EPROTO;
-    unsigned char *body = malloc(len);
-    if (body == NULL)
-        return -ENOMEM;
+    }
     r = read_exact(fd, body, len, f, deadline);
     if (r == 0)
         r = frame_parse(f, body, len);
@@ -324,7 +332,7 @@ int control_request(int fd, struct out *o, const int *fds, int nfds, struct fram
 int control_open(char *why, size_t whysize, int park[2])
 {
     real_init();
-    const char *path = getenv(SSAPROXY_ENV_SOCKET);
+    const char *path = secure_getenv(SSAPROXY_ENV_SOCKET);  /* a set-user-ID program ignores its caller's */
     if (path == NULL || *path == '\0')
         path = SSAPROXY_DEFAULT_SOCKET;
     struct sockaddr_un a = {.sun_family = AF_UNIX};

@@ -5,7 +5,7 @@
  *   socket inet|inet6|hostname|dgram|unix [nonblock]   setint OPT N     settext OPT TEXT
  *   getint OPT   gettext OPT   connect HOST PORT   bind HOST PORT   listen   wait-out
  *   soerror   send TEXT   recvall   peer   sockname   dup   usedup   shutwr   close   sleep MS
- *   plainsocket (an ordinary TCP socket)   upgrade ROLE   waitfile PATH (at most 60 s)
+ *   plainsocket [nonblock] (an ordinary TCP socket)   upgrade ROLE   waitfile PATH (at most 60 s)
  *   execfds (a child program lists the descriptors it inherited)   connect6 HOST PORT (an AF_INET6 address)
  *   accept [nonblock] (accept4; the accepted socket becomes the current one; prints the peer)
  * Data read is printed with '|' for line ends and '.' for other unprintable bytes.
@@ -85,9 +85,11 @@ int main(int argc, char **argv)
             report(op, fd < 0 ? -1 : 0, e, NULL);
             i += 1 + nb;
         } else if (!strcmp(op, "plainsocket")) {
+            int nb = i + 1 < argc && !strcmp(a1, "nonblock");
             family = AF_INET;
-            fd = socket(AF_INET, SOCK_STREAM, 0);
+            fd = socket(AF_INET, SOCK_STREAM | (nb ? SOCK_NONBLOCK : 0), 0);
             report(op, fd < 0 ? -1 : 0, errno, NULL);
+            i += nb;
         } else if (!strcmp(op, "upgrade")) {
             int role = atoi(a1);
             rc = setsockopt(fd, SOL_TCP, TCP_UPGRADE_TLS, &role, sizeof role);

@@ -1,6 +1,8 @@
 /* A thread sets an option on a fresh IPPROTO_TLS socket and, while it is still opening the
  * socket's control connection (the daemon has not welcomed it yet), the main thread either
- * sets another option (argv[2] "setopt") or closes the socket ("close").  Prints
+ * sets another option (argv[2] "setopt") or closes the socket ("close").  With "connect" the
+ * thread makes a non-blocking connect() instead, and the main thread closes the socket and
+ * opens a plain one, which takes its descriptor number ("reused 1").  Prints
  * "first <rc> <errno>", then "second <rc> <errno>" or "sockets <n>" (socket descriptors the
  * process still has once both are done).  argv[1]: a file that appears once the daemon has
  * the first HELLO (at most 10 s). */
@@ -12,15 +14,21 @@
 #include <dirent.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <ssaproxy.h>
 
-static int fd;
+static int fd, connecting;
 static int first_rc, first_errno;
 
 static void *first(void *arg)
 {
     (void)arg;
-    first_rc = setsockopt(fd, IPPROTO_TLS, TLS_REMOTE_HOSTNAME, "a.test", 6);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connecting)
+        first_rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    else
+        first_rc = setsockopt(fd, IPPROTO_TLS, TLS_REMOTE_HOSTNAME, "a.test", 6);
     first_errno = first_rc ? errno : 0;
     return NULL;
 }
@@ -45,7 +53,8 @@ int main(int argc, char **argv)
 {
     if (argc != 3)
         return 2;
-    fd = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
+    connecting = !strcmp(argv[2], "connect");
+    fd = socket(AF_INET, SOCK_STREAM | (connecting ? SOCK_NONBLOCK : 0), IPPROTO_TLS);
     pthread_t t;
     if (fd < 0 || pthread_create(&t, NULL, first, NULL) != 0)
         return 3;
@@ -56,6 +65,14 @@ int main(int argc, char **argv)
         pthread_join(t, NULL);
         printf("first %d %s\nsockets %d\n", first_rc, first_errno ? strerrorname_np(first_errno) : "0",
                open_sockets());
+        return 0;
+    }
+    if (connecting) {
+        close(fd);
+        int plain = socket(AF_INET, SOCK_STREAM, 0);
+        pthread_join(t, NULL);
+        printf("first %d %s\nreused %d\nsockets %d\n", first_rc, first_errno ? strerrorname_np(first_errno) : "0",
+               plain == fd, open_sockets());
         return 0;
     }
     int rc = setsockopt(fd, IPPROTO_TLS, TLS_ALPN, "h2", 2);
