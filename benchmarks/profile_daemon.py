@@ -504,7 +504,7 @@ def outcomes(path: str) -> str:
     durations: list[float] = []
     with open(path, errors="replace") as f:
         for line in f:
-            m = re.search(r"\b(?:conn|inbound) \d+ (\S+): ", line)
+            m = re.search(r"\b(?:(?:conn|inbound) \d+|api session \d+ \S+) (\S+): ", line)
             if m:
                 counts[m.group(1)] = counts.get(m.group(1), 0) + 1
                 d = re.search(r" duration=([\d.]+)s", line)
