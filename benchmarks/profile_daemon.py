@@ -3,8 +3,9 @@
 
     python benchmarks/profile_daemon.py --mode client --load keepalive            # CPU per unit only
     python benchmarks/profile_daemon.py --mode server --load bulk --profile       # + cProfile top
+    python benchmarks/profile_daemon.py --mode api --load conns --sample          # + sampled top
 
-Modes (the same as benchmarks/bench.py's, without the other proxies):
+Modes (bench.py's client and server, without the other proxies, and the socket API):
 
 * client: plaintext load --> iptables REDIRECT --> ssaproxy outbound --> TLS upstream
   (a threaded Python `ssl` server for backend.test, no session tickets: full handshakes only);
@@ -29,8 +30,10 @@ Each load runs `--repeat` times in one daemon after a warm-up; the median is pri
 daemon's CPU is its utime + stime from /proc (the machine is shared: compare CPU per unit, not
 rates).  With `--profile` the daemon runs under cProfile, timed in CPU seconds, and the top of
 the profile is printed with calls per unit; profiled CPU figures are inflated, so take CPU per unit
-from a run without it.  Everything runs in a network namespace this script creates and deletes;
-it needs root, `ip` and `iptables`.  Nothing here asserts on timings.
+from a run without it.  `--sample` profiles with benchmarks/sampler.py instead (CPU-tick stack
+samples, weighted by CPU used): no per-call cost, so many small Python calls are not inflated
+beside one long C call; it prints self and inclusive µs per unit.  Everything runs in a network
+namespace this script creates and deletes; it needs root, `ip` and `iptables`.  Nothing here asserts on timings.
 """
 
 from __future__ import annotations
