@@ -3,12 +3,17 @@
 
     python benchmarks/profile_daemon.py --mode client --load keepalive            # CPU per unit only
     python benchmarks/profile_daemon.py --mode server --load bulk --profile       # + cProfile top
+    python benchmarks/profile_daemon.py --mode api --load conns --sample          # + sampled top
 
-Modes (the same as benchmarks/bench.py's, without the other proxies):
+Modes (bench.py's client and server, without the other proxies, and the socket API):
 
 * client: plaintext load --> iptables REDIRECT --> ssaproxy outbound --> TLS upstream
   (a threaded Python `ssl` server for backend.test, no session tickets: full handshakes only);
-* server: TLS load --> ssaproxy inbound (front.test) --> plaintext backend.
+* server: TLS load --> ssaproxy inbound (front.test) --> plaintext backend;
+* api: the local socket API (protocol 2): the load asks the daemon for a TLS connection with
+  the Python library (`ssaproxy.socket(..., IPPROTO_TLS)`, TLS_HOSTNAME backend.test, connect
+  to the upstream's own address) and the daemon does the TLS handshake to client mode's
+  upstream; `conns` is the load that matters here (the other loads run through it too).
 
 Loads:
 
@@ -25,8 +30,10 @@ Each load runs `--repeat` times in one daemon after a warm-up; the median is pri
 daemon's CPU is its utime + stime from /proc (the machine is shared: compare CPU per unit, not
 rates).  With `--profile` the daemon runs under cProfile, timed in CPU seconds, and the top of
 the profile is printed with calls per unit; profiled CPU figures are inflated, so take CPU per unit
-from a run without it.  Everything runs in a network namespace this script creates and deletes;
-it needs root, `ip` and `iptables`.  Nothing here asserts on timings.
+from a run without it.  `--sample` profiles with benchmarks/sampler.py instead (CPU-tick stack
+samples, weighted by CPU used): no per-call cost, so many small Python calls are not inflated
+beside one long C call; it prints self and inclusive µs per unit.  Everything runs in a network
+namespace this script creates and deletes; it needs root, `ip` and `iptables`.  Nothing here asserts on timings.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sampler  # noqa: E402
 from bench_pki import write_pki  # noqa: E402 - a sibling module
 from bench_procs import remove_namespace  # noqa: E402
 
@@ -64,10 +72,16 @@ REQ, ANSWER = 64, 128
 BLOCK = b"x" * (1 << 20)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """The daemon's user and system CPU seconds so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid: int) -> int:
@@ -78,13 +92,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def wait_port(addr: tuple[str, int], proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_port(addr: tuple[str, int | str], proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(addr, timeout=1):
-            return
+        if addr[0] == "unix":  # the API mode's socket: its file appears when the daemon listens
+            if os.path.exists(str(addr[1])):
+                return
+        else:
+            with contextlib.suppress(OSError), socket.create_connection(addr, timeout=1):
+                return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {addr} after {timeout:.0f}s")
 
@@ -196,7 +214,15 @@ class Load:
 
     def connect(self, *, direct: bool = False) -> socket.socket:
         """A connection through the daemon (or, `direct`, straight to what it relays to)."""
-        if self.mode == "client":
+        if self.mode == "api" and not direct:
+            import ssaproxy  # noqa: PLC0415 - only the API mode needs the client library
+
+            s: socket.socket = ssaproxy.socket(socket.AF_INET, socket.SOCK_STREAM, ssaproxy.IPPROTO_TLS)
+            s.settimeout(TIMEOUT)
+            s.setsockopt(ssaproxy.IPPROTO_TLS, ssaproxy.TLS_HOSTNAME, b"backend.test")
+            s.connect(UPSTREAM)
+            return s
+        if self.mode in ("client", "api"):
             if direct:
                 raw = socket.create_connection(UPSTREAM, timeout=TIMEOUT)
                 return self.ctx.wrap_socket(raw, server_hostname="backend.test")
@@ -322,11 +348,24 @@ def issue(work: str) -> tuple[str, str]:
 
 
 def start_peer(args: argparse.Namespace, work: str, ca_pem: str,
-               procs: list[subprocess.Popen[bytes]]) -> tuple[str, tuple[str, int]]:
+               procs: list[subprocess.Popen[bytes]]) -> tuple[str, tuple[str, int | str]]:
     """The upstream (client mode) or backend (server mode), started and listening; returns the
     daemon's configuration and the address it will listen on."""
     me = [sys.executable, os.path.abspath(__file__), "--role", "serve", "--max-seconds", str(args.budget)]
-    if args.mode == "client":
+    if args.mode == "api":
+        chain, key = issue(work)
+        peer, target = [*me, "--host", UPSTREAM[0], "--port", str(UPSTREAM[1]), "--cert", chain, "--key", key], UPSTREAM
+        sock = os.path.join(work, "api.sock")
+        os.environ["SSAPROXY_SOCKET"] = sock  # the client library reads it
+        conf = f"""\
+            [policy]
+            trust_store = "{ca_pem}"
+            [api]
+            socket = "{sock}"
+            mode = "0600"
+            """
+        listen = ("unix", sock)
+    elif args.mode == "client":
         chain, key = issue(work)
         peer, target = [*me, "--host", UPSTREAM[0], "--port", str(UPSTREAM[1]), "--cert", chain, "--key", key], UPSTREAM
         subprocess.run(["iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", VIRTUAL[0], "--dport",
@@ -382,7 +421,7 @@ def measure(args: argparse.Namespace, load: Load, pid: int) -> float:
     extras: list[float] = []
     total = 0.0 if args.load == "idle" else warm
     for i in range(args.repeat):
-        c0 = cpu_seconds(pid)
+        u0, s0 = cpu_split(pid)
         extra = float("nan")
         if args.load == "bulk":
             units = load.bulk(args.mb)
@@ -392,11 +431,13 @@ def measure(args: argparse.Namespace, load: Load, pid: int) -> float:
             units, extra = load.keepalive(args.n, args.concurrency)
         else:
             units, extra = load.idle(args.n, pid)
-        cpu = cpu_seconds(pid) - c0
+        u1, s1 = cpu_split(pid)
+        cpu = u1 - u0 + s1 - s0
         total += units
         per.append(cpu / units * 1e6 if units else float("nan"))
         extras.append(extra)
-        line = f"  run {i + 1}: {units:.0f} {unit}s, daemon CPU {cpu:.2f}s, {per[-1]:.1f} µs CPU per {unit}"
+        line = (f"  run {i + 1}: {units:.0f} {unit}s, daemon CPU {cpu:.2f}s (user {u1 - u0:.2f}s, "
+                f"system {s1 - s0:.2f}s), {per[-1]:.1f} µs CPU per {unit}")
         if args.load == "bulk":
             line += f" = {units / cpu if cpu else float('nan'):.0f} MB per CPU-second"
         elif args.load == "keepalive":
@@ -432,17 +473,21 @@ def run_inner(args: argparse.Namespace) -> int:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         prof = os.path.join(work, "daemon.prof")
         cmd = [twistd, "-n", "--pidfile=", "ssaproxy", "--config", conf_path]
-        if args.profile:
-            cmd = [sys.executable, os.path.abspath(__file__), "--role", "profiled", "--out", prof, "--", *cmd]
+        if args.profile or args.sample:
+            cmd = [sys.executable, os.path.abspath(__file__), "--role", "profiled", "--out", prof,
+                   *(["--sample"] if args.sample else []), "--", *cmd]
         with open(os.path.join(work, "daemon.log"), "wb") as out:
             daemon = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         procs.append(daemon)
         wait_port(listen, daemon)
         total = measure(args, Load(args.mode, ca_pem), daemon.pid)
         stop(daemon)
-        if args.profile:
+        if args.profile or args.sample:
             if os.path.exists(prof):
-                show_profile(prof, total, UNITS[args.load], args.top)
+                if args.sample:
+                    sampler.report(prof, total, UNITS[args.load], args.top, within="mainLoop")
+                else:
+                    show_profile(prof, total, UNITS[args.load], args.top)
                 if args.save_profile:
                     shutil.copyfile(prof, args.save_profile)
             else:
@@ -462,7 +507,7 @@ def outcomes(path: str) -> str:
     durations: list[float] = []
     with open(path, errors="replace") as f:
         for line in f:
-            m = re.search(r"\b(?:conn|inbound) \d+ (\S+): ", line)
+            m = re.search(r"\b(?:(?:conn|inbound) \d+|api session \d+ \S+) (\S+): ", line)
             if m:
                 counts[m.group(1)] = counts.get(m.group(1), 0) + 1
                 d = re.search(r" duration=([\d.]+)s", line)
@@ -496,6 +541,13 @@ def profiled(args: argparse.Namespace) -> int:
     from twisted.internet import reactor  # noqa: PLC0415 - the default reactor, which twistd then uses
     from twisted.scripts.twistd import run  # noqa: PLC0415 - only in this role
 
+    if args.sample:  # a sampling profile instead (sampler.py): no per-call cost, nothing inflated
+        sampling = sampler.Sampler()
+        reactor.addSystemEventTrigger("after", "shutdown", sampling.stop, args.out)  # type: ignore[attr-defined]
+        sys.argv = [args.cmd[0], *args.cmd[1:]]
+        sampling.start()
+        run()
+        return 0
     prof = cProfile.Profile(time.process_time)
 
     def dump() -> None:  # twistd ends a SIGTERM by raising it again, so `finally` would be too late
@@ -526,9 +578,12 @@ def run_outer(args: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=["client", "server"], default="client")
+    p.add_argument("--mode", choices=["client", "server", "api"], default="client")
     p.add_argument("--load", choices=["bulk", "conns", "keepalive", "idle"], default="keepalive")
     p.add_argument("--profile", action="store_true", help="run the daemon under cProfile and print its top")
+    p.add_argument("--sample", action="store_true",
+                   help="profile by sampling the daemon's stack on each CPU tick (sampler.py) instead of "
+                        "cProfile: figures not inflated by per-call costs")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--save-profile", metavar="FILE", help="keep the profile (pstats format) as FILE")
     p.add_argument("--repeat", type=int, default=3)

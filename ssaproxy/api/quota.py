@@ -35,6 +35,10 @@ class Resource(enum.Enum):
     FDS = "descriptors in flight"
     BUFFER = "buffered bytes"
 
+    # Members are singletons compared by identity: the identity hash agrees with that, and is
+    # computed in C (Enum's own hashes the name in Python; the ledger hashes a member per use).
+    __hash__ = object.__hash__
+
 
 LISTENERS = 128  # programs' listening sockets at most (each has an accept thread)
 

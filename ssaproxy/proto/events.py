@@ -135,8 +135,15 @@ _CLASSES: dict[Kind, type] = {kind: cls for cls, kind in KINDS.items()}
 # (`Connect.host` in Tag.HOST), except `fd`/`fds` (SCM_RIGHTS, not attributes) and the
 # addresses and info of ESTABLISHED and ACCEPTED, which `fields_of` spells out.  A field that
 # is None (an optional attribute) is left out.
-def _tagged(cls: type) -> list[tuple[str, Tag]]:
-    return [(f.name, Tag[f.name.upper()]) for f in dataclasses.fields(cls) if f.name not in ("fd", "fds")]
+def _tagged(cls: type) -> tuple[tuple[str, Tag], ...]:
+    tagged = _TAGGED.get(cls)  # per message class, computed once: every frame sent or received asks
+    if tagged is None:
+        tagged = _TAGGED[cls] = tuple((f.name, Tag[f.name.upper()]) for f in dataclasses.fields(cls)
+                                      if f.name not in ("fd", "fds"))
+    return tagged
+
+
+_TAGGED: dict[type, tuple[tuple[str, Tag], ...]] = {}
 
 
 def fields_of(event: Event) -> dict[int, object]:

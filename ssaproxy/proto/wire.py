@@ -147,9 +147,15 @@ class Message:
 
 
 def encode(kind: Kind, fields: Optional[Mapping[int, object]] = None) -> bytes:
-    """One frame.  Field values: int (for integer tags), str (for text tags), bytes."""
+    """One frame.  Field values: int (for integer tags), str (for text tags), bytes.  What we
+    send obeys the schema we enforce: each attribute passes the checks `decode_body` makes
+    (`_attr_problem`), else ProtocolError and nothing is sent."""
+    required, optional, info, _ = _SCHEMA[kind]
     body = bytearray(_KIND.pack(kind))
-    for tag, value in (fields or {}).items():
+    fields = fields or {}
+    if len(fields) > MAX_ATTRS:
+        raise ProtocolError(f"more than {MAX_ATTRS} attributes")
+    for tag, value in fields.items():
         if isinstance(value, bool) or (isinstance(value, int) and tag not in _INTS):
             raise TypeError(f"tag {tag}: unexpected int")
         if isinstance(value, int):
@@ -160,11 +166,34 @@ def encode(kind: Kind, fields: Optional[Mapping[int, object]] = None) -> bytes:
             raw = bytes(value)
         else:
             raise TypeError(f"tag {tag}: cannot encode {type(value).__name__}")
+        problem = _attr_problem(kind, tag, raw, required, optional, info)
+        if problem is not None:
+            raise ProtocolError(problem)
         body += _ATTR.pack(tag, len(raw)) + raw
     if len(body) > MAX_FRAME:
         raise ValueError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
-    decode_body(bytes(body))  # what we send obeys the same schema we enforce
+    missing = required - fields.keys()
+    if missing:
+        raise ProtocolError(f"{kind.name} lacks {', '.join(sorted(t.name for t in missing))}")
     return _LEN.pack(len(body)) + bytes(body)
+
+
+def _attr_problem(kind: Kind, tag: int, value: bytes, required: frozenset[Tag], optional: frozenset[Tag],
+                  info: bool) -> Optional[str]:
+    """Why attribute `tag` with `value` may not be in a frame of `kind`, or None."""
+    if tag >= INFO_BASE:
+        if not info or tag > INFO_BASE + 0xFFF:
+            return f"attribute {tag} not allowed in {kind.name}"
+    elif tag not in required and tag not in optional:
+        return f"attribute {tag} not allowed in {kind.name}"
+    elif tag in _INTS and len(value) != _INT.size:
+        return f"attribute {Tag(tag).name} must be {_INT.size} bytes, got {len(value)}"
+    elif tag in _TEXTS:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"attribute {Tag(tag).name} is not UTF-8"
+    return None
 
 
 def decode_body(body: bytes) -> Message:
@@ -191,18 +220,9 @@ def decode_body(body: bytes) -> Message:
         at += size
         if tag in attrs:
             raise ProtocolError(f"attribute {tag} repeated")
-        if tag >= INFO_BASE:
-            if not info or tag > INFO_BASE + 0xFFF:
-                raise ProtocolError(f"attribute {tag} not allowed in {kind.name}")
-        elif tag not in required and tag not in optional:
-            raise ProtocolError(f"attribute {tag} not allowed in {kind.name}")
-        elif tag in _INTS and size != _INT.size:
-            raise ProtocolError(f"attribute {Tag(tag).name} must be {_INT.size} bytes, got {size}")
-        elif tag in _TEXTS:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ProtocolError(f"attribute {Tag(tag).name} is not UTF-8") from None
+        problem = _attr_problem(kind, tag, value, required, optional, info)
+        if problem is not None:
+            raise ProtocolError(problem)
         attrs[tag] = value
     missing = required - attrs.keys()
     if missing:
