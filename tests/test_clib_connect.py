@@ -232,3 +232,15 @@ def test_a_session_cut_by_the_daemon_stopping_is_a_reset(pki: PKI, tmp_path: Pat
         if reader is not None:
             stop(reader)
         daemon.stop()
+
+
+def test_a_signal_interrupts_a_blocking_connect_with_eintr_and_the_attempt_goes_on(api: ApiDaemon, pki: PKI,
+                                                                                    tmp_path: Path) -> None:
+    """alarm() as a connect timeout: the handler runs while the daemon is still waiting for a
+    server that starts its handshake 2 s late, and connect() fails with EINTR as the kernel's
+    does (it used to wait for the result whatever the signal); the attempt goes on."""
+    port = api.tls_server("echo", pki.server("good_localhost"), "--delay", "2")  # < handshake_timeout, 3
+    binary = compile_c(PEERS / "connect_eintr.c", tmp_path)
+    r = run([str(binary), str(port)], env=api.env, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert r.stdout.splitlines() == ["connect -1 EINTR", "poll 1 so_error 0", "echo ping"], r.stdout

@@ -93,6 +93,17 @@ int settle(struct sock *s, int fd, int block)
     s->busy = 1;
     int control = s->control;
     table_unlock();
+    if (block) {
+        /* As the kernel's blocking connect(): a signal whose handler runs while we wait (alarm()
+         * as a connect timeout, say) interrupts the call with EINTR; the attempt goes on, and
+         * its end is reported as a non-blocking connect's is. */
+        struct pollfd p = {.fd = control, .events = POLLIN};
+        if (poll(&p, 1, RESULT_WAIT_MS) < 0 && errno == EINTR) {
+            table_lock();
+            s->busy = 0;
+            return forget_if_closed(s, fd) ? SETTLE_GONE : SETTLE_INTR;
+        }
+    }
     struct frame f;
     int r = control_recv(control, &f, block ? RESULT_WAIT_MS : 0);
     if (r == 0 && f.kind == K_ESTABLISHED && block)
@@ -202,6 +213,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
             errno = EBADF;
             return -1;
         }
+        if (r == SETTLE_INTR) {
+            errno = EINTR;
+            return -1;
+        }
         if (r == 0) {
             errno = EALREADY;
             return -1;
@@ -297,6 +312,10 @@ int tls_connect(struct sock *s, int fd, const struct sockaddr *a, socklen_t len)
     r = settle(s, fd, 1);
     if (r == SETTLE_GONE) {
         errno = EBADF;
+        return -1;
+    }
+    if (r == SETTLE_INTR) {
+        errno = EINTR;
         return -1;
     }
     if (r == 1) {

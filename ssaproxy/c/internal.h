@@ -173,8 +173,10 @@ HIDDEN int tls_setsockopt(struct sock *s, int fd, int name, const void *value, s
 HIDDEN int tls_getsockopt(struct sock *s, int fd, int name, void *value, socklen_t *len);
 HIDDEN int session(struct sock *s);  /* s->control open, HELLO done, options replayed: 0/-errno */
 /* 1 connected, 0 pending, -errno; SETTLE_GONE when the program closed fd meanwhile (s was
- * forgotten: do not touch it).  With block 0 it never waits. */
+ * forgotten: do not touch it); SETTLE_INTR when a signal handler ran while it waited (the
+ * attempt goes on, as the kernel's connect does after EINTR).  With block 0 it never waits. */
 #define SETTLE_GONE 2
+#define SETTLE_INTR 3
 HIDDEN int settle(struct sock *s, int fd, int block);
 
 /* ---- redirection (redirect.c) */

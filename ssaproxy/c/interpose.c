@@ -263,8 +263,9 @@ int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 
 static int shut(struct sock *s, int fd, int how)
 {
-    if (s->phase == P_CONNECTING && settle(s, fd, 1) == SETTLE_GONE) {  /* a FIN before the result would read as "the program left" */
-        errno = EBADF;
+    int r = s->phase == P_CONNECTING ? settle(s, fd, 1) : 0;  /* a FIN before the result would read as "the program left" */
+    if (r == SETTLE_GONE || r == SETTLE_INTR) {
+        errno = r == SETTLE_GONE ? EBADF : EINTR;
         return -1;
     }
     return real.shutdown(fd, how);
