@@ -148,6 +148,8 @@ struct sock {
 HIDDEN extern atomic_int ssa_tracked;      /* records in the table: the lock-free check */
 HIDDEN extern int ssa_redirect;            /* SSAPROXY_REDIRECT=1 */
 HIDDEN void table_lock(void);
+HIDDEN int table_trylock_for_close(void);
+HIDDEN int maybe_ours(int fd);  /* lock-free, async-signal-safe: 0 = surely not one of ours */
 HIDDEN void table_unlock(void);
 /* The record of fd's socket (table locked by the caller), or NULL. */
 HIDDEN struct sock *table_find(int fd);

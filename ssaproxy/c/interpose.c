@@ -20,7 +20,6 @@ HIDDEN int tls_accept(struct sock *s, int fd, struct sockaddr *addr, socklen_t *
 HIDDEN int tls_upgrade(struct sock *s, int fd, int role);
 
 #define ENSURE() do { if (real.close == NULL) real_init(); } while (0)
-#define OURS() (atomic_load_explicit(&ssa_tracked, memory_order_acquire) != 0)
 
 int socket(int domain, int type, int protocol)
 {
@@ -52,7 +51,7 @@ int socket(int domain, int type, int protocol)
 int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     ENSURE();
-    if (OURS()) {
+    if (maybe_ours(fd)) {
         table_lock();
         struct sock *s = table_find(fd);
         if (s != NULL && !s->plain) {
@@ -74,7 +73,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 
 /* The same call on a socket of ours, with the table locked around it (errno kept). */
 #define WITH_SOCK(fd, plain_call, ...) do {                                  \
-        if (!OURS())                                                         \
+        if (!maybe_ours(fd))                                                 \
             return plain_call;                                               \
         table_lock();                                                        \
         struct sock *s = table_find(fd);                                     \
@@ -149,7 +148,7 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
 {
     ENSURE();
     int upgrade = level == IPPROTO_TCP && name == TCP_UPGRADE_TLS && len == sizeof(int);  /* not TCP_FASTOPEN_KEY */
-    if (level != IPPROTO_TLS && !upgrade && !OURS())
+    if (level != IPPROTO_TLS && !upgrade && !maybe_ours(fd))
         return real.setsockopt(fd, level, name, value, len);
     table_lock();
     struct sock *s = table_find(fd);
@@ -188,7 +187,7 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
 int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
 {
     ENSURE();
-    if (level != IPPROTO_TLS && !OURS())
+    if (level != IPPROTO_TLS && !maybe_ours(fd))
         return real.getsockopt(fd, level, name, value, len);
     table_lock();
     struct sock *s = table_find(fd);
@@ -280,10 +279,13 @@ int shutdown(int fd, int how)
 int close(int fd)
 {
     ENSURE();
-    struct stat st;  /* fstat is async-signal-safe: a handler may close a pipe or a file */
-    if (!OURS() || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+    /* Async-signal-safe, as libc's: a handler may close any descriptor.  Others' never take
+     * the lock; ours wait for it only briefly (the code a handler interrupted may hold it),
+     * and what is left to do then is done at the next sweep (table.c). */
+    if (!maybe_ours(fd))
         return real.close(fd);
-    table_lock();
+    if (!table_trylock_for_close())
+        return real.close(fd);
     struct sock *s = table_find(fd);
     int r = real.close(fd);
     int e = errno;

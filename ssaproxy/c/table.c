@@ -3,6 +3,10 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -24,6 +28,19 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 #define BUCKETS 256
 static struct sock *buckets[BUCKETS];
+
+/* Lock-free, async-signal-safe answers for the calls on other sockets: how many of our records
+ * fall in each slot of a hash of (st_dev, st_ino).  A socket whose slot is empty is not ours,
+ * and its call goes to libc without the lock (a handler may close or connect a plain socket
+ * while the code it interrupted holds the lock); one in a slot shared with ours looks further. */
+#define MAYBE_SLOTS 4096
+static atomic_uint maybe[MAYBE_SLOTS];
+/* Records a close() could not take out at once (the lock was held: by the code a signal
+ * handler interrupted, say) are looked at again, and records close() took out are freed, the
+ * next time the lock is taken outside close(): free() is not async-signal-safe. */
+static atomic_int sweep_due;
+static struct sock *graveyard;
+static void free_record(struct sock *s);
 
 static void on_prepare(void) { pthread_mutex_lock(&lock); }
 static void on_parent(void) { pthread_mutex_unlock(&lock); }
@@ -49,7 +66,59 @@ __attribute__((constructor)) static void load(void) { real_init(); }
 
 const char *ssaproxy_version(void) { return "ssaproxy-c 2"; }
 
-void table_lock(void) { pthread_mutex_lock(&lock); }
+static size_t maybe_slot(dev_t dev, ino_t ino) { return (size_t)((ino * 2654435761u) ^ dev) % MAYBE_SLOTS; }
+
+int maybe_ours(int fd)
+{
+    if (atomic_load_explicit(&ssa_tracked, memory_order_acquire) == 0)
+        return 0;
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
+           atomic_load_explicit(&maybe[maybe_slot(st.st_dev, st.st_ino)], memory_order_acquire) != 0;
+}
+
+static void sweep(void)
+{
+    while (graveyard != NULL) {
+        struct sock *dead = graveyard;
+        graveyard = dead->next;
+        free_record(dead);
+    }
+    if (!atomic_exchange(&sweep_due, 0))
+        return;
+    for (size_t b = 0; b < BUCKETS; b++)
+        for (struct sock *s = buckets[b], *next; s != NULL; s = next) {
+            next = s->next;
+            if (!s->busy && !other_fd_on(-1, s->dev, s->ino))
+                table_forget(s);
+        }
+    while (graveyard != NULL) {
+        struct sock *dead = graveyard;
+        graveyard = dead->next;
+        free_record(dead);
+    }
+}
+
+void table_lock(void)
+{
+    pthread_mutex_lock(&lock);
+    if (graveyard != NULL || atomic_load(&sweep_due))
+        sweep();
+}
+
+/* close()'s way in: never waits long (about 2 ms, async-signal-safe calls only); 0 when the
+ * lock could not be had, and the record's fate is left to the next sweep. */
+int table_trylock_for_close(void)
+{
+    for (int i = 0; i < 20; i++) {
+        if (pthread_mutex_trylock(&lock) == 0)
+            return 1;
+        struct timespec pause = {0, 100000};
+        nanosleep(&pause, NULL);
+    }
+    atomic_store(&sweep_due, 1);
+    return 0;
+}
 void table_unlock(void) { pthread_mutex_unlock(&lock); }
 
 static size_t bucket(dev_t dev, ino_t ino) { return (size_t)((ino * 31u) ^ dev) % BUCKETS; }
@@ -85,6 +154,7 @@ struct sock *table_add(int fd, int family, int phase)
     size_t b = bucket(s->dev, s->ino);
     s->next = buckets[b];
     buckets[b] = s;
+    atomic_fetch_add(&maybe[maybe_slot(s->dev, s->ino)], 1);
     atomic_fetch_add(&ssa_tracked, 1);
     return s;
 }
@@ -108,12 +178,19 @@ void table_forget(struct sock *s)
     sock_close_control(s);
     if (s->b_fd >= 0)
         real.close(s->b_fd);
+    atomic_fetch_sub(&maybe[maybe_slot(s->dev, s->ino)], 1);
+    atomic_fetch_sub(&ssa_tracked, 1);
+    s->next = graveyard;  /* freed by the next sweep, with what it holds: this may be close() */
+    graveyard = s;
+}
+
+static void free_record(struct sock *s)
+{
     free_info(s);
     for (size_t i = 0; i < s->nopts; i++)
         free(s->opts[i].value);
     free(s->opts);
     free(s);
-    atomic_fetch_sub(&ssa_tracked, 1);
 }
 
 void sock_close_control(struct sock *s)
@@ -194,21 +271,39 @@ void sock_set_info(struct sock *s, const struct frame *f)
 
 int other_fd_on(int fd_closed, dev_t dev, ino_t ino)
 {
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
+    /* Async-signal-safe (close() calls it): open, getdents64 and fstat, no allocation. */
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
         return 1;  /* cannot tell: keep the record (a leak, never a wrong answer) */
-    int found = 0, dfd = dirfd(d);
-    struct dirent *e;
-    while (!found && (e = readdir(d)) != NULL) {
-        char *end;
-        long n = strtol(e->d_name, &end, 10);
-        if (*end != '\0' || e->d_name[0] == '.' || n == fd_closed || n == dfd)
-            continue;
-        struct stat st;
-        if (fstat((int)n, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
-            found = 1;
+    char buf[4096] __attribute__((aligned(8)));
+    int found = 0;
+    long n;
+    while (!found && (n = syscall(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
+        for (long at = 0; at < n && !found;) {
+            struct linux_dirent64 {
+                unsigned long long d_ino;
+                long long d_off;
+                unsigned short d_reclen;
+                unsigned char d_type;
+                char d_name[];
+            } *e = (void *)(buf + at);
+            at += e->d_reclen;
+            long v = 0;
+            const char *c = e->d_name;
+            if (*c < '0' || *c > '9')
+                continue;
+            for (; *c >= '0' && *c <= '9' && v < 1L << 30; c++)
+                v = v * 10 + (*c - '0');
+            if (*c != '\0' || v == fd_closed || v == dfd)
+                continue;
+            struct stat st;
+            if (fstat((int)v, &st) == 0 && st.st_dev == dev && st.st_ino == ino)
+                found = 1;
+        }
     }
-    closedir(d);
+    if (n < 0)
+        found = 1;  /* cannot tell: keep it */
+    real.close(dfd);
     return found;
 }
 
