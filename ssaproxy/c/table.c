@@ -2,9 +2,7 @@
  * fork safety (the table's lock is taken around fork() so a child never inherits it held). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <dlfcn.h>
