@@ -382,13 +382,13 @@ def test_a_draining_daemon_refuses_redirect_and_lets_handed_over_connections_fin
         held = socket.socket()
         held.settimeout(10)
         assert r.redirect(held, (LOCAL, echo), path=api.socket)
-        with r._Session(api.socket) as session, socket.socket() as late:  # greeted before the stop
+        with r._session(api.socket) as session, socket.socket() as late:  # greeted before the stop
             assert api.proc is not None
             api.proc.send_signal(signal.SIGTERM)
             assert poll(lambda: "draining 1 live connections (outbound=1" in api.log.read_text(), 10), \
                 api.log.read_text()[-2000:]
             with pytest.raises(OSError, match="the daemon is stopping") as e:
-                session.request(Redirect(LOCAL, echo, 4), late.fileno())
+                session.request(Redirect(LOCAL, echo, 4), (late.fileno(),))
             assert e.value.errno == errno.ESHUTDOWN
         # The connection handed over before the stop is served to its end, then the drain ends.
         held.sendall(b"still served")

@@ -248,17 +248,20 @@ def park_ports(welcome: c.Event) -> tuple[Optional[int], Optional[int]]:
 class Control:
     """One control connection: connected and greeted (HELLO, WELCOME) on construction."""
 
-    def __init__(self, conn: c.Connection) -> None:
+    def __init__(self, conn: c.Connection, path: Optional[str] = None, unreachable: Optional[int] = None) -> None:
+        """`unreachable`: the errno for a daemon that cannot be reached (default: the connect's
+        own, ENOENT / ECONNREFUSED / EACCES); redirection says ECONNREFUSED whatever the cause,
+        since its ENOENT means "no route"."""
         self.conn = conn
-        path = socket_path()
+        path = path or socket_path()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(control_timeout())
         try:
             self.sock.connect(path)
         except OSError as e:
             self.sock.close()
-            raise error(e.errno or errno.ECONNREFUSED,
-                        f"the ssaproxy daemon is not reachable at {path}: {e.strerror or e}") from None
+            raise error(unreachable or e.errno or errno.ECONNREFUSED,
+                        f"the ssaproxy daemon does not answer at {path}: {e.strerror or e}") from None
         self.sock.settimeout(0.0)  # reads and writes wait in `_wait`, bounded by their own deadlines
         try:
             welcome = self.request(c.Hello(wire.VERSION))
@@ -298,3 +301,9 @@ class Control:
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> Control:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

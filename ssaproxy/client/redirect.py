@@ -23,10 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ssaproxy.client._io import control_timeout, error, next_event, park_ports, send_frame, socket_path
+from ssaproxy.client._io import Control, control_timeout, error
 from ssaproxy.client.park import refusal, try_park, unpark
 from ssaproxy.proto import connection as c
-from ssaproxy.proto import wire
 
 __all__ = ["ENV_ROUTES", "RouteLine", "connect", "match", "parse_routes", "redirect", "routes"]
 
@@ -76,44 +75,10 @@ def match(table: tuple[RouteLine, ...], host: str, port: int) -> Optional[RouteL
     return next((line for line in table if line.covers(ip, port)), None)
 
 
-class _Session:
-    """One control connection, greeted; requests one at a time."""
-
-    def __init__(self, path: Optional[str]) -> None:
-        self.path = path or socket_path()
-        self.conn = c.Connection(c.Role.CLIENT)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(control_timeout())
-        try:
-            self.sock.connect(self.path)
-        except OSError as e:
-            self.sock.close()
-            raise error(errno.ECONNREFUSED, f"the ssaproxy daemon does not answer at {self.path}: "
-                                            f"{e.strerror or e}") from None
-        self.sock.settimeout(0.0)  # reads and writes wait in `_io`, bounded by their own deadlines
-        try:
-            self.park_ports = park_ports(self.request(c.Hello(wire.VERSION)))
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def request(self, event: c.Event, fd: Optional[int] = None) -> c.Event:
-        try:
-            send_frame(self.sock, self.conn.send(event), () if fd is None else (fd,))
-            reply = next_event(self.sock, self.conn, control_timeout())
-        except (c.ProtocolViolation, BrokenPipeError, ConnectionResetError) as e:
-            raise error(errno.ECONNABORTED, f"the ssaproxy daemon closed the session: {e}") from None
-        if reply is None or isinstance(reply, c.ConnectionClosed):
-            raise error(errno.ECONNABORTED, "the ssaproxy daemon closed the session")
-        if isinstance(reply, c.Error):
-            raise error(reply.errno, reply.text)
-        return reply
-
-    def __enter__(self) -> _Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
+def _session(path: Optional[str]) -> Control:
+    """A greeted control connection; a daemon that cannot be reached is ECONNREFUSED (never
+    ENOENT, which from REDIRECT means "no route": connect directly)."""
+    return Control(c.Connection(c.Role.CLIENT), path, unreachable=errno.ECONNREFUSED)
 
 
 def routes(path: Optional[str] = None) -> tuple[RouteLine, ...]:
@@ -122,7 +87,7 @@ def routes(path: Optional[str] = None) -> tuple[RouteLine, ...]:
 
 
 def routes_text(path: Optional[str] = None) -> str:
-    with _Session(path) as session:
+    with _session(path) as session:
         reply = session.request(c.Routes())
     assert isinstance(reply, c.Value)  # the connection allows nothing else
     return reply.value.decode("utf-8")
@@ -138,10 +103,10 @@ def redirect(sock: socket.socket, address: tuple[str, int], *, name: Optional[st
     ip = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    with _Session(path) as session:
+    with _session(path) as session:
         unparked = try_park(sock.fileno(), session.park_ports)  # the daemon only checks it, then completes it
         try:
-            session.request(c.Redirect(str(ip), port, ip.version, name), sock.fileno())
+            session.request(c.Redirect(str(ip), port, ip.version, name), (sock.fileno(),))
         except OSError as e:
             if unparked is None:  # only what we parked: AF_UNSPEC would cut a connected socket
                 unpark(sock.fileno())  # unconnected again: the program's own connect may follow
