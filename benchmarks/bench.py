@@ -31,7 +31,6 @@ import collections
 import datetime
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -393,19 +392,7 @@ def header(args: argparse.Namespace, size: str, p: dict) -> dict[str, object]:
 
 
 def run_inner(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through `finally`
-    bench = Bench(args)
-    t0 = time.monotonic()
-    try:
-        bench.run()
-    finally:
-        bench.teardown()
-        log(f"elapsed: {time.monotonic() - t0:.0f} s")
-        if args.keep:
-            log(f"work dir kept (logs, configs): {bench.work}")
-        else:
-            shutil.rmtree(bench.work, ignore_errors=True)
-    return 0
+    return bp.run_measured(Bench(args), args.keep, "logs, configs")
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 HOSTNAME = "backend.test"
 BACKEND_TLS = ("127.0.0.2", 8443)
@@ -175,6 +176,23 @@ def start_backend(work: str, chain: str, key: str, max_seconds: float) -> tuple[
         raise RuntimeError(f"the backend did not start (see {work}/backend.log)")
     wait_listening([BACKEND_TLS[1], BACKEND_PLAIN[1]], backend, "backend")
     return backend, [backend.pid] + [int(x) for x in ready[1:]]
+
+
+def run_measured(runner: Any, keep: bool, what: str) -> int:
+    """`runner.run()` inside the namespace, then `runner.teardown()` and its work directory
+    (`runner.work`) removed unless `keep`; SIGTERM unwinds through the clean-up."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.monotonic()
+    try:
+        runner.run()
+    finally:
+        runner.teardown()
+        log(f"elapsed: {time.monotonic() - t0:.0f} s")
+        if keep:
+            log(f"work dir kept ({what}): {runner.work}")
+        else:
+            shutil.rmtree(runner.work, ignore_errors=True)
+    return 0
 
 
 def run_in_namespace(script: str, json_path: str | None, limit: float, tools: tuple[str, ...], why: str) -> int:

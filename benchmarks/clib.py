@@ -315,19 +315,7 @@ def header(args: argparse.Namespace, size: str, p: dict) -> dict[str, object]:
 
 
 def run_inner(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through `finally`
-    run = Run(args)
-    t0 = time.monotonic()
-    try:
-        run.run()
-    finally:
-        run.teardown()
-        log(f"elapsed: {time.monotonic() - t0:.0f} s")
-        if args.keep:
-            log(f"work dir kept (logs, binaries): {run.work}")
-        else:
-            shutil.rmtree(run.work, ignore_errors=True)
-    return 0
+    return bp.run_measured(Run(args), args.keep, "logs, binaries")
 
 
 def main() -> int:
